@@ -1,0 +1,91 @@
+// One LSTM time step over a batch, element by element: the pointwise half of a step
+// (the recurrent GEMM h_{t-1} W_hh^T is done before it by a BLAS call).
+// Framework-free: raw pointers and sizes. The CPU op loops the *_element functions over a
+// range; the CUDA kernels (lstm_step_cuda.cu) run one element per thread.
+//
+// Shapes, all row-major and contiguous. B = batch rows, H = hidden units, `T` the storage
+// type (float, double, half, bfloat16), `Acc` the arithmetic and cell-state type.
+// A row of a [B, 4H] gate tensor is [i | f | g | o], each H wide (nn.LSTM's order).
+#pragma once
+
+#include <stdint.h>
+
+#include "gate_math.h"
+
+namespace fastlstm {
+
+template <typename T, typename Acc>
+struct StepForwardArgs {
+  const T* xproj;     // [B, 4H] x_t W_ih^T + b_ih + b_hh
+  const T* rec;       // [B, 4H] h_{t-1} W_hh^T
+  const Acc* c_prev;  // [B, H]  c_{t-1}
+  T* gates;           // [B, 4H] out: activated gates, saved for backward
+  Acc* c;             // [B, H]  out: c_t, saved for backward
+  T* h;               // [B, H]  out: h_t
+  int64_t batch, hidden;
+};
+
+template <typename T, typename Acc>
+struct StepBackwardArgs {
+  const T* gates;       // [B, 4H] activated gates of step t (from forward)
+  const Acc* c_prev;    // [B, H]  c_{t-1}
+  const Acc* c;         // [B, H]  c_t
+  const T* grad_h;      // [B, H]  dL/dh_t from the layer output at t
+  const T* grad_h_rec;  // [B, H]  dL/dh_t through step t+1 (its gate grads times W_hh)
+  const T* grad_c;      // [B, H]  dL/dc_t from outside the recurrence, or nullptr
+  Acc* grad_c_carry;    // [B, H]  in: dL/dc_t through step t+1; out: dL/dc_{t-1}
+  T* grad_pre;          // [B, 4H] out: dL/d(pre-activations) = dL/dxproj_t = dL/drec_t
+  int64_t batch, hidden;
+};
+
+// Element `idx` in [0, B*H): batch row idx / H, unit idx % H.
+template <typename T, typename Acc>
+FASTLSTM_HD void step_forward_element(const StepForwardArgs<T, Acc>& a, int64_t idx) {
+  const int64_t H = a.hidden;
+  const int64_t gate0 = (idx / H) * 4 * H + idx % H;  // unit's i gate in its [B, 4H] row
+  Acc pre[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    pre[k] = static_cast<Acc>(a.xproj[gate0 + k * H]) + static_cast<Acc>(a.rec[gate0 + k * H]);
+  const Gates<Acc> gate = activate_gates(pre[0], pre[1], pre[2], pre[3]);
+  Acc c, h;
+  cell_forward(gate, a.c_prev[idx], c, h);
+  a.gates[gate0] = static_cast<T>(gate.i);
+  a.gates[gate0 + H] = static_cast<T>(gate.f);
+  a.gates[gate0 + 2 * H] = static_cast<T>(gate.g);
+  a.gates[gate0 + 3 * H] = static_cast<T>(gate.o);
+  a.c[idx] = c;
+  a.h[idx] = static_cast<T>(h);
+}
+
+template <typename T, typename Acc>
+FASTLSTM_HD void step_backward_element(const StepBackwardArgs<T, Acc>& a, int64_t idx) {
+  const int64_t H = a.hidden;
+  const int64_t gate0 = (idx / H) * 4 * H + idx % H;
+  const Gates<Acc> gate{static_cast<Acc>(a.gates[gate0]), static_cast<Acc>(a.gates[gate0 + H]),
+                        static_cast<Acc>(a.gates[gate0 + 2 * H]),
+                        static_cast<Acc>(a.gates[gate0 + 3 * H])};
+  const Acc dh = static_cast<Acc>(a.grad_h[idx]) + static_cast<Acc>(a.grad_h_rec[idx]);
+  Acc dc_in = a.grad_c_carry[idx];
+  if (a.grad_c) dc_in += static_cast<Acc>(a.grad_c[idx]);
+  Acc dc_prev;
+  const Gates<Acc> d = cell_backward(gate, a.c_prev[idx], a.c[idx], dh, dc_in, dc_prev);
+  a.grad_c_carry[idx] = dc_prev;  // same element read above: safe in place
+  a.grad_pre[gate0] = static_cast<T>(d.i);
+  a.grad_pre[gate0 + H] = static_cast<T>(d.f);
+  a.grad_pre[gate0 + 2 * H] = static_cast<T>(d.g);
+  a.grad_pre[gate0 + 3 * H] = static_cast<T>(d.o);
+}
+
+// CPU: elements [begin, end). The binding splits B*H into ranges across threads.
+template <typename T, typename Acc>
+inline void step_forward_range(const StepForwardArgs<T, Acc>& a, int64_t begin, int64_t end) {
+  for (int64_t idx = begin; idx < end; ++idx) step_forward_element(a, idx);
+}
+
+template <typename T, typename Acc>
+inline void step_backward_range(const StepBackwardArgs<T, Acc>& a, int64_t begin, int64_t end) {
+  for (int64_t idx = begin; idx < end; ++idx) step_backward_element(a, idx);
+}
+
+}  // namespace fastlstm

@@ -1,0 +1,121 @@
+#include "layer.h"
+
+#include <ATen/OpMathType.h>
+
+namespace fastlstm {
+namespace {
+
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh) {
+  TORCH_CHECK(xproj.dim() == 3, "fastlstm: xproj must be [seq, batch, 4*hidden], got ",
+              xproj.sizes());
+  TORCH_CHECK(xproj.size(0) > 0, "fastlstm: the sequence must have at least one step");
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1),
+              "fastlstm: w_hh must be [4*hidden, hidden], got ", w_hh.sizes());
+  const int64_t B = xproj.size(1), H = w_hh.size(1);
+  TORCH_CHECK(xproj.size(2) == 4 * H, "fastlstm: xproj's last dim must be 4*hidden = ", 4 * H,
+              ", got ", xproj.size(2));
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H,
+              "fastlstm: h0 must be [batch, hidden] = [", B, ", ", H, "], got ", h0.sizes());
+  TORCH_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == H,
+              "fastlstm: c0 must be [batch, hidden] = [", B, ", ", H, "], got ", c0.sizes());
+  for (const Tensor* t : {&h0, &c0, &w_hh}) {
+    TORCH_CHECK(t->scalar_type() == xproj.scalar_type(), "fastlstm: dtype mismatch: ",
+                t->scalar_type(), " vs xproj's ", xproj.scalar_type());
+    TORCH_CHECK(t->device() == xproj.device(), "fastlstm: device mismatch: ", t->device(),
+                " vs xproj's ", xproj.device());
+  }
+}
+
+// Forward-order step s -> time index t.
+inline int64_t time_at(int64_t s, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - s : s;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj_in, const Tensor& h0_in,
+                                                 const Tensor& c0, const Tensor& w_hh_in,
+                                                 bool reverse, const StepKernels& kernels) {
+  check_inputs(xproj_in, h0_in, c0, w_hh_in);
+  const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
+  const auto opts = xproj.options();
+  Tensor hs = at::empty({S, B, H}, opts);
+  Tensor cs = at::empty({S, B, H}, opts.dtype(acc_dtype(xproj.scalar_type())));
+  Tensor gates = at::empty({S, B, 4 * H}, opts);
+  Tensor rec = at::empty({B, 4 * H}, opts);
+  const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
+  const Tensor w_hh_t = w_hh.t();
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t t = time_at(s, S, reverse);
+    const int64_t t_prev = time_at(s - 1, S, reverse);
+    const Tensor h_prev = s == 0 ? h0 : hs[t_prev];
+    const Tensor c_prev = s == 0 ? c0_acc : cs[t_prev];
+    at::mm_out(rec, h_prev, w_hh_t);
+    kernels.forward(xproj[t], rec, c_prev, gates[t], cs[t], hs[t]);
+  }
+  return {hs, cs, gates};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
+    const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
+    const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs,
+    const Tensor& gates, bool reverse, const StepKernels& kernels) {
+  check_inputs(gates, h0_in, c0, w_hh_in);
+  const int64_t S = gates.size(0), B = gates.size(1), H = w_hh_in.size(1);
+  TORCH_CHECK(grad_hs_in.sizes() == hs.sizes() && hs.sizes() == cs.sizes() &&
+                  hs.size(0) == S && hs.size(1) == B && hs.size(2) == H,
+              "fastlstm: grad_hs, hs and cs must be [seq, batch, hidden] = [", S, ", ", B, ", ",
+              H, "]");
+  TORCH_CHECK(cs.scalar_type() == acc_dtype(gates.scalar_type()),
+              "fastlstm: cs must be saved in ", acc_dtype(gates.scalar_type()));
+  const Tensor grad_hs = grad_hs_in.to(gates.scalar_type()).contiguous();
+  std::optional<Tensor> grad_cs;
+  if (grad_cs_in.has_value() && grad_cs_in->defined()) {
+    TORCH_CHECK(grad_cs_in->sizes() == cs.sizes(), "fastlstm: grad_cs must be shaped like cs");
+    grad_cs = grad_cs_in->to(gates.scalar_type()).contiguous();
+  }
+  const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
+
+  Tensor grad_xproj = at::empty({S, B, 4 * H}, gates.options());
+  Tensor grad_h_rec = at::zeros({B, H}, gates.options());
+  Tensor grad_c_carry = at::zeros({B, H}, cs.options());
+  for (int64_t s = S - 1; s >= 0; --s) {
+    const int64_t t = time_at(s, S, reverse);
+    const Tensor c_prev = s == 0 ? c0_acc : cs[time_at(s - 1, S, reverse)];
+    std::optional<Tensor> grad_c_t;
+    if (grad_cs) grad_c_t = (*grad_cs)[t];
+    kernels.backward(gates[t], c_prev, cs[t], grad_hs[t], grad_h_rec, grad_c_t, grad_c_carry,
+                     grad_xproj[t]);
+    at::mm_out(grad_h_rec, grad_xproj[t], w_hh);
+  }
+  // h_{t-1} for every t, in time order, so the weight gradient is one GEMM over all steps.
+  Tensor h_prev_all = S == 1 ? h0.unsqueeze(0)
+                      : reverse ? at::cat({hs.narrow(0, 1, S - 1), h0.unsqueeze(0)})
+                                : at::cat({h0.unsqueeze(0), hs.narrow(0, 0, S - 1)});
+  Tensor grad_w_hh = at::mm(grad_xproj.view({S * B, 4 * H}).t(), h_prev_all.view({S * B, H}));
+  return {grad_xproj, grad_h_rec, grad_c_carry.to(c0.scalar_type()), grad_w_hh};
+}
+
+std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tensor& h,
+                                                const Tensor& c, const Tensor& w_hh,
+                                                const StepKernels& kernels) {
+  TORCH_CHECK(xproj.dim() == 2, "fastlstm: step xproj must be [batch, 4*hidden], got ",
+              xproj.sizes());
+  check_inputs(xproj.unsqueeze(0), h, c, w_hh);
+  const int64_t B = xproj.size(0), H = w_hh.size(1);
+  const Tensor x = xproj.contiguous();
+  Tensor h_new = at::empty({B, H}, x.options());
+  Tensor c_new = at::empty({B, H}, x.options().dtype(acc_dtype(x.scalar_type())));
+  Tensor gates = at::empty({B, 4 * H}, x.options());
+  Tensor rec = at::mm(h.contiguous(), w_hh.t());
+  kernels.forward(x, rec, c.to(c_new.scalar_type()).contiguous(), gates, c_new, h_new);
+  return {h_new, c_new, gates};
+}
+
+}  // namespace fastlstm

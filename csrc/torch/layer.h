@@ -1,0 +1,51 @@
+// The device-agnostic layer loop: per time step one BLAS GEMM through ATen (so it runs on
+// whatever device the tensors are on) plus the device's fused pointwise kernel, which the
+// caller supplies as a StepKernels. CPU and CUDA registrations share this loop.
+//
+// Tensors (T = storage dtype, Acc = float for float/half/bfloat16 and double for double):
+//   xproj [S, B, 4H] T    x W_ih^T + b_ih + b_hh for every step, rows [i | f | g | o]
+//   h0, c0 [B, H]   T
+//   w_hh  [4H, H]   T
+// Forward returns, all for every step t in input order (also when reverse):
+//   hs    [S, B, H]  T    h_t (the layer output)
+//   cs    [S, B, H]  Acc  c_t (saved for backward; cs[last step] is c_n)
+//   gates [S, B, 4H] T    activated i, f, g, o (saved for backward)
+// `reverse` runs the recurrence from t = S-1 down to 0 (a bidirectional layer's
+// backward direction); the final state is then at t = 0.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <optional>
+#include <tuple>
+
+namespace fastlstm {
+
+using at::Tensor;
+
+struct StepKernels {
+  // One step's pointwise forward: gates, c and h from xproj_t + rec and c_prev.
+  void (*forward)(const Tensor& xproj, const Tensor& rec, const Tensor& c_prev, const Tensor& gates,
+                  const Tensor& c, const Tensor& h);
+  // One step's pointwise backward (see StepBackwardArgs in core/lstm_step.h).
+  void (*backward)(const Tensor& gates, const Tensor& c_prev, const Tensor& c, const Tensor& grad_h,
+                   const Tensor& grad_h_rec, const std::optional<Tensor>& grad_c,
+                   const Tensor& grad_c_carry, const Tensor& grad_pre);
+};
+
+std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj, const Tensor& h0,
+                                                 const Tensor& c0, const Tensor& w_hh, bool reverse,
+                                                 const StepKernels& kernels);
+
+// Returns (grad_xproj [S,B,4H], grad_h0 [B,H], grad_c0 [B,H], grad_w_hh [4H,H]).
+// grad_cs may be absent (no use of any c_t outside the layer).
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+    bool reverse, const StepKernels& kernels);
+
+// One step: xproj [B,4H], h [B,H], c [B,H] -> (h_new T, c_new Acc, gates T).
+std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tensor& h,
+                                                const Tensor& c, const Tensor& w_hh,
+                                                const StepKernels& kernels);
+
+}  // namespace fastlstm

@@ -1,0 +1,121 @@
+// The op schema (one TORCH_LIBRARY), the CPU implementation, and the Python module stub.
+// fastlstm/ops.py adds fake (meta) implementations and autograd on top of these ops.
+#include <Python.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../core/lstm_step.h"
+#include "layer.h"
+
+#ifdef FASTLSTM_WITH_CUDA
+#include "../core/lstm_step_cuda.h"
+#endif
+
+namespace fastlstm {
+namespace {
+
+// Below this many elements a step's pointwise work runs on one thread: splitting it
+// costs more than it saves.
+constexpr int64_t kCpuGrain = 16384;
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.data_ptr<T>();
+}
+
+void cpu_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_prev,
+                      const Tensor& gates, const Tensor& c, const Tensor& h) {
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fastlstm_cpu_step_forward", [&] {
+    using Acc = scalar_t;  // CPU op: float and double only, computed in their own type
+    const StepForwardArgs<scalar_t, Acc> args{ptr<scalar_t>(xproj), ptr<scalar_t>(rec),
+                                              ptr<Acc>(c_prev),      ptr<scalar_t>(gates),
+                                              ptr<Acc>(c),           ptr<scalar_t>(h),
+                                              h.size(0),             h.size(1)};
+    at::parallel_for(0, args.batch * args.hidden, kCpuGrain,
+                     [&](int64_t begin, int64_t end) { step_forward_range(args, begin, end); });
+  });
+}
+
+void cpu_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor& c,
+                       const Tensor& grad_h, const Tensor& grad_h_rec,
+                       const std::optional<Tensor>& grad_c, const Tensor& grad_c_carry,
+                       const Tensor& grad_pre) {
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "fastlstm_cpu_step_backward", [&] {
+    using Acc = scalar_t;
+    const StepBackwardArgs<scalar_t, Acc> args{
+        ptr<scalar_t>(gates),      ptr<Acc>(c_prev),
+        ptr<Acc>(c),               ptr<scalar_t>(grad_h),
+        ptr<scalar_t>(grad_h_rec), grad_c ? ptr<scalar_t>(*grad_c) : nullptr,
+        ptr<Acc>(grad_c_carry),    ptr<scalar_t>(grad_pre),
+        grad_h.size(0),            grad_h.size(1)};
+    at::parallel_for(0, args.batch * args.hidden, kCpuGrain,
+                     [&](int64_t begin, int64_t end) { step_backward_range(args, begin, end); });
+  });
+}
+
+const StepKernels kCpuKernels{cpu_step_forward, cpu_step_backward};
+
+void check_cpu(const Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "fastlstm CPU op: float32 or float64 only, got ", t.scalar_type());
+}
+
+std::tuple<Tensor, Tensor, Tensor> layer_cpu(const Tensor& xproj, const Tensor& h0,
+                                             const Tensor& c0, const Tensor& w_hh, bool reverse) {
+  check_cpu(xproj);
+  return layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cpu(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+    bool reverse) {
+  check_cpu(gates);
+  return layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCpuKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor> step_cpu(const Tensor& xproj, const Tensor& h, const Tensor& c,
+                                            const Tensor& w_hh) {
+  check_cpu(xproj);
+  return step_forward(xproj, h, c, w_hh, kCpuKernels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fastlstm, m) {
+  // One layer, one direction, the whole sequence. See layer.h for shapes.
+  m.def("lstm_layer(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
+        " -> (Tensor hs, Tensor cs, Tensor gates)");
+  m.def("lstm_layer_backward(Tensor grad_hs, Tensor? grad_cs, Tensor h0, Tensor c0, Tensor w_hh,"
+        " Tensor hs, Tensor cs, Tensor gates, bool reverse)"
+        " -> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
+  // One fused step (FastLSTMCell, samplers). Its backward is lstm_layer_backward with seq = 1.
+  m.def("lstm_step(Tensor xproj, Tensor h, Tensor c, Tensor w_hh)"
+        " -> (Tensor h_new, Tensor c_new, Tensor gates)");
+}
+
+TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
+  m.impl("lstm_layer", &layer_cpu);
+  m.impl("lstm_layer_backward", &layer_backward_cpu);
+  m.impl("lstm_step", &step_cpu);
+}
+
+}  // namespace fastlstm
+
+// `import fastlstm._C` loads this library, which registers the ops above. The module
+// carries what the build put in, for fastlstm.info and the version check at import.
+static struct PyModuleDef fastlstm_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* m = PyModule_Create(&fastlstm_module);
+  if (m == nullptr) return nullptr;
+  PyModule_AddStringConstant(m, "built_with_torch", FASTLSTM_TORCH_VERSION);
+#ifdef FASTLSTM_WITH_CUDA
+  PyModule_AddIntConstant(m, "cuda_compiled", 1);
+  PyModule_AddStringConstant(m, "cuda_archs", fastlstm::cuda_arch_list());
+#else
+  PyModule_AddIntConstant(m, "cuda_compiled", 0);
+  PyModule_AddStringConstant(m, "cuda_archs", "");
+#endif
+  return m;
+}

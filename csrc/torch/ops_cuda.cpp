@@ -1,0 +1,87 @@
+// CUDA registrations of the fastlstm ops: the shared layer loop (layer.cpp) with the
+// CUDA pointwise kernels of core/lstm_step_cuda.cu. Launches go on the current stream;
+// every launch's error is checked; nothing synchronises the host.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../core/lstm_step_cuda.h"
+#include "layer.h"
+
+namespace fastlstm {
+namespace {
+
+// ATen's element types -> the CUDA types the framework-free kernels are built for.
+template <typename T> struct CudaType { using type = T; };
+template <> struct CudaType<at::Half> { using type = __half; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "fastlstm: ", what, " failed: ", cudaGetErrorString(err));
+}
+
+void cuda_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_prev,
+                       const Tensor& gates, const Tensor& c, const Tensor& h) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
+                                  "fastlstm_cuda_step_forward", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    using Acc = at::opmath_type<scalar_t>;
+    const StepForwardArgs<T, Acc> args{ptr<T>(xproj), ptr<T>(rec), ptr<Acc>(c_prev), ptr<T>(gates),
+                                       ptr<Acc>(c),   ptr<T>(h),   h.size(0),         h.size(1)};
+    check_launch(launch_step_forward(args, at::cuda::getCurrentCUDAStream()), "step forward");
+  });
+}
+
+void cuda_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor& c,
+                        const Tensor& grad_h, const Tensor& grad_h_rec,
+                        const std::optional<Tensor>& grad_c, const Tensor& grad_c_carry,
+                        const Tensor& grad_pre) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
+                                  "fastlstm_cuda_step_backward", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    using Acc = at::opmath_type<scalar_t>;
+    const StepBackwardArgs<T, Acc> args{ptr<T>(gates),      ptr<Acc>(c_prev),
+                                        ptr<Acc>(c),        ptr<T>(grad_h),
+                                        ptr<T>(grad_h_rec), grad_c ? ptr<T>(*grad_c) : nullptr,
+                                        ptr<Acc>(grad_c_carry), ptr<T>(grad_pre),
+                                        grad_h.size(0),     grad_h.size(1)};
+    check_launch(launch_step_backward(args, at::cuda::getCurrentCUDAStream()), "step backward");
+  });
+}
+
+const StepKernels kCudaKernels{cuda_step_forward, cuda_step_backward};
+
+std::tuple<Tensor, Tensor, Tensor> layer_cuda(const Tensor& xproj, const Tensor& h0,
+                                              const Tensor& c0, const Tensor& w_hh, bool reverse) {
+  const c10::cuda::CUDAGuard guard(xproj.device());
+  return layer_forward(xproj, h0, c0, w_hh, reverse, kCudaKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+    bool reverse) {
+  const c10::cuda::CUDAGuard guard(gates.device());
+  return layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCudaKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor> step_cuda(const Tensor& xproj, const Tensor& h,
+                                             const Tensor& c, const Tensor& w_hh) {
+  const c10::cuda::CUDAGuard guard(xproj.device());
+  return step_forward(xproj, h, c, w_hh, kCudaKernels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlstm, CUDA, m) {
+  m.impl("lstm_layer", &layer_cuda);
+  m.impl("lstm_layer_backward", &layer_backward_cuda);
+  m.impl("lstm_step", &step_cuda);
+}
+
+}  // namespace fastlstm
