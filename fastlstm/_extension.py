@@ -1,0 +1,48 @@
+"""Loading fastlstm._C. Importing fastlstm never fails because of it: when the extension
+is missing or was built against another torch, the C++/CUDA backends are unavailable and
+backend="auto" falls back to torch's own LSTM with one warning (see warn_unavailable)."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+REBUILD_HINT = ("rebuild it against the torch you run: "
+                "pip install --no-build-isolation --force-reinstall --no-deps .")
+
+_C = None
+load_error: str | None = None
+try:
+    from fastlstm import _C  # registers the fastlstm:: ops
+except ImportError as exc:  # not built, or an ABI mismatch (undefined symbol)
+    load_error = f"fastlstm._C could not be imported ({exc})"
+else:
+    if _C.built_with_torch != torch.__version__:
+        load_error = (f"fastlstm._C was built with torch {_C.built_with_torch} "
+                      f"but torch {torch.__version__} is running")
+        _C = None
+
+_warned = False
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def cuda_compiled() -> bool:
+    return _C is not None and bool(_C.cuda_compiled)
+
+
+def warn_unavailable() -> None:
+    """The one warning backend="auto" gives when it falls back."""
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"{load_error}; FastLSTM falls back to torch's own LSTM. To get the fused "
+                      f"kernels, {REBUILD_HINT}", RuntimeWarning, stacklevel=3)
+
+
+def require(backend: str) -> None:
+    if _C is None:
+        raise RuntimeError(f'FastLSTM backend="{backend}" needs the compiled extension, but '
+                           f"{load_error}; {REBUILD_HINT}")

@@ -1,0 +1,101 @@
+"""Python side of the fastlstm:: ops: fake (meta) implementations for torch.compile and
+opcheck, autograd through the backward op, and the functions the modules call.
+
+Op contract (shapes in csrc/torch/layer.h):
+  lstm_layer(xproj, h0, c0, w_hh, reverse) -> (hs, cs, gates)
+  lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
+      -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
+  lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
+cs and c_new are kept in float32 for half types (float64 for float64).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _extension
+
+
+def cell_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the ops keep the cell state in."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_layer(xproj, h0, c0, w_hh, reverse):
+    steps, batch, hidden = xproj.size(0), xproj.size(1), w_hh.size(1)
+    return (xproj.new_empty(steps, batch, hidden),
+            xproj.new_empty((steps, batch, hidden), dtype=cell_dtype(xproj.dtype)),
+            xproj.new_empty(steps, batch, 4 * hidden))
+
+
+def _fake_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse):
+    return (torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0),
+            torch.empty_like(w_hh))
+
+
+def _fake_step(xproj, h, c, w_hh):
+    batch, hidden = xproj.size(0), w_hh.size(1)
+    return (xproj.new_empty(batch, hidden),
+            xproj.new_empty((batch, hidden), dtype=cell_dtype(xproj.dtype)),
+            xproj.new_empty(batch, 4 * hidden))
+
+
+def _layer_setup_context(ctx, inputs, output):
+    _, h0, c0, w_hh, reverse = inputs
+    hs, cs, gates = output
+    ctx.save_for_backward(h0, c0, w_hh, hs, cs, gates)
+    ctx.reverse = reverse
+    ctx.mark_non_differentiable(gates)
+
+
+def _layer_backward(ctx, grad_hs, grad_cs, _grad_gates):
+    h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
+    grads = torch.ops.fastlstm.lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates,
+                                                   ctx.reverse)
+    return (*grads, None)
+
+
+def _step_setup_context(ctx, inputs, output):
+    _, h, c, w_hh = inputs
+    h_new, c_new, gates = output
+    ctx.save_for_backward(h, c, w_hh, h_new, c_new, gates)
+    ctx.mark_non_differentiable(gates)
+
+
+def _step_backward(ctx, grad_h, grad_c, _grad_gates):
+    # A step is a layer of length 1: one backward op serves both.
+    h, c, w_hh, h_new, c_new, gates = ctx.saved_tensors
+    grad_x, grad_h0, grad_c0, grad_w = torch.ops.fastlstm.lstm_layer_backward(
+        grad_h.unsqueeze(0), grad_c.unsqueeze(0), h, c, w_hh, h_new.unsqueeze(0),
+        c_new.unsqueeze(0), gates.unsqueeze(0), False)
+    return grad_x.squeeze(0), grad_h0, grad_c0, grad_w
+
+
+if _extension.available():
+    torch.library.register_fake("fastlstm::lstm_layer")(_fake_layer)
+    torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
+    torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
+    torch.library.register_autograd("fastlstm::lstm_layer", _layer_backward,
+                                    setup_context=_layer_setup_context)
+    torch.library.register_autograd("fastlstm::lstm_step", _step_backward,
+                                    setup_context=_step_setup_context)
+
+
+def input_projection(x, w_ih, b_ih, b_hh):
+    """x W_ih^T + b_ih + b_hh for all steps at once: one GEMM outside the time loop."""
+    return F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False):
+    """One layer, one direction: x [S, B, F] -> (hs [S, B, H], h_n [B, H], c_n [B, H])."""
+    xproj = input_projection(x, w_ih, b_ih, b_hh)
+    hs, cs, _ = torch.ops.fastlstm.lstm_layer(xproj, h0, c0, w_hh, reverse)
+    last = 0 if reverse else -1
+    return hs, hs[last], cs[last].to(x.dtype)
+
+
+def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One fused step: x [B, F], h, c [B, H] -> (h_new, c_new), both in x's dtype."""
+    h_new, c_new, _ = torch.ops.fastlstm.lstm_step(input_projection(x, w_ih, b_ih, b_hh), h, c,
+                                                   w_hh)
+    return h_new, c_new.to(x.dtype)
