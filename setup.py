@@ -68,7 +68,8 @@ def extensions():
 
     with_cuda = want_cuda(torch, cuda_home)
     sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp"]
-    cxx = ["-O3", "-std=c++17", f'-DFASTLSTM_TORCH_VERSION="{torch.__version__}"']
+    # No -std: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
+    cxx = ["-O3", f'-DFASTLSTM_TORCH_VERSION="{torch.__version__}"']
     if not with_cuda:
         return [cpp_extension.CppExtension("fastlstm._C", sources, extra_compile_args={"cxx": cxx})]
 
@@ -76,19 +77,20 @@ def extensions():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
     print(f"fastlstm: building CUDA kernels with {cuda_home}, "
           f"archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')}")
-    includes = []
     if not os.path.isfile(os.path.join(cuda_home, "include", "cublas_v2.h")):
-        includes = pip_cuda_includes()
+        # Searched after the toolkit's own headers, which must win where both have a file.
+        cxx += [arg for d in pip_cuda_includes() for arg in ("-idirafter", d)]
     sources += ["csrc/torch/ops_cuda.cpp", "csrc/core/lstm_step_cuda.cu"]
     return [cpp_extension.CUDAExtension(
-        "fastlstm._C", sources, include_dirs=includes,
+        "fastlstm._C", sources,
         extra_compile_args={"cxx": cxx + ["-DFASTLSTM_WITH_CUDA"],
-                            "nvcc": ["-O3", "-std=c++17", "-lineinfo"]})]
+                            "nvcc": ["-O3", "-lineinfo"]})]
 
 
 def main():
+    ext_modules = extensions()  # first: it sets CUDA_HOME before cpp_extension is imported
     from torch.utils.cpp_extension import BuildExtension
-    setup(ext_modules=extensions(),
+    setup(ext_modules=ext_modules,
           cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
 
 

@@ -72,7 +72,7 @@ def reference_lstm(input, hx, params, *, num_layers=1, bias=True, batch_first=Fa
         batch_sizes = [x.size(1)] * x.size(0)
         sorted_idx = unsorted_idx = None
 
-    hidden = params["weight_hh_l0"].size(1)
+    hidden = params["weight_hh_l0"].size(0) // 4
     out_size = proj_size if proj_size > 0 else hidden
     dirs = 2 if bidirectional else 1
     batch = batch_sizes[0]

@@ -12,7 +12,32 @@
 
 #include "gate_math.h"
 
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
 namespace fastlstm {
+
+// Storage <-> arithmetic conversions. Explicit for the half types: torch's builds define
+// __CUDA_NO_HALF_CONVERSIONS__, which removes their implicit casts.
+template <typename T, typename Acc>
+struct Convert {
+  static FASTLSTM_HD Acc load(T x) { return static_cast<Acc>(x); }
+  static FASTLSTM_HD T store(Acc x) { return static_cast<T>(x); }
+};
+#if defined(__CUDACC__)
+template <>
+struct Convert<__half, float> {
+  static FASTLSTM_HD float load(__half x) { return __half2float(x); }
+  static FASTLSTM_HD __half store(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Convert<__nv_bfloat16, float> {
+  static FASTLSTM_HD float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static FASTLSTM_HD __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
+};
+#endif
 
 template <typename T, typename Acc>
 struct StepForwardArgs {
@@ -41,40 +66,41 @@ struct StepBackwardArgs {
 // Element `idx` in [0, B*H): batch row idx / H, unit idx % H.
 template <typename T, typename Acc>
 FASTLSTM_HD void step_forward_element(const StepForwardArgs<T, Acc>& a, int64_t idx) {
+  using Cv = Convert<T, Acc>;
   const int64_t H = a.hidden;
   const int64_t gate0 = (idx / H) * 4 * H + idx % H;  // unit's i gate in its [B, 4H] row
   Acc pre[4];
-#pragma unroll
   for (int k = 0; k < 4; ++k)
-    pre[k] = static_cast<Acc>(a.xproj[gate0 + k * H]) + static_cast<Acc>(a.rec[gate0 + k * H]);
+    pre[k] = Cv::load(a.xproj[gate0 + k * H]) + Cv::load(a.rec[gate0 + k * H]);
   const Gates<Acc> gate = activate_gates(pre[0], pre[1], pre[2], pre[3]);
   Acc c, h;
   cell_forward(gate, a.c_prev[idx], c, h);
-  a.gates[gate0] = static_cast<T>(gate.i);
-  a.gates[gate0 + H] = static_cast<T>(gate.f);
-  a.gates[gate0 + 2 * H] = static_cast<T>(gate.g);
-  a.gates[gate0 + 3 * H] = static_cast<T>(gate.o);
+  a.gates[gate0] = Cv::store(gate.i);
+  a.gates[gate0 + H] = Cv::store(gate.f);
+  a.gates[gate0 + 2 * H] = Cv::store(gate.g);
+  a.gates[gate0 + 3 * H] = Cv::store(gate.o);
   a.c[idx] = c;
-  a.h[idx] = static_cast<T>(h);
+  a.h[idx] = Cv::store(h);
 }
 
 template <typename T, typename Acc>
 FASTLSTM_HD void step_backward_element(const StepBackwardArgs<T, Acc>& a, int64_t idx) {
+  using Cv = Convert<T, Acc>;
   const int64_t H = a.hidden;
   const int64_t gate0 = (idx / H) * 4 * H + idx % H;
-  const Gates<Acc> gate{static_cast<Acc>(a.gates[gate0]), static_cast<Acc>(a.gates[gate0 + H]),
-                        static_cast<Acc>(a.gates[gate0 + 2 * H]),
-                        static_cast<Acc>(a.gates[gate0 + 3 * H])};
-  const Acc dh = static_cast<Acc>(a.grad_h[idx]) + static_cast<Acc>(a.grad_h_rec[idx]);
+  const Gates<Acc> gate{Cv::load(a.gates[gate0]), Cv::load(a.gates[gate0 + H]),
+                        Cv::load(a.gates[gate0 + 2 * H]),
+                        Cv::load(a.gates[gate0 + 3 * H])};
+  const Acc dh = Cv::load(a.grad_h[idx]) + Cv::load(a.grad_h_rec[idx]);
   Acc dc_in = a.grad_c_carry[idx];
-  if (a.grad_c) dc_in += static_cast<Acc>(a.grad_c[idx]);
+  if (a.grad_c) dc_in += Cv::load(a.grad_c[idx]);
   Acc dc_prev;
   const Gates<Acc> d = cell_backward(gate, a.c_prev[idx], a.c[idx], dh, dc_in, dc_prev);
   a.grad_c_carry[idx] = dc_prev;  // same element read above: safe in place
-  a.grad_pre[gate0] = static_cast<T>(d.i);
-  a.grad_pre[gate0 + H] = static_cast<T>(d.f);
-  a.grad_pre[gate0 + 2 * H] = static_cast<T>(d.g);
-  a.grad_pre[gate0 + 3 * H] = static_cast<T>(d.o);
+  a.grad_pre[gate0] = Cv::store(d.i);
+  a.grad_pre[gate0 + H] = Cv::store(d.f);
+  a.grad_pre[gate0 + 2 * H] = Cv::store(d.g);
+  a.grad_pre[gate0 + 3 * H] = Cv::store(d.o);
 }
 
 // CPU: elements [begin, end). The binding splits B*H into ranges across threads.

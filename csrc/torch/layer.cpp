@@ -1,6 +1,5 @@
 #include "layer.h"
 
-#include <ATen/OpMathType.h>
 
 namespace fastlstm {
 namespace {

@@ -1,6 +1,7 @@
 // CUDA registrations of the fastlstm ops: the shared layer loop (layer.cpp) with the
 // CUDA pointwise kernels of core/lstm_step_cuda.cu. Launches go on the current stream;
 // every launch's error is checked; nothing synchronises the host.
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
