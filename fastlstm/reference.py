@@ -99,7 +99,9 @@ def reference_lstm(input, hx, params, *, num_layers=1, bias=True, batch_first=Fa
             c_n.append(c)
         steps = [torch.cat([o[t] for o in per_dir], dim=-1) for t in range(len(steps))]
         if dropout > 0 and training and layer < num_layers - 1:
-            steps = [F.dropout(s, dropout, training=True) for s in steps]
+            # One mask over the whole [steps, batch, features] output, drawn in memory order,
+            # so a backend that drops out its stacked layer output draws the same mask.
+            steps = list(F.dropout(torch.cat(steps), dropout, training=True).split(batch_sizes))
     h_n, c_n = torch.stack(h_n), torch.stack(c_n)
 
     if packed:

@@ -1,0 +1,26 @@
+import os
+
+# Before fastlstm._C loads: its ops then fill their outputs with NaN before the kernels
+# run, so an element a kernel fails to write makes the comparison fail.
+os.environ.setdefault("FASTLSTM_POISON_OUTPUTS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32_matmul():
+    """fp32 means fp32 in these tests: no TF32 in cuBLAS or cuDNN."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

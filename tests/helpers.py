@@ -1,0 +1,48 @@
+"""Shared by the tests: the error measure, tolerances, and device/backend lists."""
+import math
+
+import pytest
+import torch
+
+from fastlstm import _extension
+
+# ||out - ref|| / ||ref|| against the float64 oracle, per storage dtype.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2,
+             torch.float16: 1e-2}
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16,
+          "fp16": torch.float16}
+
+
+def relative_error(out, ref):
+    """NaN or inf anywhere gives inf: it can never pass."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if not torch.isfinite(out).all():
+        return math.inf
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def assert_close(out, ref, tol, what=""):
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} vs {tuple(ref.shape)}"
+    err = relative_error(out, ref)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.1g}"
+
+
+def device_backend_params():
+    """(device, backend) pairs to test: every backend the machine can run."""
+    params = [("cpu", "cpu"), ("cpu", "reference"), ("cpu", "aten"), ("cpu", "auto")]
+    gpu = pytest.mark.gpu
+    params += [pytest.param("cuda", b, marks=gpu) for b in ("cuda", "reference", "cudnn", "auto")]
+    return params
+
+
+def dtypes_for(device):
+    names = ["fp32", "fp64"] + (["bf16", "fp16"] if device == "cuda" else [])
+    return [DTYPES[n] for n in names]
+
+
+def fused_available(device):
+    if device == "cuda":
+        return _extension.cuda_compiled()
+    return _extension.available()

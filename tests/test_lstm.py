@@ -1,0 +1,155 @@
+"""FastLSTM on every available backend against the float64 oracle and against nn.LSTM
+with copied weights: outputs, final states and all gradients, on fresh random data."""
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from fastlstm import FastLSTM, reference_lstm
+from helpers import TOLERANCE, assert_close, device_backend_params, dtypes_for, relative_error
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    layers: int = 1
+    hidden: int = 37  # not a multiple of 8
+    batch: int = 3
+    seq: int = 5
+    inputs: int = 11
+    given_state: bool = True
+    lengths: tuple = ()  # PackedSequence input with these lengths (unsorted)
+    unbatched: bool = False
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def __str__(self):
+        return self.name
+
+
+CASES = [
+    Case("one_layer"),
+    Case("two_layers_batch1", layers=2, batch=1, seq=4),
+    Case("three_layers_seq1", layers=3, hidden=19, seq=1),
+    Case("three_layers_zero_state", layers=3, given_state=False),
+    Case("batch_first", layers=2, kwargs=dict(batch_first=True)),
+    Case("unbatched", layers=2, unbatched=True),
+    Case("unbatched_batch_first", unbatched=True, kwargs=dict(batch_first=True)),
+    Case("bidirectional", layers=2, kwargs=dict(bidirectional=True)),
+    Case("bidir_batch_first_3", layers=3, hidden=13, batch=2,
+         kwargs=dict(bidirectional=True, batch_first=True)),
+    Case("no_bias", layers=2, kwargs=dict(bias=False)),
+    Case("proj_size", layers=2, kwargs=dict(proj_size=7)),
+    Case("proj_bidirectional", layers=2, kwargs=dict(proj_size=5, bidirectional=True)),
+    Case("packed", layers=2, batch=4, lengths=(3, 5, 1, 4), kwargs=dict(bidirectional=True)),
+]
+
+
+def random_inputs(case, device, dtype, gen_seed):
+    g = torch.Generator().manual_seed(gen_seed)
+    kw = case.kwargs
+    dirs = 2 if kw.get("bidirectional") else 1
+    out_size = kw.get("proj_size", 0) or case.hidden
+    shape = (case.seq, case.batch, case.inputs)
+    if kw.get("batch_first"):
+        shape = (case.batch, case.seq, case.inputs)
+    if case.unbatched:
+        shape = (case.seq, case.inputs)
+    rand = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x = rand(*shape)
+    hx = None
+    if case.given_state:
+        state_batch = () if case.unbatched else (case.batch,)
+        hx = (rand(case.layers * dirs, *state_batch, out_size),
+              rand(case.layers * dirs, *state_batch, case.hidden))
+    to = lambda t: t.to(device, dtype).requires_grad_()  # noqa: E731
+    return to(x), (tuple(to(t) for t in hx) if hx is not None else None)
+
+
+def run(fn, case, x, hx, upstream_seed):
+    """Forward, then gradients of a random projection of (output, h_n, c_n) with respect to
+    the input, the given states and every parameter in `params` order."""
+    batch_first = case.kwargs.get("batch_first", False)
+    inp = x
+    if case.lengths:
+        inp = pack_padded_sequence(x, torch.tensor(case.lengths), batch_first=batch_first,
+                                   enforce_sorted=False)
+    out, (h, c) = fn(inp, hx)
+    out = out.data if case.lengths else out
+    g = torch.Generator().manual_seed(upstream_seed)
+    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)
+                .to(t.device)).sum() for t in (out, h, c))
+    return out, h, c, loss
+
+
+def results(fn, params, case, x, hx):
+    out, h, c, loss = run(fn, case, x, hx, upstream_seed=7)
+    leaves = [("x", x)] + ([("h0", hx[0]), ("c0", hx[1])] if hx else []) + list(params.items())
+    grads = torch.autograd.grad(loss, [t for _, t in leaves])
+    res = {"output": out, "h_n": h, "c_n": c}
+    res.update({f"grad_{n}": gr for (n, _), gr in zip(leaves, grads)})
+    return res
+
+
+def compare_to_oracle(case, device, backend, dtype, seed):
+    torch.manual_seed(seed)
+    fast = FastLSTM(case.inputs, case.hidden, case.layers, backend=backend, **case.kwargs)
+    with torch.no_grad():  # fresh random weights, larger than the default init
+        for p in fast.parameters():
+            p.uniform_(-0.6, 0.6)
+    torch_lstm = nn.LSTM(case.inputs, case.hidden, case.layers, **case.kwargs)
+    torch_lstm.load_state_dict(fast.state_dict())
+    fast.to(device, dtype)
+    torch_lstm.to(device, dtype)
+
+    x, hx = random_inputs(case, device, dtype, gen_seed=seed)
+    got = results(fast, dict(fast.named_parameters()), case, x, hx)
+
+    oracle_params = {n: p.detach().double().cpu().requires_grad_()
+                     for n, p in fast.named_parameters()}
+    x64 = x.detach().double().cpu().requires_grad_()
+    hx64 = tuple(t.detach().double().cpu().requires_grad_() for t in hx) if hx else None
+    oracle = lambda inp, state: reference_lstm(  # noqa: E731
+        inp, state, oracle_params, num_layers=case.layers, **case.kwargs)
+    want = results(oracle, oracle_params, case, x64, hx64)
+
+    theirs = results(torch_lstm, dict(torch_lstm.named_parameters()), case, x, hx)
+    tol = TOLERANCE[dtype]
+    assert set(got) == set(want)
+    for key in want:
+        assert_close(got[key], want[key], tol, f"{backend} {key} vs oracle")
+        # Two implementations each within tol of the oracle are within 2*tol of each other.
+        err = relative_error(got[key], theirs[key])
+        assert err <= 2 * tol + relative_error(theirs[key], want[key]), \
+            f"{backend} {key} vs nn.LSTM: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("device,backend", device_backend_params())
+def test_matches_oracle_and_nn_lstm(case, device, backend):
+    for i, dtype in enumerate(dtypes_for(device)):
+        if dtype in (torch.float16, torch.bfloat16) and backend == "reference":
+            continue  # the oracle's own arithmetic in half precision proves nothing
+        compare_to_oracle(case, device, backend, dtype, seed=1000 + i)
+
+
+def test_oracle_matches_nn_lstm_in_float64():
+    """The oracle itself against torch's LSTM, so a bug shared by backend and oracle shows."""
+    for case in CASES:
+        compare_to_oracle(case, "cpu", "aten", torch.float64, seed=5)
+
+
+def test_comparison_can_fail():
+    """A wrong weight must be caught: the harness is not vacuous."""
+    case = CASES[0]
+    fast = FastLSTM(case.inputs, case.hidden, backend="cpu").double()
+    x, hx = random_inputs(case, "cpu", torch.float64, gen_seed=3)
+    params = {n: p.detach().clone().requires_grad_() for n, p in fast.named_parameters()}
+    params["weight_hh_l0"] = (params["weight_hh_l0"].detach() * 1.001).requires_grad_()
+    got = results(fast, dict(fast.named_parameters()), case, x, hx)
+    want = results(lambda i, s: reference_lstm(i, s, params), params, case,
+                   x.detach().requires_grad_(), tuple(t.detach().requires_grad_() for t in hx))
+    assert relative_error(got["output"], want["output"]) > 1e-6
+    nan = torch.full_like(want["output"], float("nan"))
+    assert relative_error(nan, want["output"]) == float("inf")
