@@ -1,7 +1,7 @@
 """FastLSTM and FastLSTMCell: drop-in nn.LSTM / nn.LSTMCell with a choice of backend.
 
-They subclass torch's modules, so parameter names, shapes, initialisation and state_dict
-are nn.LSTM's own; only forward differs. backend=
+Parameter names, shapes, initialisation and state_dict are nn.LSTM's / nn.LSTMCell's, so
+weights load both ways; forward has the same contract and error types. backend=
   "auto"       the fastest verified path for the input (see _auto_path)
   "reference"  fastlstm.reference, plain PyTorch (slow; the oracle)
   "cpu"        the fused C++ op on CPU tensors
@@ -13,6 +13,8 @@ lacks) goes to torch's own LSTM, never to a wrong answer.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -97,72 +99,167 @@ def _check_same_device_dtype(module, tensors, what):
             raise ValueError(f"{what} must have the type {weight.dtype}, got type {t.dtype}")
 
 
-class FastLSTM(nn.LSTM):
-    """nn.LSTM with fused kernels. Same arguments, plus keyword ``backend``."""
+class FastLSTM(nn.Module):
+    """nn.LSTM with fused kernels. Same arguments, parameters and forward contract, plus
+    keyword ``backend``. Not a subclass of nn.LSTM: torch.compile refuses to trace those,
+    while it traces this module (and the fastlstm ops) whole."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  backend="auto"):
-        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias,
-                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                         proj_size=proj_size, device=device, dtype=dtype)
+        super().__init__()
+        for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                                 ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+            if value < low:
+                raise ValueError(f"{name} must be at least {low}, got {value}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) \
+                or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             "probability of an element being zeroed")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=2)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
         self.backend = _check_backend(backend)
 
+        # nn.LSTM's parameters, names and registration order (its state_dict order).
+        factory = dict(device=device, dtype=dtype)
+        dirs = 2 if bidirectional else 1
+        out_size = proj_size or hidden_size
+        self._weight_names = []
+        for layer in range(num_layers):
+            for suffix in ["", "_reverse"][:dirs]:
+                layer_in = input_size if layer == 0 else out_size * dirs
+                shapes = [("weight_ih", (4 * hidden_size, layer_in)),
+                          ("weight_hh", (4 * hidden_size, out_size))]
+                if bias:
+                    shapes += [("bias_ih", (4 * hidden_size,)), ("bias_hh", (4 * hidden_size,))]
+                if proj_size:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
+                for name, shape in shapes:
+                    full = f"{name}_l{layer}{suffix}"
+                    self.register_parameter(full, nn.Parameter(torch.empty(shape, **factory)))
+                    self._weight_names.append(full)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """nn.LSTM's initialisation: every parameter U(-1/sqrt(hidden), 1/sqrt(hidden))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
     def extra_repr(self):
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + f", backend={self.backend!r}"
+
+    def _weights(self):
+        """Parameters in nn.LSTM's flat order (what torch's own LSTM kernels take)."""
+        return [getattr(self, name) for name in self._weight_names]
+
+    def _zero_state(self, batch, like):
+        dirs = 2 if self.bidirectional else 1
+        zeros = lambda n: like.new_zeros(self.num_layers * dirs, batch, n)  # noqa: E731
+        return zeros(self.proj_size or self.hidden_size), zeros(self.hidden_size)
+
+    def _check_state(self, hx, batch):
+        dirs = 2 if self.bidirectional else 1
+        for i, size in enumerate((self.proj_size or self.hidden_size, self.hidden_size)):
+            expected = (self.num_layers * dirs, batch, size)
+            if tuple(hx[i].shape) != expected:
+                raise RuntimeError(f"Expected hidden[{i}] size {expected}, got "
+                                   f"{list(hx[i].shape)}")
 
     def _validate(self, input, hx):
-        """nn.LSTM's checks, with its error types and messages. Returns time-major 3-D
-        input, 3-D (h0, c0) or None, and whether the input was unbatched."""
+        """nn.LSTM's checks with its error types and messages, plus device and dtype checks
+        of the states. Returns batched 3-D input (layout unchanged), 3-D states (zeros if
+        none were given) and whether the input was unbatched."""
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         batched = input.dim() == 3
         x = input if batched else input.unsqueeze(0 if self.batch_first else 1)
         _check_same_device_dtype(self, [x], "Input")
-        if hx is not None:
-            want = 3 if batched else 2
-            if hx[0].dim() != want or hx[1].dim() != want:
-                kind = "batched 3-D" if batched else "unbatched 2-D"
-                raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
-                                   f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-            if not batched:
-                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            _check_same_device_dtype(self, hx, "Hidden")
-        self.check_forward_args(x, hx if hx is not None else self._zero_state(x), None)
-        if self.batch_first:
-            x = x.transpose(0, 1)
+        if x.size(-1) != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {x.size(-1)}")
+        batch = x.size(0 if self.batch_first else 1)
+        if hx is None:
+            return x, self._zero_state(batch, x), not batched
+        want = 3 if batched else 2
+        if hx[0].dim() != want or hx[1].dim() != want:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                               f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+        if not batched:
+            hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        _check_same_device_dtype(self, hx, "Hidden")
+        self._check_state(hx, batch)
         return x, hx, not batched
-
-    def _zero_state(self, x_batched):
-        batch = x_batched.size(0 if self.batch_first else 1)
-        dirs = 2 if self.bidirectional else 1
-        out = self.proj_size if self.proj_size > 0 else self.hidden_size
-        zeros = lambda n: x_batched.new_zeros(self.num_layers * dirs, batch, n)  # noqa: E731
-        return zeros(out), zeros(self.hidden_size)
 
     def forward(self, input, hx=None):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         path = choose_path(self.backend, data, _fused_unsupported(data, self.proj_size, packed))
-        if path == "aten":
-            return super().forward(input, hx)
+        if packed:
+            return self._forward_packed(input, hx, path)
+        x, state, unbatched = self._validate(input, hx)
         if path == "reference":
-            if not packed:
-                self._validate(input, hx)
+            out, (h_n, c_n) = reference_lstm(
+                x, state, dict(self.named_parameters()), num_layers=self.num_layers,
+                bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
+                training=self.training, bidirectional=self.bidirectional,
+                proj_size=self.proj_size)
+        elif path == "aten":
+            out, h_n, c_n = torch._VF.lstm(x, state, self._weights(), self.bias, self.num_layers,
+                                           self.dropout, self.training, self.bidirectional,
+                                           self.batch_first)
+        else:
+            out, h_n, c_n = self._forward_fused(x, state)
+        if unbatched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return out, (h_n, c_n)
+
+    def _forward_packed(self, input, hx, path):
+        if path == "reference":
             return reference_lstm(input, hx, dict(self.named_parameters()),
                                   num_layers=self.num_layers, bias=self.bias,
-                                  batch_first=self.batch_first, dropout=self.dropout,
-                                  training=self.training, bidirectional=self.bidirectional,
-                                  proj_size=self.proj_size)
-        return self._forward_fused(input, hx)
+                                  dropout=self.dropout, training=self.training,
+                                  bidirectional=self.bidirectional, proj_size=self.proj_size)
+        data, batch_sizes, sorted_idx, unsorted_idx = input
+        batch = int(batch_sizes[0])
+        if hx is None:
+            hx = self._zero_state(batch, data)
+        else:
+            _check_same_device_dtype(self, hx, "Hidden")
+            self._check_state(hx, batch)
+            if sorted_idx is not None:  # states come in the caller's batch order
+                hx = tuple(t.index_select(1, sorted_idx) for t in hx)
+        out, h_n, c_n = torch._VF.lstm(data, batch_sizes, hx, self._weights(), self.bias,
+                                       self.num_layers, self.dropout, self.training,
+                                       self.bidirectional)
+        if unsorted_idx is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_idx), c_n.index_select(1, unsorted_idx)
+        return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
 
-    def _forward_fused(self, input, hx):
-        x, hx, unbatched = self._validate(input, hx)
-        h0, c0 = hx if hx is not None else self._zero_state(x.transpose(0, 1)
-                                                            if self.batch_first else x)
+    def _forward_fused(self, x, state):
+        """Layer by layer, direction by direction, through the fastlstm ops. x is batched
+        3-D in the module's layout; returns (output, h_n, c_n) in the same layout."""
+        h0, c0 = state
         dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
-        layer_in = x
+        layer_in = x.transpose(0, 1) if self.batch_first else x  # ops are time-major
         for layer in range(self.num_layers):
             outs = []
             for d, suffix in enumerate(["", "_reverse"][:dirs]):
@@ -178,11 +275,7 @@ class FastLSTM(nn.LSTM):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
         out = layer_in.transpose(0, 1) if self.batch_first else layer_in
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if unbatched:
-            out = out.squeeze(0 if self.batch_first else 1)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return out, (h_n, c_n)
+        return out, torch.stack(h_n), torch.stack(c_n)
 
 
 class FastLSTMCell(nn.LSTMCell):

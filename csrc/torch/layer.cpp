@@ -1,5 +1,7 @@
 #include "layer.h"
 
+#include <c10/core/GradMode.h>
+
 #include <cstdlib>
 #include <limits>
 
@@ -53,6 +55,8 @@ inline int64_t time_at(int64_t s, int64_t steps, bool reverse) {
 std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj_in, const Tensor& h0_in,
                                                  const Tensor& c0, const Tensor& w_hh_in,
                                                  bool reverse, const StepKernels& kernels) {
+  // Kernels: autograd is the op's registration's business, never the inner GEMMs'.
+  const c10::NoGradGuard no_grad;
   check_inputs(xproj_in, h0_in, c0, w_hh_in);
   const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
@@ -78,6 +82,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs,
     const Tensor& gates, bool reverse, const StepKernels& kernels) {
+  const c10::NoGradGuard no_grad;
   check_inputs(gates, h0_in, c0, w_hh_in);
   const int64_t S = gates.size(0), B = gates.size(1), H = w_hh_in.size(1);
   TORCH_CHECK(grad_hs_in.sizes() == hs.sizes() && hs.sizes() == cs.sizes() &&
@@ -120,6 +125,7 @@ std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tenso
                                                 const StepKernels& kernels) {
   TORCH_CHECK(xproj.dim() == 2, "fastlstm: step xproj must be [batch, 4*hidden], got ",
               xproj.sizes());
+  const c10::NoGradGuard no_grad;
   check_inputs(xproj.unsqueeze(0), h, c, w_hh);
   const int64_t B = xproj.size(0), H = w_hh.size(1);
   const Tensor x = xproj.contiguous();
