@@ -208,12 +208,12 @@ class FastLSTM(nn.Module):
         return x, hx, not batched
 
     def forward(self, input, hx=None):
-        packed = isinstance(input, PackedSequence)
-        data = input.data if packed else input
-        path = choose_path(self.backend, data, _fused_unsupported(data, self.proj_size, packed))
-        if packed:
+        if isinstance(input, PackedSequence):
+            path = choose_path(self.backend, input.data,
+                               _fused_unsupported(input.data, self.proj_size, packed=True))
             return self._forward_packed(input, hx, path)
         x, state, unbatched = self._validate(input, hx)
+        path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size))
         if path == "reference":
             out, (h_n, c_n) = reference_lstm(
                 x, state, dict(self.named_parameters()), num_layers=self.num_layers,
@@ -290,12 +290,12 @@ class FastLSTMCell(nn.LSTMCell):
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
     def forward(self, input, hx=None):
-        path = choose_path(self.backend, input, _fused_unsupported(input))
-        if path == "aten":
-            return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         _check_same_device_dtype(self, [input], "Input")
+        path = choose_path(self.backend, input, _fused_unsupported(input))
+        if path == "aten":
+            return super().forward(input, hx)
         if hx is not None:
             if hx[0].dim() != input.dim() or hx[1].dim() != input.dim():
                 raise RuntimeError(f"LSTMCell: Expected hx and cx to be {input.dim()}D like the "

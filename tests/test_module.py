@@ -1,0 +1,198 @@
+"""FastLSTM / FastLSTMCell as drop-ins: weights both ways, dropout, errors of the same
+kind as nn.LSTM's, the cell, and the fallback when the extension is missing."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from fastlstm import FastLSTM, FastLSTMCell, lstm_cell_reference, reference_lstm
+from helpers import TOLERANCE, assert_close
+
+FUSED = ["cpu", "auto", "reference"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_layers=2), dict(num_layers=3, bidirectional=True),
+                                    dict(proj_size=4, num_layers=2), dict(bias=False)])
+def test_state_dict_round_trips(kwargs):
+    torch.manual_seed(0)
+    theirs = nn.LSTM(6, 9, **kwargs)
+    ours = FastLSTM(6, 9, **kwargs)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == \
+        [(n, p.shape) for n, p in theirs.named_parameters()]
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 2, 6)
+    assert_close(ours(x)[0], theirs(x)[0], 1e-5, "nn.LSTM -> FastLSTM")
+    ours2 = FastLSTM(6, 9, **kwargs)
+    theirs.load_state_dict(ours2.state_dict())
+    assert_close(ours2(x)[0], theirs(x)[0], 1e-5, "FastLSTM -> nn.LSTM")
+
+
+def test_default_init_matches_nn_lstm_distribution():
+    ours = FastLSTM(5, 16)
+    bound = 1 / 16 ** 0.5
+    for p in ours.parameters():
+        assert p.abs().max() <= bound and p.std() > bound / 4
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_dropout_between_layers_in_training_only(backend):
+    torch.manual_seed(0)
+    lstm = FastLSTM(5, 8, num_layers=3, dropout=0.5, backend=backend).double()
+    params = {n: p.detach() for n, p in lstm.named_parameters()}
+    x = torch.randn(6, 4, 5, dtype=torch.float64)
+    no_dropout = reference_lstm(x, None, params, num_layers=3)[0]
+    lstm.eval()
+    assert_close(lstm(x)[0], no_dropout, 1e-12, "eval ignores dropout")
+    lstm.train()
+    torch.manual_seed(1)
+    out = lstm(x)[0]
+    assert (out - no_dropout).abs().max() > 1e-3, "training applies dropout"
+    torch.manual_seed(1)  # the same mask as the oracle's: dropped between layers, not after
+    want = reference_lstm(x, None, params, num_layers=3, dropout=0.5, training=True)[0]
+    assert_close(out, want, 1e-12, "dropout between layers")
+
+
+def test_unknown_and_unbuilt_backends():
+    with pytest.raises(ValueError, match="unknown FastLSTM backend"):
+        FastLSTM(3, 4, backend="tpu")
+    with pytest.raises(NotImplementedError, match="triton"):
+        FastLSTM(3, 4, backend="triton")(torch.randn(2, 1, 3))
+    with pytest.raises(ValueError, match="needs cuda tensors"):
+        FastLSTM(3, 4, backend="cuda")(torch.randn(2, 1, 3))
+
+
+def test_explicit_backend_routes_unsupported_features_correctly():
+    torch.manual_seed(0)
+    lstm = FastLSTM(3, 6, proj_size=2, backend="cpu")
+    theirs = nn.LSTM(3, 6, proj_size=2)
+    theirs.load_state_dict(lstm.state_dict())
+    x = torch.randn(4, 2, 3)
+    with pytest.warns(UserWarning, match="proj_size"):
+        out = lstm(x)[0]
+    assert_close(out, theirs(x)[0], 1e-6, "proj_size via torch's LSTM")
+
+
+BAD_INPUTS = {
+    "4d_input": lambda: (torch.randn(2, 3, 4, 5), None),
+    "wrong_feature_size": lambda: (torch.randn(5, 3, 7), None),
+    "wrong_h_shape": lambda: (torch.randn(5, 3, 4), (torch.randn(1, 3, 6), torch.randn(2, 3, 6))),
+    "wrong_c_shape": lambda: (torch.randn(5, 3, 4), (torch.randn(2, 3, 6), torch.randn(2, 2, 6))),
+    "2d_state_for_3d_input": lambda: (torch.randn(5, 3, 4), (torch.randn(3, 6), torch.randn(3, 6))),
+    "3d_state_for_2d_input": lambda: (torch.randn(5, 4),
+                                      (torch.randn(2, 1, 6), torch.randn(2, 1, 6))),
+    "input_dtype": lambda: (torch.randn(5, 3, 4, dtype=torch.float64), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("backend", FUSED)
+def test_bad_input_errors_like_nn_lstm(case, backend):
+    torch.manual_seed(0)
+    x, hx = BAD_INPUTS[case]()
+    with pytest.raises(Exception) as theirs:
+        nn.LSTM(4, 6, num_layers=2)(x, hx)
+    with pytest.raises(type(theirs.value)) as ours:
+        FastLSTM(4, 6, num_layers=2, backend=backend)(x, hx)
+    assert str(ours.value), "an error needs a message"
+
+
+def test_state_dtype_and_device_mismatch():
+    lstm = FastLSTM(4, 6, backend="cpu")
+    x = torch.randn(5, 3, 4)
+    with pytest.raises(ValueError, match="Hidden must have the type torch.float32"):
+        lstm(x, (torch.randn(1, 3, 6, dtype=torch.float64), torch.randn(1, 3, 6)))
+    with pytest.raises(RuntimeError, match="not at the same device"):
+        lstm(x.to("meta"))
+    with pytest.raises(RuntimeError, match="not at the same device"):
+        lstm(x, (torch.randn(1, 3, 6, device="meta"), torch.randn(1, 3, 6)))
+
+
+def test_constructor_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="dropout"):
+        FastLSTM(3, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="proj_size"):
+        FastLSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="hidden_size"):
+        FastLSTM(3, 0)
+    with pytest.raises(TypeError, match="num_layers"):
+        FastLSTM(3, 4, num_layers=2.0)
+
+
+@pytest.mark.parametrize("backend", FUSED + ["aten"])
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_matches_oracle_and_nn_lstm_cell(backend, unbatched, dtype):
+    torch.manual_seed(3)
+    cell = FastLSTMCell(7, 13, backend=backend)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.uniform_(-0.6, 0.6)
+    theirs = nn.LSTMCell(7, 13)
+    theirs.load_state_dict(cell.state_dict())
+    cell.to(dtype)
+    theirs.to(dtype)
+    batch = () if unbatched else (3,)
+    x, h, c = (torch.randn(*batch, n, dtype=dtype, requires_grad=True) for n in (7, 13, 13))
+    params64 = {n: p.detach().double().requires_grad_() for n, p in cell.named_parameters()}
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, h, c)]
+    g = [torch.randn(*batch, 13, dtype=torch.float64) for _ in range(2)]
+
+    def grads(fn, leaves, params):
+        h_new, c_new = fn(*leaves)
+        loss = (h_new.double() * g[0]).sum() + (c_new.double() * g[1]).sum()
+        return [h_new, c_new, *torch.autograd.grad(loss, [*leaves, *params])]
+
+    got = grads(lambda *a: cell(a[0], (a[1], a[2])), [x, h, c], list(cell.parameters()))
+    want = grads(lambda x_, h_, c_: lstm_cell_reference(
+        x_, h_, c_, params64["weight_ih"], params64["weight_hh"], params64["bias_ih"],
+        params64["bias_hh"]), leaves64, list(params64.values()))
+    other = grads(lambda *a: theirs(a[0], (a[1], a[2])), [x, h, c], list(theirs.parameters()))
+    for name, a, b, o in zip(["h", "c", "dx", "dh", "dc", "dw_ih", "dw_hh", "db_ih", "db_hh"],
+                             got, want, other):
+        assert_close(a, b, TOLERANCE[dtype], f"cell {name} vs oracle")
+        assert_close(a, o, 3 * TOLERANCE[dtype], f"cell {name} vs nn.LSTMCell")
+    h0, c0 = cell(x)  # zero state by default
+    assert h0.shape == h.shape and c0.shape == c.shape
+
+
+def test_cell_bad_input():
+    cell = FastLSTMCell(4, 5, backend="cpu")
+    with pytest.raises(ValueError, match="1D or 2D"):
+        cell(torch.randn(2, 3, 4))
+    with pytest.raises(RuntimeError, match="input_size"):
+        cell(torch.randn(3, 6))
+    with pytest.raises(RuntimeError, match="hx has shape"):
+        cell(torch.randn(3, 4), (torch.randn(2, 5), torch.randn(3, 5)))
+
+
+def run_without_extension(code):
+    """Run `code` in a fresh interpreter in which fastlstm._C cannot be imported."""
+    prelude = "import sys; sys.modules['fastlstm._C'] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_missing_extension_falls_back_with_one_warning():
+    result = run_without_extension("""
+        import warnings, torch, fastlstm
+        warnings.simplefilter("always")
+        lstm = fastlstm.FastLSTM(3, 4)
+        with warnings.catch_warnings(record=True) as caught:
+            for _ in range(3):
+                out, _ = lstm(torch.randn(2, 1, 3))
+        msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(msgs) == 1, msgs
+        assert "pip install --no-build-isolation" in msgs[0], msgs[0]
+        try:
+            fastlstm.FastLSTM(3, 4, backend="cpu")(torch.randn(2, 1, 3))
+        except RuntimeError as e:
+            assert "could not be imported" in str(e), e
+        else:
+            raise AssertionError("backend='cpu' without the extension must raise")
+        print("ok", tuple(out.shape))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "ok (2, 1, 4)" in result.stdout
