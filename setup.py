@@ -69,7 +69,8 @@ def extensions():
     with_cuda = want_cuda(torch, cuda_home)
     sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp"]
     # No -std: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
-    cxx = ["-O3", f'-DFASTLSTM_TORCH_VERSION="{torch.__version__}"']
+    # -fno-trapping-math lets GCC vectorise the gate math (see core/lstm_step.h).
+    cxx = ["-O3", "-fno-trapping-math", f'-DFASTLSTM_TORCH_VERSION="{torch.__version__}"']
     if not with_cuda:
         return [cpp_extension.CppExtension("fastlstm._C", sources, extra_compile_args={"cxx": cxx})]
 

@@ -46,10 +46,15 @@ def _layer_setup_context(ctx, inputs, output):
     ctx.save_for_backward(h0, c0, w_hh, hs, cs, gates)
     ctx.reverse = reverse
     ctx.mark_non_differentiable(gates)
+    # Usually only c_n of cs is used (or none): let an unused gradient arrive as None
+    # rather than as a zero tensor the backward would read at every step.
+    ctx.set_materialize_grads(False)
 
 
 def _layer_backward(ctx, grad_hs, grad_cs, _grad_gates):
     h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
+    if grad_hs is None:
+        grad_hs = torch.zeros_like(hs)
     grads = torch.ops.fastlstm.lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates,
                                                    ctx.reverse)
     return (*grads, None)
@@ -60,15 +65,27 @@ def _step_setup_context(ctx, inputs, output):
     h_new, c_new, gates = output
     ctx.save_for_backward(h, c, w_hh, h_new, c_new, gates)
     ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
 
 
 def _step_backward(ctx, grad_h, grad_c, _grad_gates):
     # A step is a layer of length 1: one backward op serves both.
     h, c, w_hh, h_new, c_new, gates = ctx.saved_tensors
+    grad_h = torch.zeros_like(h_new) if grad_h is None else grad_h
     grad_x, grad_h0, grad_c0, grad_w = torch.ops.fastlstm.lstm_layer_backward(
-        grad_h.unsqueeze(0), grad_c.unsqueeze(0), h, c, w_hh, h_new.unsqueeze(0),
+        grad_h.unsqueeze(0), None if grad_c is None else grad_c.unsqueeze(0), h, c, w_hh,
+        h_new.unsqueeze(0),
         c_new.unsqueeze(0), gates.unsqueeze(0), False)
     return grad_x.squeeze(0), grad_h0, grad_c0, grad_w
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fastlstm: double backward (gradients of gradients) through the LSTM "
+                       "ops is not supported")
+
+
+def _no_setup(ctx, inputs, output):
+    pass
 
 
 if _extension.available():
@@ -79,6 +96,9 @@ if _extension.available():
                                     setup_context=_layer_setup_context)
     torch.library.register_autograd("fastlstm::lstm_step", _step_backward,
                                     setup_context=_step_setup_context)
+    # Registered so that autograd says so plainly instead of silently returning nothing.
+    torch.library.register_autograd("fastlstm::lstm_layer_backward", _no_double_backward,
+                                    setup_context=_no_setup)
 
 
 def input_projection(x, w_ih, b_ih, b_hh):

@@ -54,14 +54,24 @@ def test_opcheck(device):
             args = [a.detach().to(dtype).requires_grad_() for a in layer_args(device)]
             torch.library.opcheck(torch.ops.fastlstm.lstm_layer.default, (*args, reverse))
             hs, cs, gates = torch.ops.fastlstm.lstm_layer(*args, reverse)
-            back_args = (torch.randn_like(hs), torch.randn_like(cs), args[1], args[2], args[3],
-                         hs.detach(), cs.detach(), gates.detach(), reverse)
+            # As autograd calls it: no input requires grad (no double backward).
+            back_args = (torch.randn_like(hs), torch.randn_like(cs),
+                         *[a.detach() for a in args[1:]], hs.detach(), cs.detach(),
+                         gates.detach(), reverse)
             torch.library.opcheck(torch.ops.fastlstm.lstm_layer_backward.default, back_args)
             torch.library.opcheck(torch.ops.fastlstm.lstm_layer_backward.default,
                                   (back_args[0], None, *back_args[2:]))
         xproj, h, c, w = [a.detach().to(dtype) for a in layer_args(device, steps=1)]
         torch.library.opcheck(torch.ops.fastlstm.lstm_step.default,
                               (xproj[0].requires_grad_(), h.requires_grad_(), c, w))
+
+
+def test_double_backward_is_refused_clearly():
+    args = layer_args("cpu")
+    hs, _, _ = torch.ops.fastlstm.lstm_layer(*args, False)
+    (grad_x,) = torch.autograd.grad(hs.sum(), args[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad_x.sum().backward()
 
 
 def test_op_rejects_bad_shapes():

@@ -14,15 +14,19 @@ __global__ void step_forward_kernel(const StepForwardArgs<T, Acc> args) {
   const int64_t n = args.batch * args.hidden;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x)
-    step_forward_element(args, idx);
+    step_forward_element(args, idx / args.hidden, idx % args.hidden);
 }
 
 template <typename T, typename Acc>
 __global__ void step_backward_kernel(const StepBackwardArgs<T, Acc> args) {
   const int64_t n = args.batch * args.hidden;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x)
-    step_backward_element(args, idx);
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    if (args.grad_c)  // the same for every thread: no divergence
+      step_backward_element<true>(args, idx / args.hidden, idx % args.hidden);
+    else
+      step_backward_element<false>(args, idx / args.hidden, idx % args.hidden);
+  }
 }
 
 unsigned grid_for(int64_t n) {

@@ -15,13 +15,34 @@ namespace fastlstm {
 namespace {
 
 // Below this many elements a step's pointwise work runs on one thread: splitting it
-// costs more than it saves.
-constexpr int64_t kCpuGrain = 16384;
+// costs more than it saves. parallel_for splits batch rows; this is its grain in rows.
+constexpr int64_t kCpuGrainElements = 2048;
+int64_t rows_grain(int64_t hidden) { return std::max<int64_t>(1, kCpuGrainElements / hidden); }
 
 template <typename T>
 T* ptr(const Tensor& t) {
   return t.data_ptr<T>();
 }
+
+// The row loops, compiled twice on x86-64 GCC: for AVX2+FMA (x86-64-v3) and for the
+// baseline, chosen when the library loads. AVX2 makes the vectorised gate math ~2.5x faster.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTLSTM_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FASTLSTM_CPU_CLONES
+#endif
+
+#define FASTLSTM_CPU_ROWS(T)                                                                \
+  FASTLSTM_CPU_CLONES void forward_rows(const StepForwardArgs<T, T>& a, int64_t b, int64_t e) { \
+    step_forward_rows(a, b, e);                                                             \
+  }                                                                                         \
+  FASTLSTM_CPU_CLONES void backward_rows(const StepBackwardArgs<T, T>& a, int64_t b,        \
+                                         int64_t e) {                                       \
+    step_backward_rows(a, b, e);                                                            \
+  }
+FASTLSTM_CPU_ROWS(float)
+FASTLSTM_CPU_ROWS(double)
+#undef FASTLSTM_CPU_ROWS
 
 void cpu_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_prev,
                       const Tensor& gates, const Tensor& c, const Tensor& h) {
@@ -31,8 +52,8 @@ void cpu_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_pr
                                               ptr<Acc>(c_prev),      ptr<scalar_t>(gates),
                                               ptr<Acc>(c),           ptr<scalar_t>(h),
                                               h.size(0),             h.size(1)};
-    at::parallel_for(0, args.batch * args.hidden, kCpuGrain,
-                     [&](int64_t begin, int64_t end) { step_forward_range(args, begin, end); });
+    at::parallel_for(0, args.batch, rows_grain(args.hidden),
+                     [&](int64_t begin, int64_t end) { forward_rows(args, begin, end); });
   });
 }
 
@@ -48,8 +69,8 @@ void cpu_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor& 
         ptr<scalar_t>(grad_h_rec), grad_c ? ptr<scalar_t>(*grad_c) : nullptr,
         ptr<Acc>(grad_c_carry),    ptr<scalar_t>(grad_pre),
         grad_h.size(0),            grad_h.size(1)};
-    at::parallel_for(0, args.batch * args.hidden, kCpuGrain,
-                     [&](int64_t begin, int64_t end) { step_backward_range(args, begin, end); });
+    at::parallel_for(0, args.batch, rows_grain(args.hidden),
+                     [&](int64_t begin, int64_t end) { backward_rows(args, begin, end); });
   });
 }
 

@@ -1,0 +1,32 @@
+"""Turn a pytest-benchmark JSON into a table: median time per backend and its ratio to
+the baseline (cudnn, else aten) of the same group. Ratio < 1 means faster than baseline.
+
+  python benchmarks/compare.py bench.json
+"""
+import json
+import sys
+from collections import defaultdict
+
+BASELINES = ("cudnn", "aten")
+
+
+def table(path):
+    with open(path) as f:
+        data = json.load(f)
+    groups = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        groups[bench["group"]][bench["extra_info"]["backend"]] = bench["stats"]["median"]
+    lines = [f"{'group':<26} {'backend':<10} {'median ms':>10} {'vs base':>8}"]
+    for group in sorted(groups):
+        times = groups[group]
+        base = next((times[b] for b in BASELINES if b in times), None)
+        for backend, t in sorted(times.items()):
+            ratio = f"{t / base:.2f}" if base else "-"
+            lines.append(f"{group:<26} {backend:<10} {t * 1e3:>10.3f} {ratio:>8}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(table(sys.argv[1]))

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="device to benchmark on (default: cuda if visible, else cpu)")
+    parser.addoption("--bench-shapes", default=None,
+                     help="comma-separated shapes (S1,S2,S3,step); default: all on cuda, "
+                          "S3,step on cpu")
+    parser.addoption("--bench-backends", default=None,
+                     help="comma-separated FastLSTM backends; default: cuda,cudnn on cuda, "
+                          "cpu,aten on cpu")
+    parser.addoption("--bench-dtypes", default=None,
+                     help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 on "
+                          "cuda, fp32 on cpu")
+
+
+def _option(config, name, cuda_default, cpu_default):
+    value = config.getoption(name)
+    if value is None:
+        value = cuda_default if config.getoption("--bench-device") == "cuda" else cpu_default
+    return value.split(",")
+
+
+def pytest_generate_tests(metafunc):
+    c = metafunc.config
+    if "shape" in metafunc.fixturenames:
+        metafunc.parametrize("shape", _option(c, "--bench-shapes", "S1,S2,S3,step", "S3,step"))
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _option(c, "--bench-backends", "cuda,cudnn", "cpu,aten"))
+    if "dtype_name" in metafunc.fixturenames:
+        metafunc.parametrize("dtype_name", _option(c, "--bench-dtypes", "fp32,bf16", "fp32"))
+
+
+@pytest.fixture
+def device(request):
+    return request.config.getoption("--bench-device")

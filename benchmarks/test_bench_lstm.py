@@ -1,0 +1,54 @@
+"""FastLSTM backends side by side (pytest-benchmark). Each group is one
+shape x pass x dtype, so backends compare within it. Examples:
+
+  pytest benchmarks --benchmark-json=bench.json           # cuda vs cudnn on a GPU
+  pytest benchmarks --bench-device=cpu                    # cpu op vs nn.LSTM (oneDNN)
+  python benchmarks/compare.py bench.json                 # table of ratios
+"""
+import pytest
+import torch
+
+from fastlstm import FastLSTM
+
+# name: (layers, hidden, batch, seq); input size = hidden
+SHAPES = {"S1": (2, 512, 64, 100), "S2": (3, 512, 100, 100), "S3": (2, 128, 50, 50),
+          "step": (2, 512, 1, 1)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "fwdbwd"])
+def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
+    layers, hidden, batch, seq = SHAPES[shape]
+    dtype = DTYPES[dtype_name]
+    if device == "cpu" and dtype != torch.float32:
+        pytest.skip("CPU benchmarks are fp32")
+    torch.manual_seed(0)
+    lstm = FastLSTM(hidden, hidden, layers, backend=backend).to(device, dtype)
+    x = torch.randn(seq, batch, hidden, device=device, dtype=dtype)
+    h0 = torch.randn(layers, batch, hidden, device=device, dtype=dtype)
+    c0 = torch.randn(layers, batch, hidden, device=device, dtype=dtype)
+
+    if pass_ == "fwd":
+        def run():
+            with torch.no_grad():
+                lstm(x, (h0, c0))
+            sync(device)
+    else:
+        x.requires_grad_()
+        params = list(lstm.parameters())
+
+        def run():
+            out, (h, c) = lstm(x, (h0, c0))
+            torch.autograd.grad(out.float().sum() + h.float().sum(), [x, *params])
+            sync(device)
+
+    benchmark.group = f"{shape} {pass_} {dtype_name} {device}"
+    benchmark.extra_info.update(shape=shape, backend=backend, dtype=dtype_name, pass_=pass_,
+                                device=device)
+    rounds = 5 if shape in ("S1", "S2") and device == "cpu" else 30
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=3, iterations=1)

@@ -1,0 +1,44 @@
+"""`python -m fastlstm.info`: what this installation can run, and what auto picks."""
+from __future__ import annotations
+
+import torch
+
+from . import _extension
+
+
+def report() -> list[tuple[str, str]]:
+    ext = _extension._C
+    rows = [("torch running", torch.__version__),
+            ("torch built against", ext.built_with_torch if ext else "-"),
+            ("C++ CPU op (backend='cpu')",
+             "available" if ext else f"UNAVAILABLE: {_extension.load_error}")]
+    if ext is not None and ext.cuda_compiled:
+        archs = ", ".join(f"sm_{int(a) // 10}" for a in ext.cuda_archs.split(",") if a.isdigit())
+        rows.append(("CUDA kernels (backend='cuda')", f"compiled for {archs}"))
+    else:
+        rows.append(("CUDA kernels (backend='cuda')", "not compiled"))
+    try:
+        import triton
+        rows.append(("Triton", f"{triton.__version__} (backend='triton' not implemented yet)"))
+    except ImportError:
+        rows.append(("Triton", "not installed"))
+    if torch.cuda.is_available():
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        rows.append(("GPU visible", "; ".join(gpus)))
+    else:
+        rows.append(("GPU visible", "none"))
+    rows.append(("auto on CPU tensors", "C++ op (fp32/fp64) " if ext else "torch's own LSTM"))
+    rows.append(("auto on CUDA tensors", "cuDNN (CUDA op not yet verified on a GPU)"))
+    rows.append(("always torch's own LSTM", "proj_size > 0, PackedSequence input"))
+    return rows
+
+
+def main() -> None:
+    rows = report()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
