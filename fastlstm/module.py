@@ -38,6 +38,14 @@ def _check_backend(backend):
     return backend
 
 
+def compute_dtype(data):
+    """The dtype the LSTM runs in: autocast's, where autocast is on, like nn.LSTM."""
+    device = data.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return data.dtype
+
+
 def _fused_unsupported(data, proj_size=0, packed=False):
     """Why the fused op cannot take this input, or None."""
     if proj_size > 0:
@@ -47,8 +55,8 @@ def _fused_unsupported(data, proj_size=0, packed=False):
     dtypes = FUSED_DTYPES.get(data.device.type)
     if dtypes is None:
         return f"{data.device.type} tensors"
-    if data.dtype not in dtypes:
-        return f"{data.dtype} on {data.device.type}"
+    if compute_dtype(data) not in dtypes:
+        return f"{compute_dtype(data)} on {data.device.type}"
     return None
 
 
@@ -148,6 +156,30 @@ class FastLSTM(nn.Module):
                     self.register_parameter(full, nn.Parameter(torch.empty(shape, **factory)))
                     self._weight_names.append(full)
         self.reset_parameters()
+
+    def flatten_parameters(self):
+        """What nn.LSTM's does: on CUDA with cuDNN, move the weights into one buffer that
+        cuDNN reads in place (else it copies them together on every call). A no-op
+        elsewhere; the fused backends do not need it."""
+        weights = self._weights()
+        first = weights[0]
+        if not all(w.is_cuda and w.dtype == first.dtype for w in weights) \
+                or not torch.backends.cudnn.is_acceptable(first) \
+                or len({w.data_ptr() for w in weights}) != len(weights) \
+                or not torch._use_cudnn_rnn_flatten_weight():
+            return
+        from torch.backends.cudnn import rnn as cudnn_rnn
+        weights_per_layer = (4 if self.bias else 2) + (1 if self.proj_size else 0)
+        with torch.cuda.device_of(first), torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(weights, weights_per_layer, self.input_size,
+                                            cudnn_rnn.get_cudnn_mode("LSTM"), self.hidden_size,
+                                            self.proj_size, self.num_layers, self.batch_first,
+                                            bool(self.bidirectional))
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self.flatten_parameters()  # after .cuda() / .to(), as nn.LSTM does
+        return result
 
     def reset_parameters(self):
         """nn.LSTM's initialisation: every parameter U(-1/sqrt(hidden), 1/sqrt(hidden))."""
@@ -256,18 +288,20 @@ class FastLSTM(nn.Module):
     def _forward_fused(self, x, state):
         """Layer by layer, direction by direction, through the fastlstm ops. x is batched
         3-D in the module's layout; returns (output, h_n, c_n) in the same layout."""
-        h0, c0 = state
+        dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
+        h0, c0 = (t.to(dtype) for t in state)
         dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
-        layer_in = x.transpose(0, 1) if self.batch_first else x  # ops are time-major
+        layer_in = (x.transpose(0, 1) if self.batch_first else x).to(dtype)  # ops: time-major
         for layer in range(self.num_layers):
             outs = []
             for d, suffix in enumerate(["", "_reverse"][:dirs]):
                 k = layer * dirs + d
                 w = lambda name: getattr(self, f"{name}_l{layer}{suffix}")  # noqa: E731
                 b_ih, b_hh = (w("bias_ih"), w("bias_hh")) if self.bias else (None, None)
-                hs, h, c = ops.lstm_layer(layer_in, h0[k], c0[k], w("weight_ih"), w("weight_hh"),
-                                          b_ih, b_hh, reverse=d == 1)
+                hs, h, c = ops.lstm_layer(layer_in, h0[k], c0[k], *(
+                    None if p is None else p.to(dtype)
+                    for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)), reverse=d == 1)
                 outs.append(hs)
                 h_n.append(h)
                 c_n.append(c)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU check, run on the device machine in one call (see README "GPU checks"):
+#   FASTLSTM_COMMIT=<sha> bash benchmarks/device_check.sh
+# Builds for sm_90, runs every test (GPU ones included), compute-sanitizer memcheck on a
+# small forward+backward and on the CUDA ctest program, ctest, then the benchmark harness
+# (cuda vs cudnn at S1 S2 S3 and the batch-1 step, fwd and fwd+bwd, fp32 and bf16), and
+# prints a short table last. Full logs go to $OUT (or /tmp/fastlstm-device).
+set -uo pipefail
+OUT=${OUT:-/tmp/fastlstm-device}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/device_check.log") 2>&1
+export PYTHONUNBUFFERED=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+[ -d /usr/local/cuda ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+summary=()
+step() { echo; echo "=== $1 ($(date +%T))"; }
+record() { summary+=("$1: $2"); }
+
+step environment
+echo "commit: ${FASTLSTM_COMMIT:-unknown}"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', triton.__version__, '|', torch.cuda.get_device_name())"
+nvcc --version | tail -2
+
+step build
+if ! pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+python3 -m fastlstm.info
+
+step "tests (all, GPU included)"
+python3 -m pytest tests -q -rfE -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+record tests "$(tail -1 "$OUT/pytest.log")"
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
+tail -1 "$OUT/pytest.log"
+
+step "compute-sanitizer memcheck"
+timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py \
+  > "$OUT/sanitizer.log" 2>&1
+rc=$?
+record "memcheck (python fwd+bwd)" "exit $rc, $(grep -c '^========= Invalid' "$OUT/sanitizer.log") invalid accesses"
+tail -3 "$OUT/sanitizer.log"
+
+step "ctest (sm_90)"
+cmake -S . -B /tmp/fastlstm-cmake -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/ctest.log" 2>&1 &&
+  cmake --build /tmp/fastlstm-cmake >> "$OUT/ctest.log" 2>&1 &&
+  ctest --test-dir /tmp/fastlstm-cmake --output-on-failure -V >> "$OUT/ctest.log" 2>&1
+record ctest "exit $?, $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
+grep -E "^[0-9]+: (ok|FAIL)|tests passed|tests failed" "$OUT/ctest.log"
+timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/fastlstm-cmake/test_step_cuda \
+  > "$OUT/sanitizer_ctest.log" 2>&1
+record "memcheck (test_step_cuda)" "exit $?"
+
+step benchmarks
+python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
+  --benchmark-json="$OUT/bench.json" --benchmark-columns=median,iqr,min > "$OUT/bench.log" 2>&1
+record benchmarks "$(tail -1 "$OUT/bench.log")"
+
+step summary
+printf '%s\n' "${summary[@]}"
+python3 benchmarks/compare.py "$OUT/bench.json" | tee "$OUT/table.txt"

@@ -1,0 +1,16 @@
+"""A small forward+backward through the CUDA backend, for compute-sanitizer:
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py"""
+import torch
+
+from fastlstm import FastLSTM, FastLSTMCell
+
+for dtype in (torch.float32, torch.bfloat16):
+    lstm = FastLSTM(13, 37, 2, bidirectional=True, backend="cuda").cuda().to(dtype)
+    x = torch.randn(5, 3, 13, device="cuda", dtype=dtype, requires_grad=True)
+    out, (h, c) = lstm(x)
+    (out.float().sum() + c.float().sum()).backward()
+    cell = FastLSTMCell(13, 37, backend="cuda").cuda().to(dtype)
+    h1, c1 = cell(x[0])
+    (h1.float().sum() + c1.float().sum()).backward()
+torch.cuda.synchronize()
+print("sanitize case ran")

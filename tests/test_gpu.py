@@ -1,0 +1,79 @@
+"""CUDA-only behaviour of the fused op: determinism, autocast, eval-mode backward, streams,
+the cell. (The differential tests in test_lstm.py run on CUDA too.)"""
+import pytest
+import torch
+from torch import nn
+
+from fastlstm import FastLSTM, FastLSTMCell, lstm_cell_reference, reference_lstm
+from helpers import TOLERANCE, assert_close
+
+pytestmark = pytest.mark.gpu
+
+
+def make(dtype=torch.float32, **kwargs):
+    torch.manual_seed(0)
+    lstm = FastLSTM(33, 70, 2, backend="cuda", **kwargs).cuda().to(dtype)
+    x = torch.randn(9, 5, 33, device="cuda", dtype=dtype, requires_grad=True)
+    return lstm, x
+
+
+def grads(lstm, x):
+    out, (h, c) = lstm(x)
+    g = torch.randn_like(out, generator=torch.Generator("cuda").manual_seed(1))
+    return torch.autograd.grad((out * g).sum() + h.sum() + c.sum(), [x, *lstm.parameters()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_is_deterministic(dtype):
+    lstm, x = make(dtype)
+    first, second = grads(lstm, x), grads(lstm, x)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b), "two backward runs on the same inputs must be bitwise equal"
+
+
+def test_backward_in_eval_mode():
+    lstm, x = make()
+    lstm.eval()
+    g = grads(lstm, x)
+    assert all(torch.isfinite(t).all() for t in g)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_like_nn_lstm(dtype):
+    lstm, x = make()
+    theirs = nn.LSTM(33, 70, 2).cuda()
+    theirs.load_state_dict(lstm.state_dict())
+    params64 = {n: p.detach().double().cpu() for n, p in lstm.named_parameters()}
+    want = reference_lstm(x.detach().double().cpu(), None, params64, num_layers=2)[0]
+    with torch.autocast("cuda", dtype=dtype):
+        out, (h, c) = lstm(x)
+        their_out, _ = theirs(x)
+    assert out.dtype == their_out.dtype == dtype
+    assert_close(out, want, TOLERANCE[dtype], "autocast output vs oracle")
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in lstm.parameters())
+
+
+def test_runs_on_the_current_stream():
+    lstm, x = make()
+    want = lstm(x)[0].detach()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = lstm(x)[0].detach()
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cell(dtype):
+    torch.manual_seed(0)
+    cell = FastLSTMCell(21, 45, backend="cuda").cuda().to(dtype)
+    x, h, c = (torch.randn(6, n, device="cuda", dtype=dtype) for n in (21, 45, 45))
+    p = {n: t.detach().double().cpu() for n, t in cell.named_parameters()}
+    want = lstm_cell_reference(*(t.double().cpu() for t in (x, h, c)), p["weight_ih"],
+                               p["weight_hh"], p["bias_ih"], p["bias_hh"])
+    got = cell(x, (h, c))
+    assert got[0].dtype == got[1].dtype == dtype
+    for a, b, name in zip(got, want, "hc"):
+        assert_close(a, b, TOLERANCE[dtype], f"cell {name}")
