@@ -24,10 +24,10 @@ T* ptr(const Tensor& t) {
   return t.data_ptr<T>();
 }
 
-// The row loops, compiled twice on x86-64 GCC: for AVX2+FMA (x86-64-v3) and for the
+// The row loops, compiled twice on x86-64 GCC: for AVX2+FMA (haswell) and for the
 // baseline, chosen when the library loads. AVX2 makes the vectorised gate math ~2.5x faster.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTLSTM_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FASTLSTM_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
 #else
 #define FASTLSTM_CPU_CLONES
 #endif
