@@ -23,7 +23,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torc
 nvcc --version | tail -2
 
 step build
-if ! pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+if ! python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
 python3 -m fastlstm.info
