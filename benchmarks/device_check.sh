@@ -28,8 +28,20 @@ if ! python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.lo
 fi
 python3 -m fastlstm.info
 
+step "an error raised inside the op"
+gcc --version | head -1
+readelf -lW fastlstm/_C*.so | grep -E "EH_FRAME|GNU_STACK"
+python3 benchmarks/raise_case.py > "$OUT/raise.log" 2>&1
+rc=$?
+record "error raised inside the op" "exit $rc: $(tail -1 "$OUT/raise.log")"
+cat "$OUT/raise.log" | head -5
+if [ $rc -ne 0 ] && command -v cuda-gdb > /dev/null; then
+  timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 benchmarks/raise_case.py 2>&1 \
+    | grep -E "^#|signal" | head -40
+fi
+
 step "tests (all, GPU included)"
-python3 -m pytest tests -q -rfE -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+COLUMNS=300 python3 -m pytest tests -q -rfE -p no:cacheprovider > "$OUT/pytest.log" 2>&1
 record tests "$(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
 tail -1 "$OUT/pytest.log"
