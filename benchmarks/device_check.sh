@@ -41,7 +41,7 @@ if [ $rc -ne 0 ] && command -v cuda-gdb > /dev/null; then
 fi
 
 step "tests (all, GPU included)"
-COLUMNS=300 python3 -m pytest tests -q -rfE -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+COLUMNS=300 python3 -m pytest tests -n 4 -q -rfE -p no:cacheprovider > "$OUT/pytest.log" 2>&1
 record tests "$(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
 tail -1 "$OUT/pytest.log"

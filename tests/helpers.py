@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from fastlstm import _extension
 
 # ||out - ref|| / ||ref|| against the float64 oracle, per storage dtype.
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2,
@@ -41,10 +40,3 @@ def device_backend_dtype_params():
                 continue
             params.append(pytest.param("cuda", backend, dtype, marks=pytest.mark.gpu))
     return params
-
-
-
-def fused_available(device):
-    if device == "cuda":
-        return _extension.cuda_compiled()
-    return _extension.available()
