@@ -2,7 +2,6 @@
 the cell. (The differential tests in test_lstm.py run on CUDA too.)"""
 import pytest
 import torch
-from torch import nn
 
 from fastlstm import FastLSTM, FastLSTMCell, lstm_cell_reference, reference_lstm
 from helpers import TOLERANCE, assert_close
@@ -39,16 +38,16 @@ def test_backward_in_eval_mode():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_like_nn_lstm(dtype):
+def test_autocast(dtype):
+    """As nn.LSTM: outputs in autocast's dtype, fp32 parameters and gradients. (nn.LSTM on
+    cuDNN runs float16 even under a bfloat16 autocast, seen with torch 2.11; we run the
+    dtype asked for.)"""
     lstm, x = make()
-    theirs = nn.LSTM(33, 70, 2).cuda()
-    theirs.load_state_dict(lstm.state_dict())
     params64 = {n: p.detach().double().cpu() for n, p in lstm.named_parameters()}
     want = reference_lstm(x.detach().double().cpu(), None, params64, num_layers=2)[0]
     with torch.autocast("cuda", dtype=dtype):
         out, (h, c) = lstm(x)
-        their_out, _ = theirs(x)
-    assert out.dtype == their_out.dtype == dtype
+    assert out.dtype == h.dtype == c.dtype == dtype
     assert_close(out, want, TOLERANCE[dtype], "autocast output vs oracle")
     out.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in lstm.parameters())

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <limits>
 
+#include "check.h"
+
 
 namespace fastlstm {
 namespace {
@@ -14,22 +16,22 @@ at::ScalarType acc_dtype(at::ScalarType t) {
 }
 
 void check_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh) {
-  TORCH_CHECK(xproj.dim() == 3, "fastlstm: xproj must be [seq, batch, 4*hidden], got ",
+  FASTLSTM_CHECK(xproj.dim() == 3, "fastlstm: xproj must be [seq, batch, 4*hidden], got ",
               xproj.sizes());
-  TORCH_CHECK(xproj.size(0) > 0, "fastlstm: the sequence must have at least one step");
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1),
+  FASTLSTM_CHECK(xproj.size(0) > 0, "fastlstm: the sequence must have at least one step");
+  FASTLSTM_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1),
               "fastlstm: w_hh must be [4*hidden, hidden], got ", w_hh.sizes());
   const int64_t B = xproj.size(1), H = w_hh.size(1);
-  TORCH_CHECK(xproj.size(2) == 4 * H, "fastlstm: xproj's last dim must be 4*hidden = ", 4 * H,
-              ", got ", xproj.size(2));
-  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H,
+  FASTLSTM_CHECK(xproj.size(2) == 4 * H, "fastlstm: xproj's last dim must be 4*hidden = ",
+                 4 * H, ", got ", xproj.size(2));
+  FASTLSTM_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H,
               "fastlstm: h0 must be [batch, hidden] = [", B, ", ", H, "], got ", h0.sizes());
-  TORCH_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == H,
+  FASTLSTM_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == H,
               "fastlstm: c0 must be [batch, hidden] = [", B, ", ", H, "], got ", c0.sizes());
   for (const Tensor* t : {&h0, &c0, &w_hh}) {
-    TORCH_CHECK(t->scalar_type() == xproj.scalar_type(), "fastlstm: dtype mismatch: ",
+    FASTLSTM_CHECK(t->scalar_type() == xproj.scalar_type(), "fastlstm: dtype mismatch: ",
                 t->scalar_type(), " vs xproj's ", xproj.scalar_type());
-    TORCH_CHECK(t->device() == xproj.device(), "fastlstm: device mismatch: ", t->device(),
+    FASTLSTM_CHECK(t->device() == xproj.device(), "fastlstm: device mismatch: ", t->device(),
                 " vs xproj's ", xproj.device());
   }
 }
@@ -85,16 +87,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
   const c10::NoGradGuard no_grad;
   check_inputs(gates, h0_in, c0, w_hh_in);
   const int64_t S = gates.size(0), B = gates.size(1), H = w_hh_in.size(1);
-  TORCH_CHECK(grad_hs_in.sizes() == hs.sizes() && hs.sizes() == cs.sizes() &&
+  FASTLSTM_CHECK(grad_hs_in.sizes() == hs.sizes() && hs.sizes() == cs.sizes() &&
                   hs.size(0) == S && hs.size(1) == B && hs.size(2) == H,
               "fastlstm: grad_hs, hs and cs must be [seq, batch, hidden] = [", S, ", ", B, ", ",
               H, "]");
-  TORCH_CHECK(cs.scalar_type() == acc_dtype(gates.scalar_type()),
+  FASTLSTM_CHECK(cs.scalar_type() == acc_dtype(gates.scalar_type()),
               "fastlstm: cs must be saved in ", acc_dtype(gates.scalar_type()));
   const Tensor grad_hs = grad_hs_in.to(gates.scalar_type()).contiguous();
   std::optional<Tensor> grad_cs;
   if (grad_cs_in.has_value() && grad_cs_in->defined()) {
-    TORCH_CHECK(grad_cs_in->sizes() == cs.sizes(), "fastlstm: grad_cs must be shaped like cs");
+    FASTLSTM_CHECK(grad_cs_in->sizes() == cs.sizes(), "fastlstm: grad_cs must be shaped like cs");
     grad_cs = grad_cs_in->to(gates.scalar_type()).contiguous();
   }
   const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -123,7 +125,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
 std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tensor& h,
                                                 const Tensor& c, const Tensor& w_hh,
                                                 const StepKernels& kernels) {
-  TORCH_CHECK(xproj.dim() == 2, "fastlstm: step xproj must be [batch, 4*hidden], got ",
+  FASTLSTM_CHECK(xproj.dim() == 2, "fastlstm: step xproj must be [batch, 4*hidden], got ",
               xproj.sizes());
   const c10::NoGradGuard no_grad;
   check_inputs(xproj.unsqueeze(0), h, c, w_hh);

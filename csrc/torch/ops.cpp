@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../core/lstm_step.h"
+#include "check.h"
 #include "layer.h"
 
 #ifdef FASTLSTM_WITH_CUDA
@@ -80,7 +81,7 @@ void cpu_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor& 
 const StepKernels kCpuKernels{cpu_step_forward, cpu_step_backward};
 
 void check_cpu(const Tensor& t) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+  FASTLSTM_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
               "fastlstm CPU op: float32 or float64 only, got ", t.scalar_type());
 }
 

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../core/lstm_step_cuda.h"
+#include "check.h"
 #include "layer.h"
 
 namespace fastlstm {
@@ -23,7 +24,7 @@ T* ptr(const Tensor& t) {
 }
 
 void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "fastlstm: ", what, " failed: ", cudaGetErrorString(err));
+  FASTLSTM_CHECK(err == cudaSuccess, "fastlstm: ", what, " failed: ", cudaGetErrorString(err));
 }
 
 void cuda_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_prev,
