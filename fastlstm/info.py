@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _extension
+from . import _extension, module
 
 
 def report() -> list[tuple[str, str]]:
@@ -27,8 +27,13 @@ def report() -> list[tuple[str, str]]:
         rows.append(("GPU visible", "; ".join(gpus)))
     else:
         rows.append(("GPU visible", "none"))
-    rows.append(("auto on CPU tensors", "C++ op (fp32/fp64) " if ext else "torch's own LSTM"))
-    rows.append(("auto on CUDA tensors", "cuDNN (CUDA op not yet verified on a GPU)"))
+    if ext:
+        rows.append(("auto on CPU tensors",
+                     f"C++ op at hidden >= {module.CPU_FUSED_MIN_HIDDEN} and batch <= "
+                     f"{module.CPU_FUSED_MAX_BATCH} (fp32/fp64), else torch's own (oneDNN)"))
+    else:
+        rows.append(("auto on CPU tensors", "torch's own LSTM (extension unavailable)"))
+    rows.append(("auto on CUDA tensors", "cuDNN (the CUDA op is correct but not yet faster)"))
     rows.append(("always torch's own LSTM", "proj_size > 0, PackedSequence input"))
     return rows
 

@@ -60,18 +60,29 @@ def _fused_unsupported(data, proj_size=0, packed=False):
     return None
 
 
-def _auto_path(data, unsupported):
+# backend="auto" on CPU tensors uses the C++ op only where it measured faster than torch's
+# own (oneDNN) LSTM on our 2-core machine: hidden >= 256 at batch <= 8 (0.4-0.9x its time,
+# e.g. sampling and the batch-1 step); at batch 50, hidden 128 oneDNN was faster for
+# inference (the op 1.3-1.5x its time) and level for training (0.85-1.3x), so auto keeps
+# oneDNN there. Table and commands: benchmarks/NOTES.md.
+CPU_FUSED_MIN_HIDDEN = 256
+CPU_FUSED_MAX_BATCH = 8
+
+
+def _auto_path(data, unsupported, batch, hidden):
     if not _extension.available():
         _extension.warn_unavailable()
         return "aten"
     if unsupported or data.is_cuda:
-        # CUDA tensors stay on cuDNN until a recorded GPU run shows the CUDA op correct
-        # and faster (benchmarks/results/).
+        # CUDA tensors stay on cuDNN until a recorded GPU run shows the CUDA op faster
+        # (benchmarks/results/: correct on an H200, not yet faster at S1-S3).
         return "aten"
-    return "fused"
+    if hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH:
+        return "fused"
+    return "aten"
 
 
-def choose_path(backend, data, unsupported):
+def choose_path(backend, data, unsupported, batch, hidden):
     """'fused' (our op), 'reference' or 'aten' for this input under `backend`."""
     if backend in ("cudnn", "aten"):
         return "aten"
@@ -81,7 +92,7 @@ def choose_path(backend, data, unsupported):
         raise NotImplementedError('FastLSTM backend="triton" is not implemented yet; use '
                                   '"auto", "cpu", "cuda" or "reference"')
     if backend == "auto":
-        return _auto_path(data, unsupported)
+        return _auto_path(data, unsupported, batch, hidden)
     _extension.require(backend)
     if data.device.type != backend:
         raise ValueError(f'FastLSTM backend="{backend}" needs {backend} tensors, got input on '
@@ -242,10 +253,12 @@ class FastLSTM(nn.Module):
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
             path = choose_path(self.backend, input.data,
-                               _fused_unsupported(input.data, self.proj_size, packed=True))
+                               _fused_unsupported(input.data, self.proj_size, packed=True),
+                               int(input.batch_sizes[0]), self.hidden_size)
             return self._forward_packed(input, hx, path)
         x, state, unbatched = self._validate(input, hx)
-        path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size))
+        path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size),
+                           x.size(0 if self.batch_first else 1), self.hidden_size)
         if path == "reference":
             out, (h_n, c_n) = reference_lstm(
                 x, state, dict(self.named_parameters()), num_layers=self.num_layers,
@@ -327,7 +340,8 @@ class FastLSTMCell(nn.LSTMCell):
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         _check_same_device_dtype(self, [input], "Input")
-        path = choose_path(self.backend, input, _fused_unsupported(input))
+        path = choose_path(self.backend, input, _fused_unsupported(input),
+                           input.size(0) if input.dim() == 2 else 1, self.hidden_size)
         if path == "aten":
             return super().forward(input, hx)
         if hx is not None:

@@ -45,6 +45,7 @@ CASES = [
     Case("proj_size", layers=2, kwargs=dict(proj_size=7)),
     Case("proj_bidirectional", layers=2, kwargs=dict(proj_size=5, bidirectional=True)),
     Case("packed", layers=2, batch=4, lengths=(3, 5, 1, 4), kwargs=dict(bidirectional=True)),
+    Case("wide_small_batch", layers=2, hidden=260, batch=2, seq=3),  # auto's CPU op range
 ]
 
 
@@ -119,7 +120,8 @@ def compare_to_oracle(case, device, backend, dtype, seed):
     theirs = results(torch_lstm, dict(torch_lstm.named_parameters()), case, x, hx)
     data = x if not case.lengths else x.detach()
     unsupported = _fused_unsupported(data, case.kwargs.get("proj_size", 0), bool(case.lengths))
-    uses_torch_lstm = choose_path(backend, data, unsupported) == "aten"
+    batch = 1 if case.unbatched else case.batch
+    uses_torch_lstm = choose_path(backend, data, unsupported, batch, case.hidden) == "aten"
     tol = (TORCH_LSTM_TOLERANCE if uses_torch_lstm else TOLERANCE)[dtype]
     assert set(got) == set(want)
     for key in want:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fastlstm import FastLSTM, FastLSTMCell, lstm_cell_reference, reference_lstm
+from fastlstm.module import choose_path
 from helpers import TOLERANCE, assert_close
 
 FUSED = ["cpu", "auto", "reference"]
@@ -53,6 +54,16 @@ def test_dropout_between_layers_in_training_only(backend):
     torch.manual_seed(1)  # the same mask as the oracle's: dropped between layers, not after
     want = reference_lstm(x, None, params, num_layers=3, dropout=0.5, training=True)[0]
     assert_close(out, want, 1e-12, "dropout between layers")
+
+
+def test_auto_rule():
+    cpu = torch.empty(0)
+    assert choose_path("auto", cpu, None, batch=1, hidden=512) == "fused"
+    assert choose_path("auto", cpu, None, batch=8, hidden=256) == "fused"
+    assert choose_path("auto", cpu, None, batch=50, hidden=512) == "aten"
+    assert choose_path("auto", cpu, None, batch=1, hidden=128) == "aten"
+    assert choose_path("auto", cpu, "proj_size > 0", batch=1, hidden=512) == "aten"
+    assert choose_path("cpu", cpu, None, batch=50, hidden=128) == "fused"
 
 
 def test_unknown_and_unbuilt_backends():
@@ -196,3 +207,11 @@ def test_missing_extension_falls_back_with_one_warning():
     """)
     assert result.returncode == 0, result.stderr
     assert "ok (2, 1, 4)" in result.stdout
+
+
+def test_info_reports_what_is_built():
+    result = subprocess.run([sys.executable, "-m", "fastlstm.info"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "C++ CPU op (backend='cpu')     available" in result.stdout
+    assert "torch built against" in result.stdout
