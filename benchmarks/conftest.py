@@ -9,8 +9,8 @@ def pytest_addoption(parser):
                      help="comma-separated shapes (S1,S2,S3,step); default: all on cuda, "
                           "S3,step on cpu")
     parser.addoption("--bench-backends", default=None,
-                     help="comma-separated FastLSTM backends; default: cuda,cudnn on cuda, "
-                          "cpu,aten on cpu")
+                     help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
+                          "graphs); default: cuda,cuda_eager,cudnn on cuda, cpu,aten on cpu")
     parser.addoption("--bench-dtypes", default=None,
                      help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 on "
                           "cuda, fp32 on cpu")
@@ -28,7 +28,8 @@ def pytest_generate_tests(metafunc):
     if "shape" in metafunc.fixturenames:
         metafunc.parametrize("shape", _option(c, "--bench-shapes", "S1,S2,S3,step", "S3,step"))
     if "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", _option(c, "--bench-backends", "cuda,cudnn", "cpu,aten"))
+        metafunc.parametrize("backend", _option(c, "--bench-backends", "cuda,cuda_eager,cudnn",
+                                                "cpu,aten"))
     if "dtype_name" in metafunc.fixturenames:
         metafunc.parametrize("dtype_name", _option(c, "--bench-dtypes", "fp32,bf16", "fp32"))
 

@@ -1,13 +1,14 @@
 """FastLSTM backends side by side (pytest-benchmark). Each group is one
 shape x pass x dtype, so backends compare within it. Examples:
 
-  pytest benchmarks --benchmark-json=bench.json           # cuda vs cudnn on a GPU
+  pytest benchmarks --benchmark-json=bench.json           # cuda (graphs on, off) vs cudnn
   pytest benchmarks --bench-device=cpu                    # cpu op vs nn.LSTM (oneDNN)
   python benchmarks/compare.py bench.json                 # table of ratios
 """
 import pytest
 import torch
 
+import fastlstm
 from fastlstm import FastLSTM
 
 # name: (layers, hidden, batch, seq); input size = hidden
@@ -28,7 +29,12 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
     if device == "cpu" and dtype != torch.float32:
         pytest.skip("CPU benchmarks are fp32")
     torch.manual_seed(0)
-    lstm = FastLSTM(hidden, hidden, layers, backend=backend).to(device, dtype)
+    # "cuda_eager": the CUDA backend with CUDA-graph replay off (one launch per kernel).
+    graphs = backend != "cuda_eager"
+    if backend.startswith("cuda"):
+        fastlstm.set_cuda_graphs(graphs)
+    lstm = FastLSTM(hidden, hidden, layers,
+                    backend="cuda" if backend == "cuda_eager" else backend).to(device, dtype)
     x = torch.randn(seq, batch, hidden, device=device, dtype=dtype)
     h0 = torch.randn(layers, batch, hidden, device=device, dtype=dtype)
     c0 = torch.randn(layers, batch, hidden, device=device, dtype=dtype)
@@ -52,3 +58,5 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
                                 device=device)
     rounds = 5 if shape in ("S1", "S2") and device == "cpu" else 30
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=3, iterations=1)
+    if backend.startswith("cuda"):
+        fastlstm.set_cuda_graphs(True)

@@ -14,7 +14,9 @@ def report() -> list[tuple[str, str]]:
              "available" if ext else f"UNAVAILABLE: {_extension.load_error}")]
     if ext is not None and ext.cuda_compiled:
         archs = ", ".join(f"sm_{int(a) // 10}" for a in ext.cuda_archs.split(",") if a.isdigit())
-        rows.append(("CUDA kernels (backend='cuda')", f"compiled for {archs}"))
+        graphs = "on" if ext.cuda_graphs_enabled() else "off"
+        rows.append(("CUDA kernels (backend='cuda')",
+                     f"compiled for {archs}; CUDA graphs {graphs}"))
     else:
         rows.append(("CUDA kernels (backend='cuda')", "not compiled"))
     try:

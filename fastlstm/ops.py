@@ -101,6 +101,19 @@ if _extension.available():
                                     setup_context=_no_setup)
 
 
+def set_cuda_graphs(enabled: bool) -> None:
+    """CUDA backend: replay each layer's time loop (forward and backward) as a CUDA graph,
+    captured once per shape, instead of launching two kernels per time step from the host.
+    On by default (FASTLSTM_CUDA_GRAPHS=0 turns the default off). Each call then copies its
+    inputs and outputs once; up to 8 shapes are kept, each with its own buffers."""
+    _extension.require("cuda")
+    _extension._C.set_cuda_graphs(bool(enabled))
+
+
+def cuda_graphs_enabled() -> bool:
+    return _extension.available() and bool(_extension._C.cuda_graphs_enabled())
+
+
 def input_projection(x, w_ih, b_ih, b_hh):
     """x W_ih^T + b_ih + b_hh for all steps at once: one GEMM outside the time loop."""
     return F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)

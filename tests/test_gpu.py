@@ -3,6 +3,7 @@ the cell. (The differential tests in test_lstm.py run on CUDA too.)"""
 import pytest
 import torch
 
+import fastlstm
 from fastlstm import FastLSTM, FastLSTMCell, lstm_cell_reference, reference_lstm
 from helpers import TOLERANCE, assert_close
 
@@ -76,3 +77,49 @@ def test_cell(dtype):
     assert got[0].dtype == got[1].dtype == dtype
     for a, b, name in zip(got, want, "hc"):
         assert_close(a, b, TOLERANCE[dtype], f"cell {name}")
+
+
+@pytest.fixture
+def graphs_restored():
+    before = fastlstm.cuda_graphs_enabled()
+    yield
+    fastlstm.set_cuda_graphs(before)
+
+
+def forward_backward(lstm, x):
+    out, (h, c) = lstm(x)
+    return [out, h, c, *grads(lstm, x)]
+
+
+def test_cuda_graphs_match_plain_launches(graphs_restored):
+    lstm, x = make()
+    for trial in range(3):  # capture, then replays with new values in the same shapes
+        x = torch.randn_like(x).requires_grad_()
+        fastlstm.set_cuda_graphs(False)
+        want = forward_backward(lstm, x)
+        fastlstm.set_cuda_graphs(True)
+        got = forward_backward(lstm, x)
+        for a, b in zip(got, want):
+            assert_close(a, b, 1e-6, f"graph replay {trial} vs plain launches")
+
+
+def test_inside_a_callers_cuda_graph(graphs_restored):
+    """While the caller captures, the op runs its loop plainly (into the caller's graph)."""
+    fastlstm.set_cuda_graphs(True)
+    lstm, x = make()
+    static_x = x.detach().clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad():
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                lstm(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = lstm(static_x)[0]
+        new_x = torch.randn_like(static_x)
+        static_x.copy_(new_x)
+        graph.replay()
+        want = lstm(new_x)[0]
+    assert_close(static_out, want, 1e-6, "caller's graph replay")

@@ -46,6 +46,8 @@ CASES = [
     Case("proj_bidirectional", layers=2, kwargs=dict(proj_size=5, bidirectional=True)),
     Case("packed", layers=2, batch=4, lengths=(3, 5, 1, 4), kwargs=dict(bidirectional=True)),
     Case("wide_small_batch", layers=2, hidden=260, batch=2, seq=3),  # auto's CPU op range
+    Case("long_bidir_batch_first", layers=2, seq=12,  # long enough for CUDA-graph replay
+         kwargs=dict(bidirectional=True, batch_first=True)),
 ]
 
 

@@ -215,3 +215,15 @@ def test_info_reports_what_is_built():
     assert result.returncode == 0, result.stderr
     assert "C++ CPU op (backend='cpu')     available" in result.stdout
     assert "torch built against" in result.stdout
+
+
+def test_cuda_graph_switch():
+    import fastlstm
+    before = fastlstm.cuda_graphs_enabled()
+    try:
+        fastlstm.set_cuda_graphs(False)
+        assert not fastlstm.cuda_graphs_enabled()
+        fastlstm.set_cuda_graphs(True)
+        assert fastlstm.cuda_graphs_enabled()
+    finally:
+        fastlstm.set_cuda_graphs(before)

@@ -2,7 +2,9 @@
 
 #include <c10/core/GradMode.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "check.h"
@@ -121,6 +123,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
   Tensor grad_w_hh = at::mm(grad_xproj.view({S * B, 4 * H}).t(), h_prev_all.view({S * B, H}));
   return {grad_xproj, grad_h_rec, grad_c_carry.to(c0.scalar_type()), grad_w_hh};
 }
+
+namespace {
+std::atomic<bool>& cuda_graphs_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* v = std::getenv("FASTLSTM_CUDA_GRAPHS");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }()};
+  return flag;
+}
+}  // namespace
+
+bool cuda_graphs_enabled() { return cuda_graphs_flag().load(); }
+void set_cuda_graphs_enabled(bool enabled) { cuda_graphs_flag().store(enabled); }
 
 std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tensor& h,
                                                 const Tensor& c, const Tensor& w_hh,

@@ -43,6 +43,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
     bool reverse, const StepKernels& kernels);
 
+// Whether the CUDA registrations replay their layer loops as CUDA graphs (cuda_graphs.h).
+// On by default; FASTLSTM_CUDA_GRAPHS=0 in the environment turns the default off.
+bool cuda_graphs_enabled();
+void set_cuda_graphs_enabled(bool enabled);
+
 // One step: xproj [B,4H], h [B,H], c [B,H] -> (h_new T, c_new Acc, gates T).
 std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tensor& h,
                                                 const Tensor& c, const Tensor& w_hh,

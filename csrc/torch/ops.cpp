@@ -131,7 +131,25 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
 
 // `import fastlstm._C` loads this library, which registers the ops above. The module
 // carries what the build put in, for fastlstm.info and the version check at import.
-static struct PyModuleDef fastlstm_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+static PyObject* set_cuda_graphs(PyObject*, PyObject* enabled) {
+  const int value = PyObject_IsTrue(enabled);
+  if (value < 0) return nullptr;
+  fastlstm::set_cuda_graphs_enabled(value != 0);
+  Py_RETURN_NONE;
+}
+
+static PyObject* cuda_graphs_enabled(PyObject*, PyObject*) {
+  return PyBool_FromLong(fastlstm::cuda_graphs_enabled());
+}
+
+static PyMethodDef fastlstm_methods[] = {
+    {"set_cuda_graphs", set_cuda_graphs, METH_O,
+     "Replay the CUDA layer loops as CUDA graphs (default on; FASTLSTM_CUDA_GRAPHS=0: off)."},
+    {"cuda_graphs_enabled", cuda_graphs_enabled, METH_NOARGS, "Whether CUDA graphs are on."},
+    {nullptr, nullptr, 0, nullptr}};
+
+static struct PyModuleDef fastlstm_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                             fastlstm_methods};
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&fastlstm_module);

@@ -8,6 +8,7 @@
 
 #include "../core/lstm_step_cuda.h"
 #include "check.h"
+#include "cuda_graphs.h"
 #include "layer.h"
 
 namespace fastlstm {
@@ -58,10 +59,22 @@ void cuda_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor&
 
 const StepKernels kCudaKernels{cuda_step_forward, cuda_step_backward};
 
+// Below this many steps a graph saves less than its copies in and out cost (about eight
+// launches against two per step).
+constexpr int64_t kMinGraphSteps = 8;
+
 std::tuple<Tensor, Tensor, Tensor> layer_cuda(const Tensor& xproj, const Tensor& h0,
                                               const Tensor& c0, const Tensor& w_hh, bool reverse) {
   const c10::cuda::CUDAGuard guard(xproj.device());
-  return layer_forward(xproj, h0, c0, w_hh, reverse, kCudaKernels);
+  const LayerLoop loop = [reverse](const std::vector<Tensor>& in) {
+    const auto [hs, cs, gates] = layer_forward(in[0], in[1], in[2], in[3], reverse, kCudaKernels);
+    return std::vector<Tensor>{hs, cs, gates};
+  };
+  const std::vector<Tensor> in{xproj, h0, c0, w_hh};
+  const auto out = xproj.dim() == 3 && xproj.size(0) >= kMinGraphSteps
+                       ? run_graphed("lstm_layer", reverse, in, loop)
+                       : loop(in);
+  return {out[0], out[1], out[2]};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
@@ -69,7 +82,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
     bool reverse) {
   const c10::cuda::CUDAGuard guard(gates.device());
-  return layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCudaKernels);
+  const Tensor grad_cs_or_none = grad_cs.has_value() ? *grad_cs : Tensor();
+  const LayerLoop loop = [reverse](const std::vector<Tensor>& in) {
+    const std::optional<Tensor> grad_c =
+        in[1].defined() ? std::optional<Tensor>(in[1]) : std::nullopt;
+    const auto [gx, gh0, gc0, gw] =
+        layer_backward(in[0], grad_c, in[2], in[3], in[4], in[5], in[6], in[7], reverse,
+                       kCudaKernels);
+    return std::vector<Tensor>{gx, gh0, gc0, gw};
+  };
+  const std::vector<Tensor> in{grad_hs, grad_cs_or_none, h0, c0, w_hh, hs, cs, gates};
+  const auto out = gates.dim() == 3 && gates.size(0) >= kMinGraphSteps
+                       ? run_graphed("lstm_layer_backward", reverse, in, loop)
+                       : loop(in);
+  return {out[0], out[1], out[2], out[3]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> step_cuda(const Tensor& xproj, const Tensor& h,
