@@ -35,7 +35,8 @@ def report() -> list[tuple[str, str]]:
                      f"{module.CPU_FUSED_MAX_BATCH} (fp32/fp64), else torch's own (oneDNN)"))
     else:
         rows.append(("auto on CPU tensors", "torch's own LSTM (extension unavailable)"))
-    rows.append(("auto on CUDA tensors", "cuDNN (the CUDA op is correct but not yet faster)"))
+    rows.append(("auto on CUDA tensors", "cuDNN (the CUDA op waits for a clean GPU run: "
+                 "benchmarks/NOTES.md)"))
     rows.append(("always torch's own LSTM", "proj_size > 0, PackedSequence input"))
     return rows
 

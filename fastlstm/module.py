@@ -74,8 +74,9 @@ def _auto_path(data, unsupported, batch, hidden):
         _extension.warn_unavailable()
         return "aten"
     if unsupported or data.is_cuda:
-        # CUDA tensors stay on cuDNN until a recorded GPU run shows the CUDA op faster
-        # (benchmarks/results/: correct on an H200, not yet faster at S1-S3).
+        # CUDA tensors stay on cuDNN until a recorded GPU run shows the CUDA op correct and
+        # faster. benchmarks/NOTES.md: with CUDA graphs it is faster in bf16 at S1-S3 and level
+        # in fp32 at S1/S2, but that run had one bf16 gradient over tolerance.
         return "aten"
     if hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH:
         return "fused"
