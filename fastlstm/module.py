@@ -34,7 +34,8 @@ FUSED_DTYPES = {
 
 def _check_backend(backend):
     if backend not in BACKENDS:
-        raise ValueError(f"unknown FastLSTM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown FastLSTM backend {backend!r}; choose one of "
+                         f"{', '.join(BACKENDS)}")
     return backend
 
 
@@ -363,7 +364,10 @@ class FastLSTMCell(nn.LSTMCell):
                 if t.shape != (x.size(0), self.hidden_size):
                     raise RuntimeError(f"{name} has shape {tuple(t.shape)}, expected "
                                        f"{(x.size(0), self.hidden_size)}")
-        b_ih, b_hh = (self.bias_ih, self.bias_hh) if self.bias else (None, None)
+        dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
+        weights = (self.weight_ih, self.weight_hh,
+                   *((self.bias_ih, self.bias_hh) if self.bias else (None, None)))
         step = lstm_cell_reference if path == "reference" else ops.lstm_step
-        h, c = step(x, h, c, self.weight_ih, self.weight_hh, b_ih, b_hh)
+        h, c = step(x.to(dtype), h.to(dtype), c.to(dtype),
+                    *(None if w is None else w.to(dtype) for w in weights))
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)

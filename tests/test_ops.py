@@ -76,7 +76,8 @@ def test_double_backward_is_refused_clearly():
 
 def test_op_rejects_bad_shapes():
     xproj, h, c, w = layer_args("cpu", requires_grad=False)
-    with pytest.raises(RuntimeError, match=r"h0 must be \[batch, hidden\] = \[2, 5\], got \[1, 5\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"h0 must be \[batch, hidden\] = \[2, 5\], got \[1, 5\]"):
         torch.ops.fastlstm.lstm_layer(xproj, h[:1], c, w, False)
     with pytest.raises(RuntimeError, match="4\\*hidden"):
         torch.ops.fastlstm.lstm_layer(xproj[..., :-1], h, c, w, False)

@@ -77,9 +77,10 @@ void check_step(ref::Checks& checks, const char* type, double tol) {
                        grad_c_prev);
     auto carry = cast<T>(dc_next);
     auto gp_t = poisoned<T>(B * 4 * H);
-    const StepBackwardArgs<T, T> bwd{g_t.data(), cp_t.data(), c_t.data(),
-                                     dh_t.data(), dhr_t.data(), with_grad_c ? dco_t.data() : nullptr,
-                                     carry.data(), gp_t.data(), B, H};
+    const T* grad_c = with_grad_c ? dco_t.data() : nullptr;
+    const StepBackwardArgs<T, T> bwd{g_t.data(),  cp_t.data(),  c_t.data(),   dh_t.data(),
+                                     dhr_t.data(), grad_c,       carry.data(), gp_t.data(),
+                                     B,            H};
     fastlstm::step_backward_rows(bwd, 0, B);
     std::snprintf(what, sizeof what, "%s step backward%s", type,
                   with_grad_c ? " (with grad_c)" : "");
