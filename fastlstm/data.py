@@ -1,0 +1,139 @@
+"""Corpus, vocabulary, splits and the carried-state batching of char-rnn.
+
+A corpus is UTF-8 text read as code points (a multibyte character is one symbol, never
+split), or with encoding="bytes" any file's raw bytes. The vocabulary is the sorted set of
+symbols, stored with the model. Splits are contiguous: train, then validation, then test.
+"""
+from __future__ import annotations
+
+import os
+import sysconfig
+from dataclasses import dataclass
+
+import torch
+
+from .cli import CliError
+
+DEFAULT_CORPUS_CAP = 2_000_000  # characters of the embedded default corpus
+
+
+@dataclass
+class Vocab:
+    symbols: list  # str characters, or ints 0-255 for the bytes encoding
+    encoding: str  # "utf-8" or "bytes"
+
+    @property
+    def size(self) -> int:
+        return len(self.symbols)
+
+    def index(self) -> dict:
+        return {s: i for i, s in enumerate(self.symbols)}
+
+    def encode(self, text, what="text") -> torch.Tensor:
+        """text: str (utf-8) or bytes (bytes). Unknown symbols: one error naming them."""
+        table = self.index()
+        unknown = sorted({s for s in text if s not in table}, key=str)
+        if unknown:
+            shown = ", ".join(repr(s if isinstance(s, str) else chr(s)) for s in unknown[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            raise CliError(f"{what} has characters the model's vocabulary lacks: {shown}{more}")
+        return torch.tensor([table[s] for s in text], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        if self.encoding == "bytes":
+            return bytes(self.symbols[i] for i in ids).decode("utf-8", errors="replace")
+        return "".join(self.symbols[i] for i in ids)
+
+    def to_state(self) -> dict:
+        symbols = "".join(self.symbols) if self.encoding == "utf-8" else list(self.symbols)
+        return {"symbols": symbols, "encoding": self.encoding}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Vocab":
+        return cls(list(state["symbols"]), state["encoding"])
+
+
+def read_corpus(path: str, encoding: str):
+    """The corpus as str (utf-8) or bytes, with clear errors for what cannot be used."""
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CliError(f"{path} is a directory; give one text file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw:
+        raise CliError(f"{path} is empty")
+    if encoding == "bytes":
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise CliError(f"{path} is not valid UTF-8 at byte {exc.start} (line {line}): "
+                       f"{exc.reason}; use --encoding bytes to train on raw bytes") from None
+
+
+def default_corpus(cap: int = DEFAULT_CORPUS_CAP):
+    """The Python standard library's own .py files in sorted path order, up to `cap`
+    characters: text that exists on every machine (the 2015 post trained on Linux's source).
+    Returns (text, description)."""
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in ("site-packages", "__pycache__"))
+        files += [os.path.join(directory, n) for n in sorted(names) if n.endswith(".py")]
+    parts, total, used = [], 0, 0
+    for path in sorted(files, key=lambda p: os.path.relpath(p, root)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (UnicodeDecodeError, OSError):
+            continue
+        take = text[:cap - total]
+        parts.append(take)
+        total += len(take)
+        used += 1
+        if total >= cap:
+            break
+    if not parts:
+        raise CliError(f"no Python source found under {root} for the default corpus; "
+                       "give a corpus file")
+    return "".join(parts), f"{used} source files of the Python standard library in {root}"
+
+
+def build_vocab(text, encoding: str) -> Vocab:
+    return Vocab(sorted(set(text)), encoding)
+
+
+def split(ids: torch.Tensor, train_frac: float, val_frac: float):
+    """Contiguous train / val / test; test gets what is left."""
+    n = len(ids)
+    n_train = int(n * train_frac)
+    n_val = int(n * val_frac)
+    return ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
+
+
+class StreamBatches:
+    """char-rnn's batching: the ids cut into `batch` parallel streams, read in windows of
+    `seq` characters, window after window, so that the LSTM state carried from one window
+    to the next belongs to the text that precedes it."""
+
+    def __init__(self, ids: torch.Tensor, batch: int, seq: int):
+        stream_len = len(ids) // batch
+        self.windows = (stream_len - 1) // seq
+        self.streams = ids[:batch * stream_len].view(batch, stream_len)
+        self.seq = seq
+
+    def __len__(self):
+        return self.windows
+
+    def window(self, k: int):
+        """Inputs and targets of window k: two [batch, seq] tensors."""
+        start = k * self.seq
+        chunk = self.streams[:, start:start + self.seq + 1]
+        return chunk[:, :-1], chunk[:, 1:]
+
+
+def min_chars(batch: int, seq: int) -> int:
+    """The fewest characters that make one window of `batch` streams."""
+    return batch * (seq + 1)

@@ -1,0 +1,57 @@
+"""`python -m fastlstm.eval CKPT`: a trained char-rnn's loss on a split or any text file,
+in nats per character and bits per character."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+
+from . import data
+from .cli import CliError, pick_device, positive_int, run
+from .sample import load_model
+from .train import evaluate, load_text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastlstm.eval", description=__doc__)
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or --out folder")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="a split of the training corpus (default val)")
+    p.add_argument("--text", metavar="FILE", help="evaluate on this file instead")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--seq-length", type=positive_int, default=100)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    device = pick_device(args.device)
+    model, vocab, path = load_model(args.checkpoint, device)
+    import torch
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if args.text:
+        text = data.read_corpus(args.text, vocab.encoding)
+        ids = vocab.encode(text, what=args.text)
+        what = args.text
+    else:
+        cfg = payload["settings"]
+        text, source = load_text(cfg)
+        ids = vocab.encode(text, what=f"corpus {source}")
+        if hashlib.sha256(ids.numpy().tobytes()).hexdigest() != payload["corpus_sha256"]:
+            raise CliError(f"the corpus {source} changed since training; its splits are not "
+                           f"the ones the model saw (use --text FILE)")
+        _, val, test = data.split(ids, cfg["train_frac"], cfg["val_frac"])
+        ids = val if args.split == "val" else test
+        what = f"the {args.split} split of {source}"
+    if len(ids) < 2:
+        raise CliError(f"{what} has {len(ids)} characters: nothing to evaluate")
+    loss = evaluate(model, ids, args.batch_size, args.seq_length, device, None)
+    print(f"{what}: {loss:.4f} nats/char, {loss / math.log(2):.4f} bits/char "
+          f"({len(ids):,} characters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,368 @@
+"""`python -m fastlstm.train [CORPUS]`: train a character-level LSTM language model.
+
+Give it one text file; it learns to write like it. Without a file it trains on the Python
+standard library's own source. Every --eval-every iterations it prints the validation
+loss and a sample, and writes last.pt / best.pt, log.jsonl and loss.png into --out.
+Ctrl-C saves and says how to resume; --resume continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, data
+from .cli import (CliError, fraction, learning_rate, non_negative_float, non_negative_int,
+                  pick_device, positive_float, positive_int, probability, run)
+from .model import CharRNN, generate
+
+ARCH = {"num_layers": 2, "rnn_size": 256, "embed_size": 64, "dropout": 0.2}
+TRAINING = {"batch_size": 64, "seq_length": 100, "optimizer": "adam", "lr": 2e-3,
+            "lr_decay": "charrnn", "lr_decay_after": 10, "lr_decay_rate": 0.97,
+            "min_lr": 1e-4, "grad_clip": 5.0, "max_iters": None, "max_epochs": 50,
+            "time_budget": None, "eval_every": 500, "sample_length": 200, "seed": 1234,
+            "device": "auto", "backend": "auto", "dtype": "fp32", "compile": False,
+            "encoding": "utf-8", "train_frac": 0.9, "val_frac": 0.05, "out": "out"}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastlstm.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Over- or underfitting? Watch train vs val loss (README: 'Reading the loss').")
+    p.add_argument("corpus", nargs="?", help="a UTF-8 text file (default: the embedded "
+                   "Python standard library source)")
+    d = p.add_argument_group("data")
+    d.add_argument("--encoding", choices=["utf-8", "bytes"], help="read the corpus as "
+                   "UTF-8 characters, or as raw bytes of any file (default utf-8)")
+    d.add_argument("--train-frac", type=fraction, help="share of the corpus for training "
+                   "(default 0.9)")
+    d.add_argument("--val-frac", type=fraction, help="share for validation, right after the "
+                   "training part (default 0.05); test gets the rest")
+    m = p.add_argument_group("model (fixed by a checkpoint when resuming)")
+    m.add_argument("--model", choices=["lstm"], default="lstm", help="the cell (lstm)")
+    m.add_argument("--num-layers", type=positive_int, help="LSTM layers (default 2)")
+    m.add_argument("--rnn-size", type=positive_int, help="hidden units per layer (default 256)")
+    m.add_argument("--embed-size", type=positive_int, help="character embedding size "
+                   "(default 64)")
+    m.add_argument("--dropout", type=probability, help="dropout between layers and before "
+                   "the decoder, in [0, 1) (default 0.2)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--batch-size", type=positive_int, help="parallel streams (default 64)")
+    o.add_argument("--seq-length", type=positive_int, help="characters per truncated-BPTT "
+                   "window (default 100)")
+    o.add_argument("--optimizer", choices=["adam", "rmsprop"], help="(default adam)")
+    o.add_argument("--lr", type=learning_rate, help="learning rate (default 2e-3)")
+    o.add_argument("--lr-decay", choices=["charrnn", "cosine", "none"], help="charrnn: "
+                   "x--lr-decay-rate per epoch after --lr-decay-after epochs; cosine: to "
+                   "--min-lr over the run (default charrnn)")
+    o.add_argument("--lr-decay-after", type=non_negative_int, help="(default 10 epochs)")
+    o.add_argument("--lr-decay-rate", type=fraction, help="(default 0.97)")
+    o.add_argument("--min-lr", type=non_negative_float, help="cosine's final lr (default 1e-4)")
+    o.add_argument("--grad-clip", type=non_negative_float, help="clip the global gradient "
+                   "norm to this, 0 = off (default 5)")
+    o.add_argument("--max-iters", type=positive_int, help="stop after this many iterations")
+    o.add_argument("--max-epochs", type=positive_float, help="stop after this many passes "
+                   "over the training split (default 50)")
+    o.add_argument("--time-budget", type=positive_float, help="stop after this many seconds "
+                   "of training (then evaluate and save)")
+    o.add_argument("--seed", type=int, help="random seed (default 1234)")
+    r = p.add_argument_group("output")
+    r.add_argument("--eval-every", type=positive_int, help="iterations between validation, "
+                   "sample and checkpoint (default 500)")
+    r.add_argument("--sample-length", type=non_negative_int, help="characters of the sample "
+                   "printed at each evaluation (default 200)")
+    r.add_argument("--out", help="folder for checkpoints and logs (default ./out)")
+    r.add_argument("--resume", metavar="DIR_OR_CKPT", help="continue a run exactly "
+                   "(a folder means its last.pt)")
+    r.add_argument("--init-from", metavar="CKPT", help="start from these weights (fine-tuning)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    h = p.add_argument_group("hardware")
+    h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default auto)")
+    h.add_argument("--backend", choices=["auto", "cuda", "triton", "cpu", "cudnn", "aten",
+                                         "reference"], help="FastLSTM backend (default auto)")
+    h.add_argument("--dtype", choices=list(DTYPES), help="autocast dtype; weights stay fp32 "
+                   "(default fp32)")
+    h.add_argument("--compile", action="store_true", default=None, help="torch.compile the "
+                   "model")
+    return p
+
+
+def settings(args, saved: dict | None) -> dict:
+    """Flags given now, else the resumed run's, else the defaults."""
+    merged = dict(ARCH, **TRAINING)
+    if saved:
+        merged.update(saved)
+    merged.update({k: v for k, v in vars(args).items() if v is not None and k in merged})
+    return merged
+
+
+def check_arch(args, config: dict, what: str) -> None:
+    for name in ARCH:
+        given = getattr(args, name)
+        if given is not None and given != config[name]:
+            flag = "--" + name.replace("_", "-")
+            raise CliError(f"{what} has {flag} {config[name]}, but {flag} {given} was given; "
+                           f"drop the flag or start a new --out")
+
+
+def prepare_out(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise CliError(f"cannot write to --out {out}: {exc.strerror}") from None
+
+
+def load_text(cfg: dict):
+    if cfg.get("corpus"):
+        return data.read_corpus(cfg["corpus"], cfg["encoding"]), cfg["corpus"]
+    if cfg["encoding"] == "bytes":
+        text, desc = data.default_corpus()
+        return text.encode("utf-8"), desc
+    return data.default_corpus()
+
+
+def lr_at(cfg: dict, iteration: int, epoch: int, total_iters: int | None) -> float:
+    if cfg["lr_decay"] == "charrnn":
+        return cfg["lr"] * cfg["lr_decay_rate"] ** max(0, epoch - cfg["lr_decay_after"])
+    if cfg["lr_decay"] == "cosine" and total_iters:
+        progress = min(1.0, iteration / total_iters)
+        return cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + math.cos(math.pi * progress))
+    return cfg["lr"]
+
+
+@torch.no_grad()
+def evaluate(model, ids: torch.Tensor, batch: int, seq: int, device, amp_dtype) -> float:
+    """Mean cross-entropy (nats/char) over a whole split, read as carried-state windows."""
+    batch = max(1, min(batch, (len(ids) - 1) // (seq + 1) or 1))
+    seq = min(seq, len(ids) // batch - 1)
+    windows = data.StreamBatches(ids, batch, seq)
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    for k in range(len(windows)):
+        x, y = (t.to(device) for t in windows.window(k))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits, state = model(x, state)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                 reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def plot(history: list, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    train = [(h["iter"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["iter"], h["val_loss"]) for h in history if "val_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), lw=0.7, alpha=0.6, label="train")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (nats/char)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.resume and args.init_from:
+        raise CliError("--resume and --init-from exclude each other")
+    saved = None
+    if args.resume:
+        saved, saved_path = checkpoint.load(args.resume, prefer="last.pt")
+        check_arch(args, saved["config"], saved_path)
+        if args.corpus is None:
+            args.corpus = saved["settings"].get("corpus")
+        if args.out is None:
+            args.out = os.path.dirname(os.path.abspath(saved_path))
+    cfg = settings(args, saved["settings"] if saved else None)
+    cfg["corpus"] = args.corpus
+    prepare_out(cfg["out"])
+    if not saved:
+        for name in ("last.pt", "best.pt"):
+            if os.path.exists(os.path.join(cfg["out"], name)):
+                raise CliError(f"{cfg['out']} already holds a run ({name}); continue it with "
+                               f"--resume {cfg['out']}, or choose another --out")
+    device = pick_device(cfg["device"])
+    amp_dtype = DTYPES[cfg["dtype"]]
+    if device.type == "cpu" and cfg["dtype"] == "fp16":
+        raise CliError("--dtype fp16 needs --device cuda (torch's CPU LSTM has no fp16 kernel); "
+                       "on the CPU use --dtype bf16 or fp32")
+    torch.manual_seed(cfg["seed"])
+
+    text, source = load_text(cfg)
+    if saved or args.init_from:
+        init = saved or checkpoint.load(args.init_from)[0]
+        if args.init_from:
+            check_arch(args, init["config"], args.init_from)
+        vocab = data.Vocab.from_state(init["vocab"])
+        ids = vocab.encode(text, what=f"corpus {source}")
+        config = dict(init["config"])
+    else:
+        vocab = data.build_vocab(text, cfg["encoding"])
+        ids = vocab.encode(text)
+        config = dict(vocab_size=vocab.size, **{k: cfg[k] for k in ARCH})
+    corpus_hash = hashlib.sha256(ids.numpy().tobytes()).hexdigest()
+    if saved and saved.get("corpus_sha256") != corpus_hash:
+        raise CliError(f"the corpus {source} is not the text this run was trained on; "
+                       f"--resume needs the same text (use --init-from to fine-tune on new text)")
+    train_ids, val_ids, _ = data.split(ids, cfg["train_frac"], cfg["val_frac"])
+    need = data.min_chars(cfg["batch_size"], cfg["seq_length"])
+    if len(train_ids) < need:
+        raise CliError(f"the training split has {len(train_ids)} characters, fewer than the "
+                       f"{need} one batch needs (--batch-size {cfg['batch_size']} x "
+                       f"(--seq-length {cfg['seq_length']} + 1)); lower --batch-size or "
+                       f"--seq-length, or give a larger corpus")
+    if len(val_ids) < 2:
+        raise CliError(f"the validation split has {len(val_ids)} characters; raise --val-frac "
+                       f"(now {cfg['val_frac']}) or give a larger corpus")
+    batches = data.StreamBatches(train_ids, cfg["batch_size"], cfg["seq_length"])
+    total_iters = cfg["max_iters"] or int(math.ceil(cfg["max_epochs"] * len(batches)))
+
+    model = CharRNN(backend=cfg["backend"], **config).to(device)
+    optimizer = (torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.RMSprop)(
+        model.parameters(), lr=cfg["lr"])
+    it, epoch, window, best_val, history, carry = 0, 0, 0, math.inf, [], None
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        progress = saved["progress"]
+        it, epoch, window, best_val = (progress["iter"], progress["epoch"], progress["window"],
+                                       progress["best_val"])
+        history = list(saved["history"])
+        carry = tuple(t.to(device) for t in saved["carry"]) if saved["carry"] else None
+        torch.set_rng_state(saved["rng"]["cpu"])
+        if device.type == "cuda" and saved["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+        print(f"resuming {saved_path} at iteration {it} (epoch {epoch})")
+    elif args.init_from:
+        model.load_state_dict(init["model"])
+        print(f"starting from the weights of {args.init_from}")
+    step_model = torch.compile(model) if cfg["compile"] else model
+    nparams = sum(p.numel() for p in model.parameters())
+    print(f"corpus: {source} ({len(ids):,} characters, vocabulary {vocab.size}); "
+          f"train {len(train_ids):,} / val {len(val_ids):,}")
+    print(f"model: {config['num_layers']} x {config['rnn_size']} LSTM, {nparams:,} parameters, "
+          f"on {device}{' with ' + cfg['dtype'] if amp_dtype else ''}; "
+          f"{len(batches)} iterations per epoch; writing to {cfg['out']}")
+
+    def payload():
+        return {"config": config, "vocab": vocab.to_state(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "settings": {k: v for k, v in cfg.items()},
+                "progress": {"iter": it, "epoch": epoch, "window": window, "best_val": best_val},
+                "history": history, "carry": list(carry) if carry is not None else None,
+                "rng": {"cpu": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
+                        else None},
+                "corpus_sha256": corpus_hash}
+
+    log = open(os.path.join(cfg["out"], "log.jsonl"), "a")
+    stop = {"signal": False}
+
+    def on_sigint(signum, frame):
+        stop["signal"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    from tqdm import tqdm
+    bar = tqdm(total=total_iters, initial=it, disable=args.no_progress, unit="it",
+               dynamic_ncols=True, file=sys.stderr)
+    started, chars_done = time.time(), 0
+    model.train()
+    try:
+        while it < total_iters:
+            if window >= len(batches):  # a new epoch starts a new pass from fresh state
+                epoch, window, carry = epoch + 1, 0, None
+            lr = lr_at(cfg, it, epoch, total_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = (t.to(device) for t in batches.window(window))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits, state = step_model(x, carry)
+            loss = F.cross_entropy(logits.float().reshape(-1, vocab.size), y.reshape(-1))
+            if not torch.isfinite(loss):
+                raise CliError(f"the loss became {loss.item()} at iteration {it + 1}; stopped, and "
+                               f"{cfg['out']}/last.pt keeps the last good state. Lower --lr "
+                               f"(now {cfg['lr']}) or --grad-clip (now {cfg['grad_clip']})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            optimizer.step()
+            carry = tuple(s.detach() for s in state)
+            it, window = it + 1, window + 1
+            chars_done += x.numel()
+            rate = chars_done / max(time.time() - started, 1e-9)
+            record = {"iter": it, "epoch": epoch, "loss": loss.item(), "lr": lr}
+            history.append(record)
+            log.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", chars_s=f"{rate:,.0f}", refresh=False)
+            bar.update(1)
+            out_of_time = cfg["time_budget"] and time.time() - started >= cfg["time_budget"]
+            if it % cfg["eval_every"] == 0 or it == total_iters or out_of_time or stop["signal"]:
+                val = evaluate(model, val_ids, cfg["batch_size"], cfg["seq_length"], device,
+                               amp_dtype)
+                entry = {"iter": it, "epoch": epoch, "val_loss": val, "val_bpc": val / math.log(2)}
+                history.append(entry)
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                bar.write(f"iter {it} (epoch {epoch}): train {record['loss']:.4f}, val "
+                          f"{val:.4f} nats/char = {entry['val_bpc']:.4f} bits/char")
+                if cfg["sample_length"] > 0:
+                    show_sample(model, vocab, cfg, it, bar)
+                if val < best_val:
+                    best_val = val
+                    checkpoint.save(os.path.join(cfg["out"], "best.pt"), payload())
+                checkpoint.save(os.path.join(cfg["out"], "last.pt"), payload())
+                plot(history, os.path.join(cfg["out"], "loss.png"))
+            if stop["signal"]:
+                bar.close()
+                print(f"interrupted at iteration {it}; saved {cfg['out']}/last.pt. Resume with:\n"
+                      f"  python -m fastlstm.train --resume {cfg['out']}")
+                return 130
+            if out_of_time:
+                break
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        bar.close()
+        log.close()
+    print(f"done at iteration {it}: best val {best_val:.4f} nats/char "
+          f"({best_val / math.log(2):.4f} bits/char); checkpoints in {cfg['out']}")
+    return 0
+
+
+def show_sample(model, vocab, cfg, it, bar) -> None:
+    """A sample at temperature 0.8 from a generator of its own, so that sampling never
+    moves the training RNG (a resumed run must draw the same dropout masks)."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg["seed"] + it)
+    start = vocab.index().get("\n" if vocab.encoding == "utf-8" else 10, 0)
+    ids = generate(model, torch.tensor([start]), cfg["sample_length"], 0.8, generator=gen)
+    bar.write("--- sample ---\n" + vocab.decode(ids[0].tolist()) + "\n--------------")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

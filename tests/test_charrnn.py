@@ -1,0 +1,231 @@
+"""The char-rnn workflow end to end through its real command lines: train, sample, eval,
+resume, and every bad input with its one-line error."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+TINY = ["--num-layers", "2", "--rnn-size", "16", "--embed-size", "8", "--batch-size", "2",
+        "--seq-length", "8", "--eval-every", "2", "--sample-length", "20", "--no-progress"]
+TEXT = ("naïve café ☃ — the quick brown fox jumps over the lazy dog. " * 40 +
+        "Ünïcödé lines: ✓ λ → ∞\n") * 3
+
+
+def cli(tool, *args, cwd, check=True, timeout=180):
+    result = subprocess.run([sys.executable, "-m", f"fastlstm.{tool}", *map(str, args)],
+                            cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in result.stderr, result.stderr
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def fails(tool, *args, cwd, expect):
+    """A bad input: non-zero exit, one clear line naming the problem, no traceback."""
+    result = cli(tool, *args, cwd=cwd, check=False)
+    assert result.returncode != 0
+    assert expect in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_train_sample_eval_on_multibyte_text(tmp_path, corpus):
+    cli("train", corpus, *TINY, "--max-iters", "4", "--out", "run", cwd=tmp_path)
+    for name in ("last.pt", "best.pt", "log.jsonl", "loss.png"):
+        assert (tmp_path / "run" / name).exists(), name
+    payload = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    symbols = payload["vocab"]["symbols"]
+    assert "☃" in symbols and "ï" in symbols and "→" in symbols  # code points, not bytes
+    assert set(symbols) == set(TEXT)
+    assert all(t.device.type == "cpu" for t in payload["model"].values())
+
+    out = cli("sample", "run", "--length", "40", "--prime", "naïve ☃", "--seed", "3",
+              cwd=tmp_path).stdout
+    assert out.startswith("naïve ☃") and set(out.strip()) <= set(TEXT)
+    again = cli("sample", "run", "--length", "40", "--prime", "naïve ☃", "--seed", "3",
+                cwd=tmp_path).stdout
+    assert out == again, "same seed, same sample"
+    several = cli("sample", "run/last.pt", "--length", "10", "--num-samples", "3", "--top-k",
+                  "5", "--seed", "1", cwd=tmp_path).stdout
+    assert several.count("--- sample") == 3
+    greedy = cli("sample", "run", "--argmax", "--length", "15", cwd=tmp_path).stdout
+    assert greedy == cli("sample", "run", "--temperature", "0", "--length", "15",
+                         cwd=tmp_path).stdout
+
+    for split in ("val", "test"):
+        line = cli("eval", "run", "--split", split, cwd=tmp_path).stdout
+        assert "nats/char" in line and "bits/char" in line
+    other = tmp_path / "other.txt"
+    other.write_text("the lazy fox ☃\n", encoding="utf-8")
+    assert "nats/char" in cli("eval", "run", "--text", other, cwd=tmp_path).stdout
+
+
+def test_bytes_encoding_reads_any_file(tmp_path):
+    raw = tmp_path / "blob.bin"
+    raw.write_bytes(bytes(range(256)) * 20 + b"\xff\xfe" * 200)
+    cli("train", raw, "--encoding", "bytes", *TINY, "--max-iters", "2", "--out", "run",
+        cwd=tmp_path)
+    payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert payload["vocab"]["encoding"] == "bytes" and len(payload["vocab"]["symbols"]) == 256
+    cli("sample", "run", "--length", "10", cwd=tmp_path)
+
+
+def losses(path):
+    payload = torch.load(path, weights_only=True)
+    return [h["loss"] for h in payload["history"] if "loss" in h], payload
+
+
+def test_resume_equals_uninterrupted(tmp_path, corpus):
+    cli("train", corpus, *TINY, "--max-iters", "7", "--out", "whole", cwd=tmp_path)
+    cli("train", corpus, *TINY, "--max-iters", "3", "--out", "split", cwd=tmp_path)
+    cli("train", "--resume", "split", "--max-iters", "7", cwd=tmp_path)
+    whole, a = losses(tmp_path / "whole" / "last.pt")
+    resumed, b = losses(tmp_path / "split" / "last.pt")
+    assert len(whole) == 7 and whole == resumed  # bitwise: the same floats
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_init_from_loads_weights_only(tmp_path, corpus):
+    cli("train", corpus, *TINY, "--max-iters", "2", "--out", "base", cwd=tmp_path)
+    out = cli("train", corpus, *TINY, "--max-iters", "2", "--out", "tuned", "--init-from",
+              "base/last.pt", "--lr", "1e-4", cwd=tmp_path).stdout
+    assert "starting from the weights of base/last.pt" in out
+    fails("train", corpus, *TINY, "--rnn-size", "32", "--init-from", "base/last.pt",
+          "--out", "x", cwd=tmp_path, expect="--rnn-size 16, but --rnn-size 32 was given")
+
+
+def test_default_corpus_is_the_standard_library(tmp_path):
+    out = cli("train", *TINY, "--max-iters", "1", "--out", "run", cwd=tmp_path).stdout
+    assert "source files of the Python standard library" in out
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, corpus):
+    proc = subprocess.Popen([sys.executable, "-m", "fastlstm.train", str(corpus), *TINY,
+                             "--max-iters", "100000", "--eval-every", "100000", "--out", "run"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.stat().st_size > 200):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "python -m fastlstm.train --resume run" in out
+    done, _ = losses(tmp_path / "run" / "last.pt")
+    cli("train", "--resume", "run", "--max-iters", str(len(done) + 2), cwd=tmp_path)
+    assert len(losses(tmp_path / "run" / "last.pt")[0]) == len(done) + 2
+
+
+def test_bad_inputs(tmp_path, corpus):
+    cli("train", corpus, *TINY, "--max-iters", "2", "--out", "run", cwd=tmp_path)
+    before = {n: digest(tmp_path / "run" / n) for n in ("last.pt", "best.pt")}
+
+    fails("train", "missing.txt", cwd=tmp_path, expect="missing.txt: no such file")
+    fails("train", tmp_path, cwd=tmp_path, expect="is a directory")
+    (tmp_path / "empty.txt").write_text("")
+    fails("train", "empty.txt", cwd=tmp_path, expect="empty.txt is empty")
+    (tmp_path / "short.txt").write_text("abc" * 30)
+    fails("train", "short.txt", "--out", "o1", cwd=tmp_path,
+          expect="fewer than the 6464 one batch needs (--batch-size 64 x (--seq-length 100 + 1))"
+                 "; lower --batch-size or --seq-length")
+    fails("train", corpus, *TINY, "--val-frac", "0.0001", "--out", "o2", cwd=tmp_path,
+          expect="the validation split has 0 characters; raise --val-frac")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 100)
+    fails("train", "latin1.txt", cwd=tmp_path,
+          expect="not valid UTF-8 at byte 3 (line 1)")
+    fails("train", "latin1.txt", cwd=tmp_path, expect="use --encoding bytes")
+    fails("train", corpus, "--out", corpus / "sub", cwd=tmp_path, expect="cannot write to --out")
+    fails("train", corpus, *TINY, "--out", "run", cwd=tmp_path,
+          expect="already holds a run (last.pt); continue it with --resume run")
+    fails("train", "--resume", "run", "--rnn-size", "32", cwd=tmp_path,
+          expect="--rnn-size 16, but --rnn-size 32 was given")
+    fails("train", corpus, "--dtype", "fp16", "--device", "cpu", "--out", "o3", cwd=tmp_path,
+          expect="--dtype fp16 needs --device cuda")
+    for flag, value in (("--rnn-size", "-3"), ("--num-layers", "0"), ("--dropout", "1"),
+                        ("--batch-size", "0"), ("--lr", "-1"), ("--lr", "inf"),
+                        ("--lr", "1e38"), ("--val-frac", "1.5")):
+        fails("train", corpus, flag, value, cwd=tmp_path, expect=flag)
+    fails("sample", "run", "--temperature", "-0.5", cwd=tmp_path, expect="--temperature")
+
+    (tmp_path / "junk.pt").write_bytes(os.urandom(300))
+    torch.save({"some": "dict"}, tmp_path / "foreign.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(tmp_path / "run" / "last.pt", "rb").read()[:2000])
+    for tool in ("sample", "eval"):
+        fails(tool, "junk.pt", cwd=tmp_path, expect="junk.pt is not a readable fastlstm checkpoint")
+        fails(tool, "foreign.pt", cwd=tmp_path, expect="foreign.pt is not a fastlstm char-rnn")
+        fails(tool, "truncated.pt", cwd=tmp_path, expect="truncated.pt is not a readable")
+        fails(tool, "nowhere", cwd=tmp_path, expect="nowhere: no such checkpoint")
+    fails("train", "--resume", "truncated.pt", cwd=tmp_path, expect="is not a readable")
+    fails("sample", "run", "--prime", "Zebra ✗", cwd=tmp_path,
+          expect="--prime has characters the model's vocabulary lacks: 'Z', '✗'")
+    (tmp_path / "alien.txt").write_text("Zzz\n")
+    fails("eval", "run", "--text", "alien.txt", cwd=tmp_path, expect="'Z'")
+
+    after = {n: digest(tmp_path / "run" / n) for n in ("last.pt", "best.pt")}
+    assert after == before, "a failed command must leave existing checkpoints alone"
+
+
+NAN_AFTER = """
+import sys
+import torch.nn.functional as F
+import fastlstm.train as train
+from fastlstm.cli import run
+
+calls = {"n": 0}
+real = F.cross_entropy
+
+
+def nan_from_the_fifth_step(*args, **kwargs):
+    loss = real(*args, **kwargs)
+    if kwargs.get("reduction", "mean") == "mean":  # training steps, not evaluation
+        calls["n"] += 1
+        if calls["n"] >= 5:
+            loss = loss * float("nan")
+    return loss
+
+
+train.F.cross_entropy = nan_from_the_fifth_step
+sys.exit(run(train.main, sys.argv[1:]))
+"""
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
+    """The real CLI with a loss made NaN from the 5th step on (injected: no honest setting
+    makes fp32 diverge to NaN reliably)."""
+    result = subprocess.run([sys.executable, "-c", NAN_AFTER, str(corpus), *TINY, "--max-iters",
+                             "20", "--out", "run"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "the loss became nan at iteration 5" in result.stderr
+    assert "Lower --lr" in result.stderr
+    kept, _ = losses(tmp_path / "run" / "last.pt")
+    assert len(kept) == 4 and all(x == x for x in kept)  # saved at iteration 4, all finite
+
+
+def test_help_explains_the_flags(tmp_path):
+    out = cli("train", "--help", cwd=tmp_path).stdout
+    for flag in ("--num-layers", "--rnn-size", "--dropout", "--batch-size", "--seq-length",
+                 "--lr", "--max-iters", "--max-epochs", "--eval-every", "--out", "--resume",
+                 "--init-from", "--seed", "--device", "--backend", "--dtype", "--encoding",
+                 "--train-frac", "--val-frac", "--lr-decay", "--grad-clip", "--compile"):
+        assert flag in out, flag
+    assert "--prime" in cli("sample", "--help", cwd=tmp_path).stdout
+    assert "--split" in cli("eval", "--help", cwd=tmp_path).stdout
