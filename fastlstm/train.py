@@ -245,10 +245,14 @@ def main(argv=None) -> int:
     model = CharRNN(backend=cfg["backend"], **config).to(device)
     optimizer = (torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.RMSprop)(
         model.parameters(), lr=cfg["lr"])
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg["dtype"] == "fp16")
     it, epoch, window, best_val, history, carry = 0, 0, 0, math.inf, [], None
     if saved:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         progress = saved["progress"]
         it, epoch, window, best_val = (progress["iter"], progress["epoch"], progress["window"],
                                        progress["best_val"])
@@ -271,7 +275,7 @@ def main(argv=None) -> int:
 
     def payload():
         return {"config": config, "vocab": vocab.to_state(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "settings": {k: v for k, v in cfg.items()},
                 "progress": {"iter": it, "epoch": epoch, "window": window, "best_val": best_val},
                 "history": history, "carry": list(carry) if carry is not None else None,
@@ -309,10 +313,12 @@ def main(argv=None) -> int:
                                f"{cfg['out']}/last.pt keeps the last good state. Lower --lr "
                                f"(now {cfg['lr']}) or --grad-clip (now {cfg['grad_clip']})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg["grad_clip"] > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             carry = tuple(s.detach() for s in state)
             it, window = it + 1, window + 1
             chars_done += x.numel()
@@ -356,12 +362,17 @@ def main(argv=None) -> int:
 
 
 def show_sample(model, vocab, cfg, it, bar) -> None:
-    """A sample at temperature 0.8 from a generator of its own, so that sampling never
-    moves the training RNG (a resumed run must draw the same dropout masks)."""
+    """A sample at temperature 0.8, printed as it is drawn, from a generator of its own, so
+    that sampling never moves the training RNG (a resumed run draws the same dropout masks)."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg["seed"] + it)
     start = vocab.index().get("\n" if vocab.encoding == "utf-8" else 10, 0)
-    ids = generate(model, torch.tensor([start]), cfg["sample_length"], 0.8, generator=gen)
-    bar.write("--- sample ---\n" + vocab.decode(ids[0].tolist()) + "\n--------------")
+    out = sys.stdout
+    with bar.external_write_mode():
+        out.write("--- sample ---\n")
+        generate(model, torch.tensor([start]), cfg["sample_length"], 0.8, generator=gen,
+                 on_ids=lambda ids: (out.write(vocab.decode(ids.tolist())), out.flush()))
+        out.write("\n--------------\n")
+        out.flush()
 
 
 if __name__ == "__main__":
