@@ -11,7 +11,7 @@ import sys
 import torch
 
 from . import checkpoint, data
-from .cli import CliError, non_negative_float, pick_device, positive_int, run
+from .cli import non_negative_float, pick_device, positive_int, run
 from .model import CharRNN, generate
 
 
