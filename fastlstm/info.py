@@ -21,7 +21,11 @@ def report() -> list[tuple[str, str]]:
         rows.append(("CUDA kernels (backend='cuda')", "not compiled"))
     try:
         import triton
-        rows.append(("Triton", f"{triton.__version__} (backend='triton' not implemented yet)"))
+        from . import triton_ops
+        where = ("CPU tensors, in the interpreter (TRITON_INTERPRET=1)" if triton_ops.INTERPRET
+                 else "CUDA tensors")
+        rows.append(("Triton (backend='triton')", f"{triton.__version__}: on {where}; "
+                     "not yet measured on a GPU"))
     except ImportError:
         rows.append(("Triton", "not installed"))
     if torch.cuda.is_available():

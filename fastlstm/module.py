@@ -6,7 +6,7 @@ weights load both ways; forward has the same contract and error types. backend=
   "reference"  fastlstm.reference, plain PyTorch (slow; the oracle)
   "cpu"        the fused C++ op on CPU tensors
   "cuda"       the fused CUDA op on CUDA tensors
-  "triton"     the Triton kernels (not built yet: raises)
+  "triton"     the Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
   "cudnn"/"aten"  torch's own nn.LSTM (cuDNN on GPU, ATen/oneDNN on CPU), for comparisons
 What the fused op does not support (proj_size, PackedSequence, a dtype the device's op
 lacks) goes to torch's own LSTM, never to a wrong answer.
@@ -47,13 +47,13 @@ def compute_dtype(data):
     return data.dtype
 
 
-def _fused_unsupported(data, proj_size=0, packed=False):
-    """Why the fused op cannot take this input, or None."""
+def _fused_unsupported(data, proj_size=0, packed=False, dtypes_by_device=None):
+    """Why the fused op (or the Triton one, given its dtypes) cannot take this input."""
     if proj_size > 0:
         return "proj_size > 0"
     if packed:
         return "PackedSequence input"
-    dtypes = FUSED_DTYPES.get(data.device.type)
+    dtypes = (dtypes_by_device or FUSED_DTYPES).get(data.device.type)
     if dtypes is None:
         return f"{data.device.type} tensors"
     if compute_dtype(data) not in dtypes:
@@ -91,8 +91,7 @@ def choose_path(backend, data, unsupported, batch, hidden):
     if backend == "reference":
         return "reference"
     if backend == "triton":
-        raise NotImplementedError('FastLSTM backend="triton" is not implemented yet; use '
-                                  '"auto", "cpu", "cuda" or "reference"')
+        return _triton_path(data, unsupported)
     if backend == "auto":
         return _auto_path(data, unsupported, batch, hidden)
     _extension.require(backend)
@@ -107,6 +106,34 @@ def choose_path(backend, data, unsupported, batch, hidden):
                       "using torch's own LSTM for it", stacklevel=3)
         return "aten"
     return "fused"
+
+
+def _triton_dtypes():
+    from . import triton_ops
+    cuda = (torch.float32, torch.float16, torch.bfloat16)
+    return {"cuda": cuda, "cpu": (torch.float32,) if triton_ops.INTERPRET else ()}
+
+
+def _triton_path(data, unsupported):
+    """backend="triton": CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests)."""
+    from . import triton_ops
+    if not triton_ops.available():
+        raise RuntimeError('FastLSTM backend="triton" needs the triton package')
+    if not (data.is_cuda or (triton_ops.INTERPRET and data.device.type == "cpu")):
+        raise ValueError('FastLSTM backend="triton" needs CUDA tensors (or, for tests on the '
+                         'CPU, TRITON_INTERPRET=1 set before triton is imported)')
+    if unsupported is None:
+        unsupported = _fused_unsupported(data, dtypes_by_device=_triton_dtypes())
+    if unsupported:
+        warnings.warn(f'FastLSTM backend="triton" does not support {unsupported} yet; '
+                      "using torch's own LSTM for it", stacklevel=4)
+        return "aten"
+    return "triton"
+
+
+def _triton_layer_op():
+    from . import triton_ops  # noqa: F401  (registers fastlstm_triton::lstm_layer)
+    return torch.ops.fastlstm_triton.lstm_layer
 
 
 def _check_same_device_dtype(module, tensors, what):
@@ -272,7 +299,8 @@ class FastLSTM(nn.Module):
                                            self.dropout, self.training, self.bidirectional,
                                            self.batch_first)
         else:
-            out, h_n, c_n = self._forward_fused(x, state)
+            out, h_n, c_n = self._forward_fused(
+                x, state, _triton_layer_op() if path == "triton" else None)
         if unbatched:
             out = out.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
@@ -300,7 +328,7 @@ class FastLSTM(nn.Module):
             h_n, c_n = h_n.index_select(1, unsorted_idx), c_n.index_select(1, unsorted_idx)
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
 
-    def _forward_fused(self, x, state):
+    def _forward_fused(self, x, state, layer_op=None):
         """Layer by layer, direction by direction, through the fastlstm ops. x is batched
         3-D in the module's layout; returns (output, h_n, c_n) in the same layout."""
         dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
@@ -316,7 +344,8 @@ class FastLSTM(nn.Module):
                 b_ih, b_hh = (w("bias_ih"), w("bias_hh")) if self.bias else (None, None)
                 hs, h, c = ops.lstm_layer(layer_in, h0[k], c0[k], *(
                     None if p is None else p.to(dtype)
-                    for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)), reverse=d == 1)
+                    for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)), reverse=d == 1,
+                    layer_op=layer_op)
                 outs.append(hs)
                 h_n.append(h)
                 c_n.append(c)
@@ -367,7 +396,10 @@ class FastLSTMCell(nn.LSTMCell):
         dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
         weights = (self.weight_ih, self.weight_hh,
                    *((self.bias_ih, self.bias_hh) if self.bias else (None, None)))
-        step = lstm_cell_reference if path == "reference" else ops.lstm_step
-        h, c = step(x.to(dtype), h.to(dtype), c.to(dtype),
-                    *(None if w is None else w.to(dtype) for w in weights))
+        args = (x.to(dtype), h.to(dtype), c.to(dtype),
+                *(None if w is None else w.to(dtype) for w in weights))
+        if path == "triton":  # a layer of one step
+            _, h, c = ops.lstm_layer(args[0].unsqueeze(0), *args[1:], layer_op=_triton_layer_op())
+        else:
+            h, c = (lstm_cell_reference if path == "reference" else ops.lstm_step)(*args)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)

@@ -40,6 +40,18 @@ def _fake_step(xproj, h, c, w_hh):
             xproj.new_empty(batch, 4 * hidden))
 
 
+def layer_autograd(op_name: str, backward_op) -> None:
+    """Autograd for a layer op with the lstm_layer contract, through `backward_op` (same
+    arguments as lstm_layer_backward). Shared by the C++/CUDA and the Triton ops."""
+    def backward(ctx, grad_hs, grad_cs, _grad_gates):
+        h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
+        if grad_hs is None:
+            grad_hs = torch.zeros_like(hs)
+        return (*backward_op(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, ctx.reverse), None)
+
+    torch.library.register_autograd(op_name, backward, setup_context=_layer_setup_context)
+
+
 def _layer_setup_context(ctx, inputs, output):
     _, h0, c0, w_hh, reverse = inputs
     hs, cs, gates = output
@@ -49,15 +61,6 @@ def _layer_setup_context(ctx, inputs, output):
     # Usually only c_n of cs is used (or none): let an unused gradient arrive as None
     # rather than as a zero tensor the backward would read at every step.
     ctx.set_materialize_grads(False)
-
-
-def _layer_backward(ctx, grad_hs, grad_cs, _grad_gates):
-    h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
-    if grad_hs is None:
-        grad_hs = torch.zeros_like(hs)
-    grads = torch.ops.fastlstm.lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates,
-                                                   ctx.reverse)
-    return (*grads, None)
 
 
 def _step_setup_context(ctx, inputs, output):
@@ -92,8 +95,8 @@ if _extension.available():
     torch.library.register_fake("fastlstm::lstm_layer")(_fake_layer)
     torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
     torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
-    torch.library.register_autograd("fastlstm::lstm_layer", _layer_backward,
-                                    setup_context=_layer_setup_context)
+    layer_autograd("fastlstm::lstm_layer",
+                   lambda *args: torch.ops.fastlstm.lstm_layer_backward(*args))
     torch.library.register_autograd("fastlstm::lstm_step", _step_backward,
                                     setup_context=_step_setup_context)
     # Registered so that autograd says so plainly instead of silently returning nothing.
@@ -119,10 +122,12 @@ def input_projection(x, w_ih, b_ih, b_hh):
     return F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
 
 
-def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False):
-    """One layer, one direction: x [S, B, F] -> (hs [S, B, H], h_n [B, H], c_n [B, H])."""
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
+    """One layer, one direction: x [S, B, F] -> (hs [S, B, H], h_n [B, H], c_n [B, H]).
+    layer_op: an op with lstm_layer's contract (default the C++/CUDA one)."""
     xproj = input_projection(x, w_ih, b_ih, b_hh)
-    hs, cs, _ = torch.ops.fastlstm.lstm_layer(xproj, h0, c0, w_hh, reverse)
+    layer_op = layer_op or torch.ops.fastlstm.lstm_layer
+    hs, cs, _ = layer_op(xproj, h0, c0, w_hh, reverse)
     last = 0 if reverse else -1
     return hs, hs[last], cs[last].to(x.dtype)
 

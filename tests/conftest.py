@@ -3,6 +3,10 @@ import os
 # Before fastlstm._C loads: its ops then fill their outputs with NaN before the kernels
 # run, so an element a kernel fails to write makes the comparison fail.
 os.environ.setdefault("FASTLSTM_POISON_OUTPUTS", "1")
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; it must be
+# chosen before triton is first imported.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
