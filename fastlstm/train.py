@@ -140,7 +140,8 @@ def lr_at(cfg: dict, iteration: int, epoch: int, total_iters: int | None) -> flo
         return cfg["lr"] * cfg["lr_decay_rate"] ** max(0, epoch - cfg["lr_decay_after"])
     if cfg["lr_decay"] == "cosine" and total_iters:
         progress = min(1.0, iteration / total_iters)
-        return cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + math.cos(math.pi * progress))
+        span = cfg["lr"] - cfg["min_lr"]
+        return cfg["min_lr"] + 0.5 * span * (1 + math.cos(math.pi * progress))
     return cfg["lr"]
 
 
