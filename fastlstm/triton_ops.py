@@ -14,7 +14,8 @@ backward -> grad_xproj, grad_h0, grad_c0, grad_w_hh (one matmul over all steps).
 Registered as torch.library.triton_op so torch.compile sees the kernels.
 
 Under TRITON_INTERPRET=1 (set before triton is imported) the kernels run on CPU tensors:
-fp32 only, tanh written through sigmoid (no libdevice), IEEE fp32 dots, one fixed config.
+fp32 only, tanh written through sigmoid (no libdevice), IEEE fp32 dots, one fixed tile
+config. On a GPU the tiles are autotuned per (batch, hidden).
 """
 from __future__ import annotations
 
@@ -133,18 +134,41 @@ if triton is not None:
         tl.store(carry + idx, (dc * f).to(carry.dtype.element_ty), mask=mask)
 
 
-def _config(dtype: torch.dtype):
-    """Tile sizes and dot precision. One fixed config (the interpreter has no autotuner
-    worth its time); fp32 dots in IEEE fp32 unless TF32 is allowed, as for cuBLAS."""
+# The interpreter's one tile config; on a GPU the autotuner picks among _TUNING per
+# (batch, hidden). Not yet tuned on a GPU: the list is a first guess.
+FIXED_TILES = dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
+if triton is not None:
+    _TUNING = [triton.Config(dict(BLOCK_B=b, BLOCK_H=h, BLOCK_K=k), num_warps=w)
+               for b, h, k, w in ((16, 32, 32, 4), (16, 64, 64, 4), (32, 32, 64, 4),
+                                  (32, 64, 32, 4), (64, 64, 32, 8), (16, 128, 32, 4))]
+    # The backward kernel updates `carry` in place: each config tried starts from its value.
+    _KERNELS = {
+        "forward": (_lstm_forward_step,
+                    triton.autotune(_TUNING, key=["B", "H"])(_lstm_forward_step)),
+        "backward": (_lstm_backward_step,
+                     triton.autotune(_TUNING, key=["B", "H"], restore_value=["carry"])(
+                         _lstm_backward_step)),
+    }
+
+
+def _launcher(which: str, batch: int, hidden: int, dtype: torch.dtype):
+    """kernel(*args, **flags) for one step: a fixed tile config under the interpreter, the
+    autotuned kernel on a GPU. fp32 dots are IEEE fp32 unless TF32 is allowed (as cuBLAS)."""
     if dtype == torch.float32 and (INTERPRET or not torch.backends.cuda.matmul.allow_tf32):
         precision = "ieee"
     else:
         precision = "tf32"
-    return dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32, PRECISION=precision)
+    fixed, tuned = _KERNELS[which]
+    if INTERPRET:
+        grid = (triton.cdiv(batch, FIXED_TILES["BLOCK_B"]),
+                triton.cdiv(hidden, FIXED_TILES["BLOCK_H"]))
+        launch = torch.library.wrap_triton(fixed)[grid]
+        return lambda *args, **flags: launch(*args, **flags, PRECISION=precision, **FIXED_TILES)
 
-
-def _grid(batch: int, hidden: int, cfg: dict):
-    return (triton.cdiv(batch, cfg["BLOCK_B"]), triton.cdiv(hidden, cfg["BLOCK_H"]))
+    def grid(meta):
+        return (triton.cdiv(batch, meta["BLOCK_B"]), triton.cdiv(hidden, meta["BLOCK_H"]))
+    launch = torch.library.wrap_triton(tuned)[grid]
+    return lambda *args, **flags: launch(*args, **flags, PRECISION=precision)
 
 
 def _check(xproj, h0, c0, w_hh):
@@ -183,12 +207,10 @@ def layer_forward(xproj, h0, c0, w_hh, reverse: bool):
     hs = _output(xproj, steps, batch, hidden)
     cs = _output(xproj, steps, batch, hidden, dtype=_cell_dtype(xproj.dtype))
     gates = _output(xproj, steps, batch, 4 * hidden)
-    cfg = _config(xproj.dtype)
-    kernel = torch.library.wrap_triton(_lstm_forward_step)
+    step = _launcher("forward", batch, hidden, xproj.dtype)
     h_prev, c_prev = h0, c0
     for t in _order(steps, reverse):
-        kernel[_grid(batch, hidden, cfg)](xproj[t], h_prev, c_prev, w_hh, gates[t], cs[t], hs[t],
-                                          batch, hidden, **cfg)
+        step(xproj[t], h_prev, c_prev, w_hh, gates[t], cs[t], hs[t], batch, hidden)
         h_prev, c_prev = hs[t], cs[t]
     return hs, cs, gates
 
@@ -203,16 +225,14 @@ def layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse: bool)
     c0 = c0.to(cs.dtype).contiguous()
     grad_xproj = _output(gates, steps, batch, 4 * hidden)
     carry = torch.zeros_like(c0)
-    cfg = _config(gates.dtype)
-    kernel = torch.library.wrap_triton(_lstm_backward_step)
+    step = _launcher("backward", batch, hidden, gates.dtype)
     order = list(_order(steps, reverse))
     for s in range(steps - 1, -1, -1):
         t = order[s]
         c_prev = c0 if s == 0 else cs[order[s - 1]]
         nxt = grad_xproj[order[s + 1]] if s + 1 < steps else grad_xproj[t]  # unread at the end
-        kernel[_grid(batch, hidden, cfg)](gates[t], c_prev, cs[t], grad_hs[t], grad_cs[t], nxt,
-                                          w_hh, carry, grad_xproj[t], batch, hidden,
-                                          HAS_GRAD_C=has_grad_c, HAS_NEXT=s + 1 < steps, **cfg)
+        step(gates[t], c_prev, cs[t], grad_hs[t], grad_cs[t], nxt, w_hh, carry, grad_xproj[t],
+             batch, hidden, HAS_GRAD_C=has_grad_c, HAS_NEXT=s + 1 < steps)
     grad_h0 = grad_xproj[order[0]] @ w_hh
     # h_{t-1} of every step, in time order, so the weight gradient is one matmul.
     h_prev = torch.stack([h0 if s == 0 else hs[order[s - 1]] for s in range(steps)])
