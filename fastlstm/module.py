@@ -101,11 +101,14 @@ def choose_path(backend, data, unsupported, batch, hidden):
     if backend == "cuda" and not _extension.cuda_compiled():
         raise RuntimeError('FastLSTM backend="cuda": fastlstm._C was built without CUDA '
                            "kernels; rebuild with a CUDA torch and nvcc (FASTLSTM_FORCE_CUDA=1)")
-    if unsupported:
-        warnings.warn(f'FastLSTM backend="{backend}" does not support {unsupported} yet; '
-                      "using torch's own LSTM for it", stacklevel=3)
-        return "aten"
-    return "fused"
+    return _to_torch_lstm(backend, unsupported) if unsupported else "fused"
+
+
+def _to_torch_lstm(backend, unsupported):
+    """An explicit backend asked for what it cannot do: say so, and use torch's LSTM."""
+    warnings.warn(f'FastLSTM backend="{backend}" does not support {unsupported} yet; '
+                  "using torch's own LSTM for it", stacklevel=4)
+    return "aten"
 
 
 def _triton_dtypes():
@@ -124,11 +127,7 @@ def _triton_path(data, unsupported):
                          'CPU, TRITON_INTERPRET=1 set before triton is imported)')
     if unsupported is None:
         unsupported = _fused_unsupported(data, dtypes_by_device=_triton_dtypes())
-    if unsupported:
-        warnings.warn(f'FastLSTM backend="triton" does not support {unsupported} yet; '
-                      "using torch's own LSTM for it", stacklevel=4)
-        return "aten"
-    return "triton"
+    return _to_torch_lstm("triton", unsupported) if unsupported else "triton"
 
 
 def _triton_layer_op():
