@@ -305,6 +305,31 @@ class FastLSTM(nn.Module):
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return out, (h_n, c_n)
 
+    @torch.no_grad()
+    def inspect(self, input, hx=None):
+        """The documented inspection hook: run `input` one time step at a time through this
+        module's own forward (the step path) and return, besides forward's usual
+        (output, (h_n, c_n)), every layer's state after every step:
+          states["h"]: [seq, num_layers, batch, proj_size or hidden_size]
+          states["c"]: [seq, num_layers, batch, hidden_size]   (the cell state c, not tanh(c))
+        Batched 3-D input, any batch_first. Unidirectional only: a backward direction needs
+        the whole sequence before its first state exists."""
+        if self.bidirectional:
+            raise ValueError("inspect() steps forward in time; a bidirectional LSTM's backward "
+                             "direction has no per-step state in that order")
+        if input.dim() != 3:
+            raise ValueError(f"inspect() takes batched 3-D input, got {input.dim()}D")
+        time_dim = 1 if self.batch_first else 0
+        outputs, hs, cs = [], [], []
+        state = hx
+        for x_t in input.split(1, dim=time_dim):
+            out, state = self(x_t, state)
+            outputs.append(out)
+            hs.append(state[0])
+            cs.append(state[1])
+        return (torch.cat(outputs, dim=time_dim), state,
+                {"h": torch.stack(hs), "c": torch.stack(cs)})
+
     def _forward_packed(self, input, hx, path):
         if path == "reference":
             return reference_lstm(input, hx, dict(self.named_parameters()),
