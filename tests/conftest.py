@@ -28,3 +28,12 @@ def _exact_fp32_matmul():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A skipped real-browser test must not go unnoticed."""
+    for report in terminalreporter.stats.get("skipped", []):
+        if "test_page_in_a_real_browser" in report.nodeid:
+            terminalreporter.write_line(
+                "WARNING: the visualizer's real-browser test was SKIPPED: Chromium is not "
+                "installed (.ci/run installs Debian's chromium)", red=True, bold=True)

@@ -225,3 +225,19 @@ def test_cuda_graph_switch():
         assert fastlstm.cuda_graphs_enabled()
     finally:
         fastlstm.set_cuda_graphs(before)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "aten"])
+def test_inspect_returns_every_layers_state_per_step(backend):
+    torch.manual_seed(0)
+    lstm = FastLSTM(5, 7, num_layers=3, batch_first=True, backend=backend)
+    x = torch.randn(2, 6, 5)
+    out, (h_n, c_n), states = lstm.inspect(x)
+    want_out, (want_h, want_c) = lstm(x)
+    assert states["h"].shape == (6, 3, 2, 7) and states["c"].shape == (6, 3, 2, 7)
+    assert_close(out, want_out, 1e-6, "inspect output")
+    assert_close(states["h"][-1], want_h, 1e-6, "last h")
+    assert_close(states["c"][-1], want_c, 1e-6, "last c")
+    assert_close(states["h"][:, -1].transpose(0, 1), want_out, 1e-6, "top layer h per step")
+    with pytest.raises(ValueError, match="bidirectional"):
+        FastLSTM(5, 7, bidirectional=True).inspect(torch.randn(3, 2, 5))

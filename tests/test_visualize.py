@@ -66,7 +66,8 @@ def cli(*args, cwd):
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vis")
-    (tmp / "corpus.txt").write_text('She said "yes" (twice) — naïve ☃.\n' * 60, encoding="utf-8")
+    text = 'She said "yes" (twice) — naïve ☃.\n' * 60
+    (tmp / "corpus.txt").write_text(text, encoding="utf-8")
     cli("fastlstm.train", "corpus.txt", "--rnn-size", "16", "--embed-size", "8",
         "--batch-size", "2", "--seq-length", "16", "--max-iters", "4", "--eval-every", "4",
         "--sample-length", "0", "--no-progress", "--out", "run", cwd=tmp)
