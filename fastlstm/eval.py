@@ -7,6 +7,8 @@ import hashlib
 import math
 import sys
 
+import torch
+
 from . import data
 from .cli import CliError, pick_device, positive_int, run
 from .sample import load_model
@@ -29,7 +31,6 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     device = pick_device(args.device)
     model, vocab, path = load_model(args.checkpoint, device)
-    import torch
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if args.text:
         text = data.read_corpus(args.text, vocab.encoding)
