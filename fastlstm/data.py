@@ -1,4 +1,5 @@
-"""Corpus, vocabulary, splits and the carried-state batching of char-rnn.
+"""Vocabulary, the embedded default corpus, splits and the carried-state batching of
+char-rnn (reading and caching corpus files: corpus.py).
 
 A corpus is UTF-8 text read as code points (a multibyte character is one symbol, never
 split), or with encoding="bytes" any file's raw bytes. The vocabulary is the sorted set of
@@ -10,6 +11,7 @@ import os
 import sysconfig
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .cli import CliError
@@ -53,26 +55,6 @@ class Vocab:
         return cls(list(state["symbols"]), state["encoding"])
 
 
-def read_corpus(path: str, encoding: str):
-    """The corpus as str (utf-8) or bytes, with clear errors for what cannot be used."""
-    if not os.path.exists(path):
-        raise CliError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise CliError(f"{path} is a directory; give one text file")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if not raw:
-        raise CliError(f"{path} is empty")
-    if encoding == "bytes":
-        return raw
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise CliError(f"{path} is not valid UTF-8 at byte {exc.start} (line {line}): "
-                       f"{exc.reason}; use --encoding bytes to train on raw bytes") from None
-
-
 def default_corpus(cap: int = DEFAULT_CORPUS_CAP):
     """The Python standard library's own .py files in sorted path order, up to `cap`
     characters: text that exists on every machine (the 2015 post trained on Linux's source).
@@ -101,36 +83,36 @@ def default_corpus(cap: int = DEFAULT_CORPUS_CAP):
     return "".join(parts), f"{used} source files of the Python standard library in {root}"
 
 
-def build_vocab(text, encoding: str) -> Vocab:
-    return Vocab(sorted(set(text)), encoding)
-
-
-def split(ids: torch.Tensor, train_frac: float, val_frac: float):
-    """Contiguous train / val / test; test gets what is left."""
+def split(ids, train_frac: float, val_frac: float, val_max: int | None = None):
+    """Contiguous train / val / test (views, never copies); test gets what is left. The
+    validation part can be capped at `val_max` characters (a huge corpus evaluates fast)."""
     n = len(ids)
     n_train = int(n * train_frac)
     n_val = int(n * val_frac)
-    return ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
+    val_end = n_train + n_val
+    return ids[:n_train], ids[n_train:n_train + min(n_val, val_max or n_val)], ids[val_end:]
 
 
 class StreamBatches:
-    """char-rnn's batching: the ids cut into `batch` parallel streams, read in windows of
-    `seq` characters, window after window, so that the LSTM state carried from one window
-    to the next belongs to the text that precedes it."""
+    """char-rnn's batching: the ids (a numpy array, memory-mapped or not) cut into `batch`
+    parallel streams, read in windows of `seq` characters, window after window, so that
+    the LSTM state carried from one window to the next belongs to the text before it.
+    `rows` picks a slice of the streams (one data-parallel rank's share)."""
 
-    def __init__(self, ids: torch.Tensor, batch: int, seq: int):
+    def __init__(self, ids, batch: int, seq: int, rows: slice = slice(None)):
         stream_len = len(ids) // batch
         self.windows = (stream_len - 1) // seq
-        self.streams = ids[:batch * stream_len].view(batch, stream_len)
+        self.streams = np.asarray(ids[:batch * stream_len]).reshape(batch, stream_len)[rows]
         self.seq = seq
 
     def __len__(self):
         return self.windows
 
     def window(self, k: int):
-        """Inputs and targets of window k: two [batch, seq] tensors."""
+        """Inputs and targets of window k: two int64 [rows, seq] tensors (only this window
+        is read from the corpus)."""
         start = k * self.seq
-        chunk = self.streams[:, start:start + self.seq + 1]
+        chunk = torch.from_numpy(self.streams[:, start:start + self.seq + 1].astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:]
 
 

@@ -3,16 +3,15 @@ in nats per character and bits per character."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 
 import torch
 
-from . import data
+from . import corpus, data
 from .cli import CliError, pick_device, positive_int, run
 from .sample import load_model
-from .train import evaluate, load_text
+from .train import evaluate, load_corpus
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,19 +32,19 @@ def main(argv=None) -> int:
     model, vocab, path = load_model(args.checkpoint, device)
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if args.text:
-        text = data.read_corpus(args.text, vocab.encoding)
-        ids = vocab.encode(text, what=args.text)
+        text = corpus.open_file(args.text, vocab.encoding, cache=False)
+        ids = corpus.ids_in(text, vocab, what=args.text)
         what = args.text
     else:
         cfg = payload["settings"]
-        text, source = load_text(cfg)
-        ids = vocab.encode(text, what=f"corpus {source}")
-        if hashlib.sha256(ids.numpy().tobytes()).hexdigest() != payload["corpus_sha256"]:
-            raise CliError(f"the corpus {source} changed since training; its splits are not "
-                           f"the ones the model saw (use --text FILE)")
-        _, val, test = data.split(ids, cfg["train_frac"], cfg["val_frac"])
+        trained_on = load_corpus(cfg)
+        if trained_on.digest != payload["corpus_digest"]:
+            raise CliError(f"the corpus {trained_on.source} changed since training; its "
+                           f"splits are not the ones the model saw (use --text FILE)")
+        ids = corpus.ids_in(trained_on, vocab, what=f"corpus {trained_on.source}")
+        _, val, test = data.split(ids, cfg["train_frac"], cfg["val_frac"], cfg["val_max_chars"])
         ids = val if args.split == "val" else test
-        what = f"the {args.split} split of {source}"
+        what = f"the {args.split} split of {trained_on.source}"
     if len(ids) < 2:
         raise CliError(f"{what} has {len(ids)} characters: nothing to evaluate")
     loss = evaluate(model, ids, args.batch_size, args.seq_length, device, None)

@@ -8,7 +8,6 @@ Ctrl-C saves and says how to resume; --resume continues exactly where it stopped
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, data
+from . import corpus as corpus_mod
 from .cli import (CliError, fraction, learning_rate, non_negative_float, non_negative_int,
                   pick_device, positive_float, positive_int, probability, run)
 from .model import CharRNN, generate
@@ -30,7 +30,8 @@ TRAINING = {"batch_size": 64, "seq_length": 100, "optimizer": "adam", "lr": 2e-3
             "min_lr": 1e-4, "grad_clip": 5.0, "max_iters": None, "max_epochs": 50,
             "time_budget": None, "eval_every": 500, "sample_length": 200, "seed": 1234,
             "device": "auto", "backend": "auto", "dtype": "fp32", "compile": False,
-            "encoding": "utf-8", "train_frac": 0.9, "val_frac": 0.05, "out": "out"}
+            "encoding": "utf-8", "train_frac": 0.9, "val_frac": 0.05, "val_max_chars": None,
+            "cache_dir": None, "out": "out"}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
                    "(default 0.9)")
     d.add_argument("--val-frac", type=fraction, help="share for validation, right after the "
                    "training part (default 0.05); test gets the rest")
+    d.add_argument("--val-max-chars", type=positive_int, help="cap the validation split at "
+                   "this many characters, so a huge corpus evaluates fast (default: no cap)")
+    d.add_argument("--cache-dir", help="where the encoded corpus is cached (default: next to "
+                   "the corpus); a second run on the same file starts without re-encoding")
     m = p.add_argument_group("model (fixed by a checkpoint when resuming)")
     m.add_argument("--model", choices=["lstm"], default="lstm", help="the cell (lstm)")
     m.add_argument("--num-layers", type=positive_int, help="LSTM layers (default 2)")
@@ -126,13 +131,9 @@ def prepare_out(out: str) -> None:
         raise CliError(f"cannot write to --out {out}: {exc.strerror}") from None
 
 
-def load_text(cfg: dict):
-    if cfg.get("corpus"):
-        return data.read_corpus(cfg["corpus"], cfg["encoding"]), cfg["corpus"]
-    if cfg["encoding"] == "bytes":
-        text, desc = data.default_corpus()
-        return text.encode("utf-8"), desc
-    return data.default_corpus()
+def load_corpus(cfg: dict) -> corpus_mod.Corpus:
+    """The run's corpus (cached and memory-mapped for a file; the embedded default else)."""
+    return corpus_mod.open_corpus(cfg.get("corpus"), cfg["encoding"], cfg.get("cache_dir"))
 
 
 def lr_at(cfg: dict, iteration: int, epoch: int, total_iters: int | None) -> float:
@@ -214,23 +215,24 @@ def main(argv=None) -> int:
                        "on the CPU use --dtype bf16 or fp32")
     torch.manual_seed(cfg["seed"])
 
-    text, source = load_text(cfg)
+    corpus = load_corpus(cfg)
+    source = corpus.source
     if saved or args.init_from:
         init = saved or checkpoint.load(args.init_from)[0]
         if args.init_from:
             check_arch(args, init["config"], args.init_from)
         vocab = data.Vocab.from_state(init["vocab"])
-        ids = vocab.encode(text, what=f"corpus {source}")
+        ids = corpus_mod.ids_in(corpus, vocab, what=f"corpus {source}")
         config = dict(init["config"])
     else:
-        vocab = data.build_vocab(text, cfg["encoding"])
-        ids = vocab.encode(text)
+        vocab, ids = corpus.vocab, corpus.ids
         config = dict(vocab_size=vocab.size, **{k: cfg[k] for k in ARCH})
-    corpus_hash = hashlib.sha256(ids.numpy().tobytes()).hexdigest()
-    if saved and saved.get("corpus_sha256") != corpus_hash:
+    corpus_hash = corpus.digest
+    if saved and saved.get("corpus_digest") != corpus_hash:
         raise CliError(f"the corpus {source} is not the text this run was trained on; "
                        f"--resume needs the same text (use --init-from to fine-tune on new text)")
-    train_ids, val_ids, _ = data.split(ids, cfg["train_frac"], cfg["val_frac"])
+    train_ids, val_ids, _ = data.split(ids, cfg["train_frac"], cfg["val_frac"],
+                                       cfg["val_max_chars"])
     need = data.min_chars(cfg["batch_size"], cfg["seq_length"])
     if len(train_ids) < need:
         raise CliError(f"the training split has {len(train_ids)} characters, fewer than the "
@@ -268,7 +270,8 @@ def main(argv=None) -> int:
         print(f"starting from the weights of {args.init_from}")
     step_model = torch.compile(model) if cfg["compile"] else model
     nparams = sum(p.numel() for p in model.parameters())
-    print(f"corpus: {source} ({len(ids):,} characters, vocabulary {vocab.size}); "
+    print(f"corpus: {source} ({len(ids):,} characters, vocabulary {vocab.size}, stored as "
+          f"{ids.dtype}); "
           f"train {len(train_ids):,} / val {len(val_ids):,}")
     print(f"model: {config['num_layers']} x {config['rnn_size']} LSTM, {nparams:,} parameters, "
           f"on {device}{' with ' + cfg['dtype'] if amp_dtype else ''}; "
@@ -283,7 +286,7 @@ def main(argv=None) -> int:
                 "rng": {"cpu": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
                         else None},
-                "corpus_sha256": corpus_hash}
+                "corpus_digest": corpus_hash}
 
     log = open(os.path.join(cfg["out"], "log.jsonl"), "a")
     stop = {"signal": False}

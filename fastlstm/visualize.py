@@ -18,11 +18,11 @@ import sys
 
 import torch
 
-from . import checkpoint, data
+from . import corpus, data
 from .cells import discover, record
 from .cli import CliError, pick_device, positive_int, run
 from .sample import load_model
-from .train import load_text
+from .train import load_corpus
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,19 +45,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def source_ids(args, vocab, path):
+def source_ids(args, vocab, path) -> torch.Tensor:
     if args.text:
-        text = data.read_corpus(args.text, vocab.encoding)
-        return vocab.encode(text, what=args.text)
+        text = corpus.open_file(args.text, vocab.encoding, cache=False)
+        return torch.from_numpy(corpus.ids_in(text, vocab, what=args.text).astype("int64"))
     if args.prime:
         prime = args.prime.encode("utf-8") if vocab.encoding == "bytes" else args.prime
         return vocab.encode(prime, what="--prime")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     cfg = payload["settings"]
-    text, source = load_text(cfg)
-    ids = vocab.encode(text, what=f"corpus {source}")
-    _, val, test = data.split(ids, cfg["train_frac"], cfg["val_frac"])
-    return val if (args.split or "val") == "val" else test
+    trained_on = load_corpus(cfg)
+    ids = corpus.ids_in(trained_on, vocab, what=f"corpus {trained_on.source}")
+    _, val, test = data.split(ids, cfg["train_frac"], cfg["val_frac"], cfg["val_max_chars"])
+    part = val if (args.split or "val") == "val" else test
+    return torch.from_numpy(part[:args.max_chars].astype("int64"))
 
 
 def parse_cell(spec: str, layers: int, units: int):
