@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 
@@ -15,7 +16,8 @@ def run(main, argv=None) -> int:
     try:
         return main(argv) or 0
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank says it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -171,9 +171,10 @@ def open_file(path: str, encoding: str = "utf-8", cache_dir: str | None = None,
         if os.path.exists(tmp):
             os.unlink(tmp)
     vocab = _vocab(symbols, encoding)
-    with open(meta + ".tmp", "w") as f:
+    fd, tmp_meta = tempfile.mkstemp(prefix=".meta-", suffix=".json", dir=os.path.dirname(meta))
+    with os.fdopen(fd, "w") as f:  # a name of its own: data-parallel ranks may race here
         json.dump({"key": key, "digest": digest, "vocab": vocab.to_state()}, f)
-    os.replace(meta + ".tmp", meta)
+    os.replace(tmp_meta, meta)
     return Corpus(np.load(npy, mmap_mode="r"), vocab, path, digest)
 
 

@@ -22,6 +22,7 @@ from . import checkpoint, data
 from . import corpus as corpus_mod
 from .cli import (CliError, fraction, learning_rate, non_negative_float, non_negative_int,
                   pick_device, positive_float, positive_int, probability, run)
+from .distributed import Ranks
 from .model import CharRNN, generate
 
 ARCH = {"num_layers": 2, "rnn_size": 256, "embed_size": 64, "dropout": 0.2}
@@ -120,10 +121,10 @@ def check_arch(args, config: dict, what: str) -> None:
                            f"drop the flag or start a new --out")
 
 
-def prepare_out(out: str) -> None:
+def prepare_out(out: str, rank: int = 0) -> None:
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write-test")
+        probe = os.path.join(out, f".write-test-{rank}")
         with open(probe, "w") as f:
             f.write("ok")
         os.unlink(probe)
@@ -131,9 +132,10 @@ def prepare_out(out: str) -> None:
         raise CliError(f"cannot write to --out {out}: {exc.strerror}") from None
 
 
-def load_corpus(cfg: dict) -> corpus_mod.Corpus:
+def load_corpus(cfg: dict, log=print) -> corpus_mod.Corpus:
     """The run's corpus (cached and memory-mapped for a file; the embedded default else)."""
-    return corpus_mod.open_corpus(cfg.get("corpus"), cfg["encoding"], cfg.get("cache_dir"))
+    return corpus_mod.open_corpus(cfg.get("corpus"), cfg["encoding"], cfg.get("cache_dir"),
+                                  log=log)
 
 
 def lr_at(cfg: dict, iteration: int, epoch: int, total_iters: int | None) -> float:
@@ -202,20 +204,36 @@ def main(argv=None) -> int:
             args.out = os.path.dirname(os.path.abspath(saved_path))
     cfg = settings(args, saved["settings"] if saved else None)
     cfg["corpus"] = args.corpus
-    prepare_out(cfg["out"])
+    ranks = Ranks("cuda" if pick_device(cfg["device"]).type == "cuda" else "cpu")
+    try:
+        return train(args, cfg, saved, saved_path if saved else None, ranks)
+    finally:
+        ranks.close()
+
+
+def train(args, cfg, saved, saved_path, ranks) -> int:
+    """The run itself, in every data-parallel process (one without torchrun)."""
+    say = print if ranks.main else (lambda *a, **k: None)
+    prepare_out(cfg["out"], ranks.rank)
     if not saved:
         for name in ("last.pt", "best.pt"):
             if os.path.exists(os.path.join(cfg["out"], name)):
                 raise CliError(f"{cfg['out']} already holds a run ({name}); continue it with "
                                f"--resume {cfg['out']}, or choose another --out")
     device = pick_device(cfg["device"])
+    if device.type == "cuda" and ranks.active:
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
     amp_dtype = DTYPES[cfg["dtype"]]
     if device.type == "cpu" and cfg["dtype"] == "fp16":
         raise CliError("--dtype fp16 needs --device cuda (torch's CPU LSTM has no fp16 kernel); "
                        "on the CPU use --dtype bf16 or fp32")
-    torch.manual_seed(cfg["seed"])
+    if cfg["batch_size"] % ranks.world:
+        raise CliError(f"--batch-size {cfg['batch_size']} does not split evenly over "
+                       f"{ranks.world} processes; make it a multiple of {ranks.world}")
+    torch.manual_seed(cfg["seed"] + ranks.rank)  # each rank its own dropout masks
 
-    corpus = load_corpus(cfg)
+    corpus = load_corpus(cfg, log=say)
     source = corpus.source
     if saved or args.init_from:
         init = saved or checkpoint.load(args.init_from)[0]
@@ -242,7 +260,8 @@ def main(argv=None) -> int:
     if len(val_ids) < 2:
         raise CliError(f"the validation split has {len(val_ids)} characters; raise --val-frac "
                        f"(now {cfg['val_frac']}) or give a larger corpus")
-    batches = data.StreamBatches(train_ids, cfg["batch_size"], cfg["seq_length"])
+    rows = ranks.rows(cfg["batch_size"])
+    batches = data.StreamBatches(train_ids, cfg["batch_size"], cfg["seq_length"], rows)
     total_iters = cfg["max_iters"] or int(math.ceil(cfg["max_epochs"] * len(batches)))
 
     model = CharRNN(backend=cfg["backend"], **config).to(device)
@@ -260,35 +279,44 @@ def main(argv=None) -> int:
         it, epoch, window, best_val = (progress["iter"], progress["epoch"], progress["window"],
                                        progress["best_val"])
         history = list(saved["history"])
-        carry = tuple(t.to(device) for t in saved["carry"]) if saved["carry"] else None
-        torch.set_rng_state(saved["rng"]["cpu"])
-        if device.type == "cuda" and saved["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
-        print(f"resuming {saved_path} at iteration {it} (epoch {epoch})")
+        # The saved carried state covers the global batch: take this rank's streams.
+        carry = (tuple(t[:, rows].to(device) for t in saved["carry"]) if saved["carry"]
+                 else None)
+        per_rank = saved["rng"]["per_rank"]
+        if len(per_rank) == ranks.world:  # the same number of processes: exactly as before
+            torch.set_rng_state(per_rank[ranks.rank]["cpu"])
+            if device.type == "cuda" and per_rank[ranks.rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(per_rank[ranks.rank]["cuda"], device)
+        else:  # another world size: new dropout streams, the rest as saved
+            torch.manual_seed(cfg["seed"] + 7919 * it + ranks.rank)
+        say(f"resuming {saved_path} at iteration {it} (epoch {epoch})"
+            + (f" on {ranks.world} processes" if ranks.active else ""))
     elif args.init_from:
         model.load_state_dict(init["model"])
-        print(f"starting from the weights of {args.init_from}")
+        say(f"starting from the weights of {args.init_from}")
     step_model = torch.compile(model) if cfg["compile"] else model
+    if ranks.active:
+        from torch.nn.parallel import DistributedDataParallel
+        step_model = DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None)
     nparams = sum(p.numel() for p in model.parameters())
-    print(f"corpus: {source} ({len(ids):,} characters, vocabulary {vocab.size}, stored as "
+    say(f"corpus: {source} ({len(ids):,} characters, vocabulary {vocab.size}, stored as "
           f"{ids.dtype}); "
           f"train {len(train_ids):,} / val {len(val_ids):,}")
-    print(f"model: {config['num_layers']} x {config['rnn_size']} LSTM, {nparams:,} parameters, "
-          f"on {device}{' with ' + cfg['dtype'] if amp_dtype else ''}; "
-          f"{len(batches)} iterations per epoch; writing to {cfg['out']}")
+    say(f"model: {config['num_layers']} x {config['rnn_size']} LSTM, {nparams:,} parameters, "
+        f"on {device}{' with ' + cfg['dtype'] if amp_dtype else ''}"
+        f"{f' x {ranks.world} processes' if ranks.active else ''}; "
+        f"{len(batches)} iterations per epoch; writing to {cfg['out']}")
 
-    def payload():
+    def payload(full_carry, rng_per_rank):
         return {"config": config, "vocab": vocab.to_state(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "settings": {k: v for k, v in cfg.items()},
                 "progress": {"iter": it, "epoch": epoch, "window": window, "best_val": best_val},
-                "history": history, "carry": list(carry) if carry is not None else None,
-                "rng": {"cpu": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
-                        else None},
+                "history": history, "carry": full_carry, "rng": {"per_rank": rng_per_rank},
                 "corpus_digest": corpus_hash}
 
-    log = open(os.path.join(cfg["out"], "log.jsonl"), "a")
+    log = open(os.path.join(cfg["out"], "log.jsonl"), "a") if ranks.main else None
     stop = {"signal": False}
 
     def on_sigint(signum, frame):
@@ -297,8 +325,8 @@ def main(argv=None) -> int:
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
     from tqdm import tqdm
-    bar = tqdm(total=total_iters, initial=it, disable=args.no_progress, unit="it",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total_iters, initial=it, disable=args.no_progress or not ranks.main,
+               unit="it", dynamic_ncols=True, file=sys.stderr)
     started, chars_done = time.time(), 0
     model.train()
     try:
@@ -312,8 +340,9 @@ def main(argv=None) -> int:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits, state = step_model(x, carry)
             loss = F.cross_entropy(logits.float().reshape(-1, vocab.size), y.reshape(-1))
-            if not torch.isfinite(loss):
-                raise CliError(f"the loss became {loss.item()} at iteration {it + 1}; stopped, and "
+            global_loss = ranks.mean(loss).item()  # all ranks see the same value
+            if not math.isfinite(global_loss):
+                raise CliError(f"the loss became {global_loss} at iteration {it + 1}; stopped, and "
                                f"{cfg['out']}/last.pt keeps the last good state. Lower --lr "
                                f"(now {cfg['lr']}) or --grad-clip (now {cfg['grad_clip']})")
             optimizer.zero_grad(set_to_none=True)
@@ -325,15 +354,29 @@ def main(argv=None) -> int:
             scaler.update()
             carry = tuple(s.detach() for s in state)
             it, window = it + 1, window + 1
-            chars_done += x.numel()
+            chars_done += x.numel() * ranks.world
             rate = chars_done / max(time.time() - started, 1e-9)
-            record = {"iter": it, "epoch": epoch, "loss": loss.item(), "lr": lr}
+            record = {"iter": it, "epoch": epoch, "loss": global_loss, "lr": lr}
             history.append(record)
-            log.write(json.dumps(record) + "\n")
+            if log:
+                log.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.3f}", chars_s=f"{rate:,.0f}", refresh=False)
             bar.update(1)
-            out_of_time = cfg["time_budget"] and time.time() - started >= cfg["time_budget"]
+            out_of_time = bool(cfg["time_budget"]) and time.time() - started >= cfg["time_budget"]
+            # Every rank takes the same branch: rank 0's clock and any rank's Ctrl-C decide.
+            out_of_time, stop["signal"] = (ranks.any(out_of_time), ranks.any(stop["signal"]))
             if it % cfg["eval_every"] == 0 or it == total_iters or out_of_time or stop["signal"]:
+                full_carry = [ranks.cat_rows(t, dim=1) for t in carry]  # collective
+                rng = ranks.gather({"cpu": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state(device)
+                                    if device.type == "cuda" else None})
+                if not ranks.main:
+                    ranks.barrier()
+                    if stop["signal"]:
+                        return 130
+                    if out_of_time:
+                        break
+                    continue
                 val = evaluate(model, val_ids, cfg["batch_size"], cfg["seq_length"], device,
                                amp_dtype)
                 entry = {"iter": it, "epoch": epoch, "val_loss": val, "val_bpc": val / math.log(2)}
@@ -346,9 +389,10 @@ def main(argv=None) -> int:
                     show_sample(model, vocab, cfg, it, bar)
                 if val < best_val:
                     best_val = val
-                    checkpoint.save(os.path.join(cfg["out"], "best.pt"), payload())
-                checkpoint.save(os.path.join(cfg["out"], "last.pt"), payload())
+                    checkpoint.save(os.path.join(cfg["out"], "best.pt"), payload(full_carry, rng))
+                checkpoint.save(os.path.join(cfg["out"], "last.pt"), payload(full_carry, rng))
                 plot(history, os.path.join(cfg["out"], "loss.png"))
+                ranks.barrier()
             if stop["signal"]:
                 bar.close()
                 print(f"interrupted at iteration {it}; saved {cfg['out']}/last.pt. Resume with:\n"
@@ -359,8 +403,9 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGINT, old_handler)
         bar.close()
-        log.close()
-    print(f"done at iteration {it}: best val {best_val:.4f} nats/char "
+        if log:
+            log.close()
+    say(f"done at iteration {it}: best val {best_val:.4f} nats/char "
           f"({best_val / math.log(2):.4f} bits/char); checkpoints in {cfg['out']}")
     return 0
 
