@@ -41,8 +41,8 @@ def main():
         from fastlstm import corpus
         t = time.time()
         c = corpus.open_file({args.path!r}, log=lambda m: None)
-        print(f"{{time.time() - t:.1f}} {{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}} "
-              f"{{len(c.ids)}} {{c.vocab.size}} {{c.ids.dtype}}")
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print(f"{{time.time() - t:.1f}} {{peak_mb}} {{len(c.ids)}} {{c.vocab.size}} {{c.ids.dtype}}")
     """)
     out = subprocess.run([sys.executable, "-c", encode], capture_output=True, text=True,
                          check=True).stdout.split()

@@ -70,7 +70,8 @@ def _symbols(path: str, encoding: str):
                 with open(path, "rb") as g:
                     line = g.read(at).count(b"\n") + 1 if at < (64 << 20) else lines + 1
                 raise CliError(f"{path} is not valid UTF-8 at byte {at} (line {line}): "
-                               f"{exc.reason}; use --encoding bytes to train on raw bytes") from None
+                               f"{exc.reason}; use --encoding bytes to train on raw bytes"
+                               ) from None
             offset += len(chunk)
             lines += chunk.count(b"\n")
             if text:

@@ -85,7 +85,7 @@ def test_remap_to_a_models_vocabulary(tmp_path):
 def test_a_large_corpus_is_never_loaded_whole(tmp_path):
     """~200 MB of text: encoded in a bounded amount of memory, then memory-mapped."""
     path = tmp_path / "big.txt"
-    line = ("The quick brown fox — naïve café ☃ — jumps over the lazy dog 0123456789.\n" * 64)
+    line = "The quick brown fox — naïve café ☃ — jumps over the lazy dog 0123456789.\n" * 64
     block = line.encode("utf-8")
     with open(path, "wb") as f:
         for _ in range(200_000_000 // len(block)):
