@@ -10,8 +10,8 @@ def pytest_addoption(parser):
                           "S3,step on cpu")
     parser.addoption("--bench-backends", default=None,
                      help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
-                          "graphs); default: cuda,cuda_eager,triton,cudnn on cuda, cpu,aten on "
-                          "cpu")
+                          "graphs; cuda_persistent: the persistent forward); default: cuda,"
+                          "cuda_eager,cuda_persistent,triton,cudnn on cuda, cpu,aten on cpu")
     parser.addoption("--bench-dtypes", default=None,
                      help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 on "
                           "cuda, fp32 on cpu")
@@ -30,7 +30,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("shape", _option(c, "--bench-shapes", "S1,S2,S3,step", "S3,step"))
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", _option(c, "--bench-backends",
-                                                "cuda,cuda_eager,triton,cudnn",
+                                                "cuda,cuda_eager,cuda_persistent,triton,cudnn",
                                                 "cpu,aten"))
     if "dtype_name" in metafunc.fixturenames:
         metafunc.parametrize("dtype_name", _option(c, "--bench-dtypes", "fp32,bf16", "fp32"))

@@ -29,12 +29,13 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
     if device == "cpu" and dtype != torch.float32:
         pytest.skip("CPU benchmarks are fp32")
     torch.manual_seed(0)
-    # "cuda_eager": the CUDA backend with CUDA-graph replay off (one launch per kernel).
-    graphs = backend != "cuda_eager"
+    # "cuda_eager": the CUDA backend with CUDA-graph replay off (one launch per kernel);
+    # "cuda_persistent": its forward as the persistent kernel (issue 7).
     if backend.startswith("cuda"):
-        fastlstm.set_cuda_graphs(graphs)
+        fastlstm.set_cuda_graphs(backend != "cuda_eager")
+        fastlstm.set_persistent(backend == "cuda_persistent")
     lstm = FastLSTM(hidden, hidden, layers,
-                    backend="cuda" if backend == "cuda_eager" else backend).to(device, dtype)
+                    backend="cuda" if backend.startswith("cuda_") else backend).to(device, dtype)
     x = torch.randn(seq, batch, hidden, device=device, dtype=dtype)
     h0 = torch.randn(layers, batch, hidden, device=device, dtype=dtype)
     c0 = torch.randn(layers, batch, hidden, device=device, dtype=dtype)
@@ -60,3 +61,4 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=3, iterations=1)
     if backend.startswith("cuda"):
         fastlstm.set_cuda_graphs(True)
+        fastlstm.set_persistent(False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _extension, module
+from . import _extension, module, ops
 
 
 def report() -> list[tuple[str, str]]:
@@ -15,8 +15,10 @@ def report() -> list[tuple[str, str]]:
     if ext is not None and ext.cuda_compiled:
         archs = ", ".join(f"sm_{int(a) // 10}" for a in ext.cuda_archs.split(",") if a.isdigit())
         graphs = "on" if ext.cuda_graphs_enabled() else "off"
+        persistent = "on" if ops.persistent_enabled() else "off (not yet verified on a GPU)"
         rows.append(("CUDA kernels (backend='cuda')",
-                     f"compiled for {archs}; CUDA graphs {graphs}"))
+                     f"compiled for {archs}; CUDA graphs {graphs}; persistent forward "
+                     f"{persistent}"))
     else:
         rows.append(("CUDA kernels (backend='cuda')", "not compiled"))
     try:

@@ -298,8 +298,10 @@ class FastLSTM(nn.Module):
                                            self.dropout, self.training, self.bidirectional,
                                            self.batch_first)
         else:
-            out, h_n, c_n = self._forward_fused(
-                x, state, _triton_layer_op() if path == "triton" else None)
+            layer_op = (_triton_layer_op() if path == "triton"
+                        else torch.ops.fastlstm.lstm_layer_persistent
+                        if x.is_cuda and ops.persistent_enabled() else None)
+            out, h_n, c_n = self._forward_fused(x, state, layer_op)
         if unbatched:
             out = out.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)

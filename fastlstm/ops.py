@@ -10,6 +10,8 @@ cs and c_new are kept in float32 for half types (float64 for float64).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -95,6 +97,9 @@ if _extension.available():
     torch.library.register_fake("fastlstm::lstm_layer")(_fake_layer)
     torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
     torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
+    torch.library.register_fake("fastlstm::lstm_layer_persistent")(_fake_layer)
+    layer_autograd("fastlstm::lstm_layer_persistent",
+                   lambda *args: torch.ops.fastlstm.lstm_layer_backward(*args))
     layer_autograd("fastlstm::lstm_layer",
                    lambda *args: torch.ops.fastlstm.lstm_layer_backward(*args))
     torch.library.register_autograd("fastlstm::lstm_step", _step_backward,
@@ -115,6 +120,20 @@ def set_cuda_graphs(enabled: bool) -> None:
 
 def cuda_graphs_enabled() -> bool:
     return _extension.available() and bool(_extension._C.cuda_graphs_enabled())
+
+
+_persistent = {"on": os.environ.get("FASTLSTM_PERSISTENT") == "1"}
+
+
+def set_persistent(enabled: bool) -> None:
+    """CUDA backend: run each layer's forward as the persistent kernel (one launch for the
+    whole sequence, W_hh on chip; the step loop where it does not fit). Off by default
+    (FASTLSTM_PERSISTENT=1 turns the default on): not yet verified on a GPU."""
+    _persistent["on"] = bool(enabled)
+
+
+def persistent_enabled() -> bool:
+    return _persistent["on"]
 
 
 def input_projection(x, w_ih, b_ih, b_hh):

@@ -123,3 +123,32 @@ def test_inside_a_callers_cuda_graph(graphs_restored):
         graph.replay()
         want = lstm(new_x)[0]
     assert_close(static_out, want, 1e-6, "caller's graph replay")
+
+
+@pytest.fixture
+def persistent():
+    before = fastlstm.persistent_enabled()
+    fastlstm.set_persistent(True)
+    yield
+    fastlstm.set_persistent(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["one_layer", "three_layers_seq1", "bidirectional",
+                                  "wide_small_batch", "long_bidir_batch_first"])
+def test_persistent_kernel_matches_oracle(persistent, case, dtype):
+    """The persistent forward (issue 7, first pass), trained through the existing backward."""
+    from test_lstm import CASES, compare_to_oracle
+    compare_to_oracle(next(c for c in CASES if c.name == case), "cuda", "cuda", dtype, seed=11)
+
+
+def test_persistent_kernel_equals_the_step_loop(persistent):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xproj = torch.randn(7, 5, 4 * 70, device="cuda", generator=g)
+    h0, c0 = (torch.randn(5, 70, device="cuda", generator=g) for _ in range(2))
+    w = torch.randn(4 * 70, 70, device="cuda", generator=g) * 0.2
+    for reverse in (False, True):
+        ours = torch.ops.fastlstm.lstm_layer_persistent(xproj, h0, c0, w, reverse)
+        loop = torch.ops.fastlstm.lstm_layer(xproj, h0, c0, w, reverse)
+        for a, b, name in zip(ours, loop, ("hs", "cs", "gates")):
+            assert_close(a, b, 1e-6, f"persistent {name}")

@@ -11,13 +11,13 @@
 
 
 namespace fastlstm {
-namespace {
 
-at::ScalarType acc_dtype(at::ScalarType t) {
+at::ScalarType cell_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-void check_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh) {
+void check_layer_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0,
+                        const Tensor& w_hh) {
   FASTLSTM_CHECK(xproj.dim() == 3, "fastlstm: xproj must be [seq, batch, 4*hidden], got ",
               xproj.sizes());
   FASTLSTM_CHECK(xproj.size(0) > 0, "fastlstm: the sequence must have at least one step");
@@ -40,7 +40,7 @@ void check_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const
 
 // Outputs every element of which the kernels must write. With FASTLSTM_POISON_OUTPUTS=1
 // (the tests set it) they start as NaN, so an element a kernel skips fails the comparison.
-Tensor output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+Tensor kernel_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   static const bool poison = [] {
     const char* v = std::getenv("FASTLSTM_POISON_OUTPUTS");
     return v != nullptr && v[0] == '1';
@@ -48,6 +48,8 @@ Tensor output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return poison ? at::full(sizes, std::numeric_limits<double>::quiet_NaN(), opts)
                 : at::empty(sizes, opts);
 }
+
+namespace {
 
 // Forward-order step s -> time index t.
 inline int64_t time_at(int64_t s, int64_t steps, bool reverse) {
@@ -61,13 +63,13 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj_in, const T
                                                  bool reverse, const StepKernels& kernels) {
   // Kernels: autograd is the op's registration's business, never the inner GEMMs'.
   const c10::NoGradGuard no_grad;
-  check_inputs(xproj_in, h0_in, c0, w_hh_in);
+  check_layer_inputs(xproj_in, h0_in, c0, w_hh_in);
   const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
   const auto opts = xproj.options();
-  Tensor hs = output({S, B, H}, opts);
-  Tensor cs = output({S, B, H}, opts.dtype(acc_dtype(xproj.scalar_type())));
-  Tensor gates = output({S, B, 4 * H}, opts);
+  Tensor hs = kernel_output({S, B, H}, opts);
+  Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
+  Tensor gates = kernel_output({S, B, 4 * H}, opts);
   Tensor rec = at::empty({B, 4 * H}, opts);
   const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
   const Tensor w_hh_t = w_hh.t();
@@ -87,14 +89,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs,
     const Tensor& gates, bool reverse, const StepKernels& kernels) {
   const c10::NoGradGuard no_grad;
-  check_inputs(gates, h0_in, c0, w_hh_in);
+  check_layer_inputs(gates, h0_in, c0, w_hh_in);
   const int64_t S = gates.size(0), B = gates.size(1), H = w_hh_in.size(1);
   FASTLSTM_CHECK(grad_hs_in.sizes() == hs.sizes() && hs.sizes() == cs.sizes() &&
                   hs.size(0) == S && hs.size(1) == B && hs.size(2) == H,
               "fastlstm: grad_hs, hs and cs must be [seq, batch, hidden] = [", S, ", ", B, ", ",
               H, "]");
-  FASTLSTM_CHECK(cs.scalar_type() == acc_dtype(gates.scalar_type()),
-              "fastlstm: cs must be saved in ", acc_dtype(gates.scalar_type()));
+  FASTLSTM_CHECK(cs.scalar_type() == cell_dtype(gates.scalar_type()),
+              "fastlstm: cs must be saved in ", cell_dtype(gates.scalar_type()));
   const Tensor grad_hs = grad_hs_in.to(gates.scalar_type()).contiguous();
   std::optional<Tensor> grad_cs;
   if (grad_cs_in.has_value() && grad_cs_in->defined()) {
@@ -104,7 +106,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
   const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
 
-  Tensor grad_xproj = output({S, B, 4 * H}, gates.options());
+  Tensor grad_xproj = kernel_output({S, B, 4 * H}, gates.options());
   Tensor grad_h_rec = at::zeros({B, H}, gates.options());
   Tensor grad_c_carry = at::zeros({B, H}, cs.options());
   for (int64_t s = S - 1; s >= 0; --s) {
@@ -143,12 +145,12 @@ std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tenso
   FASTLSTM_CHECK(xproj.dim() == 2, "fastlstm: step xproj must be [batch, 4*hidden], got ",
               xproj.sizes());
   const c10::NoGradGuard no_grad;
-  check_inputs(xproj.unsqueeze(0), h, c, w_hh);
+  check_layer_inputs(xproj.unsqueeze(0), h, c, w_hh);
   const int64_t B = xproj.size(0), H = w_hh.size(1);
   const Tensor x = xproj.contiguous();
-  Tensor h_new = output({B, H}, x.options());
-  Tensor c_new = output({B, H}, x.options().dtype(acc_dtype(x.scalar_type())));
-  Tensor gates = output({B, 4 * H}, x.options());
+  Tensor h_new = kernel_output({B, H}, x.options());
+  Tensor c_new = kernel_output({B, H}, x.options().dtype(cell_dtype(x.scalar_type())));
+  Tensor gates = kernel_output({B, 4 * H}, x.options());
   Tensor rec = at::mm(h.contiguous(), w_hh.t());
   kernels.forward(x, rec, c.to(c_new.scalar_type()).contiguous(), gates, c_new, h_new);
   return {h_new, c_new, gates};

@@ -32,6 +32,14 @@ struct StepKernels {
                    const Tensor& grad_c_carry, const Tensor& grad_pre);
 };
 
+// The checks every layer op makes of its inputs (shapes, dtypes, devices).
+void check_layer_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0,
+                        const Tensor& w_hh);
+// An output tensor the kernels must fill: NaN-filled under FASTLSTM_POISON_OUTPUTS=1.
+Tensor kernel_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
+// The cell state's dtype for a storage dtype: float, or double for double.
+at::ScalarType cell_dtype(at::ScalarType storage);
+
 std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj, const Tensor& h0,
                                                  const Tensor& c0, const Tensor& w_hh, bool reverse,
                                                  const StepKernels& kernels);

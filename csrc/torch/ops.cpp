@@ -116,6 +116,10 @@ TORCH_LIBRARY(fastlstm, m) {
   m.def("lstm_layer_backward(Tensor grad_hs, Tensor? grad_cs, Tensor h0, Tensor c0, Tensor w_hh,"
         " Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
+  // lstm_layer's contract, computed by the persistent CUDA kernel (one launch for all steps;
+  // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
+  m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
+        " -> (Tensor hs, Tensor cs, Tensor gates)");
   // One fused step (FastLSTMCell, samplers). Its backward is lstm_layer_backward with seq = 1.
   m.def("lstm_step(Tensor xproj, Tensor h, Tensor c, Tensor w_hh)"
         " -> (Tensor h_new, Tensor c_new, Tensor gates)");

@@ -3,9 +3,11 @@
 // every launch's error is checked; nothing synchronises the host.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/core/GradMode.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../core/lstm_persistent_cuda.h"
 #include "../core/lstm_step_cuda.h"
 #include "check.h"
 #include "cuda_graphs.h"
@@ -98,6 +100,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
   return {out[0], out[1], out[2], out[3]};
 }
 
+std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
+                                                         const Tensor& h0_in, const Tensor& c0,
+                                                         const Tensor& w_hh_in, bool reverse) {
+  const c10::cuda::CUDAGuard guard(xproj_in.device());
+  const c10::NoGradGuard no_grad;
+  check_layer_inputs(xproj_in, h0_in, c0, w_hh_in);
+  const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(),
+               w_hh = w_hh_in.contiguous();
+  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
+  const auto opts = xproj.options();
+  Tensor hs = kernel_output({S, B, H}, opts);
+  Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
+  Tensor gates = kernel_output({S, B, 4 * H}, opts);
+  const Tensor c0_cell = c0.to(cs.scalar_type()).contiguous();
+  cudaError_t err = cudaSuccess;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
+                                  "fastlstm_persistent_forward", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    using Acc = at::opmath_type<scalar_t>;
+    const PersistentForwardArgs<T, Acc> args{
+        ptr<T>(xproj), ptr<T>(h0),    ptr<Acc>(c0_cell), ptr<T>(w_hh), ptr<T>(hs),
+        ptr<Acc>(cs),  ptr<T>(gates), S,                 B,            H,
+        reverse};
+    err = launch_persistent_forward(args, at::cuda::getCurrentCUDAStream());
+  });
+  if (err == cudaErrorNotSupported) {
+    TORCH_WARN_ONCE("fastlstm: the persistent kernel does not fit this layer on this GPU "
+                    "(W_hh slices over shared memory, or the grid over the multiprocessors); "
+                    "using the step loop");
+    return layer_forward(xproj, h0, c0, w_hh, reverse, kCudaKernels);
+  }
+  check_launch(err, "persistent forward");
+  return {hs, cs, gates};
+}
+
 std::tuple<Tensor, Tensor, Tensor> step_cuda(const Tensor& xproj, const Tensor& h,
                                              const Tensor& c, const Tensor& w_hh) {
   const c10::cuda::CUDAGuard guard(xproj.device());
@@ -110,6 +147,7 @@ TORCH_LIBRARY_IMPL(fastlstm, CUDA, m) {
   m.impl("lstm_layer", &layer_cuda);
   m.impl("lstm_layer_backward", &layer_backward_cuda);
   m.impl("lstm_step", &step_cuda);
+  m.impl("lstm_layer_persistent", &layer_persistent_cuda);
 }
 
 }  // namespace fastlstm

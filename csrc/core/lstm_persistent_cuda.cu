@@ -1,0 +1,107 @@
+// See lstm_persistent_cuda.h. Why persistent: the step loop pays two launches per step and
+// re-reads W_hh from memory every step; here W_hh is read once per sequence and a step costs
+// one grid barrier.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "lstm_persistent_cuda.h"
+
+namespace fastlstm {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kThreads)
+persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_block) {
+  using Cv = Convert<T, Acc>;
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ unsigned char smem_raw[];
+  Acc* w = reinterpret_cast<Acc*>(smem_raw);  // [4][U][H]: this block's W_hh rows
+  const int64_t H = a.hidden, B = a.batch;
+  const int64_t u0 = int64_t(blockIdx.x) * units_per_block;
+  const int U = static_cast<int>(H - u0 < units_per_block ? (H - u0 > 0 ? H - u0 : 0)
+                                                          : units_per_block);
+  for (int64_t i = threadIdx.x; i < 4 * int64_t(U) * H; i += blockDim.x) {
+    const int64_t q = i / (int64_t(U) * H), r = i % (int64_t(U) * H);
+    w[i] = Cv::load(a.w_hh[(q * H + u0 + r / H) * H + r % H]);
+  }
+  __syncthreads();
+  for (int64_t s = 0; s < a.steps; ++s) {
+    const int64_t t = a.reverse ? a.steps - 1 - s : s;
+    const int64_t t_prev = a.reverse ? t + 1 : t - 1;
+    const T* h_prev = s == 0 ? a.h0 : a.hs + t_prev * B * H;
+    const Acc* c_prev = s == 0 ? a.c0 : a.cs + t_prev * B * H;
+    for (int64_t pair = threadIdx.x; pair < B * U; pair += blockDim.x) {
+      const int64_t b = pair / U, u = pair % U, unit = u0 + u;
+      const T* x = a.xproj + (t * B + b) * 4 * H + unit;
+      Acc acc[4] = {Cv::load(x[0]), Cv::load(x[H]), Cv::load(x[2 * H]), Cv::load(x[3 * H])};
+      const T* h_row = h_prev + b * H;
+      for (int64_t k = 0; k < H; ++k) {
+        const Acc hk = Cv::load(h_row[k]);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[q] += hk * w[(q * U + u) * H + k];
+      }
+      const Gates<Acc> gate = activate_gates(acc[0], acc[1], acc[2], acc[3]);
+      Acc c, h;
+      cell_forward(gate, c_prev[b * H + unit], c, h);
+      T* g = a.gates + (t * B + b) * 4 * H + unit;
+      g[0] = Cv::store(gate.i);
+      g[H] = Cv::store(gate.f);
+      g[2 * H] = Cv::store(gate.g);
+      g[3 * H] = Cv::store(gate.o);
+      a.cs[(t * B + b) * H + unit] = c;
+      a.hs[(t * B + b) * H + unit] = Cv::store(h);
+    }
+    grid.sync();  // h_t and c_t complete in every block before any block reads them
+  }
+}
+
+}  // namespace
+
+template <typename T, typename Acc>
+cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
+                                      cudaStream_t stream) {
+  int device = 0, sms = 0, max_smem = 0, cooperative = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
+  if (err != cudaSuccess) return err;
+  if (!cooperative || args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
+  // Spread the units over every multiprocessor: one block each.
+  const int units = static_cast<int>((args.hidden + sms - 1) / sms);
+  const int blocks = static_cast<int>((args.hidden + units - 1) / units);
+  const size_t smem = size_t(4) * units * args.hidden * sizeof(Acc);
+  if (smem > size_t(max_smem)) return cudaErrorNotSupported;
+  auto kernel = persistent_forward_kernel<T, Acc>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  if (err != cudaSuccess) return err;
+  if (per_sm * sms < blocks) return cudaErrorNotSupported;
+  PersistentForwardArgs<T, Acc> a = args;
+  int units_per_block = units;
+  void* params[] = {&a, &units_per_block};
+  err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), blocks, kThreads,
+                                    params, smem, stream);
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
+#define FASTLSTM_INSTANTIATE(T, Acc)                                                        \
+  template cudaError_t launch_persistent_forward<T, Acc>(const PersistentForwardArgs<T, Acc>&, \
+                                                         cudaStream_t);
+FASTLSTM_INSTANTIATE(float, float)
+FASTLSTM_INSTANTIATE(double, double)
+FASTLSTM_INSTANTIATE(__half, float)
+FASTLSTM_INSTANTIATE(__nv_bfloat16, float)
+#undef FASTLSTM_INSTANTIATE
+
+}  // namespace fastlstm
