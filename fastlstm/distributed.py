@@ -34,12 +34,13 @@ class Ranks:
             value /= self.world
         return value
 
-    def any(self, flag: bool) -> bool:
+    def any(self, *flags: bool) -> tuple:
+        """For each flag: whether it is set on any rank (one collective for all of them)."""
         if not self.active:
-            return bool(flag)
-        t = torch.tensor([int(bool(flag))], device=self._device())
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([int(bool(f)) for f in flags], device=self._device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return tuple(bool(v) for v in t.tolist())
 
     def cat_rows(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         """Every rank's slice of a batch dimension, joined in rank order."""

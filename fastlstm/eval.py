@@ -6,8 +6,6 @@ import argparse
 import math
 import sys
 
-import torch
-
 from . import corpus, data
 from .cli import CliError, pick_device, positive_int, run
 from .sample import load_model
@@ -29,8 +27,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     device = pick_device(args.device)
-    model, vocab, path = load_model(args.checkpoint, device)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model, vocab, payload, _ = load_model(args.checkpoint, device)
     if args.text:
         text = corpus.open_file(args.text, vocab.encoding, cache=False)
         ids = corpus.ids_in(text, vocab, what=args.text)

@@ -35,16 +35,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_model(path: str, device):
+    """(model, vocab, the checkpoint's payload, its path): the file is read once."""
     payload, path = checkpoint.load(path)
     model = CharRNN(**payload["config"])
     model.load_state_dict(payload["model"])
-    return model.to(device).eval(), data.Vocab.from_state(payload["vocab"]), path
+    return model.to(device).eval(), data.Vocab.from_state(payload["vocab"]), payload, path
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     device = pick_device(args.device)
-    model, vocab, _ = load_model(args.checkpoint, device)
+    model, vocab, _, _ = load_model(args.checkpoint, device)
     if args.prime:
         prime = args.prime.encode("utf-8") if vocab.encoding == "bytes" else args.prime
         prime_ids = vocab.encode(prime, what="--prime")

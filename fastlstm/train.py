@@ -204,14 +204,15 @@ def main(argv=None) -> int:
             args.out = os.path.dirname(os.path.abspath(saved_path))
     cfg = settings(args, saved["settings"] if saved else None)
     cfg["corpus"] = args.corpus
-    ranks = Ranks("cuda" if pick_device(cfg["device"]).type == "cuda" else "cpu")
+    device = pick_device(cfg["device"])
+    ranks = Ranks(device.type)
     try:
-        return train(args, cfg, saved, saved_path if saved else None, ranks)
+        return train(args, cfg, saved, saved_path if saved else None, ranks, device)
     finally:
         ranks.close()
 
 
-def train(args, cfg, saved, saved_path, ranks) -> int:
+def train(args, cfg, saved, saved_path, ranks, device) -> int:
     """The run itself, in every data-parallel process (one without torchrun)."""
     say = print if ranks.main else (lambda *a, **k: None)
     prepare_out(cfg["out"], ranks.rank)
@@ -220,7 +221,6 @@ def train(args, cfg, saved, saved_path, ranks) -> int:
             if os.path.exists(os.path.join(cfg["out"], name)):
                 raise CliError(f"{cfg['out']} already holds a run ({name}); continue it with "
                                f"--resume {cfg['out']}, or choose another --out")
-    device = pick_device(cfg["device"])
     if device.type == "cuda" and ranks.active:
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
@@ -364,7 +364,7 @@ def train(args, cfg, saved, saved_path, ranks) -> int:
             bar.update(1)
             out_of_time = bool(cfg["time_budget"]) and time.time() - started >= cfg["time_budget"]
             # Every rank takes the same branch: rank 0's clock and any rank's Ctrl-C decide.
-            out_of_time, stop["signal"] = (ranks.any(out_of_time), ranks.any(stop["signal"]))
+            out_of_time, stop["signal"] = ranks.any(out_of_time, stop["signal"])
             if it % cfg["eval_every"] == 0 or it == total_iters or out_of_time or stop["signal"]:
                 full_carry = [ranks.cat_rows(t, dim=1) for t in carry]  # collective
                 rng = ranks.gather({"cpu": torch.get_rng_state(),

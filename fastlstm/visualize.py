@@ -45,14 +45,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def source_ids(args, vocab, path) -> torch.Tensor:
+def source_ids(args, vocab, payload) -> torch.Tensor:
     if args.text:
         text = corpus.open_file(args.text, vocab.encoding, cache=False)
         return torch.from_numpy(corpus.ids_in(text, vocab, what=args.text).astype("int64"))
     if args.prime:
         prime = args.prime.encode("utf-8") if vocab.encoding == "bytes" else args.prime
         return vocab.encode(prime, what="--prime")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
     cfg = payload["settings"]
     trained_on = load_corpus(cfg)
     ids = corpus.ids_in(trained_on, vocab, what=f"corpus {trained_on.source}")
@@ -130,8 +129,8 @@ def write_png(rec, layer: int, unit: int, path: str, max_lines: int = 8) -> None
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     device = pick_device(args.device)
-    model, vocab, path = load_model(args.checkpoint, device)
-    ids = source_ids(args, vocab, path)[:args.max_chars]
+    model, vocab, payload, path = load_model(args.checkpoint, device)
+    ids = source_ids(args, vocab, payload)[:args.max_chars]
     if len(ids) < 2:
         raise CliError("the text to read has fewer than 2 characters")
     rec = record(model, ids, vocab.symbols)
