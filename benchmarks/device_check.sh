@@ -41,10 +41,14 @@ if [ $rc -ne 0 ] && command -v cuda-gdb > /dev/null; then
 fi
 
 step "tests (all, GPU included)"
-COLUMNS=300 python3 -m pytest tests -n 4 -q -rfE -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+COLUMNS=300 timeout 330 python3 -m pytest tests -n 4 -q -rfE -p no:cacheprovider --durations=15 \
+  > "$OUT/pytest.log" 2>&1
 record tests "$(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
 tail -1 "$OUT/pytest.log"
+
+step "bf16 error spread over seeds (wide_small_batch)"
+timeout 120 python3 benchmarks/bf16_error.py 2>&1 | grep -v Warning | tee "$OUT/bf16_error.log"
 
 step "compute-sanitizer memcheck"
 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py \
@@ -65,7 +69,7 @@ record "memcheck (test_step_cuda)" "exit $?"
 
 step "benchmarks (twice: the spread between the runs is the noise)"
 for run in 1 2; do
-  python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
+  timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
     --benchmark-json="$OUT/bench$run.json" --benchmark-columns=median,iqr,min \
     >> "$OUT/bench.log" 2>&1
   record "benchmarks run $run" "$(tail -1 "$OUT/bench.log")"

@@ -6,7 +6,7 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
       -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
-cs and c_new are kept in float32 for half types (float64 for float64).
+cs, c_new and gates are kept in float32 for half types (float64 for float64).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from . import _extension
 
 
 def cell_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the ops keep the cell state in."""
+    """The dtype the ops keep the cell state and the saved gates in."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -27,11 +27,11 @@ def _fake_layer(xproj, h0, c0, w_hh, reverse):
     steps, batch, hidden = xproj.size(0), xproj.size(1), w_hh.size(1)
     return (xproj.new_empty(steps, batch, hidden),
             xproj.new_empty((steps, batch, hidden), dtype=cell_dtype(xproj.dtype)),
-            xproj.new_empty(steps, batch, 4 * hidden))
+            xproj.new_empty((steps, batch, 4 * hidden), dtype=cell_dtype(xproj.dtype)))
 
 
 def _fake_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse):
-    return (torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0),
+    return (torch.empty_like(gates, dtype=hs.dtype), torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_hh))
 
 
@@ -39,7 +39,7 @@ def _fake_step(xproj, h, c, w_hh):
     batch, hidden = xproj.size(0), w_hh.size(1)
     return (xproj.new_empty(batch, hidden),
             xproj.new_empty((batch, hidden), dtype=cell_dtype(xproj.dtype)),
-            xproj.new_empty(batch, 4 * hidden))
+            xproj.new_empty((batch, 4 * hidden), dtype=cell_dtype(xproj.dtype)))
 
 
 def layer_autograd(op_name: str, backward_op) -> None:

@@ -206,7 +206,7 @@ def layer_forward(xproj, h0, c0, w_hh, reverse: bool):
     c0 = c0.to(_cell_dtype(xproj.dtype)).contiguous()
     hs = _output(xproj, steps, batch, hidden)
     cs = _output(xproj, steps, batch, hidden, dtype=_cell_dtype(xproj.dtype))
-    gates = _output(xproj, steps, batch, 4 * hidden)
+    gates = _output(xproj, steps, batch, 4 * hidden, dtype=_cell_dtype(xproj.dtype))
     step = _launcher("forward", batch, hidden, xproj.dtype)
     h_prev, c_prev = h0, c0
     for t in _order(steps, reverse):
@@ -218,14 +218,15 @@ def layer_forward(xproj, h0, c0, w_hh, reverse: bool):
 def layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse: bool):
     """Returns (grad_xproj, grad_h0, grad_c0, grad_w_hh). grad_cs may be None."""
     steps, batch, hidden = gates.size(0), gates.size(1), w_hh.size(1)
-    grad_hs, w_hh, h0 = grad_hs.to(gates.dtype).contiguous(), w_hh.contiguous(), h0.contiguous()
+    dtype = hs.dtype  # storage dtype (gates and cs are kept in fp32)
+    grad_hs, w_hh, h0 = grad_hs.to(dtype).contiguous(), w_hh.contiguous(), h0.contiguous()
     has_grad_c = grad_cs is not None
-    grad_cs = grad_cs.to(gates.dtype).contiguous() if has_grad_c else grad_hs  # unread if None
+    grad_cs = grad_cs.to(dtype).contiguous() if has_grad_c else grad_hs  # unread if None
     c0_dtype = c0.dtype
     c0 = c0.to(cs.dtype).contiguous()
-    grad_xproj = _output(gates, steps, batch, 4 * hidden)
+    grad_xproj = _output(gates, steps, batch, 4 * hidden, dtype=dtype)
     carry = torch.zeros_like(c0)
-    step = _launcher("backward", batch, hidden, gates.dtype)
+    step = _launcher("backward", batch, hidden, dtype)
     order = list(_order(steps, reverse))
     for s in range(steps - 1, -1, -1):
         t = order[s]

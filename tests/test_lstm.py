@@ -97,7 +97,8 @@ def results(fn, params, case, x, hx):
     return res
 
 
-def compare_to_oracle(case, device, backend, dtype, seed):
+def outputs_and_grads(case, device, backend, dtype, seed):
+    """(ours, the float64 oracle's, nn.LSTM's) outputs, final states and gradients."""
     torch.manual_seed(seed)
     fast = FastLSTM(case.inputs, case.hidden, case.layers, backend=backend, **case.kwargs)
     with torch.no_grad():  # fresh random weights, larger than the default init
@@ -120,6 +121,11 @@ def compare_to_oracle(case, device, backend, dtype, seed):
     want = results(oracle, oracle_params, case, x64, hx64)
 
     theirs = results(torch_lstm, dict(torch_lstm.named_parameters()), case, x, hx)
+    return got, want, theirs, x
+
+
+def compare_to_oracle(case, device, backend, dtype, seed):
+    got, want, theirs, x = outputs_and_grads(case, device, backend, dtype, seed)
     data = x if not case.lengths else x.detach()
     unsupported = _fused_unsupported(data, case.kwargs.get("proj_size", 0), bool(case.lengths))
     batch = 1 if case.unbatched else case.batch

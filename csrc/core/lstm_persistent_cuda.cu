@@ -19,14 +19,18 @@ persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_b
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   extern __shared__ unsigned char smem_raw[];
-  Acc* w = reinterpret_cast<Acc*>(smem_raw);  // [4][U][H]: this block's W_hh rows
+  // This block's W_hh rows, stored [4][H][U] (unit fastest): the threads of a warp take
+  // consecutive units of one batch row, so at each k they read consecutive words (no bank
+  // conflicts) and threads of other rows read the same words (broadcast).
+  Acc* w = reinterpret_cast<Acc*>(smem_raw);
   const int64_t H = a.hidden, B = a.batch;
   const int64_t u0 = int64_t(blockIdx.x) * units_per_block;
   const int U = static_cast<int>(H - u0 < units_per_block ? (H - u0 > 0 ? H - u0 : 0)
                                                           : units_per_block);
   for (int64_t i = threadIdx.x; i < 4 * int64_t(U) * H; i += blockDim.x) {
-    const int64_t q = i / (int64_t(U) * H), r = i % (int64_t(U) * H);
-    w[i] = Cv::load(a.w_hh[(q * H + u0 + r / H) * H + r % H]);
+    // Global reads walk W_hh rows (k fastest, coalesced); the smem writes scatter.
+    const int64_t q = i / (int64_t(U) * H), r = i % (int64_t(U) * H), u = r / H, k = r % H;
+    w[(q * H + k) * U + u] = Cv::load(a.w_hh[(q * H + u0 + u) * H + k]);
   }
   __syncthreads();
   for (int64_t s = 0; s < a.steps; ++s) {
@@ -42,16 +46,16 @@ persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_b
       for (int64_t k = 0; k < H; ++k) {
         const Acc hk = Cv::load(h_row[k]);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) acc[q] += hk * w[(q * U + u) * H + k];
+        for (int q = 0; q < 4; ++q) acc[q] += hk * w[(q * H + k) * U + u];
       }
       const Gates<Acc> gate = activate_gates(acc[0], acc[1], acc[2], acc[3]);
       Acc c, h;
       cell_forward(gate, c_prev[b * H + unit], c, h);
-      T* g = a.gates + (t * B + b) * 4 * H + unit;
-      g[0] = Cv::store(gate.i);
-      g[H] = Cv::store(gate.f);
-      g[2 * H] = Cv::store(gate.g);
-      g[3 * H] = Cv::store(gate.o);
+      Acc* g = a.gates + (t * B + b) * 4 * H + unit;
+      g[0] = gate.i;
+      g[H] = gate.f;
+      g[2 * H] = gate.g;
+      g[3 * H] = gate.o;
       a.cs[(t * B + b) * H + unit] = c;
       a.hs[(t * B + b) * H + unit] = Cv::store(h);
     }

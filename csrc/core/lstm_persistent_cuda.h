@@ -19,7 +19,7 @@ struct PersistentForwardArgs {
   const T* w_hh;    // [4H, H]
   T* hs;            // [S, B, H]  out: h_t
   Acc* cs;          // [S, B, H]  out: c_t
-  T* gates;         // [S, B, 4H] out: activated gates
+  Acc* gates;       // [S, B, 4H] out: activated gates
   int64_t steps, batch, hidden;
   bool reverse;     // run t = S-1 .. 0
 };

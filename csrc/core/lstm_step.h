@@ -4,7 +4,9 @@
 // rows and units; the CUDA kernels (lstm_step_cuda.cu) run one element per thread.
 //
 // Shapes, all row-major and contiguous. B = batch rows, H = hidden units, `T` the storage
-// type (float, double, half, bfloat16), `Acc` the arithmetic and cell-state type.
+// type (float, double, half, bfloat16), `Acc` the arithmetic type. What stays inside the
+// layer (cell states, saved gates, the recurrent GEMM's products) is kept in Acc: rounding
+// a saturated gate like 0.998 to bfloat16 loses most of 1 - gate, which backward needs.
 // A row of a [B, 4H] gate tensor is [i | f | g | o], each H wide (nn.LSTM's order).
 #pragma once
 
@@ -42,9 +44,9 @@ struct Convert<__nv_bfloat16, float> {
 template <typename T, typename Acc>
 struct StepForwardArgs {
   const T* xproj;     // [B, 4H] x_t W_ih^T + b_ih + b_hh
-  const T* rec;       // [B, 4H] h_{t-1} W_hh^T
+  const Acc* rec;     // [B, 4H] h_{t-1} W_hh^T
   const Acc* c_prev;  // [B, H]  c_{t-1}
-  T* gates;           // [B, 4H] out: activated gates, saved for backward
+  Acc* gates;         // [B, 4H] out: activated gates, saved for backward
   Acc* c;             // [B, H]  out: c_t, saved for backward
   T* h;               // [B, H]  out: h_t
   int64_t batch, hidden;
@@ -52,11 +54,11 @@ struct StepForwardArgs {
 
 template <typename T, typename Acc>
 struct StepBackwardArgs {
-  const T* gates;       // [B, 4H] activated gates of step t (from forward)
+  const Acc* gates;     // [B, 4H] activated gates of step t (from forward)
   const Acc* c_prev;    // [B, H]  c_{t-1}
   const Acc* c;         // [B, H]  c_t
   const T* grad_h;      // [B, H]  dL/dh_t from the layer output at t
-  const T* grad_h_rec;  // [B, H]  dL/dh_t through step t+1 (its gate grads times W_hh)
+  const Acc* grad_h_rec;  // [B, H] dL/dh_t through step t+1 (its gate grads times W_hh)
   const T* grad_c;      // [B, H]  dL/dc_t from outside the recurrence, or nullptr
   Acc* grad_c_carry;    // [B, H]  in: dL/dc_t through step t+1; out: dL/dc_{t-1}
   T* grad_pre;          // [B, 4H] out: dL/d(pre-activations) = dL/dxproj_t = dL/drec_t
@@ -72,15 +74,15 @@ FASTLSTM_HD void step_forward_element(const StepForwardArgs<T, Acc>& a, int64_t 
   const int64_t idx = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;  // the unit's i gate in its [B, 4H] row
   const auto pre = [&](int k) {
-    return Cv::load(a.xproj[gate0 + k * H]) + Cv::load(a.rec[gate0 + k * H]);
+    return Cv::load(a.xproj[gate0 + k * H]) + a.rec[gate0 + k * H];
   };
   const Gates<Acc> gate = activate_gates(pre(0), pre(1), pre(2), pre(3));
   Acc c, h;
   cell_forward(gate, a.c_prev[idx], c, h);
-  a.gates[gate0] = Cv::store(gate.i);
-  a.gates[gate0 + H] = Cv::store(gate.f);
-  a.gates[gate0 + 2 * H] = Cv::store(gate.g);
-  a.gates[gate0 + 3 * H] = Cv::store(gate.o);
+  a.gates[gate0] = gate.i;
+  a.gates[gate0 + H] = gate.f;
+  a.gates[gate0 + 2 * H] = gate.g;
+  a.gates[gate0 + 3 * H] = gate.o;
   a.c[idx] = c;
   a.h[idx] = Cv::store(h);
 }
@@ -94,10 +96,9 @@ FASTLSTM_HD void step_backward_element(const StepBackwardArgs<T, Acc>& a, int64_
   const int64_t H = a.hidden;
   const int64_t idx = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;
-  const Gates<Acc> gate{Cv::load(a.gates[gate0]), Cv::load(a.gates[gate0 + H]),
-                        Cv::load(a.gates[gate0 + 2 * H]),
-                        Cv::load(a.gates[gate0 + 3 * H])};
-  const Acc dh = Cv::load(a.grad_h[idx]) + Cv::load(a.grad_h_rec[idx]);
+  const Gates<Acc> gate{a.gates[gate0], a.gates[gate0 + H], a.gates[gate0 + 2 * H],
+                        a.gates[gate0 + 3 * H]};
+  const Acc dh = Cv::load(a.grad_h[idx]) + a.grad_h_rec[idx];
   Acc dc_in = a.grad_c_carry[idx];
   if (kHasGradC) dc_in += Cv::load(a.grad_c[idx]);
   Acc dc_prev;

@@ -1,6 +1,7 @@
 #include "layer.h"
 
 #include <c10/core/GradMode.h>
+#include <torch/version.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -16,8 +17,8 @@ at::ScalarType cell_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-void check_layer_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0,
-                        const Tensor& w_hh) {
+void check_layer_inputs(const Tensor& xproj, at::ScalarType dtype, const Tensor& h0,
+                        const Tensor& c0, const Tensor& w_hh) {
   FASTLSTM_CHECK(xproj.dim() == 3, "fastlstm: xproj must be [seq, batch, 4*hidden], got ",
               xproj.sizes());
   FASTLSTM_CHECK(xproj.size(0) > 0, "fastlstm: the sequence must have at least one step");
@@ -31,8 +32,8 @@ void check_layer_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0,
   FASTLSTM_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == H,
               "fastlstm: c0 must be [batch, hidden] = [", B, ", ", H, "], got ", c0.sizes());
   for (const Tensor* t : {&h0, &c0, &w_hh}) {
-    FASTLSTM_CHECK(t->scalar_type() == xproj.scalar_type(), "fastlstm: dtype mismatch: ",
-                t->scalar_type(), " vs xproj's ", xproj.scalar_type());
+    FASTLSTM_CHECK(t->scalar_type() == dtype, "fastlstm: dtype mismatch: ", t->scalar_type(),
+                   " vs ", dtype);
     FASTLSTM_CHECK(t->device() == xproj.device(), "fastlstm: device mismatch: ", t->device(),
                 " vs xproj's ", xproj.device());
   }
@@ -51,6 +52,20 @@ Tensor kernel_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 
 namespace {
 
+// out = a b with out in the arithmetic dtype: for half types cuBLAS accumulates in fp32
+// and we keep the fp32 result (mm's out_dtype, torch >= 2.8) rather than a rounded one.
+void mm_acc_out(Tensor& out, const Tensor& a, const Tensor& b) {
+  if (out.scalar_type() == a.scalar_type()) {
+    at::mm_out(out, a, b);
+  } else {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+    at::mm_out(out, a, b, out.scalar_type());
+#else
+    out.copy_(at::mm(a, b));
+#endif
+  }
+}
+
 // Forward-order step s -> time index t.
 inline int64_t time_at(int64_t s, int64_t steps, bool reverse) {
   return reverse ? steps - 1 - s : s;
@@ -63,14 +78,15 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj_in, const T
                                                  bool reverse, const StepKernels& kernels) {
   // Kernels: autograd is the op's registration's business, never the inner GEMMs'.
   const c10::NoGradGuard no_grad;
-  check_layer_inputs(xproj_in, h0_in, c0, w_hh_in);
+  check_layer_inputs(xproj_in, xproj_in.scalar_type(), h0_in, c0, w_hh_in);
   const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
   const auto opts = xproj.options();
+  const auto acc_opts = opts.dtype(cell_dtype(xproj.scalar_type()));
   Tensor hs = kernel_output({S, B, H}, opts);
-  Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
-  Tensor gates = kernel_output({S, B, 4 * H}, opts);
-  Tensor rec = at::empty({B, 4 * H}, opts);
+  Tensor cs = kernel_output({S, B, H}, acc_opts);
+  Tensor gates = kernel_output({S, B, 4 * H}, acc_opts);
+  Tensor rec = at::empty({B, 4 * H}, acc_opts);
   const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
   const Tensor w_hh_t = w_hh.t();
   for (int64_t s = 0; s < S; ++s) {
@@ -78,7 +94,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj_in, const T
     const int64_t t_prev = time_at(s - 1, S, reverse);
     const Tensor h_prev = s == 0 ? h0 : hs[t_prev];
     const Tensor c_prev = s == 0 ? c0_acc : cs[t_prev];
-    at::mm_out(rec, h_prev, w_hh_t);
+    mm_acc_out(rec, h_prev, w_hh_t);
     kernels.forward(xproj[t], rec, c_prev, gates[t], cs[t], hs[t]);
   }
   return {hs, cs, gates};
@@ -89,25 +105,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs,
     const Tensor& gates, bool reverse, const StepKernels& kernels) {
   const c10::NoGradGuard no_grad;
-  check_layer_inputs(gates, h0_in, c0, w_hh_in);
+  const at::ScalarType dtype = hs.scalar_type(), acc = cell_dtype(dtype);
+  check_layer_inputs(gates, dtype, h0_in, c0, w_hh_in);
   const int64_t S = gates.size(0), B = gates.size(1), H = w_hh_in.size(1);
   FASTLSTM_CHECK(grad_hs_in.sizes() == hs.sizes() && hs.sizes() == cs.sizes() &&
                   hs.size(0) == S && hs.size(1) == B && hs.size(2) == H,
               "fastlstm: grad_hs, hs and cs must be [seq, batch, hidden] = [", S, ", ", B, ", ",
               H, "]");
-  FASTLSTM_CHECK(cs.scalar_type() == cell_dtype(gates.scalar_type()),
-              "fastlstm: cs must be saved in ", cell_dtype(gates.scalar_type()));
-  const Tensor grad_hs = grad_hs_in.to(gates.scalar_type()).contiguous();
+  FASTLSTM_CHECK(cs.scalar_type() == acc && gates.scalar_type() == acc,
+                 "fastlstm: cs and gates must be saved in ", acc);
+  const Tensor grad_hs = grad_hs_in.to(dtype).contiguous();
   std::optional<Tensor> grad_cs;
   if (grad_cs_in.has_value() && grad_cs_in->defined()) {
     FASTLSTM_CHECK(grad_cs_in->sizes() == cs.sizes(), "fastlstm: grad_cs must be shaped like cs");
-    grad_cs = grad_cs_in->to(gates.scalar_type()).contiguous();
+    grad_cs = grad_cs_in->to(dtype).contiguous();
   }
   const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
 
-  Tensor grad_xproj = kernel_output({S, B, 4 * H}, gates.options());
-  Tensor grad_h_rec = at::zeros({B, H}, gates.options());
+  Tensor grad_xproj = kernel_output({S, B, 4 * H}, hs.options());
+  Tensor grad_h_rec = at::zeros({B, H}, cs.options());  // Acc, like grad_c_carry
   Tensor grad_c_carry = at::zeros({B, H}, cs.options());
   for (int64_t s = S - 1; s >= 0; --s) {
     const int64_t t = time_at(s, S, reverse);
@@ -116,14 +133,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     if (grad_cs) grad_c_t = (*grad_cs)[t];
     kernels.backward(gates[t], c_prev, cs[t], grad_hs[t], grad_h_rec, grad_c_t, grad_c_carry,
                      grad_xproj[t]);
-    at::mm_out(grad_h_rec, grad_xproj[t], w_hh);
+    mm_acc_out(grad_h_rec, grad_xproj[t], w_hh);
   }
   // h_{t-1} for every t, in time order, so the weight gradient is one GEMM over all steps.
   Tensor h_prev_all = S == 1 ? h0.unsqueeze(0)
                       : reverse ? at::cat({hs.narrow(0, 1, S - 1), h0.unsqueeze(0)})
                                 : at::cat({h0.unsqueeze(0), hs.narrow(0, 0, S - 1)});
   Tensor grad_w_hh = at::mm(grad_xproj.view({S * B, 4 * H}).t(), h_prev_all.view({S * B, H}));
-  return {grad_xproj, grad_h_rec, grad_c_carry.to(c0.scalar_type()), grad_w_hh};
+  return {grad_xproj, grad_h_rec.to(dtype), grad_c_carry.to(c0.scalar_type()), grad_w_hh};
 }
 
 namespace {
@@ -145,13 +162,15 @@ std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tenso
   FASTLSTM_CHECK(xproj.dim() == 2, "fastlstm: step xproj must be [batch, 4*hidden], got ",
               xproj.sizes());
   const c10::NoGradGuard no_grad;
-  check_layer_inputs(xproj.unsqueeze(0), h, c, w_hh);
+  check_layer_inputs(xproj.unsqueeze(0), xproj.scalar_type(), h, c, w_hh);
   const int64_t B = xproj.size(0), H = w_hh.size(1);
   const Tensor x = xproj.contiguous();
+  const auto acc_opts = x.options().dtype(cell_dtype(x.scalar_type()));
   Tensor h_new = kernel_output({B, H}, x.options());
-  Tensor c_new = kernel_output({B, H}, x.options().dtype(cell_dtype(x.scalar_type())));
-  Tensor gates = kernel_output({B, 4 * H}, x.options());
-  Tensor rec = at::mm(h.contiguous(), w_hh.t());
+  Tensor c_new = kernel_output({B, H}, acc_opts);
+  Tensor gates = kernel_output({B, 4 * H}, acc_opts);
+  Tensor rec = at::empty({B, 4 * H}, acc_opts);
+  mm_acc_out(rec, h.contiguous(), w_hh.t());
   kernels.forward(x, rec, c.to(c_new.scalar_type()).contiguous(), gates, c_new, h_new);
   return {h_new, c_new, gates};
 }

@@ -9,7 +9,7 @@
 // Forward returns, all for every step t in input order (also when reverse):
 //   hs    [S, B, H]  T    h_t (the layer output)
 //   cs    [S, B, H]  Acc  c_t (saved for backward; cs[last step] is c_n)
-//   gates [S, B, 4H] T    activated i, f, g, o (saved for backward)
+//   gates [S, B, 4H] Acc  activated i, f, g, o (saved for backward)
 // `reverse` runs the recurrence from t = S-1 down to 0 (a bidirectional layer's
 // backward direction); the final state is then at t = 0.
 #pragma once
@@ -32,9 +32,10 @@ struct StepKernels {
                    const Tensor& grad_c_carry, const Tensor& grad_pre);
 };
 
-// The checks every layer op makes of its inputs (shapes, dtypes, devices).
-void check_layer_inputs(const Tensor& xproj, const Tensor& h0, const Tensor& c0,
-                        const Tensor& w_hh);
+// The checks every layer op makes of its inputs: shapes (xproj, or gates, is [S, B, 4H]),
+// devices, and h0, c0, w_hh in the storage dtype `dtype`.
+void check_layer_inputs(const Tensor& xproj, at::ScalarType dtype, const Tensor& h0,
+                        const Tensor& c0, const Tensor& w_hh);
 // An output tensor the kernels must fill: NaN-filled under FASTLSTM_POISON_OUTPUTS=1.
 Tensor kernel_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
 // The cell state's dtype for a storage dtype: float, or double for double.
@@ -56,7 +57,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
 bool cuda_graphs_enabled();
 void set_cuda_graphs_enabled(bool enabled);
 
-// One step: xproj [B,4H], h [B,H], c [B,H] -> (h_new T, c_new Acc, gates T).
+// One step: xproj [B,4H], h [B,H], c [B,H] -> (h_new T, c_new Acc, gates Acc).
 std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tensor& h,
                                                 const Tensor& c, const Tensor& w_hh,
                                                 const StepKernels& kernels);

@@ -36,8 +36,9 @@ void cuda_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_p
                                   "fastlstm_cuda_step_forward", [&] {
     using T = typename CudaType<scalar_t>::type;
     using Acc = at::opmath_type<scalar_t>;
-    const StepForwardArgs<T, Acc> args{ptr<T>(xproj), ptr<T>(rec), ptr<Acc>(c_prev), ptr<T>(gates),
-                                       ptr<Acc>(c),   ptr<T>(h),   h.size(0),         h.size(1)};
+    const StepForwardArgs<T, Acc> args{ptr<T>(xproj), ptr<Acc>(rec), ptr<Acc>(c_prev),
+                                       ptr<Acc>(gates), ptr<Acc>(c), ptr<T>(h),
+                                       h.size(0),     h.size(1)};
     check_launch(launch_step_forward(args, at::cuda::getCurrentCUDAStream()), "step forward");
   });
 }
@@ -46,13 +47,13 @@ void cuda_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor&
                         const Tensor& grad_h, const Tensor& grad_h_rec,
                         const std::optional<Tensor>& grad_c, const Tensor& grad_c_carry,
                         const Tensor& grad_pre) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_h.scalar_type(),
                                   "fastlstm_cuda_step_backward", [&] {
     using T = typename CudaType<scalar_t>::type;
     using Acc = at::opmath_type<scalar_t>;
-    const StepBackwardArgs<T, Acc> args{ptr<T>(gates),      ptr<Acc>(c_prev),
-                                        ptr<Acc>(c),        ptr<T>(grad_h),
-                                        ptr<T>(grad_h_rec), grad_c ? ptr<T>(*grad_c) : nullptr,
+    const StepBackwardArgs<T, Acc> args{ptr<Acc>(gates),      ptr<Acc>(c_prev),
+                                        ptr<Acc>(c),          ptr<T>(grad_h),
+                                        ptr<Acc>(grad_h_rec), grad_c ? ptr<T>(*grad_c) : nullptr,
                                         ptr<Acc>(grad_c_carry), ptr<T>(grad_pre),
                                         grad_h.size(0),     grad_h.size(1)};
     check_launch(launch_step_backward(args, at::cuda::getCurrentCUDAStream()), "step backward");
@@ -83,7 +84,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
     bool reverse) {
-  const c10::cuda::CUDAGuard guard(gates.device());
+  const c10::cuda::CUDAGuard guard(grad_hs.device());
   const Tensor grad_cs_or_none = grad_cs.has_value() ? *grad_cs : Tensor();
   const LayerLoop loop = [reverse](const std::vector<Tensor>& in) {
     const std::optional<Tensor> grad_c =
@@ -105,14 +106,14 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
                                                          const Tensor& w_hh_in, bool reverse) {
   const c10::cuda::CUDAGuard guard(xproj_in.device());
   const c10::NoGradGuard no_grad;
-  check_layer_inputs(xproj_in, h0_in, c0, w_hh_in);
+  check_layer_inputs(xproj_in, xproj_in.scalar_type(), h0_in, c0, w_hh_in);
   const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(),
                w_hh = w_hh_in.contiguous();
   const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
   const auto opts = xproj.options();
   Tensor hs = kernel_output({S, B, H}, opts);
   Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
-  Tensor gates = kernel_output({S, B, 4 * H}, opts);
+  Tensor gates = kernel_output({S, B, 4 * H}, opts.dtype(cs.scalar_type()));
   const Tensor c0_cell = c0.to(cs.scalar_type()).contiguous();
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
@@ -121,7 +122,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
     using Acc = at::opmath_type<scalar_t>;
     const PersistentForwardArgs<T, Acc> args{
         ptr<T>(xproj), ptr<T>(h0),    ptr<Acc>(c0_cell), ptr<T>(w_hh), ptr<T>(hs),
-        ptr<Acc>(cs),  ptr<T>(gates), S,                 B,            H,
+        ptr<Acc>(cs),  ptr<Acc>(gates), S,                 B,            H,
         reverse};
     err = launch_persistent_forward(args, at::cuda::getCurrentCUDAStream());
   });

@@ -75,17 +75,18 @@ void check_type(ref::Checks& checks, const char* type, double tol) {
   const int B = 7, H = 291;
   const size_t n = size_t(B) * H, n4 = 4 * n;
   std::mt19937 rng(11);
-  const auto x = rounded<T>(ref::random_vec(rng, n4)), r = rounded<T>(ref::random_vec(rng, n4));
+  // rec, gates, dh_rec (the layer's inner values) are kept in Acc; the rest in T.
+  const auto x = rounded<T>(ref::random_vec(rng, n4)), r = rounded<Acc>(ref::random_vec(rng, n4));
   const auto cp = rounded<Acc>(ref::random_vec(rng, n));
-  const auto dh = rounded<T>(ref::random_vec(rng, n)), dhr = rounded<T>(ref::random_vec(rng, n));
+  const auto dh = rounded<T>(ref::random_vec(rng, n)), dhr = rounded<Acc>(ref::random_vec(rng, n));
   const auto dco = rounded<T>(ref::random_vec(rng, n));
   const auto carry0 = rounded<Acc>(ref::random_vec(rng, n));
 
   ref::Vec gates(n4), c(n), h(n);
   ref::step_forward(B, H, as_double(x), as_double(r), as_double(cp), gates, c, h);
 
-  T *dx = upload(x), *dr = upload(r), *dg = poisoned<T>(n4), *dh_out = poisoned<T>(n);
-  Acc *dcp = upload(cp), *dc = poisoned<Acc>(n);
+  T *dx = upload(x), *dh_out = poisoned<T>(n);
+  Acc *dr = upload(r), *dg = poisoned<Acc>(n4), *dcp = upload(cp), *dc = poisoned<Acc>(n);
   const fastlstm::StepForwardArgs<T, Acc> fwd{dx, dr, dcp, dg, dc, dh_out, B, H};
   CHECK_CUDA(fastlstm::launch_step_forward(fwd, nullptr));
   CHECK_CUDA(cudaDeviceSynchronize());
@@ -104,8 +105,8 @@ void check_type(ref::Checks& checks, const char* type, double tol) {
       dc_total[k] = to_double(carry0[k]) + (with_grad_c ? to_double(dco[k]) : 0.0);
     }
     ref::step_backward(B, H, g_gpu, as_double(cp), c_gpu, dh_total, dc_total, grad_pre, grad_cp);
-    T *ddh = upload(dh), *ddhr = upload(dhr), *ddco = upload(dco), *dgp = poisoned<T>(n4);
-    Acc* dcarry = upload(carry0);
+    T *ddh = upload(dh), *ddco = upload(dco), *dgp = poisoned<T>(n4);
+    Acc *ddhr = upload(dhr), *dcarry = upload(carry0);
     const fastlstm::StepBackwardArgs<T, Acc> bwd{dg, dcp, dc, ddh, ddhr,
                                                  with_grad_c ? ddco : nullptr, dcarry, dgp, B, H};
     CHECK_CUDA(fastlstm::launch_step_backward(bwd, nullptr));
