@@ -5,6 +5,8 @@
 # small forward+backward and on the CUDA ctest program, ctest, then the benchmark harness
 # (cuda vs cudnn at S1 S2 S3 and the batch-1 step, fwd and fwd+bwd, fp32 and bf16), and
 # prints a short table last. Full logs go to $OUT (or /tmp/fastlstm-device).
+# QUICK=1 (about 4 minutes, for a short lease): only the GPU tests (-v, so a cut-off run
+# still names its failures), ctest, and one benchmark pass with untuned Triton tiles.
 set -uo pipefail
 OUT=${OUT:-/tmp/fastlstm-device}
 mkdir -p "$OUT"
@@ -40,22 +42,32 @@ if [ $rc -ne 0 ] && command -v cuda-gdb > /dev/null; then
     | grep -E "^#|signal" | head -40
 fi
 
-step "tests (all, GPU included)"
-COLUMNS=300 timeout 330 python3 -m pytest tests -n 4 -q -rfE -p no:cacheprovider --durations=15 \
-  > "$OUT/pytest.log" 2>&1
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  step "tests (GPU only)"
+  COLUMNS=300 timeout 200 python3 -m pytest tests -n 8 -v -rfE -p no:cacheprovider \
+    -k "cuda or triton or gpu" --durations=10 > "$OUT/pytest.log" 2>&1
+else
+  step "tests (all, GPU included)"
+  COLUMNS=300 timeout 330 python3 -m pytest tests -n 4 -q -rfE -p no:cacheprovider \
+    --durations=15 > "$OUT/pytest.log" 2>&1
+fi
 record tests "$(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
 tail -1 "$OUT/pytest.log"
 
-step "bf16 error spread over seeds (wide_small_batch)"
-timeout 120 python3 benchmarks/bf16_error.py 2>&1 | grep -v Warning | tee "$OUT/bf16_error.log"
+if [ "$QUICK" != 1 ]; then
+  step "bf16 error spread over seeds (wide_small_batch)"
+  timeout 120 python3 benchmarks/bf16_error.py 2>&1 | grep -v Warning | tee "$OUT/bf16_error.log"
 
-step "compute-sanitizer memcheck"
-timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py \
-  > "$OUT/sanitizer.log" 2>&1
-rc=$?
-record "memcheck (python fwd+bwd)" "exit $rc, $(grep -c '^========= Invalid' "$OUT/sanitizer.log") invalid accesses"
-tail -3 "$OUT/sanitizer.log"
+  step "compute-sanitizer memcheck"
+  timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 benchmarks/sanitize_case.py > "$OUT/sanitizer.log" 2>&1
+  rc=$?
+  record "memcheck (python fwd+bwd)" \
+    "exit $rc, $(grep -c '^========= Invalid' "$OUT/sanitizer.log") invalid accesses"
+  tail -3 "$OUT/sanitizer.log"
+fi
 
 step "ctest (sm_90)"
 cmake -S . -B /tmp/fastlstm-cmake -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/ctest.log" 2>&1 &&
@@ -68,8 +80,13 @@ timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/fastlstm-c
 record "memcheck (test_step_cuda)" "exit $?"
 
 step "benchmarks (twice: the spread between the runs is the noise)"
-for run in 1 2; do
-  timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
+runs="1 2"; bench_args=""
+if [ "$QUICK" = 1 ]; then
+  runs=1; bench_args="--bench-backends=cuda,cuda_persistent,triton,cudnn"
+  export FASTLSTM_TRITON_AUTOTUNE=0
+fi
+for run in $runs; do
+  timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda $bench_args \
     --benchmark-json="$OUT/bench$run.json" --benchmark-columns=median,iqr,min \
     >> "$OUT/bench.log" 2>&1
   record "benchmarks run $run" "$(tail -1 "$OUT/bench.log")"
@@ -77,7 +94,7 @@ done
 
 step summary
 printf '%s\n' "${summary[@]}"
-echo "--- benchmark run 2"
-python3 benchmarks/compare.py "$OUT/bench2.json"
-echo "--- benchmark run 1"
-python3 benchmarks/compare.py "$OUT/bench1.json"
+for run in $(echo $runs | tr ' ' '\n' | sort -r); do
+  echo "--- benchmark run $run"
+  python3 benchmarks/compare.py "$OUT/bench$run.json"
+done

@@ -30,6 +30,9 @@ except ImportError:  # the Triton backend is then unavailable; nothing else depe
     triton = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# FASTLSTM_TRITON_AUTOTUNE=0: the fixed tiles on a GPU too (the tests: autotuning every
+# shape they try costs minutes and tests nothing the fixed tiles do not).
+AUTOTUNE = os.environ.get("FASTLSTM_TRITON_AUTOTUNE", "1") != "0"
 
 
 def available() -> bool:
@@ -159,7 +162,7 @@ def _launcher(which: str, batch: int, hidden: int, dtype: torch.dtype):
     else:
         precision = "tf32"
     fixed, tuned = _KERNELS[which]
-    if INTERPRET:
+    if INTERPRET or not AUTOTUNE:
         grid = (triton.cdiv(batch, FIXED_TILES["BLOCK_B"]),
                 triton.cdiv(hidden, FIXED_TILES["BLOCK_H"]))
         launch = torch.library.wrap_triton(fixed)[grid]

@@ -76,9 +76,11 @@ void check_type(ref::Checks& checks, const char* type, double tol) {
   const size_t n = size_t(B) * H, n4 = 4 * n;
   std::mt19937 rng(11);
   // rec, gates, dh_rec (the layer's inner values) are kept in Acc; the rest in T.
-  const auto x = rounded<T>(ref::random_vec(rng, n4)), r = rounded<Acc>(ref::random_vec(rng, n4));
+  const auto x = rounded<T>(ref::random_vec(rng, n4));
+  const auto r = rounded<Acc>(ref::random_vec(rng, n4));
   const auto cp = rounded<Acc>(ref::random_vec(rng, n));
-  const auto dh = rounded<T>(ref::random_vec(rng, n)), dhr = rounded<Acc>(ref::random_vec(rng, n));
+  const auto dh = rounded<T>(ref::random_vec(rng, n));
+  const auto dhr = rounded<Acc>(ref::random_vec(rng, n));
   const auto dco = rounded<T>(ref::random_vec(rng, n));
   const auto carry0 = rounded<Acc>(ref::random_vec(rng, n));
 
