@@ -15,7 +15,7 @@ def report() -> list[tuple[str, str]]:
     if ext is not None and ext.cuda_compiled:
         archs = ", ".join(f"sm_{int(a) // 10}" for a in ext.cuda_archs.split(",") if a.isdigit())
         graphs = "on" if ext.cuda_graphs_enabled() else "off"
-        persistent = "on" if ops.persistent_enabled() else "off (not yet verified on a GPU)"
+        persistent = "on" if ops.persistent_enabled() else "off (correct, not yet faster)"
         rows.append(("CUDA kernels (backend='cuda')",
                      f"compiled for {archs}; CUDA graphs {graphs}; persistent forward "
                      f"{persistent}"))
@@ -27,7 +27,7 @@ def report() -> list[tuple[str, str]]:
         where = ("CPU tensors, in the interpreter (TRITON_INTERPRET=1)" if triton_ops.INTERPRET
                  else "CUDA tensors")
         rows.append(("Triton (backend='triton')", f"{triton.__version__}: on {where}; "
-                     "not yet measured on a GPU"))
+                     "correct on a GPU, not yet fast (benchmarks/NOTES.md)"))
     except ImportError:
         rows.append(("Triton", "not installed"))
     if torch.cuda.is_available():
@@ -41,8 +41,9 @@ def report() -> list[tuple[str, str]]:
                      f"{module.CPU_FUSED_MAX_BATCH} (fp32/fp64), else torch's own (oneDNN)"))
     else:
         rows.append(("auto on CPU tensors", "torch's own LSTM (extension unavailable)"))
-    rows.append(("auto on CUDA tensors", "cuDNN (the CUDA op waits for a clean GPU run: "
-                 "benchmarks/NOTES.md)"))
+    rows.append(("auto on CUDA tensors",
+                 f"CUDA op for bf16 at hidden <= {module.CUDA_FUSED_MAX_HIDDEN}, else cuDNN "
+                 "(benchmarks/NOTES.md)"))
     rows.append(("always torch's own LSTM", "proj_size > 0, PackedSequence input"))
     return rows
 

@@ -68,16 +68,25 @@ def _fused_unsupported(data, proj_size=0, packed=False, dtypes_by_device=None):
 # oneDNN there. Table and commands: benchmarks/NOTES.md.
 CPU_FUSED_MIN_HIDDEN = 256
 CPU_FUSED_MAX_BATCH = 8
+# backend="auto" on CUDA tensors uses the CUDA op (CUDA-graph replay) for bfloat16 at hidden
+# <= 512: on an H200 it took 0.23-0.86x the time of torch's bf16 LSTM at every benchmarked
+# shape (hidden 128 and 512, batch 1-100, seq 1-100; fwd and fwd+bwd; runs 5 and 7), and
+# passed every GPU test (run 7). fp32 stays on cuDNN (0.73-2.5x: not faster everywhere),
+# fp16 too (not benchmarked), and hidden > 512 (not measured). benchmarks/NOTES.md.
+CUDA_FUSED_DTYPES = (torch.bfloat16,)
+CUDA_FUSED_MAX_HIDDEN = 512
 
 
 def _auto_path(data, unsupported, batch, hidden):
     if not _extension.available():
         _extension.warn_unavailable()
         return "aten"
-    if unsupported or data.is_cuda:
-        # CUDA tensors stay on cuDNN until a recorded GPU run shows the CUDA op correct and
-        # faster. benchmarks/NOTES.md: with CUDA graphs it is faster in bf16 at S1-S3 and level
-        # in fp32 at S1/S2, but that run had one bf16 gradient over tolerance.
+    if unsupported:
+        return "aten"
+    if data.is_cuda:
+        if (_extension.cuda_compiled() and compute_dtype(data) in CUDA_FUSED_DTYPES
+                and hidden <= CUDA_FUSED_MAX_HIDDEN):
+            return "fused"
         return "aten"
     if hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH:
         return "fused"

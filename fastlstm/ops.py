@@ -128,7 +128,8 @@ _persistent = {"on": os.environ.get("FASTLSTM_PERSISTENT") == "1"}
 def set_persistent(enabled: bool) -> None:
     """CUDA backend: run each layer's forward as the persistent kernel (one launch for the
     whole sequence, W_hh on chip; the step loop where it does not fit). Off by default
-    (FASTLSTM_PERSISTENT=1 turns the default on): not yet verified on a GPU."""
+    (FASTLSTM_PERSISTENT=1 turns the default on): correct on an H200 (run 7) but slower than
+    the step loop with CUDA graphs at hidden 512 (benchmarks/NOTES.md)."""
     _persistent["on"] = bool(enabled)
 
 

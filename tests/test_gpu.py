@@ -126,7 +126,10 @@ def test_inside_a_callers_cuda_graph(graphs_restored):
 
 
 @pytest.fixture
-def persistent():
+def persistent(monkeypatch):
+    """The persistent forward on, and its step-loop fallback an error (so these tests
+    cannot pass without the kernel running)."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
     before = fastlstm.persistent_enabled()
     fastlstm.set_persistent(True)
     yield
@@ -140,6 +143,20 @@ def test_persistent_kernel_matches_oracle(persistent, case, dtype):
     """The persistent forward (issue 7, first pass), trained through the existing backward."""
     from test_lstm import CASES, compare_to_oracle
     compare_to_oracle(next(c for c in CASES if c.name == case), "cuda", "cuda", dtype, seed=11)
+
+
+def test_persistent_kernel_falls_back_where_it_does_not_fit(persistent, monkeypatch):
+    """hidden 4096 in fp32: W_hh slices of 2 MB per block, far over shared memory."""
+    xproj = torch.randn(3, 2, 4 * 4096, device="cuda")
+    h0, c0 = (torch.randn(2, 4096, device="cuda") for _ in range(2))
+    w = torch.randn(4 * 4096, 4096, device="cuda") * 0.01
+    with pytest.raises(RuntimeError, match="does not fit"):
+        torch.ops.fastlstm.lstm_layer_persistent(xproj, h0, c0, w, False)
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "0")
+    ours = torch.ops.fastlstm.lstm_layer_persistent(xproj, h0, c0, w, False)
+    loop = torch.ops.fastlstm.lstm_layer(xproj, h0, c0, w, False)
+    for a, b, name in zip(ours, loop, ("hs", "cs", "gates")):
+        assert_close(a, b, 0, f"fallback {name}")
 
 
 def test_persistent_kernel_equals_the_step_loop(persistent):

@@ -66,6 +66,30 @@ def test_auto_rule():
     assert choose_path("cpu", cpu, None, batch=50, hidden=128) == "fused"
 
 
+def test_auto_rule_on_cuda_tensors(monkeypatch):
+    """bf16 at hidden <= 512 -> the CUDA op; everything else -> cuDNN (module.py says why).
+    A stand-in for a CUDA tensor: the rule reads only is_cuda and dtype."""
+    from fastlstm import _extension
+    monkeypatch.setattr(_extension, "cuda_compiled", lambda: True)
+
+    class CudaLike:
+        is_cuda = True
+        device = torch.device("cuda")
+
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+    bf16, fp32, fp16 = (CudaLike(t) for t in (torch.bfloat16, torch.float32, torch.float16))
+    assert choose_path("auto", bf16, None, batch=64, hidden=512) == "fused"
+    assert choose_path("auto", bf16, None, batch=1, hidden=37) == "fused"
+    assert choose_path("auto", bf16, None, batch=64, hidden=1024) == "aten"
+    assert choose_path("auto", bf16, "proj_size > 0", batch=64, hidden=512) == "aten"
+    assert choose_path("auto", fp32, None, batch=64, hidden=512) == "aten"
+    assert choose_path("auto", fp16, None, batch=64, hidden=512) == "aten"
+    monkeypatch.setattr(_extension, "cuda_compiled", lambda: False)
+    assert choose_path("auto", bf16, None, batch=64, hidden=512) == "aten"
+
+
 def test_unknown_and_unbuilt_backends():
     with pytest.raises(ValueError, match="unknown FastLSTM backend"):
         FastLSTM(3, 4, backend="tpu")

@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include "../core/lstm_persistent_cuda.h"
 #include "../core/lstm_step_cuda.h"
 #include "check.h"
@@ -127,6 +129,12 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
     err = launch_persistent_forward(args, at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
+    // The tests set FASTLSTM_PERSISTENT_STRICT=1, so a test of the kernel cannot pass by
+    // silently running the step loop instead.
+    const char* strict = std::getenv("FASTLSTM_PERSISTENT_STRICT");
+    FASTLSTM_CHECK(strict == nullptr || strict[0] != '1',
+                   "fastlstm: the persistent kernel does not fit this layer (hidden ", H,
+                   ", batch ", B, ") and FASTLSTM_PERSISTENT_STRICT=1 forbids the fallback");
     TORCH_WARN_ONCE("fastlstm: the persistent kernel does not fit this layer on this GPU "
                     "(W_hh slices over shared memory, or the grid over the multiprocessors); "
                     "using the step loop");
