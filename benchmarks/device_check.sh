@@ -6,7 +6,8 @@
 # (cuda vs cudnn at S1 S2 S3 and the batch-1 step, fwd and fwd+bwd, fp32 and bf16), and
 # prints a short table last. Full logs go to $OUT (or /tmp/fastlstm-device).
 # QUICK=1 (about 4 minutes, for a short lease): only the GPU tests (-v, so a cut-off run
-# still names its failures), ctest, and one benchmark pass with untuned Triton tiles.
+# still names its failures), ctest, and one benchmark pass. Triton: fixed tiles unless
+# FASTLSTM_TRITON_AUTOTUNE=1 is set for the run.
 set -uo pipefail
 OUT=${OUT:-/tmp/fastlstm-device}
 mkdir -p "$OUT"
@@ -83,7 +84,6 @@ step "benchmarks (twice: the spread between the runs is the noise)"
 runs="1 2"; bench_args=""
 if [ "$QUICK" = 1 ]; then
   runs=1; bench_args="--bench-backends=cuda,cuda_persistent,triton,cudnn"
-  export FASTLSTM_TRITON_AUTOTUNE=0
 fi
 for run in $runs; do
   timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda $bench_args \

@@ -3,7 +3,6 @@ import os
 # Before fastlstm._C loads: its ops then fill their outputs with NaN before the kernels
 # run, so an element a kernel fails to write makes the comparison fail.
 os.environ.setdefault("FASTLSTM_POISON_OUTPUTS", "1")
-os.environ.setdefault("FASTLSTM_TRITON_AUTOTUNE", "0")  # fixed tiles: see triton_ops
 # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; it must be
 # chosen before triton is first imported.
 if not os.path.exists("/dev/nvidiactl"):

@@ -50,6 +50,16 @@ def test_same_contract_as_the_cpp_op():
                 assert_close(a, b, 1e-5, f"triton grad_{name} vs C++ op")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(ON_CPU, reason="the autotuner runs on a GPU only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_autotuned_tiles_match_oracle(monkeypatch, dtype):
+    """FASTLSTM_TRITON_AUTOTUNE=1's path (off by default until this passes on a GPU)."""
+    monkeypatch.setattr(triton_ops, "AUTOTUNE", True)
+    case = next(c for c in CASES if c.name == "long_bidir_batch_first")
+    compare_to_oracle(case, DEVICE, "triton", dtype, seed=78)
+
+
 @pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(), reason="needs a GPU or "
                     "TRITON_INTERPRET=1")
 def test_cell():
