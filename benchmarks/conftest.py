@@ -2,6 +2,9 @@ import pytest
 import torch
 
 
+CUDA_BACKENDS = "cuda,cuda_eager,cuda_persistent,cuda_persistent2,triton,cudnn"
+
+
 def pytest_addoption(parser):
     parser.addoption("--bench-device", default="cuda" if torch.cuda.is_available() else "cpu",
                      help="device to benchmark on (default: cuda if visible, else cpu)")
@@ -10,8 +13,9 @@ def pytest_addoption(parser):
                           "S3,step on cpu")
     parser.addoption("--bench-backends", default=None,
                      help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
-                          "graphs; cuda_persistent: the persistent forward); default: cuda,"
-                          "cuda_eager,cuda_persistent,triton,cudnn on cuda, cpu,aten on cpu")
+                          "graphs; cuda_persistent, cuda_persistent2: the persistent forward, "
+                          "versions 1 and 2); default: " + CUDA_BACKENDS + " on cuda, "
+                          "cpu,aten on cpu")
     parser.addoption("--bench-dtypes", default=None,
                      help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 on "
                           "cuda, fp32 on cpu")
@@ -29,8 +33,7 @@ def pytest_generate_tests(metafunc):
     if "shape" in metafunc.fixturenames:
         metafunc.parametrize("shape", _option(c, "--bench-shapes", "S1,S2,S3,step", "S3,step"))
     if "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", _option(c, "--bench-backends",
-                                                "cuda,cuda_eager,cuda_persistent,triton,cudnn",
+        metafunc.parametrize("backend", _option(c, "--bench-backends", CUDA_BACKENDS,
                                                 "cpu,aten"))
     if "dtype_name" in metafunc.fixturenames:
         metafunc.parametrize("dtype_name", _option(c, "--bench-dtypes", "fp32,bf16", "fp32"))

@@ -1,7 +1,11 @@
-"""A small forward+backward through the CUDA backend, for compute-sanitizer:
+"""A small forward+backward through the CUDA backend (step loop, then the persistent forward,
+versions 1 and 2), for compute-sanitizer:
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py"""
+import os
+
 import torch
 
+import fastlstm
 from fastlstm import FastLSTM, FastLSTMCell
 
 for dtype in (torch.float32, torch.bfloat16):
@@ -12,5 +16,14 @@ for dtype in (torch.float32, torch.bfloat16):
     cell = FastLSTMCell(13, 37, backend="cuda").cuda().to(dtype)
     h1, c1 = cell(x[0])
     (h1.float().sum() + c1.float().sum()).backward()
+os.environ["FASTLSTM_PERSISTENT_STRICT"] = "1"  # the kernels must run, not the fallback
+fastlstm.set_persistent(True)
+for version in ("1", "2"):
+    os.environ["FASTLSTM_PERSISTENT_VERSION"] = version
+    for dtype in (torch.float32, torch.bfloat16):
+        lstm = FastLSTM(13, 37, 2, bidirectional=True, backend="cuda").cuda().to(dtype)
+        x = torch.randn(5, 3, 13, device="cuda", dtype=dtype, requires_grad=True)
+        out, (h, c) = lstm(x)
+        (out.float().sum() + c.float().sum()).backward()
 torch.cuda.synchronize()
 print("sanitize case ran")

@@ -5,6 +5,8 @@ shape x pass x dtype, so backends compare within it. Examples:
   pytest benchmarks --bench-device=cpu                    # cpu op vs nn.LSTM (oneDNN)
   python benchmarks/compare.py bench.json                 # table of ratios
 """
+import os
+
 import pytest
 import torch
 
@@ -30,10 +32,12 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
         pytest.skip("CPU benchmarks are fp32")
     torch.manual_seed(0)
     # "cuda_eager": the CUDA backend with CUDA-graph replay off (one launch per kernel);
-    # "cuda_persistent": its forward as the persistent kernel (issue 7).
+    # "cuda_persistent": its forward as the persistent kernel (issue 7), version 1;
+    # "cuda_persistent2": version 2 (the tiled kernel).
     if backend.startswith("cuda"):
         fastlstm.set_cuda_graphs(backend != "cuda_eager")
-        fastlstm.set_persistent(backend == "cuda_persistent")
+        fastlstm.set_persistent(backend.startswith("cuda_persistent"))
+        os.environ["FASTLSTM_PERSISTENT_VERSION"] = "2" if backend == "cuda_persistent2" else "1"
     lstm = FastLSTM(hidden, hidden, layers,
                     backend="cuda" if backend.startswith("cuda_") else backend).to(device, dtype)
     x = torch.randn(seq, batch, hidden, device=device, dtype=dtype)

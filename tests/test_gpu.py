@@ -125,11 +125,12 @@ def test_inside_a_callers_cuda_graph(graphs_restored):
     assert_close(static_out, want, 1e-6, "caller's graph replay")
 
 
-@pytest.fixture
-def persistent(monkeypatch):
-    """The persistent forward on, and its step-loop fallback an error (so these tests
-    cannot pass without the kernel running)."""
+@pytest.fixture(params=["1", "2"], ids=["p1", "p2"])
+def persistent(monkeypatch, request):
+    """The persistent forward on (each version), and its step-loop fallback an error (so
+    these tests cannot pass without the kernel running)."""
     monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", request.param)
     before = fastlstm.persistent_enabled()
     fastlstm.set_persistent(True)
     yield
@@ -157,6 +158,15 @@ def test_persistent_kernel_falls_back_where_it_does_not_fit(persistent, monkeypa
     loop = torch.ops.fastlstm.lstm_layer(xproj, h0, c0, w, False)
     for a, b, name in zip(ours, loop, ("hs", "cs", "gates")):
         assert_close(a, b, 0, f"fallback {name}")
+
+
+def test_persistent_version_must_be_known(monkeypatch):
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", "3")
+    x = torch.randn(2, 1, 8, device="cuda")
+    h0, c0, w = torch.zeros(1, 2, device="cuda"), torch.zeros(1, 2, device="cuda"), \
+        torch.zeros(8, 2, device="cuda")
+    with pytest.raises(RuntimeError, match="must be 1 or 2"):
+        torch.ops.fastlstm.lstm_layer_persistent(x, h0, c0, w, False)
 
 
 def test_persistent_kernel_equals_the_step_loop(persistent):

@@ -1,6 +1,7 @@
 // See lstm_persistent_cuda.h. Why persistent: the step loop pays two launches per step and
 // re-reads W_hh from memory every step; here W_hh is read once per sequence and a step costs
-// one grid barrier.
+// one grid barrier. Reads of h_{t-1} and c_{t-1} written by other blocks are plain loads:
+// grid.sync() is a GPU-scope acquire, after which they see those writes.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -63,26 +64,40 @@ persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_b
   }
 }
 
-}  // namespace
-
+// p2: lstm_persistent.h has the tiling and both phases.
 template <typename T, typename Acc>
-cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
-                                      cudaStream_t stream) {
+__global__ void __launch_bounds__(kThreads)
+tiled_persistent_kernel(const PersistentForwardArgs<T, Acc> a, const PersistentTiling tiling) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Acc* w_s = reinterpret_cast<Acc*>(smem_raw);
+  Acc* partial = w_s + a.hidden * tiling.units * 4;
+  const int block = blockIdx.x, tid = threadIdx.x;
+  tiled_load_weights(a, tiling, block, tid, w_s);
+  __syncthreads();
+  for (int64_t s = 0; s < a.steps; ++s) {
+    tiled_partial_sums(a, tiling, block, s, tid, w_s, partial);
+    __syncthreads();
+    tiled_cell_update(a, tiling, block, s, tid, partial);
+    grid.sync();  // h_t, c_t complete everywhere (and partial free) before the next step
+  }
+}
+
+// Cooperative launch of `kernel` with `blocks` x kThreads and `smem` bytes, if the whole grid
+// can be resident at once; cudaErrorNotSupported if not.
+cudaError_t launch_cooperative(const void* kernel, int blocks, size_t smem, void** params,
+                               cudaStream_t stream) {
   int device = 0, sms = 0, max_smem = 0, cooperative = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   if (err != cudaSuccess) return err;
-  if (!cooperative || args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
-  // Spread the units over every multiprocessor: one block each.
-  const int units = static_cast<int>((args.hidden + sms - 1) / sms);
-  const int blocks = static_cast<int>((args.hidden + units - 1) / units);
-  const size_t smem = size_t(4) * units * args.hidden * sizeof(Acc);
-  if (smem > size_t(max_smem)) return cudaErrorNotSupported;
-  auto kernel = persistent_forward_kernel<T, Acc>;
+  if (!cooperative || smem > size_t(max_smem)) return cudaErrorNotSupported;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -90,18 +105,48 @@ cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
   if (err != cudaSuccess) return err;
   if (per_sm * sms < blocks) return cudaErrorNotSupported;
-  PersistentForwardArgs<T, Acc> a = args;
-  int units_per_block = units;
-  void* params[] = {&a, &units_per_block};
-  err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), blocks, kThreads,
-                                    params, smem, stream);
+  err = cudaLaunchCooperativeKernel(kernel, blocks, kThreads, params, smem, stream);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }
 
+cudaError_t multiprocessors(int* sms) {
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  return err != cudaSuccess ? err
+                            : cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
+}  // namespace
+
+template <typename T, typename Acc>
+cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args, int version,
+                                      cudaStream_t stream) {
+  if (version != 1 && version != 2) return cudaErrorInvalidValue;
+  if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
+  int sms = 0;
+  const cudaError_t err = multiprocessors(&sms);
+  if (err != cudaSuccess) return err;
+  PersistentForwardArgs<T, Acc> a = args;
+  if (version == 1) {
+    // Spread the units over every multiprocessor: one block each.
+    int units = static_cast<int>((args.hidden + sms - 1) / sms);
+    const int blocks = static_cast<int>((args.hidden + units - 1) / units);
+    const size_t smem = size_t(4) * units * args.hidden * sizeof(Acc);
+    void* params[] = {&a, &units};
+    return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
+                              blocks, smem, params, stream);
+  }
+  PersistentTiling tiling = persistent_tiling(args.batch, args.hidden, sms, kThreads);
+  const size_t smem = size_t(persistent_smem_elements(tiling, args.hidden)) * sizeof(Acc);
+  void* params[] = {&a, &tiling};
+  return launch_cooperative(reinterpret_cast<const void*>(tiled_persistent_kernel<T, Acc>),
+                            tiling.blocks, smem, params, stream);
+}
+
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \
   template cudaError_t launch_persistent_forward<T, Acc>(const PersistentForwardArgs<T, Acc>&, \
-                                                         cudaStream_t);
+                                                         int, cudaStream_t);
 FASTLSTM_INSTANTIATE(float, float)
 FASTLSTM_INSTANTIATE(double, double)
 FASTLSTM_INSTANTIATE(__half, float)

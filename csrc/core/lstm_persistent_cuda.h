@@ -1,34 +1,23 @@
 // Persistent forward of one LSTM layer, one direction: ONE cooperative launch runs every
-// time step. Each block owns a slice of hidden units and keeps its units' rows of W_hh (all
-// four gates) in shared memory for the whole sequence; a grid-wide barrier separates steps.
-// First pass (issue 7): fp32 arithmetic on CUDA cores, layers one after another (no
-// wavefront yet). Same outputs as the step loop, so the existing backward trains through it.
+// time step, W_hh stays in shared memory for the whole sequence, a grid-wide barrier
+// separates steps. Same outputs as the step loop, so the existing backward trains through it.
+// fp32 arithmetic on CUDA cores, layers one after another (no wavefront yet). Versions:
+//   1 (p1): one (batch row, unit) pair per thread, h_{t-1} read per k from global memory.
+//   2 (p2): register tiles of 4 rows x 4 gates, k split across threads (lstm_persistent.h).
+// Arguments (PersistentForwardArgs, shapes documented there) in lstm_persistent.h.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
-#include "lstm_step.h"
+#include "lstm_persistent.h"
 
 namespace fastlstm {
 
+// Launches `version` (1 or 2) on `stream`. Returns cudaErrorNotSupported when the weights do
+// not fit on chip or the grid cannot be resident at once (the caller then runs the step
+// loop), cudaErrorInvalidValue for an unknown version, else the launch's error.
 template <typename T, typename Acc>
-struct PersistentForwardArgs {
-  const T* xproj;   // [S, B, 4H] x W_ih^T + biases, rows [i | f | g | o]
-  const T* h0;      // [B, H]
-  const Acc* c0;    // [B, H]
-  const T* w_hh;    // [4H, H]
-  T* hs;            // [S, B, H]  out: h_t
-  Acc* cs;          // [S, B, H]  out: c_t
-  Acc* gates;       // [S, B, 4H] out: activated gates
-  int64_t steps, batch, hidden;
-  bool reverse;     // run t = S-1 .. 0
-};
-
-// Launches on `stream`. Returns cudaErrorNotSupported when the weights do not fit on chip or
-// the grid cannot be resident at once (the caller then runs the step loop), else the launch's
-// error.
-template <typename T, typename Acc>
-cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
+cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args, int version,
                                       cudaStream_t stream);
 
 }  // namespace fastlstm

@@ -103,6 +103,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
   return {out[0], out[1], out[2], out[3]};
 }
 
+// FASTLSTM_PERSISTENT_VERSION: 1 (default, p1) or 2 (p2, the tiled kernel); see
+// core/lstm_persistent_cuda.h.
+int persistent_version() {
+  const char* v = std::getenv("FASTLSTM_PERSISTENT_VERSION");
+  const int version = v == nullptr || v[0] == '\0' ? 1 : std::atoi(v);
+  FASTLSTM_CHECK(version == 1 || version == 2,
+                 "fastlstm: FASTLSTM_PERSISTENT_VERSION must be 1 or 2, got '", v, "'");
+  return version;
+}
+
 std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
                                                          const Tensor& h0_in, const Tensor& c0,
                                                          const Tensor& w_hh_in, bool reverse) {
@@ -117,6 +127,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
   Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
   Tensor gates = kernel_output({S, B, 4 * H}, opts.dtype(cs.scalar_type()));
   const Tensor c0_cell = c0.to(cs.scalar_type()).contiguous();
+  const int version = persistent_version();
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
                                   "fastlstm_persistent_forward", [&] {
@@ -126,7 +137,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
         ptr<T>(xproj), ptr<T>(h0),    ptr<Acc>(c0_cell), ptr<T>(w_hh), ptr<T>(hs),
         ptr<Acc>(cs),  ptr<Acc>(gates), S,                 B,            H,
         reverse};
-    err = launch_persistent_forward(args, at::cuda::getCurrentCUDAStream());
+    err = launch_persistent_forward(args, version, at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
     // The tests set FASTLSTM_PERSISTENT_STRICT=1, so a test of the kernel cannot pass by
