@@ -151,16 +151,8 @@ FASTLSTM_HD void tiled_cell_update(const PersistentForwardArgs<T, Acc>& a,
         const Acc* p = partial + ((tile * t.k_splits + slice) * kRowsPerTile + r) * 4;
         for (int q = 0; q < 4; ++q) pre[q] += p[q];
       }
-      const Gates<Acc> gate = activate_gates(pre[0], pre[1], pre[2], pre[3]);
-      Acc c, h;
-      cell_forward(gate, c_prev[b * H + unit], c, h);
-      Acc* g = a.gates + (time * B + b) * 4 * H + unit;
-      g[0] = gate.i;
-      g[H] = gate.f;
-      g[2 * H] = gate.g;
-      g[3 * H] = gate.o;
-      a.cs[(time * B + b) * H + unit] = c;
-      a.hs[(time * B + b) * H + unit] = Cv::store(h);
+      unit_forward(pre, c_prev[b * H + unit], H, a.gates + (time * B + b) * 4 * H + unit,
+                   a.cs + (time * B + b) * H + unit, a.hs + (time * B + b) * H + unit);
     }
   }
 }

@@ -49,16 +49,8 @@ persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_b
 #pragma unroll
         for (int q = 0; q < 4; ++q) acc[q] += hk * w[(q * H + k) * U + u];
       }
-      const Gates<Acc> gate = activate_gates(acc[0], acc[1], acc[2], acc[3]);
-      Acc c, h;
-      cell_forward(gate, c_prev[b * H + unit], c, h);
-      Acc* g = a.gates + (t * B + b) * 4 * H + unit;
-      g[0] = gate.i;
-      g[H] = gate.f;
-      g[2 * H] = gate.g;
-      g[3 * H] = gate.o;
-      a.cs[(t * B + b) * H + unit] = c;
-      a.hs[(t * B + b) * H + unit] = Cv::store(h);
+      unit_forward(acc, c_prev[b * H + unit], H, a.gates + (t * B + b) * 4 * H + unit,
+                   a.cs + (t * B + b) * H + unit, a.hs + (t * B + b) * H + unit);
     }
     grid.sync();  // h_t and c_t complete in every block before any block reads them
   }
