@@ -65,23 +65,6 @@ struct StepBackwardArgs {
   int64_t batch, hidden;
 };
 
-// One unit's forward from its four pre-activations: writes the activated gates to
-// gates[0], gates[H], gates[2H], gates[3H] (its columns of a [.., 4H] row), c_t and h_t.
-// Shared by the step kernels and the persistent kernels.
-template <typename T, typename Acc>
-FASTLSTM_HD void unit_forward(const Acc pre[4], Acc c_prev, int64_t H, Acc* gates, Acc* c_out,
-                              T* h_out) {
-  const Gates<Acc> gate = activate_gates(pre[0], pre[1], pre[2], pre[3]);
-  Acc c, h;
-  cell_forward(gate, c_prev, c, h);
-  gates[0] = gate.i;
-  gates[H] = gate.f;
-  gates[2 * H] = gate.g;
-  gates[3 * H] = gate.o;
-  *c_out = c;
-  *h_out = Convert<T, Acc>::store(h);
-}
-
 // One (batch row, unit) element.
 template <typename T, typename Acc>
 FASTLSTM_HD void step_forward_element(const StepForwardArgs<T, Acc>& a, int64_t row,
@@ -90,9 +73,18 @@ FASTLSTM_HD void step_forward_element(const StepForwardArgs<T, Acc>& a, int64_t 
   const int64_t H = a.hidden;
   const int64_t idx = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;  // the unit's i gate in its [B, 4H] row
-  Acc pre[4];
-  for (int q = 0; q < 4; ++q) pre[q] = Cv::load(a.xproj[gate0 + q * H]) + a.rec[gate0 + q * H];
-  unit_forward(pre, a.c_prev[idx], H, a.gates + gate0, a.c + idx, a.h + idx);
+  const auto pre = [&](int k) {
+    return Cv::load(a.xproj[gate0 + k * H]) + a.rec[gate0 + k * H];
+  };
+  const Gates<Acc> gate = activate_gates(pre(0), pre(1), pre(2), pre(3));
+  Acc c, h;
+  cell_forward(gate, a.c_prev[idx], c, h);
+  a.gates[gate0] = gate.i;
+  a.gates[gate0 + H] = gate.f;
+  a.gates[gate0 + 2 * H] = gate.g;
+  a.gates[gate0 + 3 * H] = gate.o;
+  a.c[idx] = c;
+  a.h[idx] = Cv::store(h);
 }
 
 // kHasGradC: whether a.grad_c is given. A compile-time flag, so the CPU loop over units
