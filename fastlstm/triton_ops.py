@@ -23,6 +23,8 @@ import os
 
 import torch
 
+from .ops import cell_dtype
+
 try:
     import triton
     import triton.language as tl
@@ -186,9 +188,6 @@ def _check(xproj, h0, c0, w_hh):
         raise RuntimeError("triton lstm: float64 is not supported (use the cpu/cuda backend)")
 
 
-def _cell_dtype(dtype):
-    return torch.float32
-
 
 def _output(like, *shape, dtype=None):
     """Like the C++ op: NaN-filled under FASTLSTM_POISON_OUTPUTS=1 (the tests), so an element
@@ -207,10 +206,10 @@ def layer_forward(xproj, h0, c0, w_hh, reverse: bool):
     _check(xproj, h0, c0, w_hh)
     steps, batch, hidden = xproj.size(0), xproj.size(1), w_hh.size(1)
     xproj, h0, w_hh = xproj.contiguous(), h0.contiguous(), w_hh.contiguous()
-    c0 = c0.to(_cell_dtype(xproj.dtype)).contiguous()
+    c0 = c0.to(cell_dtype(xproj.dtype)).contiguous()
     hs = _output(xproj, steps, batch, hidden)
-    cs = _output(xproj, steps, batch, hidden, dtype=_cell_dtype(xproj.dtype))
-    gates = _output(xproj, steps, batch, 4 * hidden, dtype=_cell_dtype(xproj.dtype))
+    cs = _output(xproj, steps, batch, hidden, dtype=cell_dtype(xproj.dtype))
+    gates = _output(xproj, steps, batch, 4 * hidden, dtype=cell_dtype(xproj.dtype))
     step = _launcher("forward", batch, hidden, xproj.dtype)
     h_prev, c_prev = h0, c0
     for t in _order(steps, reverse):

@@ -76,14 +76,12 @@ tiled_persistent_kernel(const PersistentForwardArgs<T, Acc> a, const PersistentT
   }
 }
 
-// Cooperative launch of `kernel` with `blocks` x kThreads and `smem` bytes, if the whole grid
-// can be resident at once; cudaErrorNotSupported if not.
-cudaError_t launch_cooperative(const void* kernel, int blocks, size_t smem, void** params,
-                               cudaStream_t stream) {
-  int device = 0, sms = 0, max_smem = 0, cooperative = 0;
+// Cooperative launch of `kernel` with `blocks` x kThreads and `smem` bytes on a device with
+// `sms` multiprocessors, if the whole grid can be resident at once; cudaErrorNotSupported if not.
+cudaError_t launch_cooperative(const void* kernel, int blocks, size_t smem, int sms,
+                               void** params, cudaStream_t stream) {
+  int device = 0, max_smem = 0, cooperative = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess)
-    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err == cudaSuccess)
@@ -127,13 +125,13 @@ cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
     const size_t smem = size_t(4) * units * args.hidden * sizeof(Acc);
     void* params[] = {&a, &units};
     return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
-                              blocks, smem, params, stream);
+                              blocks, smem, sms, params, stream);
   }
   PersistentTiling tiling = persistent_tiling(args.batch, args.hidden, sms, kThreads);
   const size_t smem = size_t(persistent_smem_elements(tiling, args.hidden)) * sizeof(Acc);
   void* params[] = {&a, &tiling};
   return launch_cooperative(reinterpret_cast<const void*>(tiled_persistent_kernel<T, Acc>),
-                            tiling.blocks, smem, params, stream);
+                            tiling.blocks, smem, sms, params, stream);
 }
 
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \

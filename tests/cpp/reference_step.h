@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <vector>
@@ -77,6 +78,11 @@ struct Checks {
   void expect(bool ok, const char* what, double value) {
     std::printf("%s %-44s %.3g\n", ok ? "ok  " : "FAIL", what, value);
     failed += !ok;
+  }
+  // Passes when the largest of `errors` is under `tol`; prints that largest error.
+  void expect_all_below(std::initializer_list<double> errors, double tol, const char* what) {
+    const double worst = std::max(errors);
+    expect(worst < tol, what, worst);
   }
 };
 

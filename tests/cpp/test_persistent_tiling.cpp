@@ -69,9 +69,9 @@ void check_shape(ref::Checks& checks, const Shape& sh, double tol) {
   std::snprintf(what, sizeof what, "S%d B%d H%d on %d SMs, KS %d%s (%s)", S, B, H, sh.sms,
                 tiling.k_splits, sh.reverse ? ", reverse" : "",
                 sizeof(T) == 4 ? "float" : "double");
-  const double err = std::max({ref::relative_error(hs_t, hs), ref::relative_error(cs_t, cs),
-                               ref::relative_error(gates_t, gates)});
-  checks.expect(err < tol, what, err);
+  checks.expect_all_below({ref::relative_error(hs_t, hs), ref::relative_error(cs_t, cs),
+                           ref::relative_error(gates_t, gates)},
+                          tol, what);
 }
 
 }  // namespace
