@@ -1,21 +1,15 @@
-// The persistent forward's arguments and, for the tiled version (p2), its per-block work
-// written as plain functions of (block, thread) so the C++ tests can run them on the CPU
-// (tests/cpp/test_persistent_tiling.cpp: every thread of every block in turn, phase by
-// phase) and the CUDA kernel (lstm_persistent_cuda.cu) runs the same code on a GPU.
-//
-// p2, per layer and direction, one cooperative launch:
-//   block k owns hidden units [k*U, k*U + U_k) and keeps their W_hh rows in shared memory
-//   as w_s[k'][u][q] (the four gates of a unit side by side: one 16-byte load in fp32);
-//   per step, phase 1: each work item (one unit u, kRowsPerTile batch rows, one slice of
-//   the hidden dimension k) sums h_{t-1}[rows, slice] * W_hh[4 gates of u, slice] into
-//   registers and writes the kRowsPerTile x 4 partial sums to shared memory;
-//   block barrier; phase 2: each (unit, rows) tile adds its slices' partial sums and the
-//   input projection, applies the gate math, writes gates, c_t, h_t; grid barrier.
-// Splitting k lets a block use all its threads when it has few (unit, rows) tiles (S1:
-// 4 units x 16 row groups = 64 tiles, 4 slices -> 256 items).
+// The persistent forward's arguments, and the per-block work of the tiled versions (p2: one
+// layer; p3: a stack of layers as a wavefront) written as plain functions of (block,
+// thread), so that the C++ tests and the CPU op run them on the CPU (run_stack_on_host:
+// every thread of every block in turn, phase by phase) and the CUDA kernel
+// (lstm_persistent_cuda.cu) runs the same code on a GPU. The tiling is described at
+// StackTiling below.
 #pragma once
 
 #include <stdint.h>
+
+#include <limits>
+#include <vector>
 
 #include "lstm_step.h"
 
@@ -53,93 +47,210 @@ FASTLSTM_HD void unit_forward(Acc a_i, Acc a_f, Acc a_g, Acc a_o, Acc c_prev, in
 }
 
 constexpr int kRowsPerTile = 4;
+constexpr int kMaxStackLayers = 8;
 
-// How p2 splits the work. Host code picks it (persistent_tiling); every thread reads it.
-struct PersistentTiling {
-  int units;       // U: hidden units per block (the last block may have fewer)
-  int blocks;      // ceil(H / U)
-  int row_groups;  // G = ceil(B / kRowsPerTile)
-  int k_splits;    // KS: slices of the hidden (reduction) dimension per (unit, rows) tile
-  int k_len;       // ceil(H / KS)
-  int threads;     // per block
+// p2/p3: a stack of L layers (L = 1 for the one-layer op) in one cooperative launch.
+// Layer 0 takes its input projection precomputed (xproj, one GEMM over all steps, as the
+// step loop does). A layer above computes its input projection inside the kernel from the
+// layer below's h_t: its gate rows are [W_ih | W_hh] (K = inputs + H columns) times the
+// concatenated [h_below_t | h_{t-1}], so it can run as soon as h_below_t exists.
+template <typename T, typename Acc>
+struct StackLayer {
+  const T* xproj;   // layer 0: [S, B, 4H] x W_ih^T + biases, rows [i | f | g | o]; above: null
+  const T* w_ih;    // above: [4H, inputs]; layer 0: null
+  const T* bias;    // above: [4H] b_ih + b_hh, or null (no bias); layer 0: null
+  const T* h0;      // [B, H]
+  const Acc* c0;    // [B, H]
+  const T* w_hh;    // [4H, H]
+  T* hs;            // [S, B, H]  out: h_t
+  Acc* cs;          // [S, B, H]  out: c_t
+  Acc* gates;       // [S, B, 4H] out: activated gates
+  int64_t inputs;   // columns of w_ih (the layer below's H); 0 for layer 0
 };
 
-// Units spread over `sms` blocks (one per multiprocessor); k split so that a block has about
-// `threads` work items, at most 8 slices.
-inline PersistentTiling persistent_tiling(int64_t batch, int64_t hidden, int sms, int threads) {
-  PersistentTiling t{};
-  t.units = static_cast<int>((hidden + sms - 1) / sms);
-  t.blocks = static_cast<int>((hidden + t.units - 1) / t.units);
+template <typename T, typename Acc>
+struct PersistentStackArgs {
+  StackLayer<T, Acc> layer[kMaxStackLayers];
+  int layers;
+  int64_t steps, batch, hidden;
+  bool reverse;     // every layer runs t = S-1 .. 0 (one layer: a bidirectional backward direction)
+};
+
+// How the stack's work is split. Host code picks it (stack_tiling); every thread reads it.
+//   Layer l owns blocks [first_block, first_block + blocks); block k of it owns hidden units
+//   [k*U, k*U + U_k) and keeps their gate rows in shared memory as w_s[k'][u][q] (k' over the
+//   K columns, the four gates of a unit side by side: one 16-byte load in fp32).
+//   Per wave, phase 1: each work item (one unit u, kRowsPerTile batch rows, one slice of the
+//   K columns) sums inputs x weights into registers and writes kRowsPerTile x 4 partial sums
+//   to shared memory; block barrier; phase 2: each (unit, rows) tile adds its slices' partial
+//   sums and xproj or the bias, applies the gate math, writes gates, c_t, h_t; grid barrier.
+// Splitting K lets a block use all its threads when it has few (unit, rows) tiles (S1 one
+// layer: 4 units x 16 row groups = 64 tiles, 4 slices -> 256 items).
+// The wavefront: at wave w layer l runs its step w - l, so layer l at step t runs beside
+// layer l+1 at step t-1 and a stack costs S + L - 1 grid barriers instead of S x L.
+struct StackLayerTiling {
+  int units;        // U: hidden units per block (the layer's last block may have fewer)
+  int blocks;       // ceil(H / U)
+  int first_block;  // the layer's first block in the grid
+  int k_splits;     // KS: slices of the K columns per (unit, rows) tile
+  int k_len;        // ceil(K / KS)
+};
+
+struct StackTiling {
+  int layers;
+  int row_groups;           // G = ceil(B / kRowsPerTile)
+  int threads;              // per block
+  int blocks;               // all layers'
+  int64_t weight_elements;  // shared memory (elements of Acc): weights of the largest slice,
+  int64_t partial_elements; // then the partial sums of the largest block
+  StackLayerTiling layer[kMaxStackLayers];
+};
+
+// Units per block for every layer so that the blocks fit `sms` (one block per
+// multiprocessor) with the per-block weight columns K x U as even as they can be: the
+// smallest budget W with sum_l ceil(H / floor(W / K_l)) <= sms. inputs[l]: layer l's K - H
+// (0 for layer 0). One layer: U = ceil(H / sms).
+inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
+                                int sms, int threads) {
+  auto units_for = [&](int l, int64_t budget) {
+    const int64_t u = budget / (inputs[l] + hidden);
+    return u < 1 ? int64_t(1) : (u > hidden ? hidden : u);
+  };
+  auto blocks_for = [&](int64_t budget) {
+    int64_t blocks = 0;
+    for (int l = 0; l < layers; ++l) blocks += (hidden + units_for(l, budget) - 1) / units_for(l, budget);
+    return blocks;
+  };
+  int64_t k_max = 0;
+  for (int l = 0; l < layers; ++l) k_max = inputs[l] + hidden > k_max ? inputs[l] + hidden : k_max;
+  int64_t lo = k_max, hi = k_max * hidden;  // blocks_for(hi) = layers
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (blocks_for(mid) <= sms) hi = mid; else lo = mid + 1;
+  }
+  StackTiling t{};
+  t.layers = layers;
   t.row_groups = static_cast<int>((batch + kRowsPerTile - 1) / kRowsPerTile);
-  const int64_t tiles = int64_t(t.units) * t.row_groups;
-  const int64_t splits = threads / tiles;
-  t.k_splits = static_cast<int>(splits < 1 ? 1 : (splits > 8 ? 8 : splits));
-  t.k_len = static_cast<int>((hidden + t.k_splits - 1) / t.k_splits);
   t.threads = threads;
+  for (int l = 0; l < layers; ++l) {
+    StackLayerTiling& lt = t.layer[l];
+    const int64_t K = inputs[l] + hidden;
+    lt.units = static_cast<int>(units_for(l, lo));
+    lt.blocks = static_cast<int>((hidden + lt.units - 1) / lt.units);
+    lt.first_block = t.blocks;
+    t.blocks += lt.blocks;
+    const int64_t tiles = int64_t(lt.units) * t.row_groups, splits = threads / tiles;
+    lt.k_splits = static_cast<int>(splits < 1 ? 1 : (splits > 8 ? 8 : splits));
+    lt.k_len = static_cast<int>((K + lt.k_splits - 1) / lt.k_splits);
+    const int64_t w = K * lt.units * 4, p = tiles * lt.k_splits * kRowsPerTile * 4;
+    t.weight_elements = w > t.weight_elements ? w : t.weight_elements;
+    t.partial_elements = p > t.partial_elements ? p : t.partial_elements;
+  }
   return t;
 }
 
-// Shared memory per block, in elements of Acc: W_hh slice, then the partial sums.
-inline int64_t persistent_smem_elements(const PersistentTiling& t, int64_t hidden) {
-  return hidden * t.units * 4 +
-         int64_t(t.units) * t.row_groups * t.k_splits * kRowsPerTile * 4;
+// Which layer block `block` works for, its first unit and its number of units.
+struct BlockSlice {
+  int layer;
+  int64_t u0;
+  int units;
+};
+
+FASTLSTM_HD BlockSlice block_slice(const StackTiling& t, int64_t hidden, int block) {
+  int l = 0;
+  while (l + 1 < t.layers && block >= t.layer[l + 1].first_block) ++l;
+  const int64_t u0 = int64_t(block - t.layer[l].first_block) * t.layer[l].units;
+  const int64_t left = hidden - u0;
+  return {l, u0, static_cast<int>(left < t.layer[l].units ? left : t.layer[l].units)};
 }
 
-FASTLSTM_HD int block_units(const PersistentTiling& t, int64_t hidden, int block) {
-  const int64_t left = hidden - int64_t(block) * t.units;
-  return static_cast<int>(left < t.units ? left : t.units);
-}
-
-// Once per launch: this block's W_hh rows into w_s [H][U_k][4].
+// A one-layer stack (p2) from the one-layer arguments.
 template <typename T, typename Acc>
-FASTLSTM_HD void tiled_load_weights(const PersistentForwardArgs<T, Acc>& a,
-                                    const PersistentTiling& t, int block, int tid, Acc* w_s) {
-  const int64_t H = a.hidden, u0 = int64_t(block) * t.units;
-  const int U = block_units(t, H, block);
-  // Walk W_hh row by row (k fastest: coalesced global reads).
-  for (int64_t i = tid; i < 4 * int64_t(U) * H; i += t.threads) {
-    const int64_t row = i / H, k = i % H, q = row / U, u = row % U;
-    w_s[(k * U + u) * 4 + q] = Convert<T, Acc>::load(a.w_hh[(q * H + u0 + u) * H + k]);
-  }
+PersistentStackArgs<T, Acc> one_layer_stack(const PersistentForwardArgs<T, Acc>& a) {
+  PersistentStackArgs<T, Acc> s{};
+  s.layer[0] = {a.xproj, nullptr, nullptr, a.h0, a.c0, a.w_hh, a.hs, a.cs, a.gates, 0};
+  s.layers = 1;
+  s.steps = a.steps, s.batch = a.batch, s.hidden = a.hidden, s.reverse = a.reverse;
+  return s;
 }
 
 // The time index of forward-order step s.
 template <typename T, typename Acc>
-FASTLSTM_HD int64_t time_index(const PersistentForwardArgs<T, Acc>& a, int64_t s) {
+FASTLSTM_HD int64_t time_index(const PersistentStackArgs<T, Acc>& a, int64_t s) {
   return a.reverse ? a.steps - 1 - s : s;
 }
 
-// Phase 1 of step s: partial gate sums of every work item into `partial`
-// [tiles * KS][kRowsPerTile][4].
+// The forward-order step layer l takes at wave w, or -1 when it has none then.
 template <typename T, typename Acc>
-FASTLSTM_HD void tiled_partial_sums(const PersistentForwardArgs<T, Acc>& a,
-                                    const PersistentTiling& t, int block, int64_t s, int tid,
-                                    const Acc* w_s, Acc* partial) {
-  using Cv = Convert<T, Acc>;
-  const int64_t H = a.hidden, B = a.batch;
-  const int U = block_units(t, H, block);
-  const T* h_prev = s == 0 ? a.h0 : a.hs + time_index(a, s - 1) * B * H;
-  const int64_t items = int64_t(U) * t.row_groups * t.k_splits;
+FASTLSTM_HD int64_t wave_step(const PersistentStackArgs<T, Acc>& a, int layer, int64_t wave) {
+  const int64_t s = wave - layer;
+  return s >= 0 && s < a.steps ? s : -1;
+}
+
+// Once per launch: this block's gate rows into w_s [K][U_k][4].
+template <typename T, typename Acc>
+FASTLSTM_HD void stack_load_weights(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
+                                    int block, int tid, Acc* w_s) {
+  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const StackLayer<T, Acc>& L = a.layer[bs.layer];
+  const int64_t H = a.hidden, in = L.inputs, K = in + H;
+  const int U = bs.units;
+  // Walk the weight rows (k fastest: coalesced global reads).
+  for (int64_t i = tid; i < 4 * int64_t(U) * K; i += t.threads) {
+    const int64_t row = i / K, k = i % K, q = row / U, u = row % U, g = q * H + bs.u0 + u;
+    const T w = k < in ? L.w_ih[g * in + k] : L.w_hh[g * H + k - in];
+    w_s[(k * U + u) * 4 + q] = Convert<T, Acc>::load(w);
+  }
+}
+
+// acc[r][q] += src[row0 + r][k - first] * w_s[k][u][q] for k in [k_begin, k_end); src rows
+// are `width` wide, rows at or past `batch` count as zeros.
+template <typename T, typename Acc>
+FASTLSTM_HD void accumulate_tile(const T* src, int64_t width, int64_t first, int64_t k_begin,
+                                 int64_t k_end, const Acc* w_s, int U, int64_t u, int64_t row0,
+                                 int64_t batch, Acc (&acc)[kRowsPerTile][4]) {
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    const Acc* w4 = w_s + (k * U + u) * 4;
+    const Acc w0 = w4[0], w1 = w4[1], w2 = w4[2], w3 = w4[3];
+#pragma unroll
+    for (int r = 0; r < kRowsPerTile; ++r) {
+      const int64_t b = row0 + r;
+      const Acc h = b < batch ? Convert<T, Acc>::load(src[b * width + k - first]) : Acc(0);
+      acc[r][0] += h * w0;
+      acc[r][1] += h * w1;
+      acc[r][2] += h * w2;
+      acc[r][3] += h * w3;
+    }
+  }
+}
+
+// Phase 1 of wave w: partial gate sums of every work item into `partial`
+// [tiles * KS][kRowsPerTile][4]. Reads only what earlier waves wrote.
+template <typename T, typename Acc>
+FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
+                                    int block, int64_t wave, int tid, const Acc* w_s,
+                                    Acc* partial) {
+  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const int64_t s = wave_step(a, bs.layer, wave);
+  if (s < 0) return;
+  const StackLayer<T, Acc>& L = a.layer[bs.layer];
+  const StackLayerTiling& lt = t.layer[bs.layer];
+  const int64_t H = a.hidden, B = a.batch, in = L.inputs, K = in + H;
+  const int U = bs.units;
+  // Columns [0, in): the layer below's h at this step (its wave was the last one);
+  // columns [in, K): this layer's h_{t-1}.
+  const T* below = in > 0 ? a.layer[bs.layer - 1].hs + time_index(a, s) * B * in : nullptr;
+  const T* h_prev = s == 0 ? L.h0 : L.hs + time_index(a, s - 1) * B * H;
+  const int64_t items = int64_t(U) * t.row_groups * lt.k_splits;
   for (int64_t item = tid; item < items; item += t.threads) {
     // Consecutive threads: k slices, then units, then row groups.
-    const int64_t tile = item / t.k_splits, slice = item % t.k_splits;
+    const int64_t tile = item / lt.k_splits, slice = item % lt.k_splits;
     const int64_t u = tile % U, row0 = (tile / U) * kRowsPerTile;
-    const int64_t k_begin = slice * t.k_len;
-    const int64_t k_end = k_begin + t.k_len < H ? k_begin + t.k_len : H;
+    const int64_t k_begin = slice * lt.k_len;
+    const int64_t k_end = k_begin + lt.k_len < K ? k_begin + lt.k_len : K;
     Acc acc[kRowsPerTile][4] = {};
-    for (int64_t k = k_begin; k < k_end; ++k) {
-      const Acc* w4 = w_s + (k * U + u) * 4;
-      const Acc w0 = w4[0], w1 = w4[1], w2 = w4[2], w3 = w4[3];
-#pragma unroll
-      for (int r = 0; r < kRowsPerTile; ++r) {
-        const int64_t b = row0 + r;
-        const Acc h = b < B ? Cv::load(h_prev[b * H + k]) : Acc(0);
-        acc[r][0] += h * w0;
-        acc[r][1] += h * w1;
-        acc[r][2] += h * w2;
-        acc[r][3] += h * w3;
-      }
-    }
+    accumulate_tile(below, in, 0, k_begin, k_end < in ? k_end : in, w_s, U, u, row0, B, acc);
+    accumulate_tile(h_prev, H, in, k_begin > in ? k_begin : in, k_end, w_s, U, u, row0, B, acc);
     Acc* out = partial + item * kRowsPerTile * 4;
 #pragma unroll
     for (int r = 0; r < kRowsPerTile; ++r)
@@ -148,30 +259,65 @@ FASTLSTM_HD void tiled_partial_sums(const PersistentForwardArgs<T, Acc>& a,
   }
 }
 
-// Phase 2 of step s: every (unit, rows) tile's gates, c_t and h_t.
+// Phase 2 of wave w: every (unit, rows) tile's gates, c_t and h_t.
 template <typename T, typename Acc>
-FASTLSTM_HD void tiled_cell_update(const PersistentForwardArgs<T, Acc>& a,
-                                   const PersistentTiling& t, int block, int64_t s, int tid,
-                                   const Acc* partial) {
+FASTLSTM_HD void stack_cell_update(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
+                                   int block, int64_t wave, int tid, const Acc* partial) {
   using Cv = Convert<T, Acc>;
-  const int64_t H = a.hidden, B = a.batch, u0 = int64_t(block) * t.units;
-  const int U = block_units(t, H, block);
+  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const int64_t s = wave_step(a, bs.layer, wave);
+  if (s < 0) return;
+  const StackLayer<T, Acc>& L = a.layer[bs.layer];
+  const int KS = t.layer[bs.layer].k_splits;
+  const int64_t H = a.hidden, B = a.batch;
+  const int U = bs.units;
   const int64_t time = time_index(a, s);
-  const Acc* c_prev = s == 0 ? a.c0 : a.cs + time_index(a, s - 1) * B * H;
+  const Acc* c_prev = s == 0 ? L.c0 : L.cs + time_index(a, s - 1) * B * H;
   const int64_t tiles = int64_t(U) * t.row_groups;
   for (int64_t tile = tid; tile < tiles; tile += t.threads) {
-    const int64_t unit = u0 + tile % U, row0 = (tile / U) * kRowsPerTile;
+    const int64_t unit = bs.u0 + tile % U, row0 = (tile / U) * kRowsPerTile;
     for (int r = 0; r < kRowsPerTile && row0 + r < B; ++r) {
       const int64_t b = row0 + r;
-      const T* x = a.xproj + (time * B + b) * 4 * H + unit;
-      Acc pre[4] = {Cv::load(x[0]), Cv::load(x[H]), Cv::load(x[2 * H]), Cv::load(x[3 * H])};
-      for (int64_t slice = 0; slice < t.k_splits; ++slice) {
-        const Acc* p = partial + ((tile * t.k_splits + slice) * kRowsPerTile + r) * 4;
+      Acc pre[4] = {};
+      if (L.xproj != nullptr) {
+        const T* x = L.xproj + (time * B + b) * 4 * H + unit;
+        for (int q = 0; q < 4; ++q) pre[q] = Cv::load(x[q * H]);
+      } else if (L.bias != nullptr) {
+        for (int q = 0; q < 4; ++q) pre[q] = Cv::load(L.bias[q * H + unit]);
+      }
+      for (int64_t slice = 0; slice < KS; ++slice) {
+        const Acc* p = partial + ((tile * KS + slice) * kRowsPerTile + r) * 4;
         for (int q = 0; q < 4; ++q) pre[q] += p[q];
       }
-      unit_forward(pre[0], pre[1], pre[2], pre[3], c_prev[b * H + unit], H, a.gates + (time * B + b) * 4 * H + unit,
-                   a.cs + (time * B + b) * H + unit, a.hs + (time * B + b) * H + unit);
+      unit_forward(pre[0], pre[1], pre[2], pre[3], c_prev[b * H + unit], H,
+                   L.gates + (time * B + b) * 4 * H + unit, L.cs + (time * B + b) * H + unit,
+                   L.hs + (time * B + b) * H + unit);
     }
+  }
+}
+
+// The kernel's schedule run on the host: per wave every block in turn (in reversed order
+// if `blocks_reversed`, so that a read of something the same wave writes meets a different
+// value or the NaN poison in one of the two orders), in each block every thread in turn,
+// phase by phase, as the GPU's barriers order them. Shared memory starts NaN. For the C++
+// tests and the CPU implementation of the stack op (which tests the torch glue).
+template <typename T, typename Acc>
+void run_stack_on_host(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
+                       bool blocks_reversed = false) {
+  std::vector<std::vector<Acc>> smem(
+      t.blocks, std::vector<Acc>(t.weight_elements + t.partial_elements,
+                                 std::numeric_limits<Acc>::quiet_NaN()));
+  for (int blk = 0; blk < t.blocks; ++blk)
+    for (int tid = 0; tid < t.threads; ++tid) stack_load_weights(a, t, blk, tid, smem[blk].data());
+  for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
+    for (int n = 0; n < t.blocks; ++n) {
+      const int blk = blocks_reversed ? t.blocks - 1 - n : n;
+      Acc* w_s = smem[blk].data();
+      for (int tid = 0; tid < t.threads; ++tid)
+        stack_partial_sums(a, t, blk, wave, tid, w_s, w_s + t.weight_elements);
+      for (int tid = 0; tid < t.threads; ++tid)  // __syncthreads()
+        stack_cell_update(a, t, blk, wave, tid, w_s + t.weight_elements);
+    }  // grid.sync()
   }
 }
 

@@ -56,23 +56,24 @@ persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_b
   }
 }
 
-// p2: lstm_persistent.h has the tiling and both phases.
+// p2 (one layer) and p3 (a stack as a wavefront): lstm_persistent.h has the tiling and both
+// phases. A block whose layer has no step at this wave only joins the barriers.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kThreads)
-tiled_persistent_kernel(const PersistentForwardArgs<T, Acc> a, const PersistentTiling tiling) {
+stack_persistent_kernel(const PersistentStackArgs<T, Acc> a, const StackTiling tiling) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Acc* w_s = reinterpret_cast<Acc*>(smem_raw);
-  Acc* partial = w_s + a.hidden * tiling.units * 4;
+  Acc* partial = w_s + tiling.weight_elements;
   const int block = blockIdx.x, tid = threadIdx.x;
-  tiled_load_weights(a, tiling, block, tid, w_s);
+  stack_load_weights(a, tiling, block, tid, w_s);
   __syncthreads();
-  for (int64_t s = 0; s < a.steps; ++s) {
-    tiled_partial_sums(a, tiling, block, s, tid, w_s, partial);
+  for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
+    stack_partial_sums(a, tiling, block, wave, tid, w_s, partial);
     __syncthreads();
-    tiled_cell_update(a, tiling, block, s, tid, partial);
-    grid.sync();  // h_t, c_t complete everywhere (and partial free) before the next step
+    stack_cell_update(a, tiling, block, wave, tid, partial);
+    grid.sync();  // this wave's h_t, c_t complete everywhere (and partial free) before the next
   }
 }
 
@@ -127,16 +128,32 @@ cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
     return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
                               blocks, smem, sms, params, stream);
   }
-  PersistentTiling tiling = persistent_tiling(args.batch, args.hidden, sms, kThreads);
-  const size_t smem = size_t(persistent_smem_elements(tiling, args.hidden)) * sizeof(Acc);
+  return launch_persistent_stack(one_layer_stack(args), stream);
+}
+
+template <typename T, typename Acc>
+cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args,
+                                    cudaStream_t stream) {
+  if (args.layers < 1 || args.layers > kMaxStackLayers) return cudaErrorInvalidValue;
+  if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
+  int sms = 0;
+  const cudaError_t err = multiprocessors(&sms);
+  if (err != cudaSuccess) return err;
+  int64_t inputs[kMaxStackLayers];
+  for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
+  StackTiling tiling = stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads);
+  const size_t smem = size_t(tiling.weight_elements + tiling.partial_elements) * sizeof(Acc);
+  PersistentStackArgs<T, Acc> a = args;
   void* params[] = {&a, &tiling};
-  return launch_cooperative(reinterpret_cast<const void*>(tiled_persistent_kernel<T, Acc>),
+  return launch_cooperative(reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc>),
                             tiling.blocks, smem, sms, params, stream);
 }
 
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \
   template cudaError_t launch_persistent_forward<T, Acc>(const PersistentForwardArgs<T, Acc>&, \
-                                                         int, cudaStream_t);
+                                                         int, cudaStream_t);                  \
+  template cudaError_t launch_persistent_stack<T, Acc>(const PersistentStackArgs<T, Acc>&,     \
+                                                       cudaStream_t);
 FASTLSTM_INSTANTIATE(float, float)
 FASTLSTM_INSTANTIATE(double, double)
 FASTLSTM_INSTANTIATE(__half, float)

@@ -1,8 +1,10 @@
-// The tiled persistent forward's per-block work (lstm_persistent.h, p2) run on the CPU:
-// every block, and in each block every thread, phase by phase, as the GPU's barriers order
-// them; against the double reference step chained over the sequence. This checks the
-// tiling and indexing (k slices, row groups, partial sums, a short last block, batch not a
-// multiple of the row tile, reverse time) without a GPU; the GPU tests check the kernel.
+// The tiled persistent forward's per-block work (lstm_persistent.h: p2 = one layer, p3 = a
+// stack as a wavefront) run on the CPU by run_stack_on_host: per wave every block, in each
+// block every thread, phase by phase, as the GPU's barriers order them, blocks in both
+// orders; against the double reference step chained over the sequence and up the layers.
+// This checks the tiling and indexing (k slices over [W_ih | W_hh], row groups, partial
+// sums, short last blocks, batch not a multiple of the row tile, reverse time, the wave
+// schedule) without a GPU; the GPU tests check the kernel.
 #include <cstdio>
 #include <limits>
 
@@ -12,66 +14,103 @@
 namespace {
 
 struct Shape {
-  int steps, batch, hidden, sms, threads;
-  bool reverse;
+  int steps, batch, hidden, layers, sms, threads;
+  bool reverse, bias;
 };
+
+struct Layer {  // one layer's inputs and its reference outputs
+  ref::Vec w_ih, bias, w_hh, h0, c0, hs, cs, gates;
+};
+
+// xproj: layer 0's input projection; returns every layer with its reference outputs.
+std::vector<Layer> reference_stack(const Shape& sh, std::mt19937& rng, const ref::Vec& xproj) {
+  const int S = sh.steps, B = sh.batch, H = sh.hidden;
+  std::vector<Layer> layers(sh.layers);
+  for (int l = 0; l < sh.layers; ++l) {
+    Layer& L = layers[l];
+    if (l > 0) L.w_ih = ref::random_vec(rng, size_t(4) * H * H, 0.3);
+    if (l > 0 && sh.bias) L.bias = ref::random_vec(rng, size_t(4) * H);
+    L.w_hh = ref::random_vec(rng, size_t(4) * H * H, 0.3);
+    L.h0 = ref::random_vec(rng, size_t(B) * H), L.c0 = ref::random_vec(rng, size_t(B) * H);
+    L.hs.resize(size_t(S) * B * H), L.cs.resize(size_t(S) * B * H);
+    L.gates.resize(size_t(S) * B * 4 * H);
+    ref::Vec h = L.h0, c = L.c0;
+    for (int s = 0; s < S; ++s) {
+      const int t = sh.reverse ? S - 1 - s : s;
+      ref::Vec x(size_t(B) * 4 * H, 0.0), rec(size_t(B) * 4 * H, 0.0);
+      for (int b = 0; b < B; ++b)
+        for (int j = 0; j < 4 * H; ++j) {
+          double& xj = x[b * 4 * H + j];
+          if (l == 0) {
+            xj = xproj[(size_t(t) * B + b) * 4 * H + j];
+          } else {
+            xj = L.bias.empty() ? 0.0 : L.bias[j];
+            const double* below = &layers[l - 1].hs[(size_t(t) * B + b) * H];
+            for (int k = 0; k < H; ++k) xj += below[k] * L.w_ih[size_t(j) * H + k];
+          }
+          for (int k = 0; k < H; ++k) rec[b * 4 * H + j] += h[b * H + k] * L.w_hh[size_t(j) * H + k];
+        }
+      ref::Vec g(size_t(B) * 4 * H), c_new(size_t(B) * H), h_new(size_t(B) * H);
+      ref::step_forward(B, H, x, rec, c, g, c_new, h_new);
+      std::copy(g.begin(), g.end(), L.gates.begin() + size_t(t) * B * 4 * H);
+      std::copy(c_new.begin(), c_new.end(), L.cs.begin() + size_t(t) * B * H);
+      std::copy(h_new.begin(), h_new.end(), L.hs.begin() + size_t(t) * B * H);
+      h = h_new, c = c_new;
+    }
+  }
+  return layers;
+}
+
+template <typename T>
+std::vector<T> as(const ref::Vec& v, size_t n = 0) {
+  if (v.empty()) return std::vector<T>(n, std::numeric_limits<T>::quiet_NaN());  // poison
+  return std::vector<T>(v.begin(), v.end());
+}
 
 template <typename T>
 void check_shape(ref::Checks& checks, const Shape& sh, double tol) {
   const int S = sh.steps, B = sh.batch, H = sh.hidden;
-  std::mt19937 rng(S * 1000 + B * 10 + H);
-  const ref::Vec xproj = ref::random_vec(rng, size_t(S) * B * 4 * H),
-                 h0 = ref::random_vec(rng, size_t(B) * H), c0 = ref::random_vec(rng, size_t(B) * H),
-                 w = ref::random_vec(rng, size_t(4) * H * H, 0.3);
-  // Reference: h_{t-1} W_hh^T, then the step, in the direction's time order.
-  ref::Vec hs(size_t(S) * B * H), cs(size_t(S) * B * H), gates(size_t(S) * B * 4 * H);
-  ref::Vec h = h0, c = c0;
-  for (int s = 0; s < S; ++s) {
-    const int t = sh.reverse ? S - 1 - s : s;
-    ref::Vec rec(size_t(B) * 4 * H, 0.0), x(xproj.begin() + size_t(t) * B * 4 * H,
-                                             xproj.begin() + size_t(t + 1) * B * 4 * H);
-    for (int b = 0; b < B; ++b)
-      for (int j = 0; j < 4 * H; ++j)
-        for (int k = 0; k < H; ++k) rec[b * 4 * H + j] += h[b * H + k] * w[size_t(j) * H + k];
-    ref::Vec g(size_t(B) * 4 * H), c_new(size_t(B) * H), h_new(size_t(B) * H);
-    ref::step_forward(B, H, x, rec, c, g, c_new, h_new);
-    std::copy(g.begin(), g.end(), gates.begin() + size_t(t) * B * 4 * H);
-    std::copy(c_new.begin(), c_new.end(), cs.begin() + size_t(t) * B * H);
-    std::copy(h_new.begin(), h_new.end(), hs.begin() + size_t(t) * B * H);
-    h = h_new, c = c_new;
-  }
+  std::mt19937 rng(S * 1000 + B * 10 + H + 7 * sh.layers);
+  const ref::Vec xproj = ref::random_vec(rng, size_t(S) * B * 4 * H);
+  const std::vector<Layer> want = reference_stack(sh, rng, xproj);
 
-  const std::vector<T> x_t(xproj.begin(), xproj.end()), h0_t(h0.begin(), h0.end()),
-      c0_t(c0.begin(), c0.end()), w_t(w.begin(), w.end());
-  const T nan = std::numeric_limits<T>::quiet_NaN();  // poison: unwritten elements fail
-  std::vector<T> hs_t(hs.size(), nan), cs_t(cs.size(), nan), gates_t(gates.size(), nan);
-  const fastlstm::PersistentForwardArgs<T, T> a{x_t.data(),  h0_t.data(), c0_t.data(),
-                                                w_t.data(),  hs_t.data(), cs_t.data(),
-                                                gates_t.data(), S, B, H, sh.reverse};
-  const fastlstm::PersistentTiling tiling =
-      fastlstm::persistent_tiling(B, H, sh.sms, sh.threads);
-  const int64_t w_elements = int64_t(H) * tiling.units * 4;
-  const int64_t smem_elements = fastlstm::persistent_smem_elements(tiling, H);
-  std::vector<std::vector<T>> smem(tiling.blocks, std::vector<T>(smem_elements, nan));
-  for (int blk = 0; blk < tiling.blocks; ++blk)
-    for (int tid = 0; tid < sh.threads; ++tid)
-      fastlstm::tiled_load_weights(a, tiling, blk, tid, smem[blk].data());
-  for (int64_t s = 0; s < S; ++s) {
-    for (int blk = 0; blk < tiling.blocks; ++blk) {
-      T* w_s = smem[blk].data();
-      for (int tid = 0; tid < sh.threads; ++tid)
-        fastlstm::tiled_partial_sums(a, tiling, blk, s, tid, w_s, w_s + w_elements);
-      for (int tid = 0; tid < sh.threads; ++tid)  // __syncthreads()
-        fastlstm::tiled_cell_update(a, tiling, blk, s, tid, w_s + w_elements);
-    }  // grid.sync()
+  for (bool blocks_reversed : {false, true}) {
+    struct Buffers { std::vector<T> w_ih, bias, w_hh, h0, c0, hs, cs, gates; };
+    std::vector<Buffers> buf(sh.layers);
+    const std::vector<T> x_t = as<T>(xproj);
+    fastlstm::PersistentStackArgs<T, T> a{};
+    int64_t inputs[fastlstm::kMaxStackLayers] = {};
+    for (int l = 0; l < sh.layers; ++l) {
+      const Layer& L = want[l];
+      Buffers& b = buf[l];
+      b.w_ih = as<T>(L.w_ih), b.bias = as<T>(L.bias), b.w_hh = as<T>(L.w_hh);
+      b.h0 = as<T>(L.h0), b.c0 = as<T>(L.c0);
+      b.hs = as<T>({}, L.hs.size()), b.cs = as<T>({}, L.cs.size());
+      b.gates = as<T>({}, L.gates.size());
+      inputs[l] = l == 0 ? 0 : H;
+      a.layer[l] = {l == 0 ? x_t.data() : nullptr,
+                    l == 0 ? nullptr : b.w_ih.data(),
+                    b.bias.empty() ? nullptr : b.bias.data(),
+                    b.h0.data(), b.c0.data(), b.w_hh.data(), b.hs.data(), b.cs.data(),
+                    b.gates.data(), inputs[l]};
+    }
+    a.layers = sh.layers, a.steps = S, a.batch = B, a.hidden = H, a.reverse = sh.reverse;
+    const fastlstm::StackTiling tiling =
+        fastlstm::stack_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads);
+    fastlstm::run_stack_on_host(a, tiling, blocks_reversed);
+
+    double worst = 0;
+    for (int l = 0; l < sh.layers; ++l)
+      worst = std::max({worst, ref::relative_error(buf[l].hs, want[l].hs),
+                        ref::relative_error(buf[l].cs, want[l].cs),
+                        ref::relative_error(buf[l].gates, want[l].gates)});
+    char what[160];
+    std::snprintf(what, sizeof what, "S%d B%d H%d L%d on %d SMs (%d blocks), KS %d%s%s%s (%s)", S,
+                  B, H, sh.layers, sh.sms, tiling.blocks, tiling.layer[0].k_splits,
+                  sh.reverse ? ", reverse" : "", sh.layers > 1 && !sh.bias ? ", no bias" : "",
+                  blocks_reversed ? ", blocks reversed" : "", sizeof(T) == 4 ? "float" : "double");
+    checks.expect(worst < tol && tiling.blocks <= sh.sms, what, worst);
   }
-  char what[120];
-  std::snprintf(what, sizeof what, "S%d B%d H%d on %d SMs, KS %d%s (%s)", S, B, H, sh.sms,
-                tiling.k_splits, sh.reverse ? ", reverse" : "",
-                sizeof(T) == 4 ? "float" : "double");
-  checks.expect_all_below({ref::relative_error(hs_t, hs), ref::relative_error(cs_t, cs),
-                           ref::relative_error(gates_t, gates)},
-                          tol, what);
 }
 
 }  // namespace
@@ -79,13 +118,21 @@ void check_shape(ref::Checks& checks, const Shape& sh, double tol) {
 int main() {
   ref::Checks checks;
   const Shape shapes[] = {
-      {5, 3, 37, 8, 256, false},    // 5 units per block, last block short (37 = 7*5 + 2)
-      {4, 7, 37, 8, 256, true},     // batch not a multiple of 4; reverse
-      {3, 1, 19, 132, 256, false},  // more SMs than units: one unit per block; batch 1
-      {1, 2, 64, 4, 256, false},    // one step; 16 units per block
-      {3, 9, 40, 4, 64, true},      // 64 threads: KS 2
-      {3, 40, 40, 4, 64, true},     // tiles (100) > threads (64): items loop, k not split
-      {2, 64, 96, 12, 256, false},  // S1-like proportions: 8 units x 16 row groups, KS 2
+      // One layer (p2).
+      {5, 3, 37, 1, 8, 256, false, true},    // 5 units per block, last block short (37 = 7*5 + 2)
+      {4, 7, 37, 1, 8, 256, true, true},     // batch not a multiple of 4; reverse
+      {3, 1, 19, 1, 132, 256, false, true},  // more SMs than units: one unit per block; batch 1
+      {1, 2, 64, 1, 4, 256, false, true},    // one step; 16 units per block
+      {3, 9, 40, 1, 4, 64, true, true},      // 64 threads: KS 2
+      {3, 40, 40, 1, 4, 64, true, true},     // tiles (100) > threads (64): items loop, k not split
+      {2, 64, 96, 1, 12, 256, false, true},  // S1-like proportions: 8 units x 16 row groups, KS 2
+      // Stacks (p3): the wavefront, [W_ih | W_hh] slices, layers sharing the SMs.
+      {5, 3, 37, 2, 12, 256, false, true},   // two layers; slices straddle the W_ih | W_hh edge
+      {6, 7, 21, 3, 16, 64, false, true},    // three layers, 64 threads
+      {4, 5, 19, 3, 8, 256, false, false},   // no bias in the layers above
+      {1, 2, 16, 3, 8, 256, false, true},    // one step: waves with idle layers only
+      {3, 1, 24, 4, 4, 256, true, true},     // one block per layer (L = SMs), batch 1, reverse
+      {2, 64, 96, 2, 26, 256, false, true},  // S1-like: layer 1 gets about twice the blocks
   };
   for (const Shape& sh : shapes) {
     check_shape<float>(checks, sh, 1e-5);
