@@ -67,7 +67,7 @@ def extensions():
     from torch.utils import cpp_extension
 
     with_cuda = want_cuda(torch, cuda_home)
-    sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp"]
+    sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp", "csrc/torch/stack.cpp"]
     # No -std: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
     # -fno-trapping-math lets GCC vectorise the gate math (see core/lstm_step.h).
     cxx = ["-O3", "-fno-trapping-math", f'-DFASTLSTM_TORCH_VERSION="{torch.__version__}"']

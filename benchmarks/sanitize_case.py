@@ -1,5 +1,5 @@
 """A small forward+backward through the CUDA backend (step loop, then the persistent forward,
-versions 1 and 2), for compute-sanitizer:
+versions 1, 2 and 3), for compute-sanitizer:
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py"""
 import os
 
@@ -18,12 +18,15 @@ for dtype in (torch.float32, torch.bfloat16):
     (h1.float().sum() + c1.float().sum()).backward()
 os.environ["FASTLSTM_PERSISTENT_STRICT"] = "1"  # the kernels must run, not the fallback
 fastlstm.set_persistent(True)
-for version in ("1", "2"):
+for version in ("1", "2", "3"):
     os.environ["FASTLSTM_PERSISTENT_VERSION"] = version
     for dtype in (torch.float32, torch.bfloat16):
-        lstm = FastLSTM(13, 37, 2, bidirectional=True, backend="cuda").cuda().to(dtype)
-        x = torch.randn(5, 3, 13, device="cuda", dtype=dtype, requires_grad=True)
-        out, (h, c) = lstm(x)
-        (out.float().sum() + c.float().sum()).backward()
+        # Version 3 runs the unidirectional stack in one launch, the bidirectional one by layers.
+        for bidirectional, layers in ((True, 2), (False, 3)):
+            lstm = FastLSTM(13, 37, layers, bidirectional=bidirectional,
+                            backend="cuda").cuda().to(dtype)
+            x = torch.randn(5, 3, 13, device="cuda", dtype=dtype, requires_grad=True)
+            out, (h, c) = lstm(x)
+            (out.float().sum() + c.float().sum()).backward()
 torch.cuda.synchronize()
 print("sanitize case ran")

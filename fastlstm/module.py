@@ -307,10 +307,13 @@ class FastLSTM(nn.Module):
                                            self.dropout, self.training, self.bidirectional,
                                            self.batch_first)
         else:
-            layer_op = (_triton_layer_op() if path == "triton"
-                        else torch.ops.fastlstm.lstm_layer_persistent
-                        if x.is_cuda and ops.persistent_enabled() else None)
-            out, h_n, c_n = self._forward_fused(x, state, layer_op)
+            persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
+            if persistent and ops.persistent_version() == 3 and self._stack_fits_one_launch():
+                out, h_n, c_n = self._forward_stack(x, state)
+            else:
+                layer_op = (_triton_layer_op() if path == "triton"
+                            else torch.ops.fastlstm.lstm_layer_persistent if persistent else None)
+                out, h_n, c_n = self._forward_fused(x, state, layer_op)
         if unbatched:
             out = out.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
@@ -362,6 +365,25 @@ class FastLSTM(nn.Module):
         if unsorted_idx is not None:
             h_n, c_n = h_n.index_select(1, unsorted_idx), c_n.index_select(1, unsorted_idx)
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
+
+    def _stack_fits_one_launch(self):
+        """Whether the persistent stack op (p3) can run this module: one direction, no
+        dropout between layers in training, at most 8 layers."""
+        return (not self.bidirectional and not (self.dropout > 0 and self.training)
+                and self.num_layers <= 8)
+
+    def _forward_stack(self, x, state):
+        """_forward_fused's contract, all layers in one persistent launch (ops.lstm_stack)."""
+        dtype = compute_dtype(x)
+        h0, c0 = (t.to(dtype) for t in state)
+        layer_in = (x.transpose(0, 1) if self.batch_first else x).to(dtype)
+        weights = lambda name: [  # noqa: E731
+            getattr(self, f"{name}_l{layer}").to(dtype) if self.bias or "weight" in name
+            else None for layer in range(self.num_layers)]
+        out, h_n, c_n = ops.lstm_stack(layer_in, h0, c0, weights("weight_ih"),
+                                       weights("weight_hh"), weights("bias_ih"),
+                                       weights("bias_hh"))
+        return (out.transpose(0, 1) if self.batch_first else out), h_n, c_n
 
     def _forward_fused(self, x, state, layer_op=None):
         """Layer by layer, direction by direction, through the fastlstm ops. x is batched

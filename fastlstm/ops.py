@@ -6,6 +6,8 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
       -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
+  lstm_stack_persistent(xproj, h0, c0, w_ih[], bias[], w_hh[]) -> (hs, cs, gates), each
+      [layers, ...] and layer l's slice what lstm_layer returns for it (csrc/torch/stack.h)
 cs, c_new and gates are kept in float32 for half types (float64 for float64).
 """
 from __future__ import annotations
@@ -84,6 +86,50 @@ def _step_backward(ctx, grad_h, grad_c, _grad_gates):
     return grad_x.squeeze(0), grad_h0, grad_c0, grad_w
 
 
+def _fake_stack(xproj, h0, c0, w_ih, bias, w_hh):
+    layers, hidden, cell = len(w_hh), w_hh[0].size(1), cell_dtype(xproj.dtype)
+    steps, batch = xproj.size(0), xproj.size(1)
+    return (xproj.new_empty(layers, steps, batch, hidden),
+            xproj.new_empty((layers, steps, batch, hidden), dtype=cell),
+            xproj.new_empty((layers, steps, batch, 4 * hidden), dtype=cell))
+
+
+def _stack_setup_context(ctx, inputs, output):
+    _, h0, c0, w_ih, bias, w_hh = inputs
+    hs, cs, gates = output
+    ctx.save_for_backward(h0, c0, hs, cs, gates, *w_ih, *w_hh)
+    ctx.layers, ctx.has_bias = len(w_hh), len(bias) > 0
+    ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
+
+
+def _stack_backward(ctx, grad_hs, grad_cs, _grad_gates):
+    """From the top layer down, each through lstm_layer_backward (the one-layer ops' own
+    backward): a layer's gradient on its input projection gives W_ih's and the bias's
+    gradients and, through W_ih, the layer below's share of its output gradient."""
+    layers = ctx.layers
+    h0, c0, hs, cs, gates, *weights = ctx.saved_tensors
+    w_ih, w_hh = weights[:layers - 1], weights[layers - 1:]
+    grad_h0, grad_c0, grad_w_hh = [None] * layers, [None] * layers, [None] * layers
+    grad_w_ih, grad_bias = [None] * (layers - 1), [None] * (layers - 1)
+    from_above = None
+    for layer in reversed(range(layers)):
+        grad_out = torch.zeros_like(hs[layer]) if grad_hs is None else grad_hs[layer]
+        if from_above is not None:
+            grad_out = grad_out + from_above
+        grad_xproj, grad_h0[layer], grad_c0[layer], grad_w_hh[layer] = (
+            torch.ops.fastlstm.lstm_layer_backward(
+                grad_out, None if grad_cs is None else grad_cs[layer], h0[layer], c0[layer],
+                w_hh[layer], hs[layer], cs[layer], gates[layer], False))
+        if layer > 0:
+            flat = grad_xproj.flatten(0, 1)
+            grad_w_ih[layer - 1] = flat.t() @ hs[layer - 1].flatten(0, 1)
+            grad_bias[layer - 1] = flat.sum(0)
+            from_above = grad_xproj @ w_ih[layer - 1]
+    return (grad_xproj, torch.stack(grad_h0), torch.stack(grad_c0), grad_w_ih,
+            grad_bias if ctx.has_bias else [], grad_w_hh)
+
+
 def _no_double_backward(ctx, *grads):
     raise RuntimeError("fastlstm: double backward (gradients of gradients) through the LSTM "
                        "ops is not supported")
@@ -102,6 +148,9 @@ if _extension.available():
                    lambda *args: torch.ops.fastlstm.lstm_layer_backward(*args))
     layer_autograd("fastlstm::lstm_layer",
                    lambda *args: torch.ops.fastlstm.lstm_layer_backward(*args))
+    torch.library.register_fake("fastlstm::lstm_stack_persistent")(_fake_stack)
+    torch.library.register_autograd("fastlstm::lstm_stack_persistent", _stack_backward,
+                                    setup_context=_stack_setup_context)
     torch.library.register_autograd("fastlstm::lstm_step", _step_backward,
                                     setup_context=_step_setup_context)
     # Registered so that autograd says so plainly instead of silently returning nothing.
@@ -137,6 +186,15 @@ def persistent_enabled() -> bool:
     return _persistent["on"]
 
 
+def persistent_version() -> int:
+    """Which persistent kernel set_persistent(True) runs: FASTLSTM_PERSISTENT_VERSION, 1 (the
+    default, p1), 2 (p2, tiled) or 3 (p3: a unidirectional stack without dropout in one
+    launch, the layers as a wavefront; other modules layer by layer as p2). The C++ op reads
+    the same variable and rejects other values."""
+    value = os.environ.get("FASTLSTM_PERSISTENT_VERSION", "").strip()
+    return int(value) if value in ("1", "2", "3") else 1
+
+
 def input_projection(x, w_ih, b_ih, b_hh):
     """x W_ih^T + b_ih + b_hh for all steps at once: one GEMM outside the time loop."""
     return F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
@@ -150,6 +208,17 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
     hs, cs, _ = layer_op(xproj, h0, c0, w_hh, reverse)
     last = 0 if reverse else -1
     return hs, hs[last], cs[last].to(x.dtype)
+
+
+def lstm_stack(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """A unidirectional stack of len(w_hh) layers in one persistent launch, the layers as a
+    wavefront (p3): x [S, B, F], h0, c0 [L, B, H]; w_ih, w_hh, b_ih, b_hh: lists, one entry
+    per layer (b_ih, b_hh entries None without bias) -> (out [S, B, H], h_n, c_n [L, B, H])."""
+    xproj = input_projection(x, w_ih[0], b_ih[0], b_hh[0])
+    bias = [] if b_ih[0] is None else [bi + bh for bi, bh in zip(b_ih[1:], b_hh[1:])]
+    hs, cs, _ = torch.ops.fastlstm.lstm_stack_persistent(xproj, h0, c0, list(w_ih[1:]), bias,
+                                                         list(w_hh))
+    return hs[-1], hs[:, -1], cs[:, -1].to(x.dtype)
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):

@@ -125,10 +125,11 @@ def test_inside_a_callers_cuda_graph(graphs_restored):
     assert_close(static_out, want, 1e-6, "caller's graph replay")
 
 
-@pytest.fixture(params=["1", "2"], ids=["p1", "p2"])
+@pytest.fixture(params=["1", "2", "3"], ids=["p1", "p2", "p3"])
 def persistent(monkeypatch, request):
-    """The persistent forward on (each version), and its step-loop fallback an error (so
-    these tests cannot pass without the kernel running)."""
+    """The persistent forward on (each version; p3 runs unidirectional modules as one stack
+    launch, the others layer by layer as p2), and its step-loop fallback an error (so these
+    tests cannot pass without the kernel running)."""
     monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
     monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", request.param)
     before = fastlstm.persistent_enabled()
@@ -161,11 +162,11 @@ def test_persistent_kernel_falls_back_where_it_does_not_fit(persistent, monkeypa
 
 
 def test_persistent_version_must_be_known(monkeypatch):
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", "3")
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", "4")
     x = torch.randn(2, 1, 8, device="cuda")
     h0, c0, w = torch.zeros(1, 2, device="cuda"), torch.zeros(1, 2, device="cuda"), \
         torch.zeros(8, 2, device="cuda")
-    with pytest.raises(RuntimeError, match="must be 1 or 2"):
+    with pytest.raises(RuntimeError, match="must be 1, 2 or 3"):
         torch.ops.fastlstm.lstm_layer_persistent(x, h0, c0, w, False)
 
 
@@ -179,3 +180,48 @@ def test_persistent_kernel_equals_the_step_loop(persistent):
         loop = torch.ops.fastlstm.lstm_layer(xproj, h0, c0, w, reverse)
         for a, b, name in zip(ours, loop, ("hs", "cs", "gates")):
             assert_close(a, b, 1e-6, f"persistent {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_persistent_stack_at_s1_width_matches_oracle(persistent, dtype):
+    """Hidden 512, batch 64 (S1's width: 132 blocks' worth of tiles on an H200), 2 layers,
+    20 steps, trained through the existing backward."""
+    from test_lstm import Case, compare_to_oracle
+    compare_to_oracle(Case("s1_width", layers=2, hidden=512, batch=64, seq=20, inputs=64),
+                      "cuda", "cuda", dtype, seed=21)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_persistent_stack_kernel_equals_its_host_run(monkeypatch, dtype):
+    """The CUDA kernel against the same per-block code run on the CPU (the CPU op)."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    from test_stack import stack_args
+    args = stack_args(layers=3, steps=7, batch=5, hidden=70, seed=4)
+    to = lambda a, device: ([t.detach().to(device, dtype) for t in a]  # noqa: E731
+                            if isinstance(a, list) else a.detach().to(device, dtype))
+    host, cuda = [to(a, "cpu") for a in args], [to(a, "cuda") for a in args]
+    want = torch.ops.fastlstm.lstm_stack_persistent(*host)
+    got = torch.ops.fastlstm.lstm_stack_persistent(*cuda)
+    for a, b, name in zip(got, want, ("hs", "cs", "gates")):
+        assert_close(a, b, 1e-12 if dtype == torch.float64 else 1e-6, f"stack {name}")
+
+
+def test_persistent_stack_falls_back_where_it_does_not_fit(monkeypatch):
+    """Hidden 2048 fp32, 2 layers: 200 MB of weights, far over the GPU's shared memory."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    from test_stack import stack_args
+    args = [[t.detach().float().cuda() * 0.05 for t in a] if isinstance(a, list)
+            else a.detach().float().cuda() for a in stack_args(layers=2, steps=3, batch=2,
+                                                                 hidden=2048, seed=5)]
+    with pytest.raises(RuntimeError, match="does not fit this stack"):
+        torch.ops.fastlstm.lstm_stack_persistent(*args)
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "0")
+    hs, cs, gates = torch.ops.fastlstm.lstm_stack_persistent(*args)
+    xproj, h0, c0, w_ih, bias, w_hh = args
+    below = None
+    for layer in range(2):
+        xp = xproj if layer == 0 else below @ w_ih[0].t() + bias[0]
+        want = torch.ops.fastlstm.lstm_layer(xp, h0[layer], c0[layer], w_hh[layer], False)
+        for a, b, name in zip((hs[layer], cs[layer], gates[layer]), want, ("hs", "cs", "gates")):
+            assert_close(a, b, 1e-6, f"fallback layer {layer} {name}")
+        below = want[0]

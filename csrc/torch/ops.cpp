@@ -7,6 +7,7 @@
 #include "../core/lstm_step.h"
 #include "check.h"
 #include "layer.h"
+#include "stack.h"
 
 #ifdef FASTLSTM_WITH_CUDA
 #include "../core/lstm_step_cuda.h"
@@ -107,6 +108,28 @@ std::tuple<Tensor, Tensor, Tensor> step_cpu(const Tensor& xproj, const Tensor& h
   return step_forward(xproj, h, c, w_hh, kCpuKernels);
 }
 
+// The stack op on the CPU runs the persistent kernel's per-block code on the host
+// (run_stack_on_host): serial and slow, it is there so that the tests can check the kernel's
+// tiling and wave schedule, and the op's glue and autograd, against the oracle without a GPU.
+// The grid it emulates: 8 multiprocessors of 256 threads.
+constexpr int kHostSms = 8, kHostThreads = 256;
+
+std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, const Tensor& h0,
+                                                        const Tensor& c0, at::TensorList w_ih,
+                                                        at::TensorList bias,
+                                                        at::TensorList w_hh) {
+  check_cpu(xproj);
+  StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fastlstm_stack_persistent_cpu", [&] {
+    const auto args = stack_args<scalar_t, scalar_t>(st);
+    int64_t inputs[kMaxStackLayers];
+    for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
+    run_stack_on_host(args, stack_tiling(inputs, args.layers, args.batch, args.hidden, kHostSms,
+                                         kHostThreads));
+  });
+  return {st.hs, st.cs, st.gates};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fastlstm, m) {
@@ -120,6 +143,10 @@ TORCH_LIBRARY(fastlstm, m) {
   // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
         " -> (Tensor hs, Tensor cs, Tensor gates)");
+  // A unidirectional stack of layers in one persistent launch, the layers as a wavefront
+  // (p3); shapes in stack.h. Opt-in (fastlstm.set_persistent + FASTLSTM_PERSISTENT_VERSION=3).
+  m.def("lstm_stack_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] bias,"
+        " Tensor[] w_hh) -> (Tensor hs, Tensor cs, Tensor gates)");
   // One fused step (FastLSTMCell, samplers). Its backward is lstm_layer_backward with seq = 1.
   m.def("lstm_step(Tensor xproj, Tensor h, Tensor c, Tensor w_hh)"
         " -> (Tensor h_new, Tensor c_new, Tensor gates)");
@@ -129,6 +156,7 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("lstm_layer", &layer_cpu);
   m.impl("lstm_layer_backward", &layer_backward_cpu);
   m.impl("lstm_step", &step_cpu);
+  m.impl("lstm_stack_persistent", &stack_persistent_cpu);
 }
 
 }  // namespace fastlstm

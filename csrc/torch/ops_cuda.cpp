@@ -14,6 +14,7 @@
 #include "check.h"
 #include "cuda_graphs.h"
 #include "layer.h"
+#include "stack.h"
 
 namespace fastlstm {
 namespace {
@@ -103,14 +104,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
   return {out[0], out[1], out[2], out[3]};
 }
 
-// FASTLSTM_PERSISTENT_VERSION: 1 (default, p1) or 2 (p2, the tiled kernel); see
+// FASTLSTM_PERSISTENT_VERSION: 1 (default, p1), 2 (p2, the tiled kernel) or 3 (p3: the
+// module runs a whole stack through lstm_stack_persistent; a single layer gets p2); see
 // core/lstm_persistent_cuda.h.
 int persistent_version() {
   const char* v = std::getenv("FASTLSTM_PERSISTENT_VERSION");
   const int version = v == nullptr || v[0] == '\0' ? 1 : std::atoi(v);
-  FASTLSTM_CHECK(version == 1 || version == 2,
-                 "fastlstm: FASTLSTM_PERSISTENT_VERSION must be 1 or 2, got '", v, "'");
+  FASTLSTM_CHECK(version >= 1 && version <= 3,
+                 "fastlstm: FASTLSTM_PERSISTENT_VERSION must be 1, 2 or 3, got '", v, "'");
   return version;
+}
+
+// Where the persistent kernel does not fit: an error under FASTLSTM_PERSISTENT_STRICT=1 (the
+// tests set it, so a test of the kernel cannot pass by silently running the step loop),
+// else a warning (once) before the caller runs the step loop.
+void persistent_does_not_fit(const char* what, int64_t hidden, int64_t batch) {
+  const char* strict = std::getenv("FASTLSTM_PERSISTENT_STRICT");
+  FASTLSTM_CHECK(strict == nullptr || strict[0] != '1', "fastlstm: the persistent kernel does "
+                 "not fit this ", what, " (hidden ", hidden, ", batch ", batch,
+                 ") and FASTLSTM_PERSISTENT_STRICT=1 forbids the fallback");
+  TORCH_WARN_ONCE("fastlstm: the persistent kernel does not fit this ", what, " on this GPU "
+                  "(weight slices over shared memory, or the grid over the multiprocessors); "
+                  "using the step loop");
 }
 
 std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
@@ -127,7 +142,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
   Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
   Tensor gates = kernel_output({S, B, 4 * H}, opts.dtype(cs.scalar_type()));
   const Tensor c0_cell = c0.to(cs.scalar_type()).contiguous();
-  const int version = persistent_version();
+  const int version = persistent_version() == 1 ? 1 : 2;  // one layer: p3 is p2
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
                                   "fastlstm_persistent_forward", [&] {
@@ -140,19 +155,34 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
     err = launch_persistent_forward(args, version, at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
-    // The tests set FASTLSTM_PERSISTENT_STRICT=1, so a test of the kernel cannot pass by
-    // silently running the step loop instead.
-    const char* strict = std::getenv("FASTLSTM_PERSISTENT_STRICT");
-    FASTLSTM_CHECK(strict == nullptr || strict[0] != '1',
-                   "fastlstm: the persistent kernel does not fit this layer (hidden ", H,
-                   ", batch ", B, ") and FASTLSTM_PERSISTENT_STRICT=1 forbids the fallback");
-    TORCH_WARN_ONCE("fastlstm: the persistent kernel does not fit this layer on this GPU "
-                    "(W_hh slices over shared memory, or the grid over the multiprocessors); "
-                    "using the step loop");
+    persistent_does_not_fit("layer", H, B);
     return layer_forward(xproj, h0, c0, w_hh, reverse, kCudaKernels);
   }
   check_launch(err, "persistent forward");
   return {hs, cs, gates};
+}
+
+std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, const Tensor& h0,
+                                                         const Tensor& c0, at::TensorList w_ih,
+                                                         at::TensorList bias,
+                                                         at::TensorList w_hh) {
+  const c10::cuda::CUDAGuard guard(xproj.device());
+  const c10::NoGradGuard no_grad;
+  StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
+  cudaError_t err = cudaSuccess;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
+                                  "fastlstm_stack_persistent", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    using Acc = at::opmath_type<scalar_t>;
+    err = launch_persistent_stack(stack_args<T, Acc>(st), at::cuda::getCurrentCUDAStream());
+  });
+  if (err == cudaErrorNotSupported) {
+    persistent_does_not_fit("stack", st.w_hh[0].size(1), st.xproj.size(1));
+    stack_by_layers(st, kCudaKernels);
+  } else {
+    check_launch(err, "persistent stack forward");
+  }
+  return {st.hs, st.cs, st.gates};
 }
 
 std::tuple<Tensor, Tensor, Tensor> step_cuda(const Tensor& xproj, const Tensor& h,
@@ -168,6 +198,7 @@ TORCH_LIBRARY_IMPL(fastlstm, CUDA, m) {
   m.impl("lstm_layer_backward", &layer_backward_cuda);
   m.impl("lstm_step", &step_cuda);
   m.impl("lstm_layer_persistent", &layer_persistent_cuda);
+  m.impl("lstm_stack_persistent", &stack_persistent_cuda);
 }
 
 }  // namespace fastlstm
