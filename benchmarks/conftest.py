@@ -4,7 +4,7 @@ import torch
 
 # cuda_persistent (p1) is left out by default: run 7 measured it slower than cuda everywhere
 # but S3 fwd+bwd and the step (benchmarks/NOTES.md); name it to run it.
-CUDA_BACKENDS = "cuda,cuda_eager,cuda_persistent2,cuda_persistent3,triton,cudnn"
+CUDA_BACKENDS = "cuda,cuda_eager,cuda_persistent2,cuda_persistent3,cuda_persistent4,triton,cudnn"
 
 
 def pytest_addoption(parser):
@@ -15,8 +15,9 @@ def pytest_addoption(parser):
                           "S3,step on cpu")
     parser.addoption("--bench-backends", default=None,
                      help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
-                          "graphs; cuda_persistent, cuda_persistent2, cuda_persistent3: the "
-                          "persistent forward, versions 1, 2 and 3); default: " + CUDA_BACKENDS + " on cuda, "
+                          "graphs; cuda_persistent, cuda_persistent2 .. cuda_persistent4: the "
+                          "persistent forward, versions 1 to 4); default: " + CUDA_BACKENDS +
+                          " on cuda, "
                           "cpu,aten on cpu")
     parser.addoption("--bench-dtypes", default=None,
                      help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 on "

@@ -83,7 +83,7 @@ record "memcheck (test_step_cuda)" "exit $?"
 step "benchmarks (twice: the spread between the runs is the noise)"
 runs="1 2"; bench_args=""
 if [ "$QUICK" = 1 ]; then
-  runs=1; bench_args="--bench-backends=cuda,cuda_persistent2,cuda_persistent3,triton,cudnn"
+  runs=1; bench_args="--bench-backends=cuda,cuda_persistent2,cuda_persistent3,cuda_persistent4,triton,cudnn"
 fi
 for run in $runs; do
   timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda $bench_args \

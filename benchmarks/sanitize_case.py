@@ -1,5 +1,5 @@
 """A small forward+backward through the CUDA backend (step loop, then the persistent forward,
-versions 1, 2 and 3), for compute-sanitizer:
+versions 1 to 4), for compute-sanitizer:
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py"""
 import os
 
@@ -18,10 +18,11 @@ for dtype in (torch.float32, torch.bfloat16):
     (h1.float().sum() + c1.float().sum()).backward()
 os.environ["FASTLSTM_PERSISTENT_STRICT"] = "1"  # the kernels must run, not the fallback
 fastlstm.set_persistent(True)
-for version in ("1", "2", "3"):
+for version in ("1", "2", "3", "4"):
     os.environ["FASTLSTM_PERSISTENT_VERSION"] = version
     for dtype in (torch.float32, torch.bfloat16):
-        # Version 3 runs the unidirectional stack in one launch, the bidirectional one by layers.
+        # Versions 3 and 4 run the unidirectional stack in one launch, the bidirectional one by
+        # layers.
         for bidirectional, layers in ((True, 2), (False, 3)):
             lstm = FastLSTM(13, 37, layers, bidirectional=bidirectional,
                             backend="cuda").cuda().to(dtype)

@@ -34,11 +34,12 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
     # "cuda_eager": the CUDA backend with CUDA-graph replay off (one launch per kernel);
     # "cuda_persistent": its forward as the persistent kernel (issue 7), version 1;
     # "cuda_persistent2": version 2 (the tiled kernel); "cuda_persistent3": version 3 (the
-    # whole stack in one launch, the layers as a wavefront).
+    # whole stack in one launch, the layers as a wavefront); "cuda_persistent4": version 4
+    # (version 3 with tensor cores for bf16).
     if backend.startswith("cuda"):
         fastlstm.set_cuda_graphs(backend != "cuda_eager")
         fastlstm.set_persistent(backend.startswith("cuda_persistent"))
-        os.environ["FASTLSTM_PERSISTENT_VERSION"] = backend[-1] if backend[-1] in "23" else "1"
+        os.environ["FASTLSTM_PERSISTENT_VERSION"] = backend[-1] if backend[-1] in "234" else "1"
     lstm = FastLSTM(hidden, hidden, layers,
                     backend="cuda" if backend.startswith("cuda_") else backend).to(device, dtype)
     x = torch.randn(seq, batch, hidden, device=device, dtype=dtype)

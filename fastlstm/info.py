@@ -16,7 +16,7 @@ def report() -> list[tuple[str, str]]:
         archs = ", ".join(f"sm_{int(a) // 10}" for a in ext.cuda_archs.split(",") if a.isdigit())
         graphs = "on" if ext.cuda_graphs_enabled() else "off"
         persistent = (f"on, version {ops.persistent_version()}" if ops.persistent_enabled()
-                      else "off (opt-in: p1 correct on a GPU, not yet faster; p2/p3 not yet "
+                      else "off (opt-in: p1 correct on a GPU, not yet faster; p2-p4 not yet "
                       "run on a GPU)")
         rows.append(("CUDA kernels (backend='cuda')",
                      f"compiled for {archs}; CUDA graphs {graphs}; persistent forward "

@@ -308,7 +308,7 @@ class FastLSTM(nn.Module):
                                            self.batch_first)
         else:
             persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
-            if persistent and ops.persistent_version() == 3 and self._stack_fits_one_launch():
+            if persistent and ops.persistent_version() >= 3 and self._stack_fits_one_launch():
                 out, h_n, c_n = self._forward_stack(x, state)
             else:
                 layer_op = (_triton_layer_op() if path == "triton"
@@ -367,7 +367,7 @@ class FastLSTM(nn.Module):
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
 
     def _stack_fits_one_launch(self):
-        """Whether the persistent stack op (p3) can run this module: one direction, no
+        """Whether the persistent stack op (p3, p4) can run this module: one direction, no
         dropout between layers in training, at most 8 layers."""
         return (not self.bidirectional and not (self.dropout > 0 and self.training)
                 and self.num_layers <= 8)

@@ -188,11 +188,12 @@ def persistent_enabled() -> bool:
 
 def persistent_version() -> int:
     """Which persistent kernel set_persistent(True) runs: FASTLSTM_PERSISTENT_VERSION, 1 (the
-    default, p1), 2 (p2, tiled) or 3 (p3: a unidirectional stack without dropout in one
-    launch, the layers as a wavefront; other modules layer by layer as p2). The C++ op reads
-    the same variable and rejects other values."""
+    default, p1), 2 (p2, tiled), 3 (p3: a unidirectional stack without dropout in one launch,
+    the layers as a wavefront; other modules layer by layer as p2) or 4 (p4: p3 with its
+    products on tensor cores for bf16/fp16). The C++ op reads the same variable and rejects
+    other values."""
     value = os.environ.get("FASTLSTM_PERSISTENT_VERSION", "").strip()
-    return int(value) if value in ("1", "2", "3") else 1
+    return int(value) if value in ("1", "2", "3", "4") else 1
 
 
 def input_projection(x, w_ih, b_ih, b_hh):

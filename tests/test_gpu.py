@@ -125,11 +125,11 @@ def test_inside_a_callers_cuda_graph(graphs_restored):
     assert_close(static_out, want, 1e-6, "caller's graph replay")
 
 
-@pytest.fixture(params=["1", "2", "3"], ids=["p1", "p2", "p3"])
+@pytest.fixture(params=["1", "2", "3", "4"], ids=["p1", "p2", "p3", "p4"])
 def persistent(monkeypatch, request):
-    """The persistent forward on (each version; p3 runs unidirectional modules as one stack
-    launch, the others layer by layer as p2), and its step-loop fallback an error (so these
-    tests cannot pass without the kernel running)."""
+    """The persistent forward on (each version; p3 and p4 run unidirectional modules as one
+    stack launch, the others layer by layer as p2 and p4; p4 is p3 in fp32), and its step-loop
+    fallback an error (so these tests cannot pass without the kernel running)."""
     monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
     monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", request.param)
     before = fastlstm.persistent_enabled()
@@ -162,11 +162,11 @@ def test_persistent_kernel_falls_back_where_it_does_not_fit(persistent, monkeypa
 
 
 def test_persistent_version_must_be_known(monkeypatch):
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", "4")
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", "5")
     x = torch.randn(2, 1, 8, device="cuda")
     h0, c0, w = torch.zeros(1, 2, device="cuda"), torch.zeros(1, 2, device="cuda"), \
         torch.zeros(8, 2, device="cuda")
-    with pytest.raises(RuntimeError, match="must be 1, 2 or 3"):
+    with pytest.raises(RuntimeError, match="must be 1, 2, 3 or 4"):
         torch.ops.fastlstm.lstm_layer_persistent(x, h0, c0, w, False)
 
 
@@ -225,3 +225,21 @@ def test_persistent_stack_falls_back_where_it_does_not_fit(monkeypatch):
         for a, b, name in zip((hs[layer], cs[layer], gates[layer]), want, ("hs", "cs", "gates")):
             assert_close(a, b, 1e-6, f"fallback layer {layer} {name}")
         below = want[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_persistent_p4_tensor_cores_equal_p3(monkeypatch, dtype):
+    """p4's products on tensor cores against p3's on CUDA cores: the same bf16/fp16 inputs,
+    fp32 sums in another order (an output rounded to 16 bits may differ in its last place,
+    and that difference travels on: the half types' tolerance)."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    from test_stack import stack_args
+    args = [[t.detach().to("cuda", dtype) for t in a] if isinstance(a, list)
+            else a.detach().to("cuda", dtype)
+            for a in stack_args(layers=3, steps=9, batch=37, hidden=70, seed=6)]
+    results = {}
+    for version in ("3", "4"):
+        monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", version)
+        results[version] = torch.ops.fastlstm.lstm_stack_persistent(*args)
+    for a, b, name in zip(results["4"], results["3"], ("hs", "cs", "gates")):
+        assert_close(a, b, 1e-2, f"p4 vs p3 {name}")

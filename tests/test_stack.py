@@ -132,7 +132,7 @@ def test_module_picks_the_stack_only_where_it_fits():
     assert dropped.eval()._stack_fits_one_launch()  # no dropout at inference
 
 
-@pytest.mark.parametrize("value,version", [(None, 1), ("2", 2), ("3", 3), ("x", 1)])
+@pytest.mark.parametrize("value,version", [(None, 1), ("2", 2), ("3", 3), ("4", 4), ("x", 1)])
 def test_persistent_version(monkeypatch, value, version):
     if value is None:
         monkeypatch.delenv("FASTLSTM_PERSISTENT_VERSION", raising=False)

@@ -106,12 +106,12 @@ struct StackTiling {
   StackLayerTiling layer[kMaxStackLayers];
 };
 
-// Units per block for every layer so that the blocks fit `sms` (one block per
+// Units per block for every layer (units[l]) so that the blocks fit `sms` (one block per
 // multiprocessor) with the per-block weight columns K x U as even as they can be: the
 // smallest budget W with sum_l ceil(H / floor(W / K_l)) <= sms. inputs[l]: layer l's K - H
 // (0 for layer 0). One layer: U = ceil(H / sms).
-inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
-                                int sms, int threads) {
+inline void distribute_units(const int64_t* inputs, int layers, int64_t hidden, int sms,
+                             int* units) {
   auto units_for = [&](int l, int64_t budget) {
     const int64_t u = budget / (inputs[l] + hidden);
     return u < 1 ? int64_t(1) : (u > hidden ? hidden : u);
@@ -128,6 +128,13 @@ inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch
     const int64_t mid = lo + (hi - lo) / 2;
     if (blocks_for(mid) <= sms) hi = mid; else lo = mid + 1;
   }
+  for (int l = 0; l < layers; ++l) units[l] = static_cast<int>(units_for(l, lo));
+}
+
+inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
+                                int sms, int threads) {
+  int units[kMaxStackLayers];
+  distribute_units(inputs, layers, hidden, sms, units);
   StackTiling t{};
   t.layers = layers;
   t.row_groups = static_cast<int>((batch + kRowsPerTile - 1) / kRowsPerTile);
@@ -135,7 +142,7 @@ inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch
   for (int l = 0; l < layers; ++l) {
     StackLayerTiling& lt = t.layer[l];
     const int64_t K = inputs[l] + hidden;
-    lt.units = static_cast<int>(units_for(l, lo));
+    lt.units = units[l];
     lt.blocks = static_cast<int>((hidden + lt.units - 1) / lt.units);
     lt.first_block = t.blocks;
     t.blocks += lt.blocks;
@@ -156,7 +163,8 @@ struct BlockSlice {
   int units;
 };
 
-FASTLSTM_HD BlockSlice block_slice(const StackTiling& t, int64_t hidden, int block) {
+template <typename Tiling>  // StackTiling or MmaTiling (lstm_persistent_mma.h)
+FASTLSTM_HD BlockSlice block_slice(const Tiling& t, int64_t hidden, int block) {
   int l = 0;
   while (l + 1 < t.layers && block >= t.layer[l + 1].first_block) ++l;
   const int64_t u0 = int64_t(block - t.layer[l].first_block) * t.layer[l].units;
@@ -259,39 +267,45 @@ FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const 
   }
 }
 
+// Batch row b of `unit` at forward-order step s of layer L, given the sums of its four gate
+// rows times the step's inputs (`pre`): adds xproj (layer 0) or the bias, then the gate math;
+// writes gates, c_t and h_t. Phase 2 of both tiled kernels ends here.
+template <typename T, typename Acc>
+FASTLSTM_HD void finish_unit(const PersistentStackArgs<T, Acc>& a, const StackLayer<T, Acc>& L,
+                             int64_t s, int64_t b, int64_t unit, Acc (&pre)[4]) {
+  using Cv = Convert<T, Acc>;
+  const int64_t H = a.hidden, B = a.batch, time = time_index(a, s);
+  if (L.xproj != nullptr) {
+    const T* x = L.xproj + (time * B + b) * 4 * H + unit;
+    for (int q = 0; q < 4; ++q) pre[q] += Cv::load(x[q * H]);
+  } else if (L.bias != nullptr) {
+    for (int q = 0; q < 4; ++q) pre[q] += Cv::load(L.bias[q * H + unit]);
+  }
+  const Acc* c_prev = s == 0 ? L.c0 : L.cs + time_index(a, s - 1) * B * H;
+  unit_forward(pre[0], pre[1], pre[2], pre[3], c_prev[b * H + unit], H,
+               L.gates + (time * B + b) * 4 * H + unit, L.cs + (time * B + b) * H + unit,
+               L.hs + (time * B + b) * H + unit);
+}
+
 // Phase 2 of wave w: every (unit, rows) tile's gates, c_t and h_t.
 template <typename T, typename Acc>
 FASTLSTM_HD void stack_cell_update(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
                                    int block, int64_t wave, int tid, const Acc* partial) {
-  using Cv = Convert<T, Acc>;
   const BlockSlice bs = block_slice(t, a.hidden, block);
   const int64_t s = wave_step(a, bs.layer, wave);
   if (s < 0) return;
-  const StackLayer<T, Acc>& L = a.layer[bs.layer];
   const int KS = t.layer[bs.layer].k_splits;
-  const int64_t H = a.hidden, B = a.batch;
   const int U = bs.units;
-  const int64_t time = time_index(a, s);
-  const Acc* c_prev = s == 0 ? L.c0 : L.cs + time_index(a, s - 1) * B * H;
   const int64_t tiles = int64_t(U) * t.row_groups;
   for (int64_t tile = tid; tile < tiles; tile += t.threads) {
     const int64_t unit = bs.u0 + tile % U, row0 = (tile / U) * kRowsPerTile;
-    for (int r = 0; r < kRowsPerTile && row0 + r < B; ++r) {
-      const int64_t b = row0 + r;
+    for (int r = 0; r < kRowsPerTile && row0 + r < a.batch; ++r) {
       Acc pre[4] = {};
-      if (L.xproj != nullptr) {
-        const T* x = L.xproj + (time * B + b) * 4 * H + unit;
-        for (int q = 0; q < 4; ++q) pre[q] = Cv::load(x[q * H]);
-      } else if (L.bias != nullptr) {
-        for (int q = 0; q < 4; ++q) pre[q] = Cv::load(L.bias[q * H + unit]);
-      }
       for (int64_t slice = 0; slice < KS; ++slice) {
         const Acc* p = partial + ((tile * KS + slice) * kRowsPerTile + r) * 4;
         for (int q = 0; q < 4; ++q) pre[q] += p[q];
       }
-      unit_forward(pre[0], pre[1], pre[2], pre[3], c_prev[b * H + unit], H,
-                   L.gates + (time * B + b) * 4 * H + unit, L.cs + (time * B + b) * H + unit,
-                   L.hs + (time * B + b) * H + unit);
+      finish_unit(a, a.layer[bs.layer], s, row0 + r, unit, pre);
     }
   }
 }

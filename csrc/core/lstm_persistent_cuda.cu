@@ -6,7 +6,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "lstm_persistent_cuda.h"
+#include "lstm_persistent_mma.h"
 
 namespace fastlstm {
 namespace {
@@ -77,6 +80,61 @@ stack_persistent_kernel(const PersistentStackArgs<T, Acc> a, const StackTiling t
   }
 }
 
+// One lane's part of a warp's mma.sync.m16n8k16 (16-bit inputs, fp32 sums; sm_80 and up):
+// acc[0][j] += A B for the fragments a, b (lstm_persistent_mma.h has their layout). Two
+// consecutive elements share a 32-bit register, the first in the low half.
+template <typename T>
+struct TensorCoreMma {
+  static __device__ uint32_t pack(T lo, T hi) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+      return uint32_t(__bfloat16_as_ushort(lo)) | (uint32_t(__bfloat16_as_ushort(hi)) << 16);
+    else
+      return uint32_t(__half_as_ushort(lo)) | (uint32_t(__half_as_ushort(hi)) << 16);
+  }
+  __device__ void operator()(const T (&a)[1][8], const T (&b)[1][4],
+                             float (&acc)[1][kMaxNTiles][4], int j) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t a0 = pack(a[0][0], a[0][1]), a1 = pack(a[0][2], a[0][3]),
+                   a2 = pack(a[0][4], a[0][5]), a3 = pack(a[0][6], a[0][7]);
+    const uint32_t b0 = pack(b[0][0], b[0][1]), b1 = pack(b[0][2], b[0][3]);
+    float* c = acc[0][j];
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap();  // the launcher never starts p4 below compute capability 8.0
+#endif
+  }
+};
+
+// p4: p3 with phase 1 on tensor cores (lstm_persistent_mma.h); bf16 and fp16.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* w_s = reinterpret_cast<T*>(smem_raw);
+  float* partial = reinterpret_cast<float*>(smem_raw + tiling.weight_bytes);
+  const int block = blockIdx.x, tid = threadIdx.x;
+  mma_load_weights(a, tiling, block, tid, kThreads, w_s);
+  __syncthreads();
+  for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
+    mma_partial_sums<1>(a, tiling, block, wave, tid / kWarpSize, tid % kWarpSize, w_s, partial,
+                        TensorCoreMma<T>{});
+    __syncthreads();
+    mma_cell_update(a, tiling, block, wave, tid, kThreads, partial);
+    grid.sync();
+  }
+}
+
 // Cooperative launch of `kernel` with `blocks` x kThreads and `smem` bytes on a device with
 // `sms` multiprocessors, if the whole grid can be resident at once; cudaErrorNotSupported if not.
 cudaError_t launch_cooperative(const void* kernel, int blocks, size_t smem, int sms,
@@ -101,11 +159,10 @@ cudaError_t launch_cooperative(const void* kernel, int blocks, size_t smem, int 
   return cudaGetLastError();
 }
 
-cudaError_t multiprocessors(int* sms) {
+cudaError_t device_attribute(cudaDeviceAttr attr, int* value) {
   int device = 0;
   const cudaError_t err = cudaGetDevice(&device);
-  return err != cudaSuccess ? err
-                            : cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  return err != cudaSuccess ? err : cudaDeviceGetAttribute(value, attr, device);
 }
 
 }  // namespace
@@ -113,10 +170,10 @@ cudaError_t multiprocessors(int* sms) {
 template <typename T, typename Acc>
 cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args, int version,
                                       cudaStream_t stream) {
-  if (version != 1 && version != 2) return cudaErrorInvalidValue;
+  if (version < 1 || version > 4) return cudaErrorInvalidValue;
   if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
   int sms = 0;
-  const cudaError_t err = multiprocessors(&sms);
+  const cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
   if (err != cudaSuccess) return err;
   PersistentForwardArgs<T, Acc> a = args;
   if (version == 1) {
@@ -128,22 +185,36 @@ cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
     return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
                               blocks, smem, sms, params, stream);
   }
-  return launch_persistent_stack(one_layer_stack(args), stream);
+  return launch_persistent_stack(one_layer_stack(args), version == 4, stream);
 }
 
 template <typename T, typename Acc>
-cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args,
+cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, bool tensor_cores,
                                     cudaStream_t stream) {
   if (args.layers < 1 || args.layers > kMaxStackLayers) return cudaErrorInvalidValue;
   if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
   int sms = 0;
-  const cudaError_t err = multiprocessors(&sms);
+  cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
   if (err != cudaSuccess) return err;
   int64_t inputs[kMaxStackLayers];
   for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
+  PersistentStackArgs<T, Acc> a = args;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) {
+    if (tensor_cores) {
+      int major = 0;
+      err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
+      if (err != cudaSuccess) return err;
+      if (major < 8) return cudaErrorNotSupported;
+      MmaTiling tiling =
+          mma_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads, sizeof(T));
+      const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
+      void* params[] = {&a, &tiling};
+      return launch_cooperative(reinterpret_cast<const void*>(mma_stack_kernel<T>),
+                                tiling.blocks, smem, sms, params, stream);
+    }
+  }
   StackTiling tiling = stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads);
   const size_t smem = size_t(tiling.weight_elements + tiling.partial_elements) * sizeof(Acc);
-  PersistentStackArgs<T, Acc> a = args;
   void* params[] = {&a, &tiling};
   return launch_cooperative(reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc>),
                             tiling.blocks, smem, sms, params, stream);
@@ -153,7 +224,7 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args,
   template cudaError_t launch_persistent_forward<T, Acc>(const PersistentForwardArgs<T, Acc>&, \
                                                          int, cudaStream_t);                  \
   template cudaError_t launch_persistent_stack<T, Acc>(const PersistentStackArgs<T, Acc>&,     \
-                                                       cudaStream_t);
+                                                       bool, cudaStream_t);
 FASTLSTM_INSTANTIATE(float, float)
 FASTLSTM_INSTANTIATE(double, double)
 FASTLSTM_INSTANTIATE(__half, float)

@@ -1,11 +1,14 @@
-// Persistent forward of one LSTM layer, one direction: ONE cooperative launch runs every
-// time step, W_hh stays in shared memory for the whole sequence, a grid-wide barrier
-// separates steps. Same outputs as the step loop, so the existing backward trains through it.
-// fp32 arithmetic on CUDA cores. Versions:
+// Persistent forward of one LSTM layer, one direction (p3/p4: of a unidirectional stack): ONE
+// cooperative launch runs every time step, the weights stay in shared memory for the whole
+// sequence, a grid-wide barrier separates steps. Same outputs as the step loop, so the
+// existing backward trains through it. fp32 arithmetic on CUDA cores (p4: tensor cores).
+// Versions:
 //   1 (p1): one (batch row, unit) pair per thread, h_{t-1} read per k from global memory.
 //   2 (p2): register tiles of 4 rows x 4 gates, k split across threads (lstm_persistent.h).
 //   3 (p3, launch_persistent_stack): p2's tiles for a whole stack of layers in one launch,
 //       the layers as a wavefront (S + L - 1 grid barriers; StackTiling in lstm_persistent.h).
+//   4 (p4): p3 with its products on tensor cores (mma.sync) for bf16 and fp16, sm_80 and up
+//       (lstm_persistent_mma.h); fp32 and fp64 run p3.
 // Arguments (PersistentForwardArgs, shapes documented there) in lstm_persistent.h.
 #pragma once
 
@@ -15,17 +18,19 @@
 
 namespace fastlstm {
 
-// Launches `version` (1 or 2) on `stream`. Returns cudaErrorNotSupported when the weights do
-// not fit on chip or the grid cannot be resident at once (the caller then runs the step
-// loop), cudaErrorInvalidValue for an unknown version, else the launch's error.
+// Launches `version` on `stream` (1: p1; 2 and 3: p2, which is p3 for one layer; 4: p4 for
+// bf16/fp16, p2 otherwise). Returns cudaErrorNotSupported when the weights do not fit on chip
+// or the grid cannot be resident at once (the caller then runs the step loop),
+// cudaErrorInvalidValue for an unknown version, else the launch's error.
 template <typename T, typename Acc>
 cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args, int version,
                                       cudaStream_t stream);
 
-// p3: every layer of `args` in one launch. Same returns as above (cudaErrorInvalidValue for
-// a layer count outside 1..kMaxStackLayers).
+// p3 (p4 if `tensor_cores` and T is a 16-bit type): every layer of `args` in one launch.
+// Same returns as above (cudaErrorInvalidValue for a layer count outside 1..kMaxStackLayers;
+// cudaErrorNotSupported for p4 below compute capability 8.0).
 template <typename T, typename Acc>
-cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args,
+cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, bool tensor_cores,
                                     cudaStream_t stream);
 
 }  // namespace fastlstm

@@ -144,7 +144,8 @@ TORCH_LIBRARY(fastlstm, m) {
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
         " -> (Tensor hs, Tensor cs, Tensor gates)");
   // A unidirectional stack of layers in one persistent launch, the layers as a wavefront
-  // (p3); shapes in stack.h. Opt-in (fastlstm.set_persistent + FASTLSTM_PERSISTENT_VERSION=3).
+  // (p3; p4 on tensor cores); shapes in stack.h. Opt-in (fastlstm.set_persistent with
+  // FASTLSTM_PERSISTENT_VERSION=3 or 4). The CPU registration runs p3's per-block code.
   m.def("lstm_stack_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] bias,"
         " Tensor[] w_hh) -> (Tensor hs, Tensor cs, Tensor gates)");
   // One fused step (FastLSTMCell, samplers). Its backward is lstm_layer_backward with seq = 1.

@@ -104,14 +104,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
   return {out[0], out[1], out[2], out[3]};
 }
 
-// FASTLSTM_PERSISTENT_VERSION: 1 (default, p1), 2 (p2, the tiled kernel) or 3 (p3: the
-// module runs a whole stack through lstm_stack_persistent; a single layer gets p2); see
-// core/lstm_persistent_cuda.h.
+// FASTLSTM_PERSISTENT_VERSION: 1 (default, p1), 2 (p2, the tiled kernel), 3 (p3: the module
+// runs a whole stack through lstm_stack_persistent; a single layer gets p2) or 4 (p4: p3 on
+// tensor cores for bf16/fp16); see core/lstm_persistent_cuda.h.
 int persistent_version() {
   const char* v = std::getenv("FASTLSTM_PERSISTENT_VERSION");
   const int version = v == nullptr || v[0] == '\0' ? 1 : std::atoi(v);
-  FASTLSTM_CHECK(version >= 1 && version <= 3,
-                 "fastlstm: FASTLSTM_PERSISTENT_VERSION must be 1, 2 or 3, got '", v, "'");
+  FASTLSTM_CHECK(version >= 1 && version <= 4,
+                 "fastlstm: FASTLSTM_PERSISTENT_VERSION must be 1, 2, 3 or 4, got '", v, "'");
   return version;
 }
 
@@ -142,7 +142,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
   Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
   Tensor gates = kernel_output({S, B, 4 * H}, opts.dtype(cs.scalar_type()));
   const Tensor c0_cell = c0.to(cs.scalar_type()).contiguous();
-  const int version = persistent_version() == 1 ? 1 : 2;  // one layer: p3 is p2
+  const int version = persistent_version();
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
                                   "fastlstm_persistent_forward", [&] {
@@ -169,12 +169,14 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, co
   const c10::cuda::CUDAGuard guard(xproj.device());
   const c10::NoGradGuard no_grad;
   StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
+  const bool tensor_cores = persistent_version() == 4;
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
                                   "fastlstm_stack_persistent", [&] {
     using T = typename CudaType<scalar_t>::type;
     using Acc = at::opmath_type<scalar_t>;
-    err = launch_persistent_stack(stack_args<T, Acc>(st), at::cuda::getCurrentCUDAStream());
+    err = launch_persistent_stack(stack_args<T, Acc>(st), tensor_cores,
+                                  at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
     persistent_does_not_fit("stack", st.w_hh[0].size(1), st.xproj.size(1));

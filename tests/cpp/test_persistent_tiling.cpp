@@ -1,14 +1,16 @@
-// The tiled persistent forward's per-block work (lstm_persistent.h: p2 = one layer, p3 = a
-// stack as a wavefront) run on the CPU by run_stack_on_host: per wave every block, in each
-// block every thread, phase by phase, as the GPU's barriers order them, blocks in both
+// The tiled persistent forward's per-block work run on the CPU: p2/p3 (lstm_persistent.h: one
+// layer, a stack as a wavefront) by run_stack_on_host, p4 (lstm_persistent_mma.h: p3 with
+// phase 1 as warp MMAs) by run_mma_stack_on_host; per wave every block, in each block every
+// thread (p4: every warp), phase by phase, as the GPU's barriers order them, blocks in both
 // orders; against the double reference step chained over the sequence and up the layers.
-// This checks the tiling and indexing (k slices over [W_ih | W_hh], row groups, partial
-// sums, short last blocks, batch not a multiple of the row tile, reverse time, the wave
-// schedule) without a GPU; the GPU tests check the kernel.
+// This checks the tiling and indexing (k slices over [W_ih | W_hh], row groups or MMA tiles,
+// partial sums, short last blocks, batch not a multiple of the tile, reverse time, the wave
+// schedule) without a GPU; the GPU tests check the kernels (and the MMA fragment layout).
 #include <cstdio>
 #include <limits>
 
 #include "lstm_persistent.h"
+#include "lstm_persistent_mma.h"
 #include "reference_step.h"
 
 namespace {
@@ -68,7 +70,7 @@ std::vector<T> as(const ref::Vec& v, size_t n = 0) {
 }
 
 template <typename T>
-void check_shape(ref::Checks& checks, const Shape& sh, double tol) {
+void check_shape(ref::Checks& checks, const Shape& sh, bool mma, double tol) {
   const int S = sh.steps, B = sh.batch, H = sh.hidden;
   std::mt19937 rng(S * 1000 + B * 10 + H + 7 * sh.layers);
   const ref::Vec xproj = ref::random_vec(rng, size_t(S) * B * 4 * H);
@@ -95,9 +97,18 @@ void check_shape(ref::Checks& checks, const Shape& sh, double tol) {
                     b.gates.data(), inputs[l]};
     }
     a.layers = sh.layers, a.steps = S, a.batch = B, a.hidden = H, a.reverse = sh.reverse;
-    const fastlstm::StackTiling tiling =
-        fastlstm::stack_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads);
-    fastlstm::run_stack_on_host(a, tiling, blocks_reversed);
+    int blocks = 0, k_splits = 0;
+    if (mma) {
+      const fastlstm::MmaTiling tiling =
+          fastlstm::mma_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T));
+      fastlstm::run_mma_stack_on_host(a, tiling, sh.threads, blocks_reversed);
+      blocks = tiling.blocks, k_splits = tiling.layer[0].k_splits;
+    } else {
+      const fastlstm::StackTiling tiling =
+          fastlstm::stack_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads);
+      fastlstm::run_stack_on_host(a, tiling, blocks_reversed);
+      blocks = tiling.blocks, k_splits = tiling.layer[0].k_splits;
+    }
 
     double worst = 0;
     for (int l = 0; l < sh.layers; ++l)
@@ -105,18 +116,52 @@ void check_shape(ref::Checks& checks, const Shape& sh, double tol) {
                         ref::relative_error(buf[l].cs, want[l].cs),
                         ref::relative_error(buf[l].gates, want[l].gates)});
     char what[160];
-    std::snprintf(what, sizeof what, "S%d B%d H%d L%d on %d SMs (%d blocks), KS %d%s%s%s (%s)", S,
-                  B, H, sh.layers, sh.sms, tiling.blocks, tiling.layer[0].k_splits,
-                  sh.reverse ? ", reverse" : "", sh.layers > 1 && !sh.bias ? ", no bias" : "",
+    std::snprintf(what, sizeof what, "%s S%d B%d H%d L%d on %d SMs (%d blocks), KS %d%s%s%s (%s)",
+                  mma ? "p4" : sh.layers > 1 ? "p3" : "p2", S, B, H, sh.layers, sh.sms, blocks,
+                  k_splits, sh.reverse ? ", reverse" : "",
+                  sh.layers > 1 && !sh.bias ? ", no bias" : "",
                   blocks_reversed ? ", blocks reversed" : "", sizeof(T) == 4 ? "float" : "double");
-    checks.expect(worst < tol && tiling.blocks <= sh.sms, what, worst);
+    checks.expect(worst < tol && blocks <= sh.sms, what, worst);
   }
+}
+
+// The fragment layout functions against the PTX ISA's figures for mma.m16n8k16 (.bf16/.f16
+// inputs, .f32 sums): a few lanes' elements written out, and each matrix covered exactly once.
+void check_fragment_layout(ref::Checks& checks) {
+  using namespace fastlstm;
+  bool ok = true;
+  // Lane 0 (group 0, thread 0) and lane 5 (group 1, thread 1): A elements a0..a7.
+  const int a0[8][2] = {{0, 0}, {0, 1}, {8, 0}, {8, 1}, {0, 8}, {0, 9}, {8, 8}, {8, 9}};
+  const int a5[8][2] = {{1, 2}, {1, 3}, {9, 2}, {9, 3}, {1, 10}, {1, 11}, {9, 10}, {9, 11}};
+  for (int e = 0; e < 8; ++e) {
+    ok &= mma_a_row(0, e) == a0[e][0] && mma_a_col(0, e) == a0[e][1];
+    ok &= mma_a_row(5, e) == a5[e][0] && mma_a_col(5, e) == a5[e][1];
+  }
+  // Lane 31 (group 7, thread 3): B (k, n) b0..b3 and C (row, col) c0..c3.
+  const int b31[4][2] = {{6, 7}, {7, 7}, {14, 7}, {15, 7}};
+  const int c31[4][2] = {{7, 6}, {7, 7}, {15, 6}, {15, 7}};
+  for (int e = 0; e < 4; ++e) {
+    ok &= mma_b_row(31, e) == b31[e][0] && mma_b_col(31, e) == b31[e][1];
+    ok &= mma_c_row(31, e) == c31[e][0] && mma_c_col(31, e) == c31[e][1];
+  }
+  int a_seen[16][16] = {}, b_seen[16][8] = {}, c_seen[16][8] = {};
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    for (int e = 0; e < 8; ++e) ++a_seen[mma_a_row(lane, e)][mma_a_col(lane, e)];
+    for (int e = 0; e < 4; ++e) {
+      ++b_seen[mma_b_row(lane, e)][mma_b_col(lane, e)];
+      ++c_seen[mma_c_row(lane, e)][mma_c_col(lane, e)];
+    }
+  }
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) ok &= a_seen[r][c] == 1 && (c >= 8 || (b_seen[r][c] == 1 && c_seen[r][c] == 1));
+  checks.expect(ok, "mma.m16n8k16 fragment layout", ok ? 0 : 1);
 }
 
 }  // namespace
 
 int main() {
   ref::Checks checks;
+  check_fragment_layout(checks);
   const Shape shapes[] = {
       // One layer (p2).
       {5, 3, 37, 1, 8, 256, false, true},    // 5 units per block, last block short (37 = 7*5 + 2)
@@ -133,11 +178,16 @@ int main() {
       {1, 2, 16, 3, 8, 256, false, true},    // one step: waves with idle layers only
       {3, 1, 24, 4, 4, 256, true, true},     // one block per layer (L = SMs), batch 1, reverse
       {2, 64, 96, 2, 26, 256, false, true},  // S1-like: layer 1 gets about twice the blocks
+      // For p4's tiles: several m-tiles (batch 40: 3, the last short), n-groups (U 20: 10
+      // n-tiles in 2 groups), K not a multiple of 16.
+      {3, 40, 20, 1, 1, 256, false, true},
+      {2, 33, 44, 2, 3, 128, false, true},
   };
-  for (const Shape& sh : shapes) {
-    check_shape<float>(checks, sh, 1e-5);
-    check_shape<double>(checks, sh, 1e-12);
-  }
+  for (bool mma : {false, true})
+    for (const Shape& sh : shapes) {
+      check_shape<float>(checks, sh, mma, 1e-5);
+      check_shape<double>(checks, sh, mma, 1e-12);
+    }
   std::printf("%d check(s) failed\n", checks.failed);
   return checks.failed ? 1 : 0;
 }
