@@ -16,13 +16,13 @@ def table(path):
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
         groups[bench["group"]][bench["extra_info"]["backend"]] = bench["stats"]["median"]
-    lines = [f"{'group':<26} {'backend':<10} {'median ms':>10} {'vs base':>8}"]
+    lines = [f"{'group':<26} {'backend':<17} {'median ms':>10} {'vs base':>8}"]
     for group in sorted(groups):
         times = groups[group]
         base = next((times[b] for b in BASELINES if b in times), None)
         for backend, t in sorted(times.items()):
             ratio = f"{t / base:.2f}" if base else "-"
-            lines.append(f"{group:<26} {backend:<10} {t * 1e3:>10.3f} {ratio:>8}")
+            lines.append(f"{group:<26} {backend:<17} {t * 1e3:>10.3f} {ratio:>8}")
     return "\n".join(lines)
 
 

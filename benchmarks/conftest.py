@@ -19,6 +19,11 @@ def pytest_addoption(parser):
                           "persistent forward, versions 1 to 4); default: " + CUDA_BACKENDS +
                           " on cuda, "
                           "cpu,aten on cpu")
+    parser.addoption("--bench-tf32", default="default", choices=("default", "on", "off"),
+                     help="TF32 for fp32: 'default' leaves torch's flags (matmul off, cuDNN on), "
+                          "'on'/'off' sets torch.backends.cuda.matmul.allow_tf32 and "
+                          "torch.backends.cudnn.allow_tf32 both (p4 uses TF32 only where the "
+                          "matmul flag is on)")
     parser.addoption("--bench-dtypes", default=None,
                      help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 on "
                           "cuda, fp32 on cpu")
@@ -45,3 +50,15 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def device(request):
     return request.config.getoption("--bench-device")
+
+
+@pytest.fixture(autouse=True)
+def tf32(request):
+    """The TF32 flags for the run (--bench-tf32); yields them for the benchmark's record."""
+    choice = request.config.getoption("--bench-tf32")
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if choice != "default":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = choice == "on"
+    yield {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+           "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -92,9 +92,19 @@ for run in $runs; do
   record "benchmarks run $run" "$(tail -1 "$OUT/bench.log")"
 done
 
+if [ "$QUICK" != 1 ]; then
+  step "benchmarks with TF32 on (p4's fp32 on tensor cores; cuDNN with TF32)"
+  timeout 90 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
+    --bench-tf32=on --bench-shapes=S1,S2 --bench-dtypes=fp32 -k "fwd and not fwdbwd" \
+    --bench-backends=cuda,cuda_persistent3,cuda_persistent4,cudnn \
+    --benchmark-json="$OUT/bench_tf32.json" --benchmark-columns=median,iqr,min >> "$OUT/bench.log" 2>&1
+  record "benchmarks with TF32" "$(tail -1 "$OUT/bench.log")"
+fi
+
 step summary
 printf '%s\n' "${summary[@]}"
 for run in $(echo $runs | tr ' ' '\n' | sort -r); do
   echo "--- benchmark run $run"
   python3 benchmarks/compare.py "$OUT/bench$run.json"
 done
+[ -f "$OUT/bench_tf32.json" ] && echo "--- TF32 on" && python3 benchmarks/compare.py "$OUT/bench_tf32.json"

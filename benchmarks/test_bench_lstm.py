@@ -25,7 +25,7 @@ def sync(device):
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwdbwd"])
-def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
+def test_lstm(benchmark, device, shape, backend, dtype_name, pass_, tf32):
     layers, hidden, batch, seq = SHAPES[shape]
     dtype = DTYPES[dtype_name]
     if device == "cpu" and dtype != torch.float32:
@@ -62,7 +62,7 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_):
 
     benchmark.group = f"{shape} {pass_} {dtype_name} {device}"
     benchmark.extra_info.update(shape=shape, backend=backend, dtype=dtype_name, pass_=pass_,
-                                device=device)
+                                device=device, **tf32)
     rounds = 5 if shape in ("S1", "S2") and device == "cpu" else 30
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=3, iterations=1)
     if backend.startswith("cuda"):

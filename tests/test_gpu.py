@@ -5,7 +5,7 @@ import torch
 
 import fastlstm
 from fastlstm import FastLSTM, FastLSTMCell, lstm_cell_reference, reference_lstm
-from helpers import TOLERANCE, assert_close
+from helpers import TOLERANCE, assert_close, relative_error
 
 pytestmark = pytest.mark.gpu
 
@@ -243,3 +243,24 @@ def test_persistent_p4_tensor_cores_equal_p3(monkeypatch, dtype):
         results[version] = torch.ops.fastlstm.lstm_stack_persistent(*args)
     for a, b, name in zip(results["4"], results["3"], ("hs", "cs", "gates")):
         assert_close(a, b, 1e-2, f"p4 vs p3 {name}")
+
+
+def test_persistent_p4_fp32_uses_tf32_only_where_allowed(monkeypatch):
+    """fp32 under version 4: p3 exactly while TF32 is off (the tests' default); with
+    torch.backends.cuda.matmul.allow_tf32 on, TF32 tensor cores: different from p3, but
+    within TF32's error (10-bit mantissa inputs, fp32 sums)."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    from test_stack import stack_args
+    args = [[t.detach().to("cuda", torch.float32) for t in a] if isinstance(a, list)
+            else a.detach().to("cuda", torch.float32)
+            for a in stack_args(layers=2, steps=9, batch=37, hidden=70, seed=7)]
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", "3")
+    p3 = torch.ops.fastlstm.lstm_stack_persistent(*args)
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", "4")
+    exact = torch.ops.fastlstm.lstm_stack_persistent(*args)
+    for a, b, name in zip(exact, p3, ("hs", "cs", "gates")):
+        assert_close(a, b, 0, f"p4 fp32 without TF32 vs p3 {name}")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    tf32 = torch.ops.fastlstm.lstm_stack_persistent(*args)
+    err = relative_error(tf32[0], p3[0])
+    assert 1e-7 < err < 5e-3, f"p4 with TF32 vs p3: relative error {err:.3g}"

@@ -15,19 +15,6 @@
 
 namespace fastlstm {
 
-template <typename T, typename Acc>
-struct PersistentForwardArgs {
-  const T* xproj;   // [S, B, 4H] x W_ih^T + biases, rows [i | f | g | o]
-  const T* h0;      // [B, H]
-  const Acc* c0;    // [B, H]
-  const T* w_hh;    // [4H, H]
-  T* hs;            // [S, B, H]  out: h_t
-  Acc* cs;          // [S, B, H]  out: c_t
-  Acc* gates;       // [S, B, 4H] out: activated gates
-  int64_t steps, batch, hidden;
-  bool reverse;     // run t = S-1 .. 0
-};
-
 // One unit's forward from its four pre-activations: writes the activated gates to
 // gates[0], gates[H], gates[2H], gates[3H] (its columns of a [.., 4H] row), c_t and h_t.
 // (step_forward_element in lstm_step.h does the same inline: routing the CPU loop through
@@ -172,16 +159,6 @@ FASTLSTM_HD BlockSlice block_slice(const Tiling& t, int64_t hidden, int block) {
   return {l, u0, static_cast<int>(left < t.layer[l].units ? left : t.layer[l].units)};
 }
 
-// A one-layer stack (p2) from the one-layer arguments.
-template <typename T, typename Acc>
-PersistentStackArgs<T, Acc> one_layer_stack(const PersistentForwardArgs<T, Acc>& a) {
-  PersistentStackArgs<T, Acc> s{};
-  s.layer[0] = {a.xproj, nullptr, nullptr, a.h0, a.c0, a.w_hh, a.hs, a.cs, a.gates, 0};
-  s.layers = 1;
-  s.steps = a.steps, s.batch = a.batch, s.hidden = a.hidden, s.reverse = a.reverse;
-  return s;
-}
-
 // The time index of forward-order step s.
 template <typename T, typename Acc>
 FASTLSTM_HD int64_t time_index(const PersistentStackArgs<T, Acc>& a, int64_t s) {
@@ -193,6 +170,28 @@ template <typename T, typename Acc>
 FASTLSTM_HD int64_t wave_step(const PersistentStackArgs<T, Acc>& a, int layer, int64_t wave) {
   const int64_t s = wave - layer;
   return s >= 0 && s < a.steps ? s : -1;
+}
+
+// What layer `layer` works on at wave w: its forward-order step (-1: none at this wave), the
+// layer below's h at that step (the first `inputs` of its K input columns; null for layer
+// 0) and its own h_{t-1} (the last H). Both were written by earlier waves.
+template <typename T>
+struct WaveInputs {
+  int64_t step;
+  const T* below;   // [B, inputs]
+  const T* h_prev;  // [B, H]
+};
+
+template <typename T, typename Acc>
+FASTLSTM_HD WaveInputs<T> wave_inputs(const PersistentStackArgs<T, Acc>& a, int layer,
+                                      int64_t wave) {
+  const int64_t s = wave_step(a, layer, wave);
+  if (s < 0) return {-1, nullptr, nullptr};
+  const StackLayer<T, Acc>& L = a.layer[layer];
+  const int64_t B = a.batch;
+  return {s,
+          L.inputs > 0 ? a.layer[layer - 1].hs + time_index(a, s) * B * L.inputs : nullptr,
+          s == 0 ? L.h0 : L.hs + time_index(a, s - 1) * B * a.hidden};
 }
 
 // Once per launch: this block's gate rows into w_s [K][U_k][4].
@@ -239,16 +238,11 @@ FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const 
                                     int block, int64_t wave, int tid, const Acc* w_s,
                                     Acc* partial) {
   const BlockSlice bs = block_slice(t, a.hidden, block);
-  const int64_t s = wave_step(a, bs.layer, wave);
-  if (s < 0) return;
-  const StackLayer<T, Acc>& L = a.layer[bs.layer];
+  const WaveInputs<T> x = wave_inputs(a, bs.layer, wave);
+  if (x.step < 0) return;
   const StackLayerTiling& lt = t.layer[bs.layer];
-  const int64_t H = a.hidden, B = a.batch, in = L.inputs, K = in + H;
+  const int64_t H = a.hidden, B = a.batch, in = a.layer[bs.layer].inputs, K = in + H;
   const int U = bs.units;
-  // Columns [0, in): the layer below's h at this step (its wave was the last one);
-  // columns [in, K): this layer's h_{t-1}.
-  const T* below = in > 0 ? a.layer[bs.layer - 1].hs + time_index(a, s) * B * in : nullptr;
-  const T* h_prev = s == 0 ? L.h0 : L.hs + time_index(a, s - 1) * B * H;
   const int64_t items = int64_t(U) * t.row_groups * lt.k_splits;
   for (int64_t item = tid; item < items; item += t.threads) {
     // Consecutive threads: k slices, then units, then row groups.
@@ -257,8 +251,9 @@ FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const 
     const int64_t k_begin = slice * lt.k_len;
     const int64_t k_end = k_begin + lt.k_len < K ? k_begin + lt.k_len : K;
     Acc acc[kRowsPerTile][4] = {};
-    accumulate_tile(below, in, 0, k_begin, k_end < in ? k_end : in, w_s, U, u, row0, B, acc);
-    accumulate_tile(h_prev, H, in, k_begin > in ? k_begin : in, k_end, w_s, U, u, row0, B, acc);
+    accumulate_tile(x.below, in, 0, k_begin, k_end < in ? k_end : in, w_s, U, u, row0, B, acc);
+    accumulate_tile(x.h_prev, H, in, k_begin > in ? k_begin : in, k_end, w_s, U, u, row0, B,
+                    acc);
     Acc* out = partial + item * kRowsPerTile * 4;
 #pragma unroll
     for (int r = 0; r < kRowsPerTile; ++r)

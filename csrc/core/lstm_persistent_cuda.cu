@@ -16,10 +16,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// p1: the one layer of `stack`.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kThreads)
-persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_block) {
+persistent_forward_kernel(const PersistentStackArgs<T, Acc> stack, int units_per_block) {
   using Cv = Convert<T, Acc>;
+  const StackLayer<T, Acc>& a = stack.layer[0];
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   extern __shared__ unsigned char smem_raw[];
@@ -27,7 +29,7 @@ persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_b
   // consecutive units of one batch row, so at each k they read consecutive words (no bank
   // conflicts) and threads of other rows read the same words (broadcast).
   Acc* w = reinterpret_cast<Acc*>(smem_raw);
-  const int64_t H = a.hidden, B = a.batch;
+  const int64_t H = stack.hidden, B = stack.batch;
   const int64_t u0 = int64_t(blockIdx.x) * units_per_block;
   const int U = static_cast<int>(H - u0 < units_per_block ? (H - u0 > 0 ? H - u0 : 0)
                                                           : units_per_block);
@@ -37,9 +39,9 @@ persistent_forward_kernel(const PersistentForwardArgs<T, Acc> a, int units_per_b
     w[(q * H + k) * U + u] = Cv::load(a.w_hh[(q * H + u0 + u) * H + k]);
   }
   __syncthreads();
-  for (int64_t s = 0; s < a.steps; ++s) {
-    const int64_t t = a.reverse ? a.steps - 1 - s : s;
-    const int64_t t_prev = a.reverse ? t + 1 : t - 1;
+  for (int64_t s = 0; s < stack.steps; ++s) {
+    const int64_t t = time_index(stack, s);
+    const int64_t t_prev = stack.reverse ? t + 1 : t - 1;
     const T* h_prev = s == 0 ? a.h0 : a.hs + t_prev * B * H;
     const Acc* c_prev = s == 0 ? a.c0 : a.cs + t_prev * B * H;
     for (int64_t pair = threadIdx.x; pair < B * U; pair += blockDim.x) {
@@ -80,43 +82,58 @@ stack_persistent_kernel(const PersistentStackArgs<T, Acc> a, const StackTiling t
   }
 }
 
-// One lane's part of a warp's mma.sync.m16n8k16 (16-bit inputs, fp32 sums; sm_80 and up):
-// acc[0][j] += A B for the fragments a, b (lstm_persistent_mma.h has their layout). Two
-// consecutive elements share a 32-bit register, the first in the low half.
+// One lane's part of a warp's mma.sync (sm_80 and up): acc[0][j] += A B for the fragments
+// a, b (lstm_persistent_mma.h has their layouts). bf16/fp16: m16n8k16, two consecutive
+// elements per 32-bit register, the first in the low half; fp32: m16n8k8 on TF32 inputs
+// (rounded to nearest by cvt.rna).
 template <typename T>
 struct TensorCoreMma {
+  using Shape = typename std::conditional<std::is_same<T, float>::value, MmaK8, MmaK16>::type;
   static __device__ uint32_t pack(T lo, T hi) {
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
       return uint32_t(__bfloat16_as_ushort(lo)) | (uint32_t(__bfloat16_as_ushort(hi)) << 16);
     else
       return uint32_t(__half_as_ushort(lo)) | (uint32_t(__half_as_ushort(hi)) << 16);
   }
-  __device__ void operator()(const T (&a)[1][8], const T (&b)[1][4],
+  static __device__ uint32_t tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+  }
+  __device__ void operator()(const T (&a)[1][Shape::a_elems], const T (&b)[1][Shape::b_elems],
                              float (&acc)[1][kMaxNTiles][4], int j) const {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const uint32_t a0 = pack(a[0][0], a[0][1]), a1 = pack(a[0][2], a[0][3]),
-                   a2 = pack(a[0][4], a[0][5]), a3 = pack(a[0][6], a[0][7]);
-    const uint32_t b0 = pack(b[0][0], b[0][1]), b1 = pack(b[0][2], b[0][3]);
     float* c = acc[0][j];
-    if constexpr (std::is_same<T, __nv_bfloat16>::value)
-      asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+    if constexpr (std::is_same<T, float>::value) {
+      asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
           "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
           : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    else
-      asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+          : "r"(tf32(a[0][0])), "r"(tf32(a[0][1])), "r"(tf32(a[0][2])), "r"(tf32(a[0][3])),
+            "r"(tf32(b[0][0])), "r"(tf32(b[0][1])));
+    } else {
+      const uint32_t a0 = pack(a[0][0], a[0][1]), a1 = pack(a[0][2], a[0][3]),
+                     a2 = pack(a[0][4], a[0][5]), a3 = pack(a[0][6], a[0][7]);
+      const uint32_t b0 = pack(b[0][0], b[0][1]), b1 = pack(b[0][2], b[0][3]);
+      if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
 #else
     __trap();  // the launcher never starts p4 below compute capability 8.0
 #endif
   }
 };
 
-// p4: p3 with phase 1 on tensor cores (lstm_persistent_mma.h); bf16 and fp16.
+// p4: p3 with phase 1 on tensor cores (lstm_persistent_mma.h); bf16, fp16, fp32 as TF32.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)  // one block per SM: no register cap
 mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
@@ -127,8 +144,9 @@ mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) 
   mma_load_weights(a, tiling, block, tid, kThreads, w_s);
   __syncthreads();
   for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
-    mma_partial_sums<1>(a, tiling, block, wave, tid / kWarpSize, tid % kWarpSize, w_s, partial,
-                        TensorCoreMma<T>{});
+    mma_partial_sums<typename TensorCoreMma<T>::Shape, 1>(
+        a, tiling, block, wave, tid / kWarpSize, tid % kWarpSize, w_s, partial,
+        TensorCoreMma<T>{});
     __syncthreads();
     mma_cell_update(a, tiling, block, wave, tid, kThreads, partial);
     grid.sync();
@@ -168,14 +186,14 @@ cudaError_t device_attribute(cudaDeviceAttr attr, int* value) {
 }  // namespace
 
 template <typename T, typename Acc>
-cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args, int version,
+cudaError_t launch_persistent_forward(const PersistentStackArgs<T, Acc>& args, int version,
                                       cudaStream_t stream) {
-  if (version < 1 || version > 4) return cudaErrorInvalidValue;
+  if (version < 1 || version > 4 || args.layers != 1) return cudaErrorInvalidValue;
   if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
   int sms = 0;
   const cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
   if (err != cudaSuccess) return err;
-  PersistentForwardArgs<T, Acc> a = args;
+  PersistentStackArgs<T, Acc> a = args;
   if (version == 1) {
     // Spread the units over every multiprocessor: one block each.
     int units = static_cast<int>((args.hidden + sms - 1) / sms);
@@ -185,7 +203,7 @@ cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args,
     return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
                               blocks, smem, sms, params, stream);
   }
-  return launch_persistent_stack(one_layer_stack(args), version == 4, stream);
+  return launch_persistent_stack(args, version == 4, stream);
 }
 
 template <typename T, typename Acc>
@@ -199,14 +217,14 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
   int64_t inputs[kMaxStackLayers];
   for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
   PersistentStackArgs<T, Acc> a = args;
-  if constexpr (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) {
+  if constexpr (!std::is_same<T, double>::value) {
     if (tensor_cores) {
       int major = 0;
       err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
       if (err != cudaSuccess) return err;
       if (major < 8) return cudaErrorNotSupported;
-      MmaTiling tiling =
-          mma_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads, sizeof(T));
+      MmaTiling tiling = mma_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads,
+                                    sizeof(T), TensorCoreMma<T>::Shape::k);
       const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
       void* params[] = {&a, &tiling};
       return launch_cooperative(reinterpret_cast<const void*>(mma_stack_kernel<T>),
@@ -221,7 +239,7 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
 }
 
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \
-  template cudaError_t launch_persistent_forward<T, Acc>(const PersistentForwardArgs<T, Acc>&, \
+  template cudaError_t launch_persistent_forward<T, Acc>(const PersistentStackArgs<T, Acc>&, \
                                                          int, cudaStream_t);                  \
   template cudaError_t launch_persistent_stack<T, Acc>(const PersistentStackArgs<T, Acc>&,     \
                                                        bool, cudaStream_t);

@@ -7,9 +7,9 @@
 //   2 (p2): register tiles of 4 rows x 4 gates, k split across threads (lstm_persistent.h).
 //   3 (p3, launch_persistent_stack): p2's tiles for a whole stack of layers in one launch,
 //       the layers as a wavefront (S + L - 1 grid barriers; StackTiling in lstm_persistent.h).
-//   4 (p4): p3 with its products on tensor cores (mma.sync) for bf16 and fp16, sm_80 and up
-//       (lstm_persistent_mma.h); fp32 and fp64 run p3.
-// Arguments (PersistentForwardArgs, shapes documented there) in lstm_persistent.h.
+//   4 (p4): p3 with its products on tensor cores (mma.sync), sm_80 and up: bf16 and fp16,
+//       and fp32 as TF32 where the caller allows it (lstm_persistent_mma.h); fp64 runs p3.
+// Arguments (PersistentStackArgs, shapes documented there) in lstm_persistent.h.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -18,15 +18,17 @@
 
 namespace fastlstm {
 
-// Launches `version` on `stream` (1: p1; 2 and 3: p2, which is p3 for one layer; 4: p4 for
-// bf16/fp16, p2 otherwise). Returns cudaErrorNotSupported when the weights do not fit on chip
-// or the grid cannot be resident at once (the caller then runs the step loop),
-// cudaErrorInvalidValue for an unknown version, else the launch's error.
+// One layer (args.layers == 1, either direction): launches `version` on `stream` (1: p1; 2
+// and 3: p2, which is p3 for one layer; 4: p4, which for float means TF32 inputs: the caller
+// asks for 4 only where that is allowed). Returns cudaErrorNotSupported when the weights do
+// not fit on chip or the grid cannot be resident at once (the caller then runs the step
+// loop), cudaErrorInvalidValue for an unknown version, else the launch's error.
 template <typename T, typename Acc>
-cudaError_t launch_persistent_forward(const PersistentForwardArgs<T, Acc>& args, int version,
+cudaError_t launch_persistent_forward(const PersistentStackArgs<T, Acc>& args, int version,
                                       cudaStream_t stream);
 
-// p3 (p4 if `tensor_cores` and T is a 16-bit type): every layer of `args` in one launch.
+// p3 (p4 if `tensor_cores` and T is not double; for float that means TF32 inputs): every
+// layer of `args` in one launch.
 // Same returns as above (cudaErrorInvalidValue for a layer count outside 1..kMaxStackLayers;
 // cudaErrorNotSupported for p4 below compute capability 8.0).
 template <typename T, typename Acc>

@@ -1,20 +1,20 @@
-// p4: the stack kernel of lstm_persistent.h (p3) with phase 1 on tensor cores, for bf16 and
-// fp16: per wave a block's products [B x K] inputs times [K x 4U] weights run as warp-wide
-// mma.sync.m16n8k16 (16-bit inputs, fp32 sums), the weights kept in shared memory in the
-// storage type (half the bytes of p3's fp32 copy). Phase 2 is p3's (finish_unit).
+// p4: the stack kernel of lstm_persistent.h (p3) with phase 1 on tensor cores: per wave a
+// block's products [B x K] inputs times [K x 4U] weights run as warp-wide mma.sync, fp32
+// sums: m16n8k16 for bf16 and fp16 inputs, m16n8k8 with TF32 inputs for fp32 where TF32 is
+// allowed. The weights stay in shared memory in the storage type (bf16: half the bytes of
+// p3's fp32 copy). Phase 2 is p3's (finish_unit).
 //
 // Shapes of one block's product: M = batch rows (m-tiles of 16), N = its 4U gate columns
 // n = 4u + q (n-tiles of 8: two units' four gates), K = the layer's inputs + H (k-steps of
-// 16). A warp item is (m-tile, group of up to kMaxNTiles n-tiles, slice of the k-steps): it
+// 16, or 8 for TF32). A warp item is (m-tile, group of up to kMaxNTiles n-tiles, slice of the k-steps): it
 // loads each A fragment once for all the group's n-tiles and writes its 16 x 8 sums per
 // n-tile to the partial buffer [slice][row][n] in shared memory; phase 2 adds the slices.
 //
 // Like lstm_persistent.h, the per-warp work is a plain function, templated on the number of
 // lanes it runs at once (kLanes) and on the MMA: the CUDA kernel runs one lane per thread
 // with the tensor-core instruction (TensorCoreMma, lstm_persistent_cuda.cu); the host runs
-// all 32 lanes of a warp together with HostMma, which reads the fragments back into 16 x 16
-// and 16 x 8 matrices through the PTX ISA's fragment layout ("Matrix Fragments for
-// mma.m16n8k16 with floating point type") and multiplies them. So the C++ tests check the
+// all 32 lanes of a warp together with HostMma, which reads the fragments back into
+// matrices through the PTX ISA's fragment layouts (MmaK16, MmaK8 below) and multiplies them. So the C++ tests check the
 // tiling, the indexing and the fragment gathering against the oracle on the CPU; whether
 // the layout functions below match the hardware only a GPU run shows.
 #pragma once
@@ -26,13 +26,26 @@ namespace fastlstm {
 constexpr int kWarpSize = 32;
 constexpr int kMaxNTiles = 8;  // n-tiles per warp item: 32 fp32 accumulators per lane
 
-// mma.m16n8k16 fragments (.f16/.bf16 inputs, .f32 sums): which element of the 16 x 16 A
-// (row = batch row, col = k), 16 x 8 B (row = k, col = n) and 16 x 8 C/D lane `lane` holds
-// as its e-th element. groupID = lane / 4, threadID_in_group = lane % 4.
-FASTLSTM_HD int mma_a_row(int lane, int e) { return (lane >> 2) + 8 * ((e >> 1) & 1); }
-FASTLSTM_HD int mma_a_col(int lane, int e) { return (lane & 3) * 2 + (e & 1) + 8 * (e >> 2); }
-FASTLSTM_HD int mma_b_row(int lane, int e) { return (lane & 3) * 2 + (e & 1) + 8 * (e >> 1); }
-FASTLSTM_HD int mma_b_col(int lane, int) { return lane >> 2; }
+// Which element of the matrices lane `lane` holds as its e-th fragment element, for the two
+// MMA shapes (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type" and
+// "... for mma.m16n8k8"): A is 16 x k (row = batch row, col = k), B is k x 8 (row = k, col =
+// n), C/D is 16 x 8 fp32 in both. groupID = lane / 4, threadID_in_group = lane % 4.
+//   MmaK16: mma.m16n8k16 with .bf16/.f16 inputs (p4 for bf16, fp16);
+//   MmaK8:  mma.m16n8k8 with .tf32 inputs (p4 for fp32 where TF32 is allowed).
+struct MmaK16 {
+  static constexpr int k = 16, a_elems = 8, b_elems = 4;
+  static FASTLSTM_HD int a_row(int lane, int e) { return (lane >> 2) + 8 * ((e >> 1) & 1); }
+  static FASTLSTM_HD int a_col(int lane, int e) { return (lane & 3) * 2 + (e & 1) + 8 * (e >> 2); }
+  static FASTLSTM_HD int b_row(int lane, int e) { return (lane & 3) * 2 + (e & 1) + 8 * (e >> 1); }
+  static FASTLSTM_HD int b_col(int lane, int) { return lane >> 2; }
+};
+struct MmaK8 {
+  static constexpr int k = 8, a_elems = 4, b_elems = 2;
+  static FASTLSTM_HD int a_row(int lane, int e) { return (lane >> 2) + 8 * (e & 1); }
+  static FASTLSTM_HD int a_col(int lane, int e) { return (lane & 3) + 4 * (e >> 1); }
+  static FASTLSTM_HD int b_row(int lane, int e) { return (lane & 3) + 4 * e; }
+  static FASTLSTM_HD int b_col(int lane, int) { return lane >> 2; }
+};
 FASTLSTM_HD int mma_c_row(int lane, int e) { return (lane >> 2) + 8 * (e >> 1); }
 FASTLSTM_HD int mma_c_col(int lane, int e) { return (lane & 3) * 2 + (e & 1); }
 
@@ -41,11 +54,11 @@ struct MmaLayerTiling {
   int blocks;       // ceil(H / U)
   int first_block;  // the layer's first block in the grid
   int n_tiles;      // ceil(4U / 8)
-  int k_steps;      // ceil(K / 16)
+  int k_steps;      // ceil(K / k) for the shape's k (16 or 8)
   int k_splits;     // KS: slices of the k-steps per (m-tile, n-group) item
   int k_len;        // k-steps per slice: ceil(k_steps / KS) (trailing slices may be empty)
-  int w_stride;     // elements per weight row in shared memory: 16 k_steps + 8 (the pad
-                    // puts the 8 rows one B fragment reads in different banks)
+  int w_stride;     // elements per weight row in shared memory: k k_steps + 16 bytes (the
+                    // pad puts the 8 rows one B fragment reads in different banks)
 };
 
 struct MmaTiling {
@@ -59,8 +72,9 @@ struct MmaTiling {
 };
 
 // Units as p3 (distribute_units); k split so that a block has about one item per warp.
+// mma_k: the MMA shape's k (16 or 8).
 inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
-                            int sms, int threads, int element_bytes) {
+                            int sms, int threads, int element_bytes, int mma_k) {
   int units[kMaxStackLayers];
   distribute_units(inputs, layers, hidden, sms, units);
   MmaTiling t{};
@@ -74,13 +88,13 @@ inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, in
     lt.first_block = t.blocks;
     t.blocks += lt.blocks;
     lt.n_tiles = (4 * lt.units + 7) / 8;
-    lt.k_steps = static_cast<int>((inputs[l] + hidden + 15) / 16);
+    lt.k_steps = static_cast<int>((inputs[l] + hidden + mma_k - 1) / mma_k);
     const int items = t.m_tiles * ((lt.n_tiles + kMaxNTiles - 1) / kMaxNTiles);
     const int most = lt.k_steps < 8 ? lt.k_steps : 8;
     const int splits = t.warps / items;
     lt.k_splits = splits < 1 ? 1 : (splits > most ? most : splits);
     lt.k_len = (lt.k_steps + lt.k_splits - 1) / lt.k_splits;
-    lt.w_stride = 16 * lt.k_steps + 8;
+    lt.w_stride = mma_k * lt.k_steps + 16 / element_bytes;
     const int64_t w = (int64_t(lt.n_tiles) * 8 * lt.w_stride * element_bytes + 15) / 16 * 16;
     const int64_t p = int64_t(lt.k_splits) * t.m_tiles * 16 * lt.n_tiles * 8;
     t.weight_bytes = w > t.weight_bytes ? w : t.weight_bytes;
@@ -112,20 +126,16 @@ FASTLSTM_HD void mma_load_weights(const PersistentStackArgs<T, Acc>& a, const Mm
 
 // Phase 1 of wave w on tensor cores, for warp `warp` of the block: lanes lane0 ..
 // lane0 + kLanes - 1 (the CUDA kernel: one lane; the host: all 32). `mma(a, b, acc, j)`
-// adds the 16 x 16 x 8 product of the lanes' fragments a, b to acc[.][j].
-template <int kLanes, typename T, typename Acc, typename Mma>
+// adds the 16 x k x 8 product (Shape) of the lanes' fragments a, b to acc[.][j].
+template <typename Shape, int kLanes, typename T, typename Acc, typename Mma>
 FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                                   int block, int64_t wave, int warp, int lane0, const T* w_s,
                                   Acc* partial, const Mma& mma) {
   const BlockSlice bs = block_slice(t, a.hidden, block);
-  const int64_t s = wave_step(a, bs.layer, wave);
-  if (s < 0) return;
-  const StackLayer<T, Acc>& L = a.layer[bs.layer];
+  const WaveInputs<T> x = wave_inputs(a, bs.layer, wave);
+  if (x.step < 0) return;
   const MmaLayerTiling& lt = t.layer[bs.layer];
-  const int64_t H = a.hidden, B = a.batch, in = L.inputs, K = in + H;
-  // Columns [0, in): the layer below's h at this step; [in, K): this layer's h_{t-1}.
-  const T* below = in > 0 ? a.layer[bs.layer - 1].hs + time_index(a, s) * B * in : nullptr;
-  const T* h_prev = s == 0 ? L.h0 : L.hs + time_index(a, s - 1) * B * H;
+  const int64_t H = a.hidden, B = a.batch, in = a.layer[bs.layer].inputs, K = in + H;
   const T zero = Convert<T, Acc>::store(Acc(0));
   const int n_tiles = (4 * bs.units + 7) / 8;  // this block's (its last may be short)
   const int n_groups = (n_tiles + kMaxNTiles - 1) / kMaxNTiles;
@@ -141,25 +151,25 @@ FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const Mm
     Acc acc[kLanes][kMaxNTiles][4] = {};
 #pragma unroll 2
     for (int ks = ks_begin; ks < ks_end; ++ks) {
-      T frag_a[kLanes][8];
+      T frag_a[kLanes][Shape::a_elems];
       for (int l = 0; l < kLanes; ++l)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int64_t b = m_tile * 16 + mma_a_row(lane0 + l, e);
-          const int64_t k = ks * 16 + mma_a_col(lane0 + l, e);
+        for (int e = 0; e < Shape::a_elems; ++e) {
+          const int64_t b = m_tile * 16 + Shape::a_row(lane0 + l, e);
+          const int64_t k = ks * Shape::k + Shape::a_col(lane0 + l, e);
           frag_a[l][e] = b >= B || k >= K ? zero
-                         : k < in         ? below[b * in + k]
-                                          : h_prev[b * H + k - in];
+                         : k < in         ? x.below[b * in + k]
+                                          : x.h_prev[b * H + k - in];
         }
 #pragma unroll
       for (int j = 0; j < kMaxNTiles; ++j) {
         if (j >= group_tiles) break;
-        T frag_b[kLanes][4];
+        T frag_b[kLanes][Shape::b_elems];
         for (int l = 0; l < kLanes; ++l)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t n = (nt0 + j) * 8 + mma_b_col(lane0 + l, e);
-            frag_b[l][e] = w_s[n * lt.w_stride + ks * 16 + mma_b_row(lane0 + l, e)];
+          for (int e = 0; e < Shape::b_elems; ++e) {
+            const int64_t n = (nt0 + j) * 8 + Shape::b_col(lane0 + l, e);
+            frag_b[l][e] = w_s[n * lt.w_stride + ks * Shape::k + Shape::b_row(lane0 + l, e)];
           }
         mma(frag_a, frag_b, acc, j);
       }
@@ -200,25 +210,24 @@ FASTLSTM_HD void mma_cell_update(const PersistentStackArgs<T, Acc>& a, const Mma
 }
 
 // The warp MMA on the host, for all 32 lanes at once: the fragments read back into
-// matrices through the layout functions above, D = A B + C, D scattered back.
-template <typename T, typename Acc>
+// matrices through the Shape's layout functions, D = A B + C, D scattered back.
+template <typename Shape, typename T, typename Acc>
 struct HostMma {
-  void operator()(const T (&a)[kWarpSize][8], const T (&b)[kWarpSize][4],
+  void operator()(const T (&a)[kWarpSize][Shape::a_elems], const T (&b)[kWarpSize][Shape::b_elems],
                   Acc (&acc)[kWarpSize][kMaxNTiles][4], int j) const {
-    Acc A[16][16], Bm[16][8], C[16][8];
+    Acc A[16][Shape::k], Bm[Shape::k][8], C[16][8];
     for (int lane = 0; lane < kWarpSize; ++lane) {
-      for (int e = 0; e < 8; ++e)
-        A[mma_a_row(lane, e)][mma_a_col(lane, e)] = Convert<T, Acc>::load(a[lane][e]);
-      for (int e = 0; e < 4; ++e) {
-        Bm[mma_b_row(lane, e)][mma_b_col(lane, e)] = Convert<T, Acc>::load(b[lane][e]);
-        C[mma_c_row(lane, e)][mma_c_col(lane, e)] = acc[lane][j][e];
-      }
+      for (int e = 0; e < Shape::a_elems; ++e)
+        A[Shape::a_row(lane, e)][Shape::a_col(lane, e)] = Convert<T, Acc>::load(a[lane][e]);
+      for (int e = 0; e < Shape::b_elems; ++e)
+        Bm[Shape::b_row(lane, e)][Shape::b_col(lane, e)] = Convert<T, Acc>::load(b[lane][e]);
+      for (int e = 0; e < 4; ++e) C[mma_c_row(lane, e)][mma_c_col(lane, e)] = acc[lane][j][e];
     }
     for (int lane = 0; lane < kWarpSize; ++lane)
       for (int e = 0; e < 4; ++e) {
         const int r = mma_c_row(lane, e), c = mma_c_col(lane, e);
         Acc d = C[r][c];
-        for (int k = 0; k < 16; ++k) d += A[r][k] * Bm[k][c];
+        for (int k = 0; k < Shape::k; ++k) d += A[r][k] * Bm[k][c];
         acc[lane][j][e] = d;
       }
   }
@@ -227,7 +236,7 @@ struct HostMma {
 // p4's schedule on the host, as run_stack_on_host does for p3: per wave every block (in
 // reversed order if `blocks_reversed`), in each block every warp (32 lanes at once through
 // HostMma), then every thread of phase 2. Shared memory starts NaN.
-template <typename T, typename Acc>
+template <typename Shape, typename T, typename Acc>
 void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                            int threads, bool blocks_reversed = false) {
   const T nan = std::numeric_limits<T>::quiet_NaN();
@@ -242,8 +251,8 @@ void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling
     for (int n = 0; n < t.blocks; ++n) {
       const int blk = blocks_reversed ? t.blocks - 1 - n : n;
       for (int warp = 0; warp < t.warps; ++warp)
-        mma_partial_sums<kWarpSize>(a, t, blk, wave, warp, 0, weights[blk].data(),
-                                    partial[blk].data(), HostMma<T, Acc>{});
+        mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, weights[blk].data(),
+                                           partial[blk].data(), HostMma<Shape, T, Acc>{});
       for (int tid = 0; tid < threads; ++tid)  // __syncthreads()
         mma_cell_update(a, t, blk, wave, tid, threads, partial[blk].data());
     }  // grid.sync()

@@ -115,6 +115,14 @@ int persistent_version() {
   return version;
 }
 
+// Whether p4 may put this dtype on tensor cores: bf16 and fp16 always; fp32 as TF32 only
+// where torch allows TF32 in matmuls (torch.backends.cuda.matmul.allow_tf32, the flag the
+// step loop's GEMMs follow); fp64 never.
+bool tensor_cores_allowed(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf ||
+         (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS());
+}
+
 // Where the persistent kernel does not fit: an error under FASTLSTM_PERSISTENT_STRICT=1 (the
 // tests set it, so a test of the kernel cannot pass by silently running the step loop),
 // else a warning (once) before the caller runs the step loop.
@@ -142,16 +150,18 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
   Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
   Tensor gates = kernel_output({S, B, 4 * H}, opts.dtype(cs.scalar_type()));
   const Tensor c0_cell = c0.to(cs.scalar_type()).contiguous();
-  const int version = persistent_version();
+  int version = persistent_version();
+  if (version == 4 && !tensor_cores_allowed(xproj.scalar_type())) version = 2;
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
                                   "fastlstm_persistent_forward", [&] {
     using T = typename CudaType<scalar_t>::type;
     using Acc = at::opmath_type<scalar_t>;
-    const PersistentForwardArgs<T, Acc> args{
-        ptr<T>(xproj), ptr<T>(h0),    ptr<Acc>(c0_cell), ptr<T>(w_hh), ptr<T>(hs),
-        ptr<Acc>(cs),  ptr<Acc>(gates), S,                 B,            H,
-        reverse};
+    PersistentStackArgs<T, Acc> args{};
+    args.layer[0] = {ptr<T>(xproj), nullptr,       nullptr,         ptr<T>(h0),
+                     ptr<Acc>(c0_cell), ptr<T>(w_hh), ptr<T>(hs), ptr<Acc>(cs),
+                     ptr<Acc>(gates), 0};
+    args.layers = 1, args.steps = S, args.batch = B, args.hidden = H, args.reverse = reverse;
     err = launch_persistent_forward(args, version, at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
@@ -169,7 +179,8 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, co
   const c10::cuda::CUDAGuard guard(xproj.device());
   const c10::NoGradGuard no_grad;
   StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
-  const bool tensor_cores = persistent_version() == 4;
+  const bool tensor_cores =
+      persistent_version() == 4 && tensor_cores_allowed(xproj.scalar_type());
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
                                   "fastlstm_stack_persistent", [&] {

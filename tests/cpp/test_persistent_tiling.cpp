@@ -69,8 +69,10 @@ std::vector<T> as(const ref::Vec& v, size_t n = 0) {
   return std::vector<T>(v.begin(), v.end());
 }
 
+enum class Kernel { tiles, mma_k16, mma_k8 };  // p2/p3; p4 with either MMA shape
+
 template <typename T>
-void check_shape(ref::Checks& checks, const Shape& sh, bool mma, double tol) {
+void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol) {
   const int S = sh.steps, B = sh.batch, H = sh.hidden;
   std::mt19937 rng(S * 1000 + B * 10 + H + 7 * sh.layers);
   const ref::Vec xproj = ref::random_vec(rng, size_t(S) * B * 4 * H);
@@ -98,10 +100,14 @@ void check_shape(ref::Checks& checks, const Shape& sh, bool mma, double tol) {
     }
     a.layers = sh.layers, a.steps = S, a.batch = B, a.hidden = H, a.reverse = sh.reverse;
     int blocks = 0, k_splits = 0;
-    if (mma) {
+    if (kernel != Kernel::tiles) {
+      const int k = kernel == Kernel::mma_k16 ? 16 : 8;
       const fastlstm::MmaTiling tiling =
-          fastlstm::mma_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T));
-      fastlstm::run_mma_stack_on_host(a, tiling, sh.threads, blocks_reversed);
+          fastlstm::mma_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k);
+      if (k == 16)
+        fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, blocks_reversed);
+      else
+        fastlstm::run_mma_stack_on_host<fastlstm::MmaK8>(a, tiling, sh.threads, blocks_reversed);
       blocks = tiling.blocks, k_splits = tiling.layer[0].k_splits;
     } else {
       const fastlstm::StackTiling tiling =
@@ -117,7 +123,11 @@ void check_shape(ref::Checks& checks, const Shape& sh, bool mma, double tol) {
                         ref::relative_error(buf[l].gates, want[l].gates)});
     char what[160];
     std::snprintf(what, sizeof what, "%s S%d B%d H%d L%d on %d SMs (%d blocks), KS %d%s%s%s (%s)",
-                  mma ? "p4" : sh.layers > 1 ? "p3" : "p2", S, B, H, sh.layers, sh.sms, blocks,
+                  kernel == Kernel::mma_k16 ? "p4 k16"
+                  : kernel == Kernel::mma_k8 ? "p4 k8"
+                  : sh.layers > 1            ? "p3"
+                                             : "p2",
+                  S, B, H, sh.layers, sh.sms, blocks,
                   k_splits, sh.reverse ? ", reverse" : "",
                   sh.layers > 1 && !sh.bias ? ", no bias" : "",
                   blocks_reversed ? ", blocks reversed" : "", sizeof(T) == 4 ? "float" : "double");
@@ -125,36 +135,52 @@ void check_shape(ref::Checks& checks, const Shape& sh, bool mma, double tol) {
   }
 }
 
-// The fragment layout functions against the PTX ISA's figures for mma.m16n8k16 (.bf16/.f16
-// inputs, .f32 sums): a few lanes' elements written out, and each matrix covered exactly once.
-void check_fragment_layout(ref::Checks& checks) {
-  using namespace fastlstm;
+// The fragment layouts against the PTX ISA's figures: a few lanes' elements written out, and
+// each matrix covered exactly once. MmaK16: mma.m16n8k16 (.bf16/.f16); MmaK8: mma.m16n8k8
+// (.tf32); the C/D layout (16 x 8 fp32) is the same for both.
+template <typename Shape>
+bool covers_each_element_once() {
+  int a_seen[16][16] = {}, b_seen[16][8] = {}, c_seen[16][8] = {};
+  for (int lane = 0; lane < fastlstm::kWarpSize; ++lane) {
+    for (int e = 0; e < Shape::a_elems; ++e) ++a_seen[Shape::a_row(lane, e)][Shape::a_col(lane, e)];
+    for (int e = 0; e < Shape::b_elems; ++e) ++b_seen[Shape::b_row(lane, e)][Shape::b_col(lane, e)];
+    for (int e = 0; e < 4; ++e) ++c_seen[fastlstm::mma_c_row(lane, e)][fastlstm::mma_c_col(lane, e)];
+  }
   bool ok = true;
-  // Lane 0 (group 0, thread 0) and lane 5 (group 1, thread 1): A elements a0..a7.
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < Shape::k; ++c) ok &= a_seen[r][c] == 1;
+  for (int r = 0; r < Shape::k; ++r)
+    for (int c = 0; c < 8; ++c) ok &= b_seen[r][c] == 1;
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 8; ++c) ok &= c_seen[r][c] == 1;
+  return ok;
+}
+
+void check_fragment_layout(ref::Checks& checks) {
+  using fastlstm::MmaK16;
+  using fastlstm::MmaK8;
+  bool ok16 = covers_each_element_once<MmaK16>(), ok8 = covers_each_element_once<MmaK8>();
+  // m16n8k16, lane 0 (group 0, thread 0) and lane 5 (group 1, thread 1): A (row, k) a0..a7.
   const int a0[8][2] = {{0, 0}, {0, 1}, {8, 0}, {8, 1}, {0, 8}, {0, 9}, {8, 8}, {8, 9}};
   const int a5[8][2] = {{1, 2}, {1, 3}, {9, 2}, {9, 3}, {1, 10}, {1, 11}, {9, 10}, {9, 11}};
   for (int e = 0; e < 8; ++e) {
-    ok &= mma_a_row(0, e) == a0[e][0] && mma_a_col(0, e) == a0[e][1];
-    ok &= mma_a_row(5, e) == a5[e][0] && mma_a_col(5, e) == a5[e][1];
+    ok16 &= MmaK16::a_row(0, e) == a0[e][0] && MmaK16::a_col(0, e) == a0[e][1];
+    ok16 &= MmaK16::a_row(5, e) == a5[e][0] && MmaK16::a_col(5, e) == a5[e][1];
   }
-  // Lane 31 (group 7, thread 3): B (k, n) b0..b3 and C (row, col) c0..c3.
+  // Lane 31 (group 7, thread 3): m16n8k16 B (k, n) b0..b3; C (row, col) c0..c3.
   const int b31[4][2] = {{6, 7}, {7, 7}, {14, 7}, {15, 7}};
   const int c31[4][2] = {{7, 6}, {7, 7}, {15, 6}, {15, 7}};
   for (int e = 0; e < 4; ++e) {
-    ok &= mma_b_row(31, e) == b31[e][0] && mma_b_col(31, e) == b31[e][1];
-    ok &= mma_c_row(31, e) == c31[e][0] && mma_c_col(31, e) == c31[e][1];
+    ok16 &= MmaK16::b_row(31, e) == b31[e][0] && MmaK16::b_col(31, e) == b31[e][1];
+    ok16 &= fastlstm::mma_c_row(31, e) == c31[e][0] && fastlstm::mma_c_col(31, e) == c31[e][1];
   }
-  int a_seen[16][16] = {}, b_seen[16][8] = {}, c_seen[16][8] = {};
-  for (int lane = 0; lane < kWarpSize; ++lane) {
-    for (int e = 0; e < 8; ++e) ++a_seen[mma_a_row(lane, e)][mma_a_col(lane, e)];
-    for (int e = 0; e < 4; ++e) {
-      ++b_seen[mma_b_row(lane, e)][mma_b_col(lane, e)];
-      ++c_seen[mma_c_row(lane, e)][mma_c_col(lane, e)];
-    }
-  }
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) ok &= a_seen[r][c] == 1 && (c >= 8 || (b_seen[r][c] == 1 && c_seen[r][c] == 1));
-  checks.expect(ok, "mma.m16n8k16 fragment layout", ok ? 0 : 1);
+  // m16n8k8 (.tf32), lane 6 (group 1, thread 2): A (row, k) a0..a3, B (k, n) b0, b1.
+  const int t6a[4][2] = {{1, 2}, {9, 2}, {1, 6}, {9, 6}};
+  const int t6b[2][2] = {{2, 1}, {6, 1}};
+  for (int e = 0; e < 4; ++e) ok8 &= MmaK8::a_row(6, e) == t6a[e][0] && MmaK8::a_col(6, e) == t6a[e][1];
+  for (int e = 0; e < 2; ++e) ok8 &= MmaK8::b_row(6, e) == t6b[e][0] && MmaK8::b_col(6, e) == t6b[e][1];
+  checks.expect(ok16, "mma.m16n8k16 (.bf16/.f16) fragment layout", ok16 ? 0 : 1);
+  checks.expect(ok8, "mma.m16n8k8 (.tf32) fragment layout", ok8 ? 0 : 1);
 }
 
 }  // namespace
@@ -183,10 +209,10 @@ int main() {
       {3, 40, 20, 1, 1, 256, false, true},
       {2, 33, 44, 2, 3, 128, false, true},
   };
-  for (bool mma : {false, true})
+  for (Kernel kernel : {Kernel::tiles, Kernel::mma_k16, Kernel::mma_k8})
     for (const Shape& sh : shapes) {
-      check_shape<float>(checks, sh, mma, 1e-5);
-      check_shape<double>(checks, sh, mma, 1e-12);
+      check_shape<float>(checks, sh, kernel, 1e-5);
+      check_shape<double>(checks, sh, kernel, 1e-12);
     }
   std::printf("%d check(s) failed\n", checks.failed);
   return checks.failed ? 1 : 0;
