@@ -4,7 +4,8 @@ import torch
 
 # cuda_persistent (p1) is left out by default: run 7 measured it slower than cuda everywhere
 # but S3 fwd+bwd and the step (benchmarks/NOTES.md); name it to run it.
-CUDA_BACKENDS = "cuda,cuda_eager,cuda_persistent2,cuda_persistent3,cuda_persistent4,triton,cudnn"
+CUDA_BACKENDS = ("cuda,cuda_eager,cuda_persistent2,cuda_persistent3,cuda_persistent3x2,"
+                 "cuda_persistent4,cuda_persistent4x2,triton,cudnn")
 
 
 def pytest_addoption(parser):
@@ -16,7 +17,8 @@ def pytest_addoption(parser):
     parser.addoption("--bench-backends", default=None,
                      help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
                           "graphs; cuda_persistent, cuda_persistent2 .. cuda_persistent4: the "
-                          "persistent forward, versions 1 to 4); default: " + CUDA_BACKENDS +
+                          "persistent forward, versions 1 to 4, suffix xP: the batch in P parts); "
+                          "default: " + CUDA_BACKENDS +
                           " on cuda, "
                           "cpu,aten on cpu")
     parser.addoption("--bench-tf32", default="default", choices=("default", "on", "off"),

@@ -83,7 +83,7 @@ record "memcheck (test_step_cuda)" "exit $?"
 step "benchmarks (twice: the spread between the runs is the noise)"
 runs="1 2"; bench_args=""
 if [ "$QUICK" = 1 ]; then
-  runs=1; bench_args="--bench-backends=cuda,cuda_persistent2,cuda_persistent3,cuda_persistent4,triton,cudnn"
+  runs=1; bench_args="--bench-backends=cuda,cuda_persistent2,cuda_persistent3,cuda_persistent4,cuda_persistent4x2,triton,cudnn"
 fi
 for run in $runs; do
   timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda $bench_args \
@@ -96,7 +96,7 @@ if [ "$QUICK" != 1 ]; then
   step "benchmarks with TF32 on (p4's fp32 on tensor cores; cuDNN with TF32)"
   timeout 90 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
     --bench-tf32=on --bench-shapes=S1,S2 --bench-dtypes=fp32 -k "fwd and not fwdbwd" \
-    --bench-backends=cuda,cuda_persistent3,cuda_persistent4,cudnn \
+    --bench-backends=cuda,cuda_persistent3,cuda_persistent4,cuda_persistent4x2,cudnn \
     --benchmark-json="$OUT/bench_tf32.json" --benchmark-columns=median,iqr,min >> "$OUT/bench.log" 2>&1
   record "benchmarks with TF32" "$(tail -1 "$OUT/bench.log")"
 fi

@@ -191,10 +191,13 @@ def test_persistent_stack_at_s1_width_matches_oracle(persistent, dtype):
                       "cuda", "cuda", dtype, seed=21)
 
 
+@pytest.mark.parametrize("parts", ["1", "3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_persistent_stack_kernel_equals_its_host_run(monkeypatch, dtype):
-    """The CUDA kernel against the same per-block code run on the CPU (the CPU op)."""
+def test_persistent_stack_kernel_equals_its_host_run(monkeypatch, dtype, parts):
+    """The CUDA kernel against the same per-block code run on the CPU (the CPU op), with the
+    batch in `parts` parts."""
     monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", parts)
     from test_stack import stack_args
     args = stack_args(layers=3, steps=7, batch=5, hidden=70, seed=4)
     to = lambda a, device: ([t.detach().to(device, dtype) for t in a]  # noqa: E731
@@ -264,3 +267,24 @@ def test_persistent_p4_fp32_uses_tf32_only_where_allowed(monkeypatch):
     tf32 = torch.ops.fastlstm.lstm_stack_persistent(*args)
     err = relative_error(tf32[0], p3[0])
     assert 1e-7 < err < 5e-3, f"p4 with TF32 vs p3: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("version,dtype,tol,split", [("3", torch.float32, 1e-5, ("2",)),
+                                                     ("4", torch.bfloat16, 1e-2, ("2", "4"))])
+def test_persistent_batch_parts_equal_one_part(monkeypatch, version, dtype, tol, split):
+    """S1's width (2 layers x 512, batch 64) with the batch split in parts against one part:
+    the same sums per row, in another grid. (fp32 in 4 parts needs 393 KB of weights per
+    block: it does not fit, and STRICT makes that an error.)"""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", version)
+    from test_stack import stack_args
+    args = [[t.detach().to("cuda", dtype) * 0.1 for t in a] if isinstance(a, list)
+            else a.detach().to("cuda", dtype)
+            for a in stack_args(layers=2, steps=10, batch=64, hidden=512, seed=8)]
+    results = {}
+    for parts in ("1", *split):
+        monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", parts)
+        results[parts] = torch.ops.fastlstm.lstm_stack_persistent(*args)
+    for parts in split:
+        for a, b, name in zip(results[parts], results["1"], ("hs", "cs", "gates")):
+            assert_close(a, b, tol, f"{parts} batch parts vs 1: {name}")

@@ -40,6 +40,21 @@ def test_stack_matches_oracle(through_stack, case, dtype):
     assert through_stack, "the stack op did not run"
 
 
+@pytest.mark.parametrize("parts", ["2", "3"])
+@pytest.mark.parametrize("case", [c for c in STACK_CASES if c.batch > 1], ids=str)
+def test_stack_with_the_batch_split_matches_oracle(through_stack, monkeypatch, case, parts):
+    """FASTLSTM_PERSISTENT_BATCH_PARTS: blocks own a part of the batch rows too."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", parts)
+    compare_to_oracle(case, "cpu", "cpu", torch.float32, seed=3000 + len(case.name))
+    assert through_stack, "the stack op did not run"
+
+
+def test_batch_parts_must_be_known(monkeypatch):
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", "9")
+    with pytest.raises(RuntimeError, match="BATCH_PARTS must be 1 to 8"):
+        torch.ops.fastlstm.lstm_stack_persistent(*stack_args())
+
+
 def test_stack_comparison_can_fail(through_stack, monkeypatch):
     """A stack op whose in-kernel input projection used a W_ih off by 0.1% must fail."""
     case = next(c for c in STACK_CASES if c.name == "four_layers_h70")

@@ -63,100 +63,128 @@ struct PersistentStackArgs {
   bool reverse;     // every layer runs t = S-1 .. 0 (one layer: a bidirectional backward direction)
 };
 
-// How the stack's work is split. Host code picks it (stack_tiling); every thread reads it.
-//   Layer l owns blocks [first_block, first_block + blocks); block k of it owns hidden units
-//   [k*U, k*U + U_k) and keeps their gate rows in shared memory as w_s[k'][u][q] (k' over the
-//   K columns, the four gates of a unit side by side: one 16-byte load in fp32).
+// How the grid is split, for p3 and p4 alike: layer l owns blocks [first_block, first_block +
+// unit_blocks * batch_parts); its block k owns hidden units [u*U, u*U + U_k) for u = k /
+// batch_parts, and batch rows [p*R, p*R + R_k) for p = k % batch_parts (R = part_rows), and
+// keeps those units' gate rows in shared memory for the whole sequence. Splitting the batch
+// too (batch_parts > 1) gives each block more units and fewer rows: the same arithmetic and
+// P times the weights per block, but each block reads only its rows of h every wave, P times
+// fewer bytes from L2 (benchmarks/NOTES.md has the numbers).
+// The wavefront: at wave w layer l runs its step w - l, so layer l at step t runs beside
+// layer l+1 at step t-1 and a stack costs S + L - 1 grid barriers instead of S x L.
+struct LayerBlocks {
+  int units;        // U: hidden units per block (the layer's last unit slice may have fewer)
+  int unit_blocks;  // ceil(H / U)
+  int first_block;  // the layer's first block in the grid
+};
+
+struct GridSplit {
+  int layers;
+  int blocks;       // all layers'
+  int batch_parts;  // P
+  int part_rows;    // R = ceil(B / P) (P is lowered until every part has rows)
+  int64_t batch;
+  LayerBlocks layer[kMaxStackLayers];
+};
+
+// Units per block for every layer so that the blocks fit `sms` (one block per
+// multiprocessor) with the per-block weight columns K x U as even as they can be: the
+// smallest budget W with P sum_l ceil(H / floor(W / K_l)) <= sms. inputs[l]: layer l's K - H
+// (0 for layer 0). One layer, P = 1: U = ceil(H / sms).
+inline GridSplit split_grid(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
+                            int sms, int batch_parts) {
+  GridSplit g{};
+  g.layers = layers;
+  g.batch = batch;
+  g.part_rows = static_cast<int>((batch + batch_parts - 1) / batch_parts);
+  g.batch_parts = static_cast<int>((batch + g.part_rows - 1) / g.part_rows);
+  const int slots = sms / g.batch_parts;  // unit slices that fit
+  auto units_for = [&](int l, int64_t budget) {
+    const int64_t u = budget / (inputs[l] + hidden);
+    return u < 1 ? int64_t(1) : (u > hidden ? hidden : u);
+  };
+  auto slices_for = [&](int64_t budget) {
+    int64_t n = 0;
+    for (int l = 0; l < layers; ++l) n += (hidden + units_for(l, budget) - 1) / units_for(l, budget);
+    return n;
+  };
+  int64_t k_max = 0;
+  for (int l = 0; l < layers; ++l) k_max = inputs[l] + hidden > k_max ? inputs[l] + hidden : k_max;
+  int64_t lo = k_max, hi = k_max * hidden;  // slices_for(hi) = layers
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (slices_for(mid) <= slots) hi = mid; else lo = mid + 1;
+  }
+  for (int l = 0; l < layers; ++l) {
+    LayerBlocks& lb = g.layer[l];
+    lb.units = static_cast<int>(units_for(l, lo));
+    lb.unit_blocks = static_cast<int>((hidden + lb.units - 1) / lb.units);
+    lb.first_block = g.blocks;
+    g.blocks += lb.unit_blocks * g.batch_parts;
+  }
+  return g;
+}
+
+// Which layer block `block` works for, its units and its batch rows.
+struct BlockSlice {
+  int layer;
+  int64_t u0;
+  int units;
+  int64_t row0;
+  int rows;
+};
+
+FASTLSTM_HD BlockSlice block_slice(const GridSplit& g, int64_t hidden, int block) {
+  int l = 0;
+  while (l + 1 < g.layers && block >= g.layer[l + 1].first_block) ++l;
+  const int local = block - g.layer[l].first_block;
+  const int64_t u0 = int64_t(local / g.batch_parts) * g.layer[l].units;
+  const int64_t row0 = int64_t(local % g.batch_parts) * g.part_rows;
+  const int64_t units_left = hidden - u0, rows_left = g.batch - row0;
+  return {l, u0, static_cast<int>(units_left < g.layer[l].units ? units_left : g.layer[l].units),
+          row0, static_cast<int>(rows_left < g.part_rows ? rows_left : g.part_rows)};
+}
+
+// p2/p3's work in a block (stack_tiling picks it on the host; every thread reads it):
+//   the block keeps its units' gate rows in shared memory as w_s[k][u][q] (k over the K
+//   columns, the four gates of a unit side by side: one 16-byte load in fp32).
 //   Per wave, phase 1: each work item (one unit u, kRowsPerTile batch rows, one slice of the
 //   K columns) sums inputs x weights into registers and writes kRowsPerTile x 4 partial sums
 //   to shared memory; block barrier; phase 2: each (unit, rows) tile adds its slices' partial
 //   sums and xproj or the bias, applies the gate math, writes gates, c_t, h_t; grid barrier.
 // Splitting K lets a block use all its threads when it has few (unit, rows) tiles (S1 one
 // layer: 4 units x 16 row groups = 64 tiles, 4 slices -> 256 items).
-// The wavefront: at wave w layer l runs its step w - l, so layer l at step t runs beside
-// layer l+1 at step t-1 and a stack costs S + L - 1 grid barriers instead of S x L.
 struct StackLayerTiling {
-  int units;        // U: hidden units per block (the layer's last block may have fewer)
-  int blocks;       // ceil(H / U)
-  int first_block;  // the layer's first block in the grid
   int k_splits;     // KS: slices of the K columns per (unit, rows) tile
   int k_len;        // ceil(K / KS)
 };
 
 struct StackTiling {
-  int layers;
-  int row_groups;           // G = ceil(B / kRowsPerTile)
+  GridSplit grid;
+  int row_groups;           // G = ceil(R / kRowsPerTile)
   int threads;              // per block
-  int blocks;               // all layers'
   int64_t weight_elements;  // shared memory (elements of Acc): weights of the largest slice,
   int64_t partial_elements; // then the partial sums of the largest block
   StackLayerTiling layer[kMaxStackLayers];
 };
 
-// Units per block for every layer (units[l]) so that the blocks fit `sms` (one block per
-// multiprocessor) with the per-block weight columns K x U as even as they can be: the
-// smallest budget W with sum_l ceil(H / floor(W / K_l)) <= sms. inputs[l]: layer l's K - H
-// (0 for layer 0). One layer: U = ceil(H / sms).
-inline void distribute_units(const int64_t* inputs, int layers, int64_t hidden, int sms,
-                             int* units) {
-  auto units_for = [&](int l, int64_t budget) {
-    const int64_t u = budget / (inputs[l] + hidden);
-    return u < 1 ? int64_t(1) : (u > hidden ? hidden : u);
-  };
-  auto blocks_for = [&](int64_t budget) {
-    int64_t blocks = 0;
-    for (int l = 0; l < layers; ++l) blocks += (hidden + units_for(l, budget) - 1) / units_for(l, budget);
-    return blocks;
-  };
-  int64_t k_max = 0;
-  for (int l = 0; l < layers; ++l) k_max = inputs[l] + hidden > k_max ? inputs[l] + hidden : k_max;
-  int64_t lo = k_max, hi = k_max * hidden;  // blocks_for(hi) = layers
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (blocks_for(mid) <= sms) hi = mid; else lo = mid + 1;
-  }
-  for (int l = 0; l < layers; ++l) units[l] = static_cast<int>(units_for(l, lo));
-}
-
 inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
-                                int sms, int threads) {
-  int units[kMaxStackLayers];
-  distribute_units(inputs, layers, hidden, sms, units);
+                                int sms, int threads, int batch_parts = 1) {
   StackTiling t{};
-  t.layers = layers;
-  t.row_groups = static_cast<int>((batch + kRowsPerTile - 1) / kRowsPerTile);
+  t.grid = split_grid(inputs, layers, batch, hidden, sms, batch_parts);
+  t.row_groups = (t.grid.part_rows + kRowsPerTile - 1) / kRowsPerTile;
   t.threads = threads;
   for (int l = 0; l < layers; ++l) {
     StackLayerTiling& lt = t.layer[l];
-    const int64_t K = inputs[l] + hidden;
-    lt.units = units[l];
-    lt.blocks = static_cast<int>((hidden + lt.units - 1) / lt.units);
-    lt.first_block = t.blocks;
-    t.blocks += lt.blocks;
-    const int64_t tiles = int64_t(lt.units) * t.row_groups, splits = threads / tiles;
+    const int64_t K = inputs[l] + hidden, U = t.grid.layer[l].units;
+    const int64_t tiles = U * t.row_groups, splits = threads / tiles;
     lt.k_splits = static_cast<int>(splits < 1 ? 1 : (splits > 8 ? 8 : splits));
     lt.k_len = static_cast<int>((K + lt.k_splits - 1) / lt.k_splits);
-    const int64_t w = K * lt.units * 4, p = tiles * lt.k_splits * kRowsPerTile * 4;
+    const int64_t w = K * U * 4, p = tiles * lt.k_splits * kRowsPerTile * 4;
     t.weight_elements = w > t.weight_elements ? w : t.weight_elements;
     t.partial_elements = p > t.partial_elements ? p : t.partial_elements;
   }
   return t;
-}
-
-// Which layer block `block` works for, its first unit and its number of units.
-struct BlockSlice {
-  int layer;
-  int64_t u0;
-  int units;
-};
-
-template <typename Tiling>  // StackTiling or MmaTiling (lstm_persistent_mma.h)
-FASTLSTM_HD BlockSlice block_slice(const Tiling& t, int64_t hidden, int block) {
-  int l = 0;
-  while (l + 1 < t.layers && block >= t.layer[l + 1].first_block) ++l;
-  const int64_t u0 = int64_t(block - t.layer[l].first_block) * t.layer[l].units;
-  const int64_t left = hidden - u0;
-  return {l, u0, static_cast<int>(left < t.layer[l].units ? left : t.layer[l].units)};
 }
 
 // The time index of forward-order step s.
@@ -198,7 +226,7 @@ FASTLSTM_HD WaveInputs<T> wave_inputs(const PersistentStackArgs<T, Acc>& a, int 
 template <typename T, typename Acc>
 FASTLSTM_HD void stack_load_weights(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
                                     int block, int tid, Acc* w_s) {
-  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const StackLayer<T, Acc>& L = a.layer[bs.layer];
   const int64_t H = a.hidden, in = L.inputs, K = in + H;
   const int U = bs.units;
@@ -211,18 +239,18 @@ FASTLSTM_HD void stack_load_weights(const PersistentStackArgs<T, Acc>& a, const 
 }
 
 // acc[r][q] += src[row0 + r][k - first] * w_s[k][u][q] for k in [k_begin, k_end); src rows
-// are `width` wide, rows at or past `batch` count as zeros.
+// are `width` wide, rows at or past `row_end` count as zeros.
 template <typename T, typename Acc>
 FASTLSTM_HD void accumulate_tile(const T* src, int64_t width, int64_t first, int64_t k_begin,
                                  int64_t k_end, const Acc* w_s, int U, int64_t u, int64_t row0,
-                                 int64_t batch, Acc (&acc)[kRowsPerTile][4]) {
+                                 int64_t row_end, Acc (&acc)[kRowsPerTile][4]) {
   for (int64_t k = k_begin; k < k_end; ++k) {
     const Acc* w4 = w_s + (k * U + u) * 4;
     const Acc w0 = w4[0], w1 = w4[1], w2 = w4[2], w3 = w4[3];
 #pragma unroll
     for (int r = 0; r < kRowsPerTile; ++r) {
       const int64_t b = row0 + r;
-      const Acc h = b < batch ? Convert<T, Acc>::load(src[b * width + k - first]) : Acc(0);
+      const Acc h = b < row_end ? Convert<T, Acc>::load(src[b * width + k - first]) : Acc(0);
       acc[r][0] += h * w0;
       acc[r][1] += h * w1;
       acc[r][2] += h * w2;
@@ -237,23 +265,25 @@ template <typename T, typename Acc>
 FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
                                     int block, int64_t wave, int tid, const Acc* w_s,
                                     Acc* partial) {
-  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const WaveInputs<T> x = wave_inputs(a, bs.layer, wave);
   if (x.step < 0) return;
   const StackLayerTiling& lt = t.layer[bs.layer];
-  const int64_t H = a.hidden, B = a.batch, in = a.layer[bs.layer].inputs, K = in + H;
+  const int64_t H = a.hidden, in = a.layer[bs.layer].inputs, K = in + H;
+  const int64_t row_end = bs.row0 + bs.rows;
   const int U = bs.units;
   const int64_t items = int64_t(U) * t.row_groups * lt.k_splits;
   for (int64_t item = tid; item < items; item += t.threads) {
     // Consecutive threads: k slices, then units, then row groups.
     const int64_t tile = item / lt.k_splits, slice = item % lt.k_splits;
-    const int64_t u = tile % U, row0 = (tile / U) * kRowsPerTile;
+    const int64_t u = tile % U, row0 = bs.row0 + (tile / U) * kRowsPerTile;
     const int64_t k_begin = slice * lt.k_len;
     const int64_t k_end = k_begin + lt.k_len < K ? k_begin + lt.k_len : K;
     Acc acc[kRowsPerTile][4] = {};
-    accumulate_tile(x.below, in, 0, k_begin, k_end < in ? k_end : in, w_s, U, u, row0, B, acc);
-    accumulate_tile(x.h_prev, H, in, k_begin > in ? k_begin : in, k_end, w_s, U, u, row0, B,
+    accumulate_tile(x.below, in, 0, k_begin, k_end < in ? k_end : in, w_s, U, u, row0, row_end,
                     acc);
+    accumulate_tile(x.h_prev, H, in, k_begin > in ? k_begin : in, k_end, w_s, U, u, row0,
+                    row_end, acc);
     Acc* out = partial + item * kRowsPerTile * 4;
 #pragma unroll
     for (int r = 0; r < kRowsPerTile; ++r)
@@ -286,15 +316,15 @@ FASTLSTM_HD void finish_unit(const PersistentStackArgs<T, Acc>& a, const StackLa
 template <typename T, typename Acc>
 FASTLSTM_HD void stack_cell_update(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
                                    int block, int64_t wave, int tid, const Acc* partial) {
-  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const int64_t s = wave_step(a, bs.layer, wave);
   if (s < 0) return;
   const int KS = t.layer[bs.layer].k_splits;
   const int U = bs.units;
   const int64_t tiles = int64_t(U) * t.row_groups;
   for (int64_t tile = tid; tile < tiles; tile += t.threads) {
-    const int64_t unit = bs.u0 + tile % U, row0 = (tile / U) * kRowsPerTile;
-    for (int r = 0; r < kRowsPerTile && row0 + r < a.batch; ++r) {
+    const int64_t unit = bs.u0 + tile % U, row0 = bs.row0 + (tile / U) * kRowsPerTile;
+    for (int r = 0; r < kRowsPerTile && row0 + r < bs.row0 + bs.rows; ++r) {
       Acc pre[4] = {};
       for (int64_t slice = 0; slice < KS; ++slice) {
         const Acc* p = partial + ((tile * KS + slice) * kRowsPerTile + r) * 4;
@@ -313,14 +343,15 @@ FASTLSTM_HD void stack_cell_update(const PersistentStackArgs<T, Acc>& a, const S
 template <typename T, typename Acc>
 void run_stack_on_host(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
                        bool blocks_reversed = false) {
+  const int blocks = t.grid.blocks;
   std::vector<std::vector<Acc>> smem(
-      t.blocks, std::vector<Acc>(t.weight_elements + t.partial_elements,
-                                 std::numeric_limits<Acc>::quiet_NaN()));
-  for (int blk = 0; blk < t.blocks; ++blk)
+      blocks, std::vector<Acc>(t.weight_elements + t.partial_elements,
+                               std::numeric_limits<Acc>::quiet_NaN()));
+  for (int blk = 0; blk < blocks; ++blk)
     for (int tid = 0; tid < t.threads; ++tid) stack_load_weights(a, t, blk, tid, smem[blk].data());
   for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
-    for (int n = 0; n < t.blocks; ++n) {
-      const int blk = blocks_reversed ? t.blocks - 1 - n : n;
+    for (int n = 0; n < blocks; ++n) {
+      const int blk = blocks_reversed ? blocks - 1 - n : n;
       Acc* w_s = smem[blk].data();
       for (int tid = 0; tid < t.threads; ++tid)
         stack_partial_sums(a, t, blk, wave, tid, w_s, w_s + t.weight_elements);

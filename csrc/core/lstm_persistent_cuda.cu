@@ -187,7 +187,7 @@ cudaError_t device_attribute(cudaDeviceAttr attr, int* value) {
 
 template <typename T, typename Acc>
 cudaError_t launch_persistent_forward(const PersistentStackArgs<T, Acc>& args, int version,
-                                      cudaStream_t stream) {
+                                      int batch_parts, cudaStream_t stream) {
   if (version < 1 || version > 4 || args.layers != 1) return cudaErrorInvalidValue;
   if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
   int sms = 0;
@@ -203,13 +203,14 @@ cudaError_t launch_persistent_forward(const PersistentStackArgs<T, Acc>& args, i
     return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
                               blocks, smem, sms, params, stream);
   }
-  return launch_persistent_stack(args, version == 4, stream);
+  return launch_persistent_stack(args, version == 4, batch_parts, stream);
 }
 
 template <typename T, typename Acc>
 cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, bool tensor_cores,
-                                    cudaStream_t stream) {
-  if (args.layers < 1 || args.layers > kMaxStackLayers) return cudaErrorInvalidValue;
+                                    int batch_parts, cudaStream_t stream) {
+  if (args.layers < 1 || args.layers > kMaxStackLayers || batch_parts < 1)
+    return cudaErrorInvalidValue;
   if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
   int sms = 0;
   cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
@@ -224,25 +225,26 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
       if (err != cudaSuccess) return err;
       if (major < 8) return cudaErrorNotSupported;
       MmaTiling tiling = mma_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads,
-                                    sizeof(T), TensorCoreMma<T>::Shape::k);
+                                    sizeof(T), TensorCoreMma<T>::Shape::k, batch_parts);
       const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
       void* params[] = {&a, &tiling};
       return launch_cooperative(reinterpret_cast<const void*>(mma_stack_kernel<T>),
-                                tiling.blocks, smem, sms, params, stream);
+                                tiling.grid.blocks, smem, sms, params, stream);
     }
   }
-  StackTiling tiling = stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads);
+  StackTiling tiling =
+      stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads, batch_parts);
   const size_t smem = size_t(tiling.weight_elements + tiling.partial_elements) * sizeof(Acc);
   void* params[] = {&a, &tiling};
   return launch_cooperative(reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc>),
-                            tiling.blocks, smem, sms, params, stream);
+                            tiling.grid.blocks, smem, sms, params, stream);
 }
 
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \
   template cudaError_t launch_persistent_forward<T, Acc>(const PersistentStackArgs<T, Acc>&, \
-                                                         int, cudaStream_t);                  \
+                                                         int, int, cudaStream_t);             \
   template cudaError_t launch_persistent_stack<T, Acc>(const PersistentStackArgs<T, Acc>&,     \
-                                                       bool, cudaStream_t);
+                                                       bool, int, cudaStream_t);
 FASTLSTM_INSTANTIATE(float, float)
 FASTLSTM_INSTANTIATE(double, double)
 FASTLSTM_INSTANTIATE(__half, float)

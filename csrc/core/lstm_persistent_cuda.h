@@ -23,16 +23,16 @@ namespace fastlstm {
 // asks for 4 only where that is allowed). Returns cudaErrorNotSupported when the weights do
 // not fit on chip or the grid cannot be resident at once (the caller then runs the step
 // loop), cudaErrorInvalidValue for an unknown version, else the launch's error.
+// batch_parts: p2-p4 split the batch over that many blocks per unit slice (split_grid).
 template <typename T, typename Acc>
 cudaError_t launch_persistent_forward(const PersistentStackArgs<T, Acc>& args, int version,
-                                      cudaStream_t stream);
+                                      int batch_parts, cudaStream_t stream);
 
 // p3 (p4 if `tensor_cores` and T is not double; for float that means TF32 inputs): every
-// layer of `args` in one launch.
-// Same returns as above (cudaErrorInvalidValue for a layer count outside 1..kMaxStackLayers;
-// cudaErrorNotSupported for p4 below compute capability 8.0).
+// layer of `args` in one launch. Same returns as above (cudaErrorInvalidValue for a layer
+// count outside 1..kMaxStackLayers; cudaErrorNotSupported for p4 below compute capability 8.0).
 template <typename T, typename Acc>
 cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, bool tensor_cores,
-                                    cudaStream_t stream);
+                                    int batch_parts, cudaStream_t stream);
 
 }  // namespace fastlstm

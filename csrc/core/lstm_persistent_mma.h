@@ -4,7 +4,7 @@
 // allowed. The weights stay in shared memory in the storage type (bf16: half the bytes of
 // p3's fp32 copy). Phase 2 is p3's (finish_unit).
 //
-// Shapes of one block's product: M = batch rows (m-tiles of 16), N = its 4U gate columns
+// Shapes of one block's product: M = its batch rows (m-tiles of 16), N = its 4U gate columns
 // n = 4u + q (n-tiles of 8: two units' four gates), K = the layer's inputs + H (k-steps of
 // 16, or 8 for TF32). A warp item is (m-tile, group of up to kMaxNTiles n-tiles, slice of the k-steps): it
 // loads each A fragment once for all the group's n-tiles and writes its 16 x 8 sums per
@@ -50,9 +50,6 @@ FASTLSTM_HD int mma_c_row(int lane, int e) { return (lane >> 2) + 8 * (e >> 1); 
 FASTLSTM_HD int mma_c_col(int lane, int e) { return (lane & 3) * 2 + (e & 1); }
 
 struct MmaLayerTiling {
-  int units;        // U: hidden units per block (the layer's last block may have fewer)
-  int blocks;       // ceil(H / U)
-  int first_block;  // the layer's first block in the grid
   int n_tiles;      // ceil(4U / 8)
   int k_steps;      // ceil(K / k) for the shape's k (16 or 8)
   int k_splits;     // KS: slices of the k-steps per (m-tile, n-group) item
@@ -62,32 +59,26 @@ struct MmaLayerTiling {
 };
 
 struct MmaTiling {
-  int layers;
-  int blocks;              // all layers'
+  GridSplit grid;          // as p3's (lstm_persistent.h)
   int warps;               // per block
-  int m_tiles;             // ceil(B / 16)
+  int m_tiles;             // ceil(R / 16): a block's rows in tiles of 16
   int64_t weight_bytes;    // the largest block's weights, a multiple of 16: partials start there
   int64_t partial_floats;  // the largest block's partial sums (elements of Acc, fp32 on a GPU)
   MmaLayerTiling layer[kMaxStackLayers];
 };
 
-// Units as p3 (distribute_units); k split so that a block has about one item per warp.
+// The grid as p3's (split_grid); k split so that a block has about one item per warp.
 // mma_k: the MMA shape's k (16 or 8).
 inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
-                            int sms, int threads, int element_bytes, int mma_k) {
-  int units[kMaxStackLayers];
-  distribute_units(inputs, layers, hidden, sms, units);
+                            int sms, int threads, int element_bytes, int mma_k,
+                            int batch_parts = 1) {
   MmaTiling t{};
-  t.layers = layers;
+  t.grid = split_grid(inputs, layers, batch, hidden, sms, batch_parts);
   t.warps = threads / kWarpSize;
-  t.m_tiles = static_cast<int>((batch + 15) / 16);
+  t.m_tiles = (t.grid.part_rows + 15) / 16;
   for (int l = 0; l < layers; ++l) {
     MmaLayerTiling& lt = t.layer[l];
-    lt.units = units[l];
-    lt.blocks = static_cast<int>((hidden + lt.units - 1) / lt.units);
-    lt.first_block = t.blocks;
-    t.blocks += lt.blocks;
-    lt.n_tiles = (4 * lt.units + 7) / 8;
+    lt.n_tiles = (4 * t.grid.layer[l].units + 7) / 8;
     lt.k_steps = static_cast<int>((inputs[l] + hidden + mma_k - 1) / mma_k);
     const int items = t.m_tiles * ((lt.n_tiles + kMaxNTiles - 1) / kMaxNTiles);
     const int most = lt.k_steps < 8 ? lt.k_steps : 8;
@@ -108,7 +99,7 @@ inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, in
 template <typename T, typename Acc>
 FASTLSTM_HD void mma_load_weights(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                                   int block, int tid, int threads, T* w_s) {
-  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const StackLayer<T, Acc>& L = a.layer[bs.layer];
   const MmaLayerTiling& lt = t.layer[bs.layer];
   const int64_t H = a.hidden, in = L.inputs, K = in + H;
@@ -131,11 +122,12 @@ template <typename Shape, int kLanes, typename T, typename Acc, typename Mma>
 FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                                   int block, int64_t wave, int warp, int lane0, const T* w_s,
                                   Acc* partial, const Mma& mma) {
-  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const WaveInputs<T> x = wave_inputs(a, bs.layer, wave);
   if (x.step < 0) return;
   const MmaLayerTiling& lt = t.layer[bs.layer];
-  const int64_t H = a.hidden, B = a.batch, in = a.layer[bs.layer].inputs, K = in + H;
+  const int64_t H = a.hidden, in = a.layer[bs.layer].inputs, K = in + H;
+  const int64_t row_end = bs.row0 + bs.rows;
   const T zero = Convert<T, Acc>::store(Acc(0));
   const int n_tiles = (4 * bs.units + 7) / 8;  // this block's (its last may be short)
   const int n_groups = (n_tiles + kMaxNTiles - 1) / kMaxNTiles;
@@ -155,9 +147,9 @@ FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const Mm
       for (int l = 0; l < kLanes; ++l)
 #pragma unroll
         for (int e = 0; e < Shape::a_elems; ++e) {
-          const int64_t b = m_tile * 16 + Shape::a_row(lane0 + l, e);
+          const int64_t b = bs.row0 + m_tile * 16 + Shape::a_row(lane0 + l, e);
           const int64_t k = ks * Shape::k + Shape::a_col(lane0 + l, e);
-          frag_a[l][e] = b >= B || k >= K ? zero
+          frag_a[l][e] = b >= row_end || k >= K ? zero
                          : k < in         ? x.below[b * in + k]
                                           : x.h_prev[b * H + k - in];
         }
@@ -193,19 +185,19 @@ template <typename T, typename Acc>
 FASTLSTM_HD void mma_cell_update(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                                  int block, int64_t wave, int tid, int threads,
                                  const Acc* partial) {
-  const BlockSlice bs = block_slice(t, a.hidden, block);
+  const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const int64_t s = wave_step(a, bs.layer, wave);
   if (s < 0) return;
   const MmaLayerTiling& lt = t.layer[bs.layer];
   const int64_t n_stride = int64_t(lt.n_tiles) * 8, m_rows = int64_t(t.m_tiles) * 16;
-  for (int64_t p = tid; p < a.batch * bs.units; p += threads) {
-    const int64_t u = p % bs.units, b = p / bs.units;
+  for (int64_t p = tid; p < int64_t(bs.rows) * bs.units; p += threads) {
+    const int64_t u = p % bs.units, r = p / bs.units;  // r: the row within the block's rows
     Acc pre[4] = {};
     for (int slice = 0; slice < lt.k_splits; ++slice) {
-      const Acc* sums = partial + (slice * m_rows + b) * n_stride + 4 * u;
+      const Acc* sums = partial + (slice * m_rows + r) * n_stride + 4 * u;
       for (int q = 0; q < 4; ++q) pre[q] += sums[q];
     }
-    finish_unit(a, a.layer[bs.layer], s, b, bs.u0 + u, pre);
+    finish_unit(a, a.layer[bs.layer], s, bs.row0 + r, bs.u0 + u, pre);
   }
 }
 
@@ -240,16 +232,16 @@ template <typename Shape, typename T, typename Acc>
 void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                            int threads, bool blocks_reversed = false) {
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  std::vector<std::vector<T>> weights(t.blocks,
-                                      std::vector<T>(t.weight_bytes / sizeof(T), nan));
+  const int blocks = t.grid.blocks;
+  std::vector<std::vector<T>> weights(blocks, std::vector<T>(t.weight_bytes / sizeof(T), nan));
   std::vector<std::vector<Acc>> partial(
-      t.blocks, std::vector<Acc>(t.partial_floats, std::numeric_limits<Acc>::quiet_NaN()));
-  for (int blk = 0; blk < t.blocks; ++blk)
+      blocks, std::vector<Acc>(t.partial_floats, std::numeric_limits<Acc>::quiet_NaN()));
+  for (int blk = 0; blk < blocks; ++blk)
     for (int tid = 0; tid < threads; ++tid)
       mma_load_weights(a, t, blk, tid, threads, weights[blk].data());
   for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
-    for (int n = 0; n < t.blocks; ++n) {
-      const int blk = blocks_reversed ? t.blocks - 1 - n : n;
+    for (int n = 0; n < blocks; ++n) {
+      const int blk = blocks_reversed ? blocks - 1 - n : n;
       for (int warp = 0; warp < t.warps; ++warp)
         mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, weights[blk].data(),
                                            partial[blk].data(), HostMma<Shape, T, Acc>{});

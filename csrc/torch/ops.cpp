@@ -111,7 +111,8 @@ std::tuple<Tensor, Tensor, Tensor> step_cpu(const Tensor& xproj, const Tensor& h
 // The stack op on the CPU runs the persistent kernel's per-block code on the host
 // (run_stack_on_host): serial and slow, it is there so that the tests can check the kernel's
 // tiling and wave schedule, and the op's glue and autograd, against the oracle without a GPU.
-// The grid it emulates: 8 multiprocessors of 256 threads.
+// The grid it emulates: 8 multiprocessors of 256 threads; FASTLSTM_PERSISTENT_BATCH_PARTS
+// splits the batch as on the GPU.
 constexpr int kHostSms = 8, kHostThreads = 256;
 
 std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, const Tensor& h0,
@@ -125,7 +126,7 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, con
     int64_t inputs[kMaxStackLayers];
     for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
     run_stack_on_host(args, stack_tiling(inputs, args.layers, args.batch, args.hidden, kHostSms,
-                                         kHostThreads));
+                                         kHostThreads, persistent_batch_parts()));
   });
   return {st.hs, st.cs, st.gates};
 }

@@ -162,7 +162,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
                      ptr<Acc>(c0_cell), ptr<T>(w_hh), ptr<T>(hs), ptr<Acc>(cs),
                      ptr<Acc>(gates), 0};
     args.layers = 1, args.steps = S, args.batch = B, args.hidden = H, args.reverse = reverse;
-    err = launch_persistent_forward(args, version, at::cuda::getCurrentCUDAStream());
+    err = launch_persistent_forward(args, version, persistent_batch_parts(),
+                                    at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
     persistent_does_not_fit("layer", H, B);
@@ -187,7 +188,7 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, co
     using T = typename CudaType<scalar_t>::type;
     using Acc = at::opmath_type<scalar_t>;
     err = launch_persistent_stack(stack_args<T, Acc>(st), tensor_cores,
-                                  at::cuda::getCurrentCUDAStream());
+                                  persistent_batch_parts(), at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
     persistent_does_not_fit("stack", st.w_hh[0].size(1), st.xproj.size(1));

@@ -2,6 +2,8 @@
 
 #include <c10/core/GradMode.h>
 
+#include <cstdlib>
+
 #include "check.h"
 
 namespace fastlstm {
@@ -51,6 +53,14 @@ StackTensors prepare_stack(const Tensor& xproj, const Tensor& h0, const Tensor& 
   st.cs = kernel_output({L, S, B, H}, cell);
   st.gates = kernel_output({L, S, B, 4 * H}, cell);
   return st;
+}
+
+int persistent_batch_parts() {
+  const char* v = std::getenv("FASTLSTM_PERSISTENT_BATCH_PARTS");
+  const int parts = v == nullptr || v[0] == '\0' ? 1 : std::atoi(v);
+  FASTLSTM_CHECK(parts >= 1 && parts <= 8,
+                 "fastlstm: FASTLSTM_PERSISTENT_BATCH_PARTS must be 1 to 8, got '", v, "'");
+  return parts;
 }
 
 void stack_by_layers(StackTensors& st, const StepKernels& kernels) {

@@ -31,6 +31,10 @@ struct StackTensors {
 StackTensors prepare_stack(const Tensor& xproj, const Tensor& h0, const Tensor& c0,
                            at::TensorList w_ih, at::TensorList bias, at::TensorList w_hh);
 
+// FASTLSTM_PERSISTENT_BATCH_PARTS (1 to 8, default 1): how many blocks split the batch rows
+// of each unit slice in p2-p4 (split_grid in core/lstm_persistent.h); an error otherwise.
+int persistent_batch_parts();
+
 // The layers one after another through lstm_layer's step loop (`kernels`), the input
 // projections of the layers above as GEMMs: what the CUDA op falls back to. Fills st's outputs.
 void stack_by_layers(StackTensors& st, const StepKernels& kernels);

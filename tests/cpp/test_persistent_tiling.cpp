@@ -18,6 +18,7 @@ namespace {
 struct Shape {
   int steps, batch, hidden, layers, sms, threads;
   bool reverse, bias;
+  int batch_parts = 1;
 };
 
 struct Layer {  // one layer's inputs and its reference outputs
@@ -99,21 +100,23 @@ void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
                     b.gates.data(), inputs[l]};
     }
     a.layers = sh.layers, a.steps = S, a.batch = B, a.hidden = H, a.reverse = sh.reverse;
-    int blocks = 0, k_splits = 0;
+    int blocks = 0, k_splits = 0, parts = 0;
     if (kernel != Kernel::tiles) {
       const int k = kernel == Kernel::mma_k16 ? 16 : 8;
-      const fastlstm::MmaTiling tiling =
-          fastlstm::mma_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k);
+      const fastlstm::MmaTiling tiling = fastlstm::mma_tiling(
+          inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, sh.batch_parts);
       if (k == 16)
         fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, blocks_reversed);
       else
         fastlstm::run_mma_stack_on_host<fastlstm::MmaK8>(a, tiling, sh.threads, blocks_reversed);
-      blocks = tiling.blocks, k_splits = tiling.layer[0].k_splits;
+      blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
+      parts = tiling.grid.batch_parts;
     } else {
       const fastlstm::StackTiling tiling =
-          fastlstm::stack_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads);
+          fastlstm::stack_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads, sh.batch_parts);
       fastlstm::run_stack_on_host(a, tiling, blocks_reversed);
-      blocks = tiling.blocks, k_splits = tiling.layer[0].k_splits;
+      blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
+      parts = tiling.grid.batch_parts;
     }
 
     double worst = 0;
@@ -121,14 +124,13 @@ void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
       worst = std::max({worst, ref::relative_error(buf[l].hs, want[l].hs),
                         ref::relative_error(buf[l].cs, want[l].cs),
                         ref::relative_error(buf[l].gates, want[l].gates)});
-    char what[160];
-    std::snprintf(what, sizeof what, "%s S%d B%d H%d L%d on %d SMs (%d blocks), KS %d%s%s%s (%s)",
+    char what[200];
+    std::snprintf(what, sizeof what, "%s S%d B%d H%d L%d on %d SMs (%d blocks, %d batch parts), KS %d%s%s%s (%s)",
                   kernel == Kernel::mma_k16 ? "p4 k16"
                   : kernel == Kernel::mma_k8 ? "p4 k8"
                   : sh.layers > 1            ? "p3"
                                              : "p2",
-                  S, B, H, sh.layers, sh.sms, blocks,
-                  k_splits, sh.reverse ? ", reverse" : "",
+                  S, B, H, sh.layers, sh.sms, blocks, parts, k_splits, sh.reverse ? ", reverse" : "",
                   sh.layers > 1 && !sh.bias ? ", no bias" : "",
                   blocks_reversed ? ", blocks reversed" : "", sizeof(T) == 4 ? "float" : "double");
     checks.expect(worst < tol && blocks <= sh.sms, what, worst);
@@ -208,6 +210,12 @@ int main() {
       // n-tiles in 2 groups), K not a multiple of 16.
       {3, 40, 20, 1, 1, 256, false, true},
       {2, 33, 44, 2, 3, 128, false, true},
+      // Batch split into parts (the 2-D split): rows per block, a short last part, parts
+      // lowered until each has rows (batch 3 asked in 4 parts: 3 parts of 1 row).
+      {4, 7, 37, 2, 16, 256, false, true, 2},
+      {3, 40, 21, 3, 24, 64, false, true, 3},
+      {3, 3, 19, 1, 12, 256, true, true, 4},
+      {2, 64, 96, 2, 52, 256, false, true, 2},  // S1-like with 2 parts
   };
   for (Kernel kernel : {Kernel::tiles, Kernel::mma_k16, Kernel::mma_k8})
     for (const Shape& sh : shapes) {
