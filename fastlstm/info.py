@@ -1,6 +1,8 @@
 """`python -m fastlstm.info`: what this installation can run, and what auto picks."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _extension, module, ops
@@ -15,7 +17,9 @@ def report() -> list[tuple[str, str]]:
     if ext is not None and ext.cuda_compiled:
         archs = ", ".join(f"sm_{int(a) // 10}" for a in ext.cuda_archs.split(",") if a.isdigit())
         graphs = "on" if ext.cuda_graphs_enabled() else "off"
-        persistent = (f"on, version {ops.persistent_version()}" if ops.persistent_enabled()
+        parts = os.environ.get("FASTLSTM_PERSISTENT_BATCH_PARTS") or "1"
+        persistent = (f"on, version {ops.persistent_version()}, batch parts {parts}"
+                      if ops.persistent_enabled()
                       else "off (opt-in: p1 correct on a GPU, not yet faster; p2-p4 not yet "
                       "run on a GPU)")
         rows.append(("CUDA kernels (backend='cuda')",

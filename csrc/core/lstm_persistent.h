@@ -1,9 +1,9 @@
-// The persistent forward's arguments, and the per-block work of the tiled versions (p2: one
-// layer; p3: a stack of layers as a wavefront) written as plain functions of (block,
-// thread), so that the C++ tests and the CPU op run them on the CPU (run_stack_on_host:
-// every thread of every block in turn, phase by phase) and the CUDA kernel
-// (lstm_persistent_cuda.cu) runs the same code on a GPU. The tiling is described at
-// StackTiling below.
+// The persistent forward's arguments (every version), how the tiled versions split the grid
+// (split_grid), and the per-block work of p2/p3 (p2: one layer; p3: a stack of layers as a
+// wavefront) written as plain functions of (block, thread), so that the C++ tests and the
+// CPU op run them on the CPU (run_stack_on_host: every thread of every block in turn, phase
+// by phase) and the CUDA kernel (lstm_persistent_cuda.cu) runs the same code on a GPU. p4's
+// per-warp work is in lstm_persistent_mma.h.
 #pragma once
 
 #include <stdint.h>
@@ -36,7 +36,7 @@ FASTLSTM_HD void unit_forward(Acc a_i, Acc a_f, Acc a_g, Acc a_o, Acc c_prev, in
 constexpr int kRowsPerTile = 4;
 constexpr int kMaxStackLayers = 8;
 
-// p2/p3: a stack of L layers (L = 1 for the one-layer op) in one cooperative launch.
+// A stack of L layers (L = 1 for the one-layer op) in one cooperative launch.
 // Layer 0 takes its input projection precomputed (xproj, one GEMM over all steps, as the
 // step loop does). A layer above computes its input projection inside the kernel from the
 // layer below's h_t: its gate rows are [W_ih | W_hh] (K = inputs + H columns) times the
