@@ -105,7 +105,10 @@ inline GridSplit split_grid(const int64_t* inputs, int layers, int64_t batch, in
   };
   auto slices_for = [&](int64_t budget) {
     int64_t n = 0;
-    for (int l = 0; l < layers; ++l) n += (hidden + units_for(l, budget) - 1) / units_for(l, budget);
+    for (int l = 0; l < layers; ++l) {
+      const int64_t u = units_for(l, budget);
+      n += (hidden + u - 1) / u;
+    }
     return n;
   };
   int64_t k_max = 0;

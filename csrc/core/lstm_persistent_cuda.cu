@@ -54,7 +54,8 @@ persistent_forward_kernel(const PersistentStackArgs<T, Acc> stack, int units_per
 #pragma unroll
         for (int q = 0; q < 4; ++q) acc[q] += hk * w[(q * H + k) * U + u];
       }
-      unit_forward(acc[0], acc[1], acc[2], acc[3], c_prev[b * H + unit], H, a.gates + (t * B + b) * 4 * H + unit,
+      unit_forward(acc[0], acc[1], acc[2], acc[3], c_prev[b * H + unit], H,
+                   a.gates + (t * B + b) * 4 * H + unit,
                    a.cs + (t * B + b) * H + unit, a.hs + (t * B + b) * H + unit);
     }
     grid.sync();  // h_t and c_t complete in every block before any block reads them

@@ -6,17 +6,19 @@
 //
 // Shapes of one block's product: M = its batch rows (m-tiles of 16), N = its 4U gate columns
 // n = 4u + q (n-tiles of 8: two units' four gates), K = the layer's inputs + H (k-steps of
-// 16, or 8 for TF32). A warp item is (m-tile, group of up to kMaxNTiles n-tiles, slice of the k-steps): it
-// loads each A fragment once for all the group's n-tiles and writes its 16 x 8 sums per
-// n-tile to the partial buffer [slice][row][n] in shared memory; phase 2 adds the slices.
+// 16, or 8 for TF32). A warp item is (m-tile, group of up to kMaxNTiles n-tiles, slice of
+// the k-steps): it loads each A fragment once for all the group's n-tiles and writes its
+// 16 x 8 sums per n-tile to the partial buffer [slice][row][n] in shared memory; phase 2
+// adds the slices.
 //
 // Like lstm_persistent.h, the per-warp work is a plain function, templated on the number of
 // lanes it runs at once (kLanes) and on the MMA: the CUDA kernel runs one lane per thread
 // with the tensor-core instruction (TensorCoreMma, lstm_persistent_cuda.cu); the host runs
 // all 32 lanes of a warp together with HostMma, which reads the fragments back into
-// matrices through the PTX ISA's fragment layouts (MmaK16, MmaK8 below) and multiplies them. So the C++ tests check the
-// tiling, the indexing and the fragment gathering against the oracle on the CPU; whether
-// the layout functions below match the hardware only a GPU run shows.
+// matrices through the PTX ISA's fragment layouts (MmaK16, MmaK8 below) and multiplies
+// them. So the C++ tests check the tiling, the indexing and the fragment gathering against
+// the oracle on the CPU; whether the layout functions match the hardware only a GPU run
+// shows.
 #pragma once
 
 #include "lstm_persistent.h"

@@ -51,7 +51,8 @@ std::vector<Layer> reference_stack(const Shape& sh, std::mt19937& rng, const ref
             const double* below = &layers[l - 1].hs[(size_t(t) * B + b) * H];
             for (int k = 0; k < H; ++k) xj += below[k] * L.w_ih[size_t(j) * H + k];
           }
-          for (int k = 0; k < H; ++k) rec[b * 4 * H + j] += h[b * H + k] * L.w_hh[size_t(j) * H + k];
+          for (int k = 0; k < H; ++k)
+            rec[b * 4 * H + j] += h[b * H + k] * L.w_hh[size_t(j) * H + k];
         }
       ref::Vec g(size_t(B) * 4 * H), c_new(size_t(B) * H), h_new(size_t(B) * H);
       ref::step_forward(B, H, x, rec, c, g, c_new, h_new);
@@ -125,12 +126,14 @@ void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
                         ref::relative_error(buf[l].cs, want[l].cs),
                         ref::relative_error(buf[l].gates, want[l].gates)});
     char what[200];
-    std::snprintf(what, sizeof what, "%s S%d B%d H%d L%d on %d SMs (%d blocks, %d batch parts), KS %d%s%s%s (%s)",
+    std::snprintf(what, sizeof what,
+                  "%s S%d B%d H%d L%d on %d SMs (%d blocks, %d batch parts), KS %d%s%s%s (%s)",
                   kernel == Kernel::mma_k16 ? "p4 k16"
                   : kernel == Kernel::mma_k8 ? "p4 k8"
                   : sh.layers > 1            ? "p3"
                                              : "p2",
-                  S, B, H, sh.layers, sh.sms, blocks, parts, k_splits, sh.reverse ? ", reverse" : "",
+                  S, B, H, sh.layers, sh.sms, blocks, parts, k_splits,
+                  sh.reverse ? ", reverse" : "",
                   sh.layers > 1 && !sh.bias ? ", no bias" : "",
                   blocks_reversed ? ", blocks reversed" : "", sizeof(T) == 4 ? "float" : "double");
     checks.expect(worst < tol && blocks <= sh.sms, what, worst);
@@ -146,7 +149,8 @@ bool covers_each_element_once() {
   for (int lane = 0; lane < fastlstm::kWarpSize; ++lane) {
     for (int e = 0; e < Shape::a_elems; ++e) ++a_seen[Shape::a_row(lane, e)][Shape::a_col(lane, e)];
     for (int e = 0; e < Shape::b_elems; ++e) ++b_seen[Shape::b_row(lane, e)][Shape::b_col(lane, e)];
-    for (int e = 0; e < 4; ++e) ++c_seen[fastlstm::mma_c_row(lane, e)][fastlstm::mma_c_col(lane, e)];
+    for (int e = 0; e < 4; ++e)
+      ++c_seen[fastlstm::mma_c_row(lane, e)][fastlstm::mma_c_col(lane, e)];
   }
   bool ok = true;
   for (int r = 0; r < 16; ++r)
@@ -179,8 +183,10 @@ void check_fragment_layout(ref::Checks& checks) {
   // m16n8k8 (.tf32), lane 6 (group 1, thread 2): A (row, k) a0..a3, B (k, n) b0, b1.
   const int t6a[4][2] = {{1, 2}, {9, 2}, {1, 6}, {9, 6}};
   const int t6b[2][2] = {{2, 1}, {6, 1}};
-  for (int e = 0; e < 4; ++e) ok8 &= MmaK8::a_row(6, e) == t6a[e][0] && MmaK8::a_col(6, e) == t6a[e][1];
-  for (int e = 0; e < 2; ++e) ok8 &= MmaK8::b_row(6, e) == t6b[e][0] && MmaK8::b_col(6, e) == t6b[e][1];
+  for (int e = 0; e < 4; ++e)
+    ok8 &= MmaK8::a_row(6, e) == t6a[e][0] && MmaK8::a_col(6, e) == t6a[e][1];
+  for (int e = 0; e < 2; ++e)
+    ok8 &= MmaK8::b_row(6, e) == t6b[e][0] && MmaK8::b_col(6, e) == t6b[e][1];
   checks.expect(ok16, "mma.m16n8k16 (.bf16/.f16) fragment layout", ok16 ? 0 : 1);
   checks.expect(ok8, "mma.m16n8k8 (.tf32) fragment layout", ok8 ? 0 : 1);
 }
