@@ -31,6 +31,15 @@ if ! python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.lo
 fi
 python3 -m fastlstm.info
 
+step "ptxas resource report of the persistent kernels (sm_90)"
+cuda_inc=$(python3 -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13', 'include'))" \
+  2> /dev/null || true)
+nvcc -std=c++17 -O3 -arch=sm_90 -Xptxas -v -Icsrc/core ${cuda_inc:+-I"$cuda_inc"} \
+  -c csrc/core/lstm_persistent_cuda.cu \
+  -o /tmp/lstm_persistent_cuda.o 2>&1 | grep -E "Compiling entry|registers|spill" \
+  | sed -E 's/.*lstm_persistent_cuda_cu_[0-9a-f]+_[0-9]+([a-z_]+kernel)I([^E]*)E.*/\1 \2/' \
+  | paste - - - | tee "$OUT/ptxas.log"
+
 step "an error raised inside the op"
 gcc --version | head -1
 readelf -lW fastlstm/_C*.so | grep -E "EH_FRAME|GNU_STACK"
