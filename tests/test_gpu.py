@@ -166,7 +166,7 @@ def test_persistent_version_must_be_known(monkeypatch):
     x = torch.randn(2, 1, 8, device="cuda")
     h0, c0, w = torch.zeros(1, 2, device="cuda"), torch.zeros(1, 2, device="cuda"), \
         torch.zeros(8, 2, device="cuda")
-    with pytest.raises(RuntimeError, match="must be 1, 2, 3 or 4"):
+    with pytest.raises(RuntimeError, match="VERSION must be 1 to 4"):
         torch.ops.fastlstm.lstm_layer_persistent(x, h0, c0, w, False)
 
 

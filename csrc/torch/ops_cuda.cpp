@@ -107,13 +107,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
 // FASTLSTM_PERSISTENT_VERSION: 1 (default, p1), 2 (p2, the tiled kernel), 3 (p3: the module
 // runs a whole stack through lstm_stack_persistent; a single layer gets p2) or 4 (p4: p3 on
 // tensor cores for bf16/fp16); see core/lstm_persistent_cuda.h.
-int persistent_version() {
-  const char* v = std::getenv("FASTLSTM_PERSISTENT_VERSION");
-  const int version = v == nullptr || v[0] == '\0' ? 1 : std::atoi(v);
-  FASTLSTM_CHECK(version >= 1 && version <= 4,
-                 "fastlstm: FASTLSTM_PERSISTENT_VERSION must be 1, 2, 3 or 4, got '", v, "'");
-  return version;
-}
+int persistent_version() { return env_int("FASTLSTM_PERSISTENT_VERSION", 1, 1, 4); }
 
 // Whether p4 may put this dtype on tensor cores: bf16 and fp16 always; fp32 as TF32 only
 // where torch allows TF32 in matmuls (torch.backends.cuda.matmul.allow_tf32, the flag the

@@ -55,13 +55,15 @@ StackTensors prepare_stack(const Tensor& xproj, const Tensor& h0, const Tensor& 
   return st;
 }
 
-int persistent_batch_parts() {
-  const char* v = std::getenv("FASTLSTM_PERSISTENT_BATCH_PARTS");
-  const int parts = v == nullptr || v[0] == '\0' ? 1 : std::atoi(v);
-  FASTLSTM_CHECK(parts >= 1 && parts <= 8,
-                 "fastlstm: FASTLSTM_PERSISTENT_BATCH_PARTS must be 1 to 8, got '", v, "'");
-  return parts;
+int env_int(const char* name, int fallback, int lo, int hi) {
+  const char* v = std::getenv(name);
+  const int value = v == nullptr || v[0] == '\0' ? fallback : std::atoi(v);
+  FASTLSTM_CHECK(value >= lo && value <= hi, "fastlstm: ", name, " must be ", int64_t(lo),
+                 " to ", int64_t(hi), ", got '", v, "'");
+  return value;
 }
+
+int persistent_batch_parts() { return env_int("FASTLSTM_PERSISTENT_BATCH_PARTS", 1, 1, 8); }
 
 void stack_by_layers(StackTensors& st, const StepKernels& kernels) {
   const c10::NoGradGuard no_grad;

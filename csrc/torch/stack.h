@@ -31,6 +31,10 @@ struct StackTensors {
 StackTensors prepare_stack(const Tensor& xproj, const Tensor& h0, const Tensor& c0,
                            at::TensorList w_ih, at::TensorList bias, at::TensorList w_hh);
 
+// The environment variable `name` as an integer in [lo, hi] (`fallback` when unset or empty);
+// an error naming the variable otherwise.
+int env_int(const char* name, int fallback, int lo, int hi);
+
 // FASTLSTM_PERSISTENT_BATCH_PARTS (1 to 8, default 1): how many blocks split the batch rows
 // of each unit slice in p2-p4 (split_grid in core/lstm_persistent.h); an error otherwise.
 int persistent_batch_parts();
