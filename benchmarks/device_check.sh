@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check, run on the device machine in one call (see README "GPU checks"):
 #   FASTLSTM_COMMIT=<sha> bash benchmarks/device_check.sh
-# Builds for sm_90, runs every test (GPU ones included), compute-sanitizer memcheck on a
-# small forward+backward and on the CUDA ctest program, ctest, then the benchmark harness
-# (cuda vs cudnn at S1 S2 S3 and the batch-1 step, fwd and fwd+bwd, fp32 and bf16), and
-# prints a short table last. Full logs go to $OUT (or /tmp/fastlstm-device).
+# Prints the persistent kernels' ptxas report, builds for sm_90, runs every test (GPU ones
+# included), compute-sanitizer memcheck on a small forward+backward and on the CUDA ctest
+# program, ctest, then the benchmark harness twice (cuda, the persistent versions and cuDNN at
+# S1 S2 S3 and the batch-1 step, fwd and fwd+bwd, fp32 and bf16; BENCH_BACKENDS overrides the
+# list) and an fp32 pass with TF32 on, and prints a short table last. Full logs go to $OUT
+# (or /tmp/fastlstm-device). About 7-9 minutes (not timed since these steps were added).
 # QUICK=1 (about 4 minutes, for a short lease): only the GPU tests (-v, so a cut-off run
 # still names its failures), ctest, and one benchmark pass. Triton: fixed tiles unless
 # FASTLSTM_TRITON_AUTOTUNE=1 is set for the run.
@@ -90,10 +92,11 @@ timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/fastlstm-c
 record "memcheck (test_step_cuda)" "exit $?"
 
 step "benchmarks (twice: the spread between the runs is the noise)"
-runs="1 2"; bench_args=""
-if [ "$QUICK" = 1 ]; then
-  runs=1; bench_args="--bench-backends=cuda,cuda_persistent2,cuda_persistent3,cuda_persistent4,cuda_persistent4x2,triton,cudnn"
-fi
+# The persistent versions against cuda and cuDNN (Triton and cuda_eager were measured in run 7;
+# name them in BENCH_BACKENDS to include them).
+runs="1 2"
+bench_args="--bench-backends=${BENCH_BACKENDS:-cuda,cuda_persistent2,cuda_persistent3,cuda_persistent3x2,cuda_persistent4,cuda_persistent4x2,cudnn}"
+[ "$QUICK" = 1 ] && runs=1
 for run in $runs; do
   timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda $bench_args \
     --benchmark-json="$OUT/bench$run.json" --benchmark-columns=median,iqr,min \
