@@ -308,12 +308,11 @@ class FastLSTM(nn.Module):
                                            self.batch_first)
         else:
             persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
-            if persistent and ops.persistent_version() >= 3 and self._stack_fits_one_launch():
-                out, h_n, c_n = self._forward_stack(x, state)
-            else:
-                layer_op = (_triton_layer_op() if path == "triton"
-                            else torch.ops.fastlstm.lstm_layer_persistent if persistent else None)
-                out, h_n, c_n = self._forward_fused(x, state, layer_op)
+            stack = (persistent and ops.persistent_version() >= 3
+                     and self._stack_fits_one_launch())
+            layer_op = (_triton_layer_op() if path == "triton"
+                        else torch.ops.fastlstm.lstm_layer_persistent if persistent else None)
+            out, h_n, c_n = self._forward_fused(x, state, layer_op, stack=stack)
         if unbatched:
             out = out.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
@@ -372,27 +371,23 @@ class FastLSTM(nn.Module):
         return (not self.bidirectional and not (self.dropout > 0 and self.training)
                 and self.num_layers <= 8)
 
-    def _forward_stack(self, x, state):
-        """_forward_fused's contract, all layers in one persistent launch (ops.lstm_stack)."""
-        dtype = compute_dtype(x)
-        h0, c0 = (t.to(dtype) for t in state)
-        layer_in = (x.transpose(0, 1) if self.batch_first else x).to(dtype)
-        weights = lambda name: [  # noqa: E731
-            getattr(self, f"{name}_l{layer}").to(dtype) if self.bias or "weight" in name
-            else None for layer in range(self.num_layers)]
-        out, h_n, c_n = ops.lstm_stack(layer_in, h0, c0, weights("weight_ih"),
-                                       weights("weight_hh"), weights("bias_ih"),
-                                       weights("bias_hh"))
-        return (out.transpose(0, 1) if self.batch_first else out), h_n, c_n
-
-    def _forward_fused(self, x, state, layer_op=None):
-        """Layer by layer, direction by direction, through the fastlstm ops. x is batched
-        3-D in the module's layout; returns (output, h_n, c_n) in the same layout."""
+    def _forward_fused(self, x, state, layer_op=None, stack=False):
+        """Layer by layer, direction by direction, through the fastlstm ops, or with
+        `stack` (see _stack_fits_one_launch) every layer in one persistent launch. x is
+        batched 3-D in the module's layout; returns (output, h_n, c_n) in the same layout."""
         dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
         h0, c0 = (t.to(dtype) for t in state)
+        layer_in = (x.transpose(0, 1) if self.batch_first else x).to(dtype)  # ops: time-major
+        if stack:
+            params = lambda name: [  # noqa: E731
+                getattr(self, f"{name}_l{layer}").to(dtype) if self.bias or "weight" in name
+                else None for layer in range(self.num_layers)]
+            out, h_n, c_n = ops.lstm_stack(layer_in, h0, c0, params("weight_ih"),
+                                           params("weight_hh"), params("bias_ih"),
+                                           params("bias_hh"))
+            return (out.transpose(0, 1) if self.batch_first else out), h_n, c_n
         dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
-        layer_in = (x.transpose(0, 1) if self.batch_first else x).to(dtype)  # ops: time-major
         for layer in range(self.num_layers):
             outs = []
             for d, suffix in enumerate(["", "_reverse"][:dirs]):

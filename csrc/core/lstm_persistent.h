@@ -15,24 +15,6 @@
 
 namespace fastlstm {
 
-// One unit's forward from its four pre-activations: writes the activated gates to
-// gates[0], gates[H], gates[2H], gates[3H] (its columns of a [.., 4H] row), c_t and h_t.
-// (step_forward_element in lstm_step.h does the same inline: routing the CPU loop through
-// this function made it ~40% slower in a micro-benchmark, so it stays separate.)
-template <typename T, typename Acc>
-FASTLSTM_HD void unit_forward(Acc a_i, Acc a_f, Acc a_g, Acc a_o, Acc c_prev, int64_t H,
-                              Acc* gates, Acc* c_out, T* h_out) {
-  const Gates<Acc> gate = activate_gates(a_i, a_f, a_g, a_o);
-  Acc c, h;
-  cell_forward(gate, c_prev, c, h);
-  gates[0] = gate.i;
-  gates[H] = gate.f;
-  gates[2 * H] = gate.g;
-  gates[3 * H] = gate.o;
-  *c_out = c;
-  *h_out = Convert<T, Acc>::store(h);
-}
-
 constexpr int kRowsPerTile = 4;
 constexpr int kMaxStackLayers = 8;
 
@@ -297,7 +279,9 @@ FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const 
 
 // Batch row b of `unit` at forward-order step s of layer L, given the sums of its four gate
 // rows times the step's inputs (`pre`): adds xproj (layer 0) or the bias, then the gate math;
-// writes gates, c_t and h_t. Phase 2 of both tiled kernels ends here.
+// writes gates, c_t and h_t. Every persistent kernel ends a unit's step here. (The step
+// loop's step_forward_element in lstm_step.h does the same inline: sharing one helper made
+// the CPU loop ~40% slower in a micro-benchmark.)
 template <typename T, typename Acc>
 FASTLSTM_HD void finish_unit(const PersistentStackArgs<T, Acc>& a, const StackLayer<T, Acc>& L,
                              int64_t s, int64_t b, int64_t unit, Acc (&pre)[4]) {
@@ -310,9 +294,16 @@ FASTLSTM_HD void finish_unit(const PersistentStackArgs<T, Acc>& a, const StackLa
     for (int q = 0; q < 4; ++q) pre[q] += Cv::load(L.bias[q * H + unit]);
   }
   const Acc* c_prev = s == 0 ? L.c0 : L.cs + time_index(a, s - 1) * B * H;
-  unit_forward(pre[0], pre[1], pre[2], pre[3], c_prev[b * H + unit], H,
-               L.gates + (time * B + b) * 4 * H + unit, L.cs + (time * B + b) * H + unit,
-               L.hs + (time * B + b) * H + unit);
+  const Gates<Acc> gate = activate_gates(pre[0], pre[1], pre[2], pre[3]);
+  Acc c, h;
+  cell_forward(gate, c_prev[b * H + unit], c, h);
+  Acc* gates = L.gates + (time * B + b) * 4 * H + unit;  // this unit's column of each gate
+  gates[0] = gate.i;
+  gates[H] = gate.f;
+  gates[2 * H] = gate.g;
+  gates[3 * H] = gate.o;
+  L.cs[(time * B + b) * H + unit] = c;
+  L.hs[(time * B + b) * H + unit] = Cv::store(h);
 }
 
 // Phase 2 of wave w: every (unit, rows) tile's gates, c_t and h_t.

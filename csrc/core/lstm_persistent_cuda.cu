@@ -40,23 +40,17 @@ persistent_forward_kernel(const PersistentStackArgs<T, Acc> stack, int units_per
   }
   __syncthreads();
   for (int64_t s = 0; s < stack.steps; ++s) {
-    const int64_t t = time_index(stack, s);
-    const int64_t t_prev = stack.reverse ? t + 1 : t - 1;
-    const T* h_prev = s == 0 ? a.h0 : a.hs + t_prev * B * H;
-    const Acc* c_prev = s == 0 ? a.c0 : a.cs + t_prev * B * H;
+    const T* h_prev = s == 0 ? a.h0 : a.hs + time_index(stack, s - 1) * B * H;
     for (int64_t pair = threadIdx.x; pair < B * U; pair += blockDim.x) {
-      const int64_t b = pair / U, u = pair % U, unit = u0 + u;
-      const T* x = a.xproj + (t * B + b) * 4 * H + unit;
-      Acc acc[4] = {Cv::load(x[0]), Cv::load(x[H]), Cv::load(x[2 * H]), Cv::load(x[3 * H])};
+      const int64_t b = pair / U, u = pair % U;
+      Acc acc[4] = {};
       const T* h_row = h_prev + b * H;
       for (int64_t k = 0; k < H; ++k) {
         const Acc hk = Cv::load(h_row[k]);
 #pragma unroll
         for (int q = 0; q < 4; ++q) acc[q] += hk * w[(q * H + k) * U + u];
       }
-      unit_forward(acc[0], acc[1], acc[2], acc[3], c_prev[b * H + unit], H,
-                   a.gates + (t * B + b) * 4 * H + unit,
-                   a.cs + (t * B + b) * H + unit, a.hs + (t * B + b) * H + unit);
+      finish_unit(stack, a, s, b, u0 + u, acc);  // + xproj, gate math, writes
     }
     grid.sync();  // h_t and c_t complete in every block before any block reads them
   }

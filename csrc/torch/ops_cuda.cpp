@@ -130,20 +130,13 @@ void persistent_does_not_fit(const char* what, int64_t hidden, int64_t batch) {
                   "using the step loop");
 }
 
-std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
-                                                         const Tensor& h0_in, const Tensor& c0,
-                                                         const Tensor& w_hh_in, bool reverse) {
-  const c10::cuda::CUDAGuard guard(xproj_in.device());
+// One layer as a stack of one (stack.h's checks, outputs and arguments), in either direction.
+std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj, const Tensor& h0,
+                                                         const Tensor& c0, const Tensor& w_hh,
+                                                         bool reverse) {
+  const c10::cuda::CUDAGuard guard(xproj.device());
   const c10::NoGradGuard no_grad;
-  check_layer_inputs(xproj_in, xproj_in.scalar_type(), h0_in, c0, w_hh_in);
-  const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(),
-               w_hh = w_hh_in.contiguous();
-  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
-  const auto opts = xproj.options();
-  Tensor hs = kernel_output({S, B, H}, opts);
-  Tensor cs = kernel_output({S, B, H}, opts.dtype(cell_dtype(xproj.scalar_type())));
-  Tensor gates = kernel_output({S, B, 4 * H}, opts.dtype(cs.scalar_type()));
-  const Tensor c0_cell = c0.to(cs.scalar_type()).contiguous();
+  StackTensors st = prepare_stack(xproj, h0.unsqueeze(0), c0.unsqueeze(0), {}, {}, {w_hh});
   int version = persistent_version();
   if (version == 4 && !tensor_cores_allowed(xproj.scalar_type())) version = 2;
   cudaError_t err = cudaSuccess;
@@ -151,20 +144,17 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj_in,
                                   "fastlstm_persistent_forward", [&] {
     using T = typename CudaType<scalar_t>::type;
     using Acc = at::opmath_type<scalar_t>;
-    PersistentStackArgs<T, Acc> args{};
-    args.layer[0] = {ptr<T>(xproj), nullptr,       nullptr,         ptr<T>(h0),
-                     ptr<Acc>(c0_cell), ptr<T>(w_hh), ptr<T>(hs), ptr<Acc>(cs),
-                     ptr<Acc>(gates), 0};
-    args.layers = 1, args.steps = S, args.batch = B, args.hidden = H, args.reverse = reverse;
+    PersistentStackArgs<T, Acc> args = stack_args<T, Acc>(st);
+    args.reverse = reverse;
     err = launch_persistent_forward(args, version, persistent_batch_parts(),
                                     at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
-    persistent_does_not_fit("layer", H, B);
+    persistent_does_not_fit("layer", w_hh.size(1), xproj.size(1));
     return layer_forward(xproj, h0, c0, w_hh, reverse, kCudaKernels);
   }
   check_launch(err, "persistent forward");
-  return {hs, cs, gates};
+  return {st.hs[0], st.cs[0], st.gates[0]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, const Tensor& h0,

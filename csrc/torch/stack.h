@@ -52,7 +52,7 @@ PersistentStackArgs<T, Acc> stack_args(const StackTensors& st) {
   PersistentStackArgs<T, Acc> a{};
   a.layers = static_cast<int>(st.w_hh.size());
   a.steps = st.xproj.size(0), a.batch = st.xproj.size(1), a.hidden = st.w_hh[0].size(1);
-  a.reverse = false;
+  a.reverse = false;  // the one-layer op sets it for a backward direction
   for (int l = 0; l < a.layers; ++l) {
     StackLayer<T, Acc>& L = a.layer[l];
     L.xproj = l == 0 ? p(st.xproj) : nullptr;
