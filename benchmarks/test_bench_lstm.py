@@ -82,4 +82,5 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_, tf32):
         if backend.startswith("cuda"):
             fastlstm.set_cuda_graphs(True)
             fastlstm.set_persistent(False)
-            os.environ.pop("FASTLSTM_PERSISTENT_STRICT", None)
+            for name in ("VERSION", "BATCH_PARTS", "STRICT"):
+                os.environ.pop(f"FASTLSTM_PERSISTENT_{name}", None)

@@ -188,7 +188,6 @@ def _check(xproj, h0, c0, w_hh):
         raise RuntimeError("triton lstm: float64 is not supported (use the cpu/cuda backend)")
 
 
-
 def _output(like, *shape, dtype=None):
     """Like the C++ op: NaN-filled under FASTLSTM_POISON_OUTPUTS=1 (the tests), so an element
     a kernel fails to write fails the comparison."""
