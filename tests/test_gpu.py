@@ -230,16 +230,25 @@ def test_persistent_stack_falls_back_where_it_does_not_fit(monkeypatch):
         below = want[0]
 
 
+@pytest.mark.parametrize("hidden,h0_offset", [(70, 0), (64, 0), (64, 1)],
+                         ids=["scalar_loads", "vector_loads", "scalar_loads_unaligned_h0"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_persistent_p4_tensor_cores_equal_p3(monkeypatch, dtype):
+def test_persistent_p4_tensor_cores_equal_p3(monkeypatch, dtype, hidden, h0_offset):
     """p4's products on tensor cores against p3's on CUDA cores: the same bf16/fp16 inputs,
     fp32 sums in another order (an output rounded to 16 bits may differ in its last place,
-    and that difference travels on: the half types' tolerance)."""
+    and that difference travels on: the half types' tolerance). p4 loads its fragments
+    element by element where hidden is not a multiple of 8 or h0 is not 16-byte aligned
+    (h0_offset: h0 starts one element into its storage), else in 16-byte chunks."""
     monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
     from test_stack import stack_args
     args = [[t.detach().to("cuda", dtype) for t in a] if isinstance(a, list)
             else a.detach().to("cuda", dtype)
-            for a in stack_args(layers=3, steps=9, batch=37, hidden=70, seed=6)]
+            for a in stack_args(layers=3, steps=9, batch=37, hidden=hidden, seed=6)]
+    if h0_offset:
+        h0 = args[1]
+        shifted = torch.empty(h0.numel() + h0_offset, device="cuda", dtype=dtype)
+        args[1] = shifted[h0_offset:].view_as(h0).copy_(h0)
+        assert args[1].is_contiguous() and args[1].data_ptr() % 16 != 0
     results = {}
     for version in ("3", "4"):
         monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", version)

@@ -219,8 +219,10 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
       err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
       if (err != cudaSuccess) return err;
       if (major < 8) return cudaErrorNotSupported;
+      using Shape = typename TensorCoreMma<T>::Shape;
       MmaTiling tiling = mma_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads,
-                                    sizeof(T), TensorCoreMma<T>::Shape::k, batch_parts);
+                                    sizeof(T), Shape::k, mma_vector_loads<Shape>(args),
+                                    batch_parts);
       const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
       void* params[] = {&a, &tiling};
       return launch_cooperative(reinterpret_cast<const void*>(mma_stack_kernel<T>),

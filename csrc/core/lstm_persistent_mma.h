@@ -21,6 +21,8 @@
 // shows.
 #pragma once
 
+#include <string.h>
+
 #include "lstm_persistent.h"
 
 namespace fastlstm {
@@ -34,60 +36,100 @@ constexpr int kMaxNTiles = 8;  // n-tiles per warp item: 32 fp32 accumulators pe
 // n), C/D is 16 x 8 fp32 in both. groupID = lane / 4, threadID_in_group = lane % 4.
 //   MmaK16: mma.m16n8k16 with .bf16/.f16 inputs (p4 for bf16, fp16);
 //   MmaK8:  mma.m16n8k8 with .tf32 inputs (p4 for fp32 where TF32 is allowed).
+//
+// Vector loads. A sum over k does not care in which order the k come, as long as A's column
+// c and B's row c hold the same k. So where the shapes allow (mma_vector_loads), a lane
+// loads `chunk` consecutive k of one row of A (16 bytes on the GPU: 8 bf16/fp16 or 4 fp32),
+// and of one row of the weights, for a pair of k-steps at once, and hands them to the MMA as
+// if they were the columns the layout names: in the 2k-wide window of a pair, lane t
+// (threadID_in_group) loads k = chunk t .. chunk t + chunk - 1; the first half goes to the
+// pair's first MMA, the second half to its second. Element e of a fragment takes index
+// a_idx(e) (b_idx(e)) of its half, from row a_half(e) (0: groupID, 1: groupID + 8). For
+// MmaK16, A's column c = 2t + x + 8y (x, y in {0, 1}) and B's row c both get index x + 2y;
+// for MmaK8, column (row) c = t + 4y both get y. ctest checks the result, not the formulas:
+// a k that two lanes both took, or that no lane took, gives a wrong sum.
 struct MmaK16 {
-  static constexpr int k = 16, a_elems = 8, b_elems = 4;
+  static constexpr int k = 16, a_elems = 8, b_elems = 4, chunk = 8;
   static FASTLSTM_HD int a_row(int lane, int e) { return (lane >> 2) + 8 * ((e >> 1) & 1); }
   static FASTLSTM_HD int a_col(int lane, int e) { return (lane & 3) * 2 + (e & 1) + 8 * (e >> 2); }
   static FASTLSTM_HD int b_row(int lane, int e) { return (lane & 3) * 2 + (e & 1) + 8 * (e >> 1); }
   static FASTLSTM_HD int b_col(int lane, int) { return lane >> 2; }
+  static FASTLSTM_HD int a_half(int e) { return (e >> 1) & 1; }
+  static FASTLSTM_HD int a_idx(int e) { return (e & 1) + 2 * (e >> 2); }
+  static FASTLSTM_HD int b_idx(int e) { return e; }
 };
 struct MmaK8 {
-  static constexpr int k = 8, a_elems = 4, b_elems = 2;
+  static constexpr int k = 8, a_elems = 4, b_elems = 2, chunk = 4;
   static FASTLSTM_HD int a_row(int lane, int e) { return (lane >> 2) + 8 * (e & 1); }
   static FASTLSTM_HD int a_col(int lane, int e) { return (lane & 3) + 4 * (e >> 1); }
   static FASTLSTM_HD int b_row(int lane, int e) { return (lane & 3) + 4 * e; }
   static FASTLSTM_HD int b_col(int lane, int) { return lane >> 2; }
+  static FASTLSTM_HD int a_half(int e) { return e & 1; }
+  static FASTLSTM_HD int a_idx(int e) { return e >> 1; }
+  static FASTLSTM_HD int b_idx(int e) { return e; }
 };
 FASTLSTM_HD int mma_c_row(int lane, int e) { return (lane >> 2) + 8 * (e >> 1); }
 FASTLSTM_HD int mma_c_col(int lane, int e) { return (lane & 3) * 2 + (e & 1); }
 
 struct MmaLayerTiling {
   int n_tiles;      // ceil(4U / 8)
-  int k_steps;      // ceil(K / k) for the shape's k (16 or 8)
+  int k_steps;      // ceil(K / k) for the shape's k (16 or 8); even with vector loads
   int k_splits;     // KS: slices of the k-steps per (m-tile, n-group) item
-  int k_len;        // k-steps per slice: ceil(k_steps / KS) (trailing slices may be empty)
-  int w_stride;     // elements per weight row in shared memory: k k_steps + 16 bytes (the
-                    // pad puts the 8 rows one B fragment reads in different banks)
+  int k_len;        // k-steps per slice: ceil(k_steps / KS), even with vector loads
+                    // (trailing slices may be empty)
+  int w_stride;     // elements per weight row in shared memory: k k_steps + a pad that puts
+                    // the rows one load instruction reads in different banks (scalar loads:
+                    // 16 bytes, 8 rows; vector loads: to 64 bytes mod 128, two rows of 64)
 };
 
 struct MmaTiling {
   GridSplit grid;          // as p3's (lstm_persistent.h)
   int warps;               // per block
   int m_tiles;             // ceil(R / 16): a block's rows in tiles of 16
+  bool vector_loads;       // fragments from `chunk`-wide loads (mma_vector_loads)
   int64_t weight_bytes;    // the largest block's weights, a multiple of 16: partials start there
   int64_t partial_floats;  // the largest block's partial sums (elements of Acc, fp32 on a GPU)
   MmaLayerTiling layer[kMaxStackLayers];
 };
 
+// Whether the Shape's vector loads can read every A row and weight row: every row length a
+// multiple of the chunk (so a chunk never straddles the W_ih | W_hh edge or a row's end) and
+// the h buffers 16-byte aligned (a chunk is 16 bytes on the GPU).
+template <typename Shape, typename T, typename Acc>
+bool mma_vector_loads(const PersistentStackArgs<T, Acc>& a) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (a.hidden % Shape::chunk != 0) return false;
+  for (int l = 0; l < a.layers; ++l) {
+    const StackLayer<T, Acc>& L = a.layer[l];
+    if (L.inputs % Shape::chunk != 0 || !aligned(L.h0) || !aligned(L.hs)) return false;
+  }
+  return true;
+}
+
 // The grid as p3's (split_grid); k split so that a block has about one item per warp.
-// mma_k: the MMA shape's k (16 or 8).
+// mma_k: the MMA shape's k (16 or 8); vector_loads: from mma_vector_loads.
 inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
                             int sms, int threads, int element_bytes, int mma_k,
-                            int batch_parts = 1) {
+                            bool vector_loads, int batch_parts = 1) {
   MmaTiling t{};
   t.grid = split_grid(inputs, layers, batch, hidden, sms, batch_parts);
   t.warps = threads / kWarpSize;
   t.m_tiles = (t.grid.part_rows + 15) / 16;
+  t.vector_loads = vector_loads;
+  const int step_unit = vector_loads ? 2 : 1;  // vector loads take k-steps in pairs
+  auto round_up = [](int n, int m) { return (n + m - 1) / m * m; };
   for (int l = 0; l < layers; ++l) {
     MmaLayerTiling& lt = t.layer[l];
     lt.n_tiles = (4 * t.grid.layer[l].units + 7) / 8;
-    lt.k_steps = static_cast<int>((inputs[l] + hidden + mma_k - 1) / mma_k);
+    lt.k_steps = round_up(static_cast<int>((inputs[l] + hidden + mma_k - 1) / mma_k), step_unit);
     const int items = t.m_tiles * ((lt.n_tiles + kMaxNTiles - 1) / kMaxNTiles);
-    const int most = lt.k_steps < 8 ? lt.k_steps : 8;
+    const int most = lt.k_steps / step_unit < 8 ? lt.k_steps / step_unit : 8;
     const int splits = t.warps / items;
     lt.k_splits = splits < 1 ? 1 : (splits > most ? most : splits);
-    lt.k_len = (lt.k_steps + lt.k_splits - 1) / lt.k_splits;
-    lt.w_stride = mma_k * lt.k_steps + 16 / element_bytes;
+    lt.k_len = round_up((lt.k_steps + lt.k_splits - 1) / lt.k_splits, step_unit);
+    const int row_bytes = mma_k * lt.k_steps * element_bytes;
+    const int pad_bytes = vector_loads ? (64 - row_bytes % 128 + 128) % 128 : 16;
+    lt.w_stride = (row_bytes + pad_bytes) / element_bytes;
     const int64_t w = (int64_t(lt.n_tiles) * 8 * lt.w_stride * element_bytes + 15) / 16 * 16;
     const int64_t p = int64_t(lt.k_splits) * t.m_tiles * 16 * lt.n_tiles * 8;
     t.weight_bytes = w > t.weight_bytes ? w : t.weight_bytes;
@@ -117,6 +159,129 @@ FASTLSTM_HD void mma_load_weights(const PersistentStackArgs<T, Acc>& a, const Mm
   }
 }
 
+// `n` consecutive elements from p into out: on the GPU one 16-byte load (p 16-byte aligned,
+// n * sizeof(T) == 16: mma_vector_loads checked both); on the host a loop.
+template <int n, typename T>
+FASTLSTM_HD void load_chunk(const T* p, T (&out)[n]) {
+#ifdef __CUDA_ARCH__
+  static_assert(n * sizeof(T) == 16, "a chunk is one 16-byte load");
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  memcpy(out, &raw, 16);
+#else
+  for (int i = 0; i < n; ++i) out[i] = p[i];
+#endif
+}
+
+// k-steps of the vector path whose A chunks one item loads at once before their MMAs: the
+// loads' latency (L2, the h of other blocks) is paid once per burst (bf16: 8 k-steps, 128 k).
+constexpr int kPairsPerBurst = 4;
+
+// One warp item's work, as mma_partial_sums hands it down: lanes lane0 .. lane0 + kLanes - 1
+// of its warp, batch rows row0 + [0, 16) (rows at or past row_end are zeros), its n-tiles
+// [nt0, nt0 + tiles), k-steps [ks_begin, ks_end).
+struct MmaItem {
+  int lane0;
+  int64_t row0, row_end;
+  int nt0, tiles, ks_begin, ks_end;
+};
+
+// acc += A B over the item's k-steps, each fragment element loaded on its own (any shape).
+template <typename Shape, int kLanes, typename T, typename Acc, typename Mma>
+FASTLSTM_HD void mma_item_scalar_loads(const WaveInputs<T>& x, int64_t in, int64_t H,
+                                       const MmaItem& it, const T* w_s, int w_stride,
+                                       const Mma& mma, Acc (&acc)[kLanes][kMaxNTiles][4]) {
+  const int64_t K = in + H;
+  const T zero = Convert<T, Acc>::store(Acc(0));
+#pragma unroll 2
+  for (int ks = it.ks_begin; ks < it.ks_end; ++ks) {
+    T frag_a[kLanes][Shape::a_elems];
+    for (int l = 0; l < kLanes; ++l)
+#pragma unroll
+      for (int e = 0; e < Shape::a_elems; ++e) {
+        const int64_t b = it.row0 + Shape::a_row(it.lane0 + l, e);
+        const int64_t k = ks * Shape::k + Shape::a_col(it.lane0 + l, e);
+        frag_a[l][e] = b >= it.row_end || k >= K ? zero
+                       : k < in                  ? x.below[b * in + k]
+                                                 : x.h_prev[b * H + k - in];
+      }
+#pragma unroll
+    for (int j = 0; j < kMaxNTiles; ++j) {
+      if (j >= it.tiles) break;
+      T frag_b[kLanes][Shape::b_elems];
+      for (int l = 0; l < kLanes; ++l)
+#pragma unroll
+        for (int e = 0; e < Shape::b_elems; ++e) {
+          const int64_t n = (it.nt0 + j) * 8 + Shape::b_col(it.lane0 + l, e);
+          frag_b[l][e] = w_s[n * w_stride + ks * Shape::k + Shape::b_row(it.lane0 + l, e)];
+        }
+      mma(frag_a, frag_b, acc, j);
+    }
+  }
+}
+
+// The same sum from chunk loads (Shape's comment): per pair of k-steps a lane loads one chunk
+// of each of its two A rows and one chunk of its weight row per n-tile. A's chunks come in
+// bursts of kPairsPerBurst pairs, all loads issued before the MMAs that wait for them.
+// ks_begin and ks_end are even (mma_tiling).
+template <typename Shape, int kLanes, typename T, typename Acc, typename Mma>
+FASTLSTM_HD void mma_item_vector_loads(const WaveInputs<T>& x, int64_t in, int64_t H,
+                                       const MmaItem& it, const T* w_s, int w_stride,
+                                       const Mma& mma, Acc (&acc)[kLanes][kMaxNTiles][4]) {
+  constexpr int C = Shape::chunk;
+  const int64_t K = in + H;
+  const T zero = Convert<T, Acc>::store(Acc(0));
+  for (int ks0 = it.ks_begin; ks0 < it.ks_end; ks0 += 2 * kPairsPerBurst) {
+    T a_chunk[kLanes][kPairsPerBurst][2][C];
+#pragma unroll
+    for (int p = 0; p < kPairsPerBurst; ++p)
+      for (int l = 0; l < kLanes; ++l) {
+        const int lane = it.lane0 + l;
+        const int64_t k = int64_t(ks0 + 2 * p) * Shape::k + C * (lane & 3);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int64_t b = it.row0 + (lane >> 2) + 8 * half;
+          if (ks0 + 2 * p < it.ks_end && b < it.row_end && k < K)
+            load_chunk(k < in ? x.below + b * in + k : x.h_prev + b * H + k - in,
+                       a_chunk[l][p][half]);
+          else
+#pragma unroll
+            for (int i = 0; i < C; ++i) a_chunk[l][p][half][i] = zero;
+        }
+      }
+#pragma unroll
+    for (int p = 0; p < kPairsPerBurst; ++p) {
+      const int ks = ks0 + 2 * p;
+      if (ks >= it.ks_end) break;
+      T frag_a[2][kLanes][Shape::a_elems];  // the pair's two k-steps
+      for (int l = 0; l < kLanes; ++l)
+#pragma unroll
+        for (int e = 0; e < Shape::a_elems; ++e) {
+          frag_a[0][l][e] = a_chunk[l][p][Shape::a_half(e)][Shape::a_idx(e)];
+          frag_a[1][l][e] = a_chunk[l][p][Shape::a_half(e)][C / 2 + Shape::a_idx(e)];
+        }
+#pragma unroll
+      for (int j = 0; j < kMaxNTiles; ++j) {
+        if (j >= it.tiles) break;
+        T b_chunk[kLanes][C];
+        for (int l = 0; l < kLanes; ++l) {
+          const int lane = it.lane0 + l;
+          const int64_t n = (it.nt0 + j) * 8 + Shape::b_col(lane, 0);
+          load_chunk(w_s + n * w_stride + int64_t(ks) * Shape::k + C * (lane & 3), b_chunk[l]);
+        }
+#pragma unroll
+        for (int step = 0; step < 2; ++step) {
+          T frag_b[kLanes][Shape::b_elems];
+          for (int l = 0; l < kLanes; ++l)
+#pragma unroll
+            for (int e = 0; e < Shape::b_elems; ++e)
+              frag_b[l][e] = b_chunk[l][step * C / 2 + Shape::b_idx(e)];
+          mma(frag_a[step], frag_b, acc, j);
+        }
+      }
+    }
+  }
+}
+
 // Phase 1 of wave w on tensor cores, for warp `warp` of the block: lanes lane0 ..
 // lane0 + kLanes - 1 (the CUDA kernel: one lane; the host: all 32). `mma(a, b, acc, j)`
 // adds the 16 x k x 8 product (Shape) of the lanes' fragments a, b to acc[.][j].
@@ -128,9 +293,7 @@ FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const Mm
   const WaveInputs<T> x = wave_inputs(a, bs.layer, wave);
   if (x.step < 0) return;
   const MmaLayerTiling& lt = t.layer[bs.layer];
-  const int64_t H = a.hidden, in = a.layer[bs.layer].inputs, K = in + H;
-  const int64_t row_end = bs.row0 + bs.rows;
-  const T zero = Convert<T, Acc>::store(Acc(0));
+  const int64_t H = a.hidden, in = a.layer[bs.layer].inputs;
   const int n_tiles = (4 * bs.units + 7) / 8;  // this block's (its last may be short)
   const int n_groups = (n_tiles + kMaxNTiles - 1) / kMaxNTiles;
   const int items = t.m_tiles * n_groups * lt.k_splits;
@@ -138,44 +301,27 @@ FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const Mm
   for (int item = warp; item < items; item += t.warps) {
     const int slice = item % lt.k_splits, rest = item / lt.k_splits;
     const int group = rest % n_groups, m_tile = rest / n_groups;
-    const int nt0 = group * kMaxNTiles;
-    const int group_tiles = n_tiles - nt0 < kMaxNTiles ? n_tiles - nt0 : kMaxNTiles;
-    const int ks_begin = slice * lt.k_len;
-    const int ks_end = ks_begin + lt.k_len < lt.k_steps ? ks_begin + lt.k_len : lt.k_steps;
+    MmaItem it;
+    it.lane0 = lane0;
+    it.row0 = bs.row0 + m_tile * 16;
+    it.row_end = bs.row0 + bs.rows;
+    it.nt0 = group * kMaxNTiles;
+    it.tiles = n_tiles - it.nt0 < kMaxNTiles ? n_tiles - it.nt0 : kMaxNTiles;
+    it.ks_begin = slice * lt.k_len;
+    it.ks_end = it.ks_begin + lt.k_len < lt.k_steps ? it.ks_begin + lt.k_len : lt.k_steps;
     Acc acc[kLanes][kMaxNTiles][4] = {};
-#pragma unroll 2
-    for (int ks = ks_begin; ks < ks_end; ++ks) {
-      T frag_a[kLanes][Shape::a_elems];
-      for (int l = 0; l < kLanes; ++l)
-#pragma unroll
-        for (int e = 0; e < Shape::a_elems; ++e) {
-          const int64_t b = bs.row0 + m_tile * 16 + Shape::a_row(lane0 + l, e);
-          const int64_t k = ks * Shape::k + Shape::a_col(lane0 + l, e);
-          frag_a[l][e] = b >= row_end || k >= K ? zero
-                         : k < in         ? x.below[b * in + k]
-                                          : x.h_prev[b * H + k - in];
-        }
-#pragma unroll
-      for (int j = 0; j < kMaxNTiles; ++j) {
-        if (j >= group_tiles) break;
-        T frag_b[kLanes][Shape::b_elems];
-        for (int l = 0; l < kLanes; ++l)
-#pragma unroll
-          for (int e = 0; e < Shape::b_elems; ++e) {
-            const int64_t n = (nt0 + j) * 8 + Shape::b_col(lane0 + l, e);
-            frag_b[l][e] = w_s[n * lt.w_stride + ks * Shape::k + Shape::b_row(lane0 + l, e)];
-          }
-        mma(frag_a, frag_b, acc, j);
-      }
-    }
+    if (t.vector_loads)
+      mma_item_vector_loads<Shape, kLanes>(x, in, H, it, w_s, lt.w_stride, mma, acc);
+    else
+      mma_item_scalar_loads<Shape, kLanes>(x, in, H, it, w_s, lt.w_stride, mma, acc);
     for (int l = 0; l < kLanes; ++l)
 #pragma unroll
       for (int j = 0; j < kMaxNTiles; ++j) {
-        if (j >= group_tiles) break;
+        if (j >= it.tiles) break;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int64_t row = m_tile * 16 + mma_c_row(lane0 + l, e);
-          const int64_t n = (nt0 + j) * 8 + mma_c_col(lane0 + l, e);
+          const int64_t n = (it.nt0 + j) * 8 + mma_c_col(lane0 + l, e);
           partial[(slice * m_rows + row) * n_stride + n] = acc[l][j][e];
         }
       }

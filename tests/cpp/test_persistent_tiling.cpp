@@ -73,8 +73,14 @@ std::vector<T> as(const ref::Vec& v, size_t n = 0) {
 
 enum class Kernel { tiles, mma_k16, mma_k8 };  // p2/p3; p4 with either MMA shape
 
+// p4's fragment loads: element by element, or chunks where mma_vector_loads allows them.
+enum class Loads { scalar, vector_where_allowed };
+
+// Returns whether the run used vector loads.
 template <typename T>
-void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol) {
+bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol,
+                 Loads loads = Loads::scalar) {
+  bool vector = false;
   const int S = sh.steps, B = sh.batch, H = sh.hidden;
   std::mt19937 rng(S * 1000 + B * 10 + H + 7 * sh.layers);
   const ref::Vec xproj = ref::random_vec(rng, size_t(S) * B * 4 * H);
@@ -104,8 +110,11 @@ void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
     int blocks = 0, k_splits = 0, parts = 0;
     if (kernel != Kernel::tiles) {
       const int k = kernel == Kernel::mma_k16 ? 16 : 8;
+      vector = loads == Loads::vector_where_allowed &&
+               (k == 16 ? fastlstm::mma_vector_loads<fastlstm::MmaK16>(a)
+                        : fastlstm::mma_vector_loads<fastlstm::MmaK8>(a));
       const fastlstm::MmaTiling tiling = fastlstm::mma_tiling(
-          inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, sh.batch_parts);
+          inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, vector, sh.batch_parts);
       if (k == 16)
         fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, blocks_reversed);
       else
@@ -128,8 +137,8 @@ void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
     char what[200];
     std::snprintf(what, sizeof what,
                   "%s S%d B%d H%d L%d on %d SMs (%d blocks, %d batch parts), KS %d%s%s%s (%s)",
-                  kernel == Kernel::mma_k16 ? "p4 k16"
-                  : kernel == Kernel::mma_k8 ? "p4 k8"
+                  kernel == Kernel::mma_k16 ? (vector ? "p4 k16 vector" : "p4 k16")
+                  : kernel == Kernel::mma_k8 ? (vector ? "p4 k8 vector" : "p4 k8")
                   : sh.layers > 1            ? "p3"
                                              : "p2",
                   S, B, H, sh.layers, sh.sms, blocks, parts, k_splits,
@@ -138,6 +147,7 @@ void check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
                   blocks_reversed ? ", blocks reversed" : "", sizeof(T) == 4 ? "float" : "double");
     checks.expect(worst < tol && blocks <= sh.sms, what, worst);
   }
+  return vector;
 }
 
 // The fragment layouts against the PTX ISA's figures: a few lanes' elements written out, and
@@ -222,12 +232,28 @@ int main() {
       {3, 40, 21, 3, 24, 64, false, true, 3},
       {3, 3, 19, 1, 12, 256, true, true, 4},
       {2, 64, 96, 2, 52, 256, false, true, 2},  // S1-like with 2 parts
+      // p4's vector loads: 2 warps, K 136 and 272 (9 and 17 k-steps of 16, rounded up to
+      // pairs): several bursts of k-steps, the last one short.
+      {2, 16, 136, 2, 4, 64, false, true},
   };
   for (Kernel kernel : {Kernel::tiles, Kernel::mma_k16, Kernel::mma_k8})
     for (const Shape& sh : shapes) {
       check_shape<float>(checks, sh, kernel, 1e-5);
       check_shape<double>(checks, sh, kernel, 1e-12);
     }
+  // p4 again with vector loads where the shape allows them (H and the inputs a multiple of
+  // the chunk: 8 elements for k16, 4 for k8); the others run the scalar loads once more.
+  int vector_runs[2] = {};
+  for (Kernel kernel : {Kernel::mma_k16, Kernel::mma_k8})
+    for (const Shape& sh : shapes) {
+      const Loads loads = Loads::vector_where_allowed;
+      const bool v = check_shape<float>(checks, sh, kernel, 1e-5, loads);
+      check_shape<double>(checks, sh, kernel, 1e-12, loads);
+      vector_runs[kernel == Kernel::mma_k8] += v;
+    }
+  checks.expect(vector_runs[0] == 9 && vector_runs[1] == 11,
+                "vector loads ran on the shapes that allow them (9 for k16, 11 for k8)",
+                vector_runs[0] * 100 + vector_runs[1]);
   std::printf("%d check(s) failed\n", checks.failed);
   return checks.failed ? 1 : 0;
 }
