@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check, run on the device machine in one call (see README "GPU checks"):
 #   FASTLSTM_COMMIT=<sha> bash benchmarks/device_check.sh
-# Prints the persistent kernels' ptxas report, builds for sm_90, runs every test (GPU ones
+# Builds for sm_90, prints the persistent kernels' ptxas report and a first look at p2-p4
+# (benchmarks/persistent_smoke.py: S1/S2 forward against the step loop and cuDNN, a process
+# per version under a timeout, so a hang costs 90 s and names itself), runs every test (GPU ones
 # included), compute-sanitizer memcheck on a small forward+backward and on the CUDA ctest
 # program, ctest, then the benchmark harness twice (cuda, the persistent versions and cuDNN at
 # S1 S2 S3 and the batch-1 step, fwd and fwd+bwd, fp32 and bf16; BENCH_BACKENDS overrides the
 # list) and an fp32 pass with TF32 on, and prints a short table last. Full logs go to $OUT
 # (or /tmp/fastlstm-device). About 7-9 minutes (not timed since these steps were added).
-# QUICK=1 (about 4 minutes, for a short lease): only the GPU tests (-v, so a cut-off run
-# still names its failures), ctest, and one benchmark pass. Triton: fixed tiles unless
+# QUICK=1 (about 4 minutes, for a short lease): only the GPU tests, ctest, and one benchmark
+# pass. Tests run -v either way, so a cut-off run still names what it ran. Triton: fixed tiles unless
 # FASTLSTM_TRITON_AUTOTUNE=1 is set for the run.
 set -uo pipefail
 OUT=${OUT:-/tmp/fastlstm-device}
@@ -42,6 +44,13 @@ nvcc -std=c++17 -O3 -arch=sm_90 -Xptxas -v -Icsrc/core ${cuda_inc:+-I"$cuda_inc"
   | sed -E 's/.*lstm_persistent_cuda_cu_[0-9a-f]+_[0-9]+([a-z_]+kernel)I([^E]*)E.*/\1 \2/' \
   | paste - - - | tee "$OUT/ptxas.log"
 
+step "persistent versions, first look (S1, S2 forward; each version in its own process)"
+for version in 2 3 4; do
+  timeout 90 python3 benchmarks/persistent_smoke.py --version $version 2>&1 | grep -v Warning \
+    | tee -a "$OUT/smoke.log"
+  record "persistent smoke p$version" "exit ${PIPESTATUS[0]}, $(grep -c MISMATCH "$OUT/smoke.log") mismatches so far"
+done
+
 step "an error raised inside the op"
 gcc --version | head -1
 readelf -lW fastlstm/_C*.so | grep -E "EH_FRAME|GNU_STACK"
@@ -61,7 +70,7 @@ if [ "$QUICK" = 1 ]; then
     -k "cuda or triton or gpu" --durations=10 > "$OUT/pytest.log" 2>&1
 else
   step "tests (all, GPU included)"
-  COLUMNS=300 timeout 330 python3 -m pytest tests -n 4 -q -rfE -p no:cacheprovider \
+  COLUMNS=300 timeout 330 python3 -m pytest tests -n 4 -v -rfE -p no:cacheprovider \
     --durations=15 > "$OUT/pytest.log" 2>&1
 fi
 record tests "$(tail -1 "$OUT/pytest.log")"
@@ -115,6 +124,8 @@ fi
 
 step summary
 printf '%s\n' "${summary[@]}"
+echo "--- persistent first look"
+grep -E "^p[0-9] " "$OUT/smoke.log"
 for run in $(echo $runs | tr ' ' '\n' | sort -r); do
   echo "--- benchmark run $run"
   python3 benchmarks/compare.py "$OUT/bench$run.json"
