@@ -77,16 +77,19 @@ struct MmaLayerTiling {
   int k_splits;     // KS: slices of the k-steps per (m-tile, n-group) item
   int k_len;        // k-steps per slice: ceil(k_steps / KS), even with vector loads
                     // (trailing slices may be empty)
-  int w_stride;     // elements per weight row in shared memory: k k_steps + a pad that puts
-                    // the rows one load instruction reads in different banks (scalar loads:
-                    // 16 bytes, 8 rows; vector loads: to 64 bytes mod 128, two rows of 64)
+  int w_stride;     // elements per weight row in shared memory: k k_steps, + 16 bytes with
+                    // scalar loads (the 8 rows one B fragment reads fall in different banks)
+  int w_swizzle;    // vector loads: row n keeps its chunk c at c ^ (w_swizzle (n & 1)) (see
+                    // weight_index); 4 where a row is a multiple of 8 chunks (128 bytes on
+                    // the GPU), so that the two rows a quarter-warp reads (4 chunks of each)
+                    // fall in different halves of the banks; else 0 (rows already alternate)
 };
 
 struct MmaTiling {
   GridSplit grid;          // as p3's (lstm_persistent.h)
   int warps;               // per block
   int m_tiles;             // ceil(R / 16): a block's rows in tiles of 16
-  bool vector_loads;       // fragments from `chunk`-wide loads (mma_vector_loads)
+  int chunk;               // vector loads: elements per load (Shape::chunk); 0: scalar loads
   int64_t weight_bytes;    // the largest block's weights, a multiple of 16: partials start there
   int64_t partial_floats;  // the largest block's partial sums (elements of Acc, fp32 on a GPU)
   MmaLayerTiling layer[kMaxStackLayers];
@@ -115,7 +118,7 @@ inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, in
   t.grid = split_grid(inputs, layers, batch, hidden, sms, batch_parts);
   t.warps = threads / kWarpSize;
   t.m_tiles = (t.grid.part_rows + 15) / 16;
-  t.vector_loads = vector_loads;
+  t.chunk = vector_loads ? mma_k / 2 : 0;  // MmaK16: 8, MmaK8: 4
   const int step_unit = vector_loads ? 2 : 1;  // vector loads take k-steps in pairs
   auto round_up = [](int n, int m) { return (n + m - 1) / m * m; };
   for (int l = 0; l < layers; ++l) {
@@ -127,15 +130,22 @@ inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, in
     const int splits = t.warps / items;
     lt.k_splits = splits < 1 ? 1 : (splits > most ? most : splits);
     lt.k_len = round_up((lt.k_steps + lt.k_splits - 1) / lt.k_splits, step_unit);
-    const int row_bytes = mma_k * lt.k_steps * element_bytes;
-    const int pad_bytes = vector_loads ? (64 - row_bytes % 128 + 128) % 128 : 16;
-    lt.w_stride = (row_bytes + pad_bytes) / element_bytes;
+    lt.w_stride = mma_k * lt.k_steps + (vector_loads ? 0 : 16 / element_bytes);
+    lt.w_swizzle = vector_loads && (2 * lt.k_steps) % 8 == 0 ? 4 : 0;  // 2 chunks per k-step
     const int64_t w = (int64_t(lt.n_tiles) * 8 * lt.w_stride * element_bytes + 15) / 16 * 16;
     const int64_t p = int64_t(lt.k_splits) * t.m_tiles * 16 * lt.n_tiles * 8;
     t.weight_bytes = w > t.weight_bytes ? w : t.weight_bytes;
     t.partial_floats = p > t.partial_floats ? p : t.partial_floats;
   }
   return t;
+}
+
+// Where weight row n keeps its column k in shared memory (w_s [n_tiles * 8][w_stride]).
+FASTLSTM_HD int64_t weight_index(const MmaTiling& t, const MmaLayerTiling& lt, int64_t n,
+                                 int64_t k) {
+  if (lt.w_swizzle == 0) return n * lt.w_stride + k;
+  const int64_t chunk = (k / t.chunk) ^ (lt.w_swizzle * (n & 1));
+  return n * lt.w_stride + chunk * t.chunk + k % t.chunk;
 }
 
 // Once per launch: this block's weights into w_s [n_tiles * 8][w_stride] (row n = 4u + q
@@ -155,7 +165,7 @@ FASTLSTM_HD void mma_load_weights(const PersistentStackArgs<T, Acc>& a, const Mm
       const int64_t g = q * H + bs.u0 + u;
       w = k < in ? L.w_ih[g * in + k] : L.w_hh[g * H + k - in];
     }
-    w_s[i] = w;
+    w_s[weight_index(t, lt, n, k)] = w;
   }
 }
 
@@ -185,7 +195,8 @@ struct MmaItem {
   int nt0, tiles, ks_begin, ks_end;
 };
 
-// acc += A B over the item's k-steps, each fragment element loaded on its own (any shape).
+// acc += A B over the item's k-steps, each fragment element loaded on its own (any shape;
+// the weight rows are not swizzled).
 template <typename Shape, int kLanes, typename T, typename Acc, typename Mma>
 FASTLSTM_HD void mma_item_scalar_loads(const WaveInputs<T>& x, int64_t in, int64_t H,
                                        const MmaItem& it, const T* w_s, int w_stride,
@@ -220,13 +231,15 @@ FASTLSTM_HD void mma_item_scalar_loads(const WaveInputs<T>& x, int64_t in, int64
 }
 
 // The same sum from chunk loads (Shape's comment): per pair of k-steps a lane loads one chunk
-// of each of its two A rows and one chunk of its weight row per n-tile. A's chunks come in
+// of each of its two A rows and one chunk of its weight row per n-tile (swizzled rows:
+// weight_index). A's chunks come in
 // bursts of kPairsPerBurst pairs, all loads issued before the MMAs that wait for them.
 // ks_begin and ks_end are even (mma_tiling).
 template <typename Shape, int kLanes, typename T, typename Acc, typename Mma>
 FASTLSTM_HD void mma_item_vector_loads(const WaveInputs<T>& x, int64_t in, int64_t H,
-                                       const MmaItem& it, const T* w_s, int w_stride,
-                                       const Mma& mma, Acc (&acc)[kLanes][kMaxNTiles][4]) {
+                                       const MmaItem& it, const T* w_s,
+                                       const MmaLayerTiling& lt, const Mma& mma,
+                                       Acc (&acc)[kLanes][kMaxNTiles][4]) {
   constexpr int C = Shape::chunk;
   const int64_t K = in + H;
   const T zero = Convert<T, Acc>::store(Acc(0));
@@ -265,8 +278,10 @@ FASTLSTM_HD void mma_item_vector_loads(const WaveInputs<T>& x, int64_t in, int64
         T b_chunk[kLanes][C];
         for (int l = 0; l < kLanes; ++l) {
           const int lane = it.lane0 + l;
-          const int64_t n = (it.nt0 + j) * 8 + Shape::b_col(lane, 0);
-          load_chunk(w_s + n * w_stride + int64_t(ks) * Shape::k + C * (lane & 3), b_chunk[l]);
+          const int n = (it.nt0 + j) * 8 + Shape::b_col(lane, 0);
+          // weight_index(t, lt, n, ks k + C (lane & 3)), in 32 bits with C known here.
+          const int chunk = (2 * ks + (lane & 3)) ^ (lt.w_swizzle * (n & 1));
+          load_chunk(w_s + n * lt.w_stride + chunk * C, b_chunk[l]);
         }
 #pragma unroll
         for (int step = 0; step < 2; ++step) {
@@ -310,8 +325,8 @@ FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const Mm
     it.ks_begin = slice * lt.k_len;
     it.ks_end = it.ks_begin + lt.k_len < lt.k_steps ? it.ks_begin + lt.k_len : lt.k_steps;
     Acc acc[kLanes][kMaxNTiles][4] = {};
-    if (t.vector_loads)
-      mma_item_vector_loads<Shape, kLanes>(x, in, H, it, w_s, lt.w_stride, mma, acc);
+    if (t.chunk != 0)
+      mma_item_vector_loads<Shape, kLanes>(x, in, H, it, w_s, lt, mma, acc);
     else
       mma_item_scalar_loads<Shape, kLanes>(x, in, H, it, w_s, lt.w_stride, mma, acc);
     for (int l = 0; l < kLanes; ++l)

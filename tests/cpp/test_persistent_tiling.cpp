@@ -6,6 +6,7 @@
 // This checks the tiling and indexing (k slices over [W_ih | W_hh], row groups or MMA tiles,
 // partial sums, short last blocks, batch not a multiple of the tile, reverse time, the wave
 // schedule) without a GPU; the GPU tests check the kernels (and the MMA fragment layout).
+#include <algorithm>
 #include <cstdio>
 #include <limits>
 
@@ -201,6 +202,48 @@ void check_fragment_layout(ref::Checks& checks) {
   checks.expect(ok8, "mma.m16n8k8 (.tf32) fragment layout", ok8 ? 0 : 1);
 }
 
+// Shared-memory bank conflicts of p4's weight reads, at the GPU's element sizes (2 bytes for
+// k16, 4 for k8) for every layer of S1 and S2 (132 SMs, 1 or 2 batch parts), every n-tile
+// and k-step: the most distinct 4-byte words (element loads; 32 banks) or 16-byte chunks
+// (vector loads; 8 lanes per phase, 8 groups of 4 banks) that share a bank or bank group in
+// one load instruction. 1 means no conflicts. Correctness does not depend on it (the runs
+// above check that); speed does.
+int worst_bank_conflict(int mma_k, bool vector) {
+  const int element_bytes = mma_k == 16 ? 2 : 4, chunk = mma_k / 2;
+  int worst = 0;
+  for (int shape = 0; shape < 2; ++shape)
+    for (int parts : {1, 2}) {
+      const int layers = shape == 0 ? 2 : 3, batch = shape == 0 ? 64 : 100;
+      const int64_t inputs[fastlstm::kMaxStackLayers] = {0, 512, 512};
+      const fastlstm::MmaTiling t = fastlstm::mma_tiling(inputs, layers, batch, 512, 132, 256,
+                                                         element_bytes, mma_k, vector, parts);
+      for (int l = 0; l < layers; ++l) {
+        const fastlstm::MmaLayerTiling& lt = t.layer[l];
+        for (int nt = 0; nt < lt.n_tiles; ++nt)
+          for (int ks = 0; ks < lt.k_steps; ks += vector ? 2 : 1) {
+            const int loads = vector ? 1 : (mma_k == 16 ? 4 : 2);
+            for (int e = 0; e < loads; ++e)
+              for (int phase = 0; phase < (vector ? 4 : 1); ++phase) {
+                std::vector<std::vector<int64_t>> bank(vector ? 8 : 32);
+                for (int lane = phase * 8; lane < (vector ? phase * 8 + 8 : 32); ++lane) {
+                  const int64_t n = nt * 8 + lane / 4;
+                  const int64_t k = vector ? int64_t(ks) * mma_k + chunk * (lane % 4)
+                                    : int64_t(ks) * mma_k +
+                                          (mma_k == 16 ? fastlstm::MmaK16::b_row(lane, e)
+                                                       : fastlstm::MmaK8::b_row(lane, e));
+                  const int64_t byte = fastlstm::weight_index(t, lt, n, k) * element_bytes;
+                  const int64_t unit = vector ? byte / 16 : byte / 4;  // chunk or word
+                  std::vector<int64_t>& b = bank[unit % (vector ? 8 : 32)];
+                  if (std::find(b.begin(), b.end(), unit) == b.end()) b.push_back(unit);
+                }
+                for (const auto& b : bank) worst = std::max(worst, int(b.size()));
+              }
+          }
+      }
+    }
+  return worst;
+}
+
 }  // namespace
 
 int main() {
@@ -250,6 +293,14 @@ int main() {
       const bool v = check_shape<float>(checks, sh, kernel, 1e-5, loads);
       check_shape<double>(checks, sh, kernel, 1e-12, loads);
       vector_runs[kernel == Kernel::mma_k8] += v;
+    }
+  for (int mma_k : {16, 8})
+    for (bool vector : {false, true}) {
+      const int worst = worst_bank_conflict(mma_k, vector);
+      char what[120];
+      std::snprintf(what, sizeof what, "p4 k%d %s weight loads at S1, S2: no bank conflicts",
+                    mma_k, vector ? "vector" : "element");
+      checks.expect(worst == 1, what, worst);
     }
   checks.expect(vector_runs[0] == 9 && vector_runs[1] == 11,
                 "vector loads ran on the shapes that allow them (9 for k16, 11 for k8)",
