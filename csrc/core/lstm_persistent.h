@@ -277,33 +277,63 @@ FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const 
   }
 }
 
-// Batch row b of `unit` at forward-order step s of layer L, given the sums of its four gate
-// rows times the step's inputs (`pre`): adds xproj (layer 0) or the bias, then the gate math;
-// writes gates, c_t and h_t. Every persistent kernel ends a unit's step here. (The step
-// loop's step_forward_element in lstm_step.h does the same inline: sharing one helper made
-// the CPU loop ~40% slower in a micro-benchmark.)
+// What the recurrent sums of batch row b of `unit` at forward-order step s of layer L get
+// added before the gate math: xproj (layer 0), the bias (layers above), or nothing.
 template <typename T, typename Acc>
-FASTLSTM_HD void finish_unit(const PersistentStackArgs<T, Acc>& a, const StackLayer<T, Acc>& L,
-                             int64_t s, int64_t b, int64_t unit, Acc (&pre)[4]) {
+FASTLSTM_HD void load_unit_input(const PersistentStackArgs<T, Acc>& a,
+                                 const StackLayer<T, Acc>& L, int64_t s, int64_t b,
+                                 int64_t unit, Acc (&input)[4]) {
   using Cv = Convert<T, Acc>;
-  const int64_t H = a.hidden, B = a.batch, time = time_index(a, s);
+  const int64_t H = a.hidden;
   if (L.xproj != nullptr) {
-    const T* x = L.xproj + (time * B + b) * 4 * H + unit;
-    for (int q = 0; q < 4; ++q) pre[q] += Cv::load(x[q * H]);
-  } else if (L.bias != nullptr) {
-    for (int q = 0; q < 4; ++q) pre[q] += Cv::load(L.bias[q * H + unit]);
+    const T* x = L.xproj + (time_index(a, s) * a.batch + b) * 4 * H + unit;
+    for (int q = 0; q < 4; ++q) input[q] = Cv::load(x[q * H]);
+  } else {
+    for (int q = 0; q < 4; ++q) input[q] = L.bias != nullptr ? Cv::load(L.bias[q * H + unit]) : Acc(0);
   }
-  const Acc* c_prev = s == 0 ? L.c0 : L.cs + time_index(a, s - 1) * B * H;
+}
+
+// c_{t-1} of batch row b of `unit` at forward-order step s of layer L (c0 at s = 0).
+template <typename T, typename Acc>
+FASTLSTM_HD Acc load_c_prev(const PersistentStackArgs<T, Acc>& a, const StackLayer<T, Acc>& L,
+                            int64_t s, int64_t b, int64_t unit) {
+  const int64_t H = a.hidden;
+  return s == 0 ? L.c0[b * H + unit] : L.cs[(time_index(a, s - 1) * a.batch + b) * H + unit];
+}
+
+// Batch row b of `unit` at forward-order step s of layer L, given its gates' pre-activations
+// (the sums plus load_unit_input) and c_{t-1}: the gate math; writes gates, c_t and h_t and
+// returns c_t.
+template <typename T, typename Acc>
+FASTLSTM_HD Acc cell_step(const PersistentStackArgs<T, Acc>& a, const StackLayer<T, Acc>& L,
+                          int64_t s, int64_t b, int64_t unit, const Acc (&pre)[4], Acc c_prev) {
+  const int64_t H = a.hidden, time = time_index(a, s);
   const Gates<Acc> gate = activate_gates(pre[0], pre[1], pre[2], pre[3]);
   Acc c, h;
-  cell_forward(gate, c_prev[b * H + unit], c, h);
-  Acc* gates = L.gates + (time * B + b) * 4 * H + unit;  // this unit's column of each gate
+  cell_forward(gate, c_prev, c, h);
+  Acc* gates = L.gates + (time * a.batch + b) * 4 * H + unit;  // this unit's column of each gate
   gates[0] = gate.i;
   gates[H] = gate.f;
   gates[2 * H] = gate.g;
   gates[3 * H] = gate.o;
-  L.cs[(time * B + b) * H + unit] = c;
-  L.hs[(time * B + b) * H + unit] = Cv::store(h);
+  L.cs[(time * a.batch + b) * H + unit] = c;
+  L.hs[(time * a.batch + b) * H + unit] = Convert<T, Acc>::store(h);
+  return c;
+}
+
+// Batch row b of `unit` at forward-order step s of layer L, given the sums of its four gate
+// rows times the step's inputs (`pre`): adds its input, then the gate math; writes gates,
+// c_t and h_t. p1 and p3 end a unit's step here; p4 calls the parts itself (it loads the
+// input early and keeps c in registers). (The step loop's step_forward_element in
+// lstm_step.h does the same inline: sharing one helper made the CPU loop ~40% slower in a
+// micro-benchmark.)
+template <typename T, typename Acc>
+FASTLSTM_HD void finish_unit(const PersistentStackArgs<T, Acc>& a, const StackLayer<T, Acc>& L,
+                             int64_t s, int64_t b, int64_t unit, Acc (&pre)[4]) {
+  Acc input[4];
+  load_unit_input(a, L, s, b, unit, input);
+  for (int q = 0; q < 4; ++q) pre[q] += input[q];
+  cell_step(a, L, s, b, unit, pre, load_c_prev(a, L, s, b, unit));
 }
 
 // Phase 2 of wave w: every (unit, rows) tile's gates, c_t and h_t.

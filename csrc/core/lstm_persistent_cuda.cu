@@ -138,12 +138,14 @@ mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) 
   const int block = blockIdx.x, tid = threadIdx.x;
   mma_load_weights(a, tiling, block, tid, kThreads, w_s);
   __syncthreads();
+  CellRegs<float> regs;  // this thread's cells: c across waves, the wave's inputs
   for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
+    mma_load_cell_inputs(a, tiling, block, wave, tid, kThreads, regs);
     mma_partial_sums<typename TensorCoreMma<T>::Shape, 1>(
         a, tiling, block, wave, tid / kWarpSize, tid % kWarpSize, w_s, partial,
         TensorCoreMma<T>{});
     __syncthreads();
-    mma_cell_update(a, tiling, block, wave, tid, kThreads, partial);
+    mma_cell_update(a, tiling, block, wave, tid, kThreads, partial, regs);
     grid.sync();
   }
 }

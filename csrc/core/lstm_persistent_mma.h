@@ -2,7 +2,7 @@
 // block's products [B x K] inputs times [K x 4U] weights run as warp-wide mma.sync, fp32
 // sums: m16n8k16 for bf16 and fp16 inputs, m16n8k8 with TF32 inputs for fp32 where TF32 is
 // allowed. The weights stay in shared memory in the storage type (bf16: half the bytes of
-// p3's fp32 copy). Phase 2 is p3's (finish_unit).
+// p3's fp32 copy). Phase 2 ends as p3's (cell_step), with c in registers (CellRegs).
 //
 // Shapes of one block's product: M = its batch rows (m-tiles of 16), N = its 4U gate columns
 // n = 4u + q (n-tiles of 8: two units' four gates), K = the layer's inputs + H (k-steps of
@@ -343,24 +343,73 @@ FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const Mm
   }
 }
 
-// Phase 2 of wave w: each (batch row, unit) adds its slices' sums, then finish_unit.
+// Phase 2's cells (batch row, unit) are the same for a thread every wave: cell p = tid +
+// i threads of the block's rows x units, unit fastest. The first kCellRegs of them keep c in
+// registers between waves (cs gets c_t for the backward, but is not read back), and their
+// inputs (xproj or bias) are loaded at the start of the wave, so that those loads wait
+// behind phase 1 instead of inside phase 2. Cells past kCellRegs per thread (batch x units
+// per block over 8 x 256) go through memory (finish_unit).
+constexpr int kCellRegs = 8;
+
+template <typename Acc>
+struct CellRegs {
+  Acc c[kCellRegs];         // c_t of the thread's cells at the wave that last wrote them
+  Acc input[kCellRegs][4];  // this wave's inputs (load_unit_input)
+};
+
+// Start of wave w, before phase 1: this thread's register cells' inputs into regs.input.
 template <typename T, typename Acc>
-FASTLSTM_HD void mma_cell_update(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
-                                 int block, int64_t wave, int tid, int threads,
-                                 const Acc* partial) {
+FASTLSTM_HD void mma_load_cell_inputs(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
+                                      int block, int64_t wave, int tid, int threads,
+                                      CellRegs<Acc>& regs) {
   const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const int64_t s = wave_step(a, bs.layer, wave);
   if (s < 0) return;
+  const int64_t cells = int64_t(bs.rows) * bs.units;
+#pragma unroll
+  for (int i = 0; i < kCellRegs; ++i) {
+    const int64_t p = tid + int64_t(i) * threads;
+    if (p >= cells) break;
+    load_unit_input(a, a.layer[bs.layer], s, bs.row0 + p / bs.units, bs.u0 + p % bs.units,
+                    regs.input[i]);
+  }
+}
+
+// Phase 2 of wave w: each cell adds its slices' sums (and its input), then the gate math.
+template <typename T, typename Acc>
+FASTLSTM_HD void mma_cell_update(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
+                                 int block, int64_t wave, int tid, int threads,
+                                 const Acc* partial, CellRegs<Acc>& regs) {
+  const BlockSlice bs = block_slice(t.grid, a.hidden, block);
+  const int64_t s = wave_step(a, bs.layer, wave);
+  if (s < 0) return;
+  const StackLayer<T, Acc>& L = a.layer[bs.layer];
   const MmaLayerTiling& lt = t.layer[bs.layer];
   const int64_t n_stride = int64_t(lt.n_tiles) * 8, m_rows = int64_t(t.m_tiles) * 16;
-  for (int64_t p = tid; p < int64_t(bs.rows) * bs.units; p += threads) {
-    const int64_t u = p % bs.units, r = p / bs.units;  // r: the row within the block's rows
-    Acc pre[4] = {};
+  auto slice_sums = [&](int64_t r, int64_t u, Acc (&pre)[4]) {  // r: the row in the block
+    for (int q = 0; q < 4; ++q) pre[q] = Acc(0);
     for (int slice = 0; slice < lt.k_splits; ++slice) {
       const Acc* sums = partial + (slice * m_rows + r) * n_stride + 4 * u;
       for (int q = 0; q < 4; ++q) pre[q] += sums[q];
     }
-    finish_unit(a, a.layer[bs.layer], s, bs.row0 + r, bs.u0 + u, pre);
+  };
+  const int64_t cells = int64_t(bs.rows) * bs.units;
+#pragma unroll
+  for (int i = 0; i < kCellRegs; ++i) {
+    const int64_t p = tid + int64_t(i) * threads;
+    if (p >= cells) break;
+    const int64_t u = p % bs.units, r = p / bs.units;
+    Acc pre[4];
+    slice_sums(r, u, pre);
+    for (int q = 0; q < 4; ++q) pre[q] += regs.input[i][q];
+    const Acc c_prev = s == 0 ? load_c_prev(a, L, s, bs.row0 + r, bs.u0 + u) : regs.c[i];
+    regs.c[i] = cell_step(a, L, s, bs.row0 + r, bs.u0 + u, pre, c_prev);
+  }
+  for (int64_t p = tid + int64_t(kCellRegs) * threads; p < cells; p += threads) {
+    const int64_t u = p % bs.units, r = p / bs.units;
+    Acc pre[4];
+    slice_sums(r, u, pre);
+    finish_unit(a, L, s, bs.row0 + r, bs.u0 + u, pre);
   }
 }
 
@@ -399,17 +448,26 @@ void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling
   std::vector<std::vector<T>> weights(blocks, std::vector<T>(t.weight_bytes / sizeof(T), nan));
   std::vector<std::vector<Acc>> partial(
       blocks, std::vector<Acc>(t.partial_floats, std::numeric_limits<Acc>::quiet_NaN()));
+  CellRegs<Acc> poisoned;  // registers start NaN too
+  for (int i = 0; i < kCellRegs; ++i) {
+    poisoned.c[i] = std::numeric_limits<Acc>::quiet_NaN();
+    for (int q = 0; q < 4; ++q) poisoned.input[i][q] = poisoned.c[i];
+  }
+  std::vector<CellRegs<Acc>> regs(size_t(blocks) * threads, poisoned);
   for (int blk = 0; blk < blocks; ++blk)
     for (int tid = 0; tid < threads; ++tid)
       mma_load_weights(a, t, blk, tid, threads, weights[blk].data());
   for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
     for (int n = 0; n < blocks; ++n) {
       const int blk = blocks_reversed ? blocks - 1 - n : n;
+      CellRegs<Acc>* block_regs = &regs[size_t(blk) * threads];
+      for (int tid = 0; tid < threads; ++tid)
+        mma_load_cell_inputs(a, t, blk, wave, tid, threads, block_regs[tid]);
       for (int warp = 0; warp < t.warps; ++warp)
         mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, weights[blk].data(),
                                            partial[blk].data(), HostMma<Shape, T, Acc>{});
       for (int tid = 0; tid < threads; ++tid)  // __syncthreads()
-        mma_cell_update(a, t, blk, wave, tid, threads, partial[blk].data());
+        mma_cell_update(a, t, blk, wave, tid, threads, partial[blk].data(), block_regs[tid]);
     }  // grid.sync()
   }
 }
