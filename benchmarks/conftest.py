@@ -17,7 +17,8 @@ def pytest_addoption(parser):
     parser.addoption("--bench-backends", default=None,
                      help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
                           "graphs; cuda_persistent, cuda_persistent2 .. cuda_persistent4: the "
-                          "persistent forward, versions 1 to 4, suffix xP: the batch in P parts); "
+                          "persistent forward, versions 1 to 4, suffix xP: the batch in P parts, "
+                          "then d: the dataflow sync); "
                           "default: " + CUDA_BACKENDS +
                           " on cuda, "
                           "cpu,aten on cpu")

@@ -102,9 +102,9 @@ record "memcheck (test_step_cuda)" "exit $?"
 
 step "benchmarks (twice: the spread between the runs is the noise)"
 # The persistent versions against cuda and cuDNN (Triton and cuda_eager were measured in run 7;
-# name them in BENCH_BACKENDS to include them).
+# name them in BENCH_BACKENDS to include them; p2 and p3 in parts are in the first look).
 runs="1 2"
-bench_args="--bench-backends=${BENCH_BACKENDS:-cuda,cuda_persistent2,cuda_persistent3,cuda_persistent3x2,cuda_persistent4,cuda_persistent4x2,cudnn}"
+bench_args="--bench-backends=${BENCH_BACKENDS:-cuda,cuda_persistent3,cuda_persistent4,cuda_persistent4x2,cuda_persistent4d,cuda_persistent4x2d,cudnn}"
 [ "$QUICK" = 1 ] && runs=1
 for run in $runs; do
   timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda $bench_args \

@@ -1,6 +1,7 @@
 """One persistent version's first look on a GPU, at S1 and S2 (forward, fp32 and bf16, the
-batch in 1 and 2 parts): its output against the step loop's, and its forward time beside the
-step loop's and cuDNN's. One line per case, printed as soon as it is known, so that a run cut
+batch in 1 and 2 parts, grid barriers and the dataflow sync): its output against the step
+loop's (and the dataflow sync's against the grid barrier's: the same arithmetic, so it should
+be identical), and its forward time beside the step loop's and cuDNN's. One line per case, printed as soon as it is known, so that a run cut
 short (a hang, a timeout) still shows what came before. device_check.sh runs it once per
 version, each in its own process under a timeout:
 
@@ -64,9 +65,14 @@ def main():
                 loop_ms = forward_ms(lambda: lstm(x, state))
                 cudnn_ms = forward_ms(lambda: cudnn(x, state))
                 fastlstm.set_persistent(True)
-                for parts in ("1", "2") if args.version != "1" else ("1",):
+                variants = [("1", "0")] if args.version == "1" else \
+                    [(parts, sync) for parts in ("1", "2") for sync in ("0", "1")]
+                grid_out = {}
+                for parts, dataflow in variants:
                     os.environ["FASTLSTM_PERSISTENT_BATCH_PARTS"] = parts
-                    case = f"p{args.version} {shape} {dtype_name} {parts} part(s)"
+                    os.environ["FASTLSTM_PERSISTENT_DATAFLOW"] = dataflow
+                    case = (f"p{args.version} {shape} {dtype_name} {parts} part(s), "
+                            f"{'dataflow' if dataflow == '1' else 'grid barrier'}")
                     try:
                         got = lstm(x, state)[0].float()
                     except RuntimeError as e:
@@ -75,11 +81,16 @@ def main():
                     torch.cuda.synchronize()
                     err = ((got - want).norm() / want.norm()).item()
                     verdict = "ok" if err < BOUND[dtype_name] else "MISMATCH"
+                    if dataflow == "0":
+                        grid_out[parts] = got
+                    elif parts in grid_out and not torch.equal(got, grid_out[parts]):
+                        verdict += ", MISMATCH: not identical to the grid barrier's output"
                     ms = forward_ms(lambda: lstm(x, state))
                     print(f"{case}: {verdict} (error vs step loop {err:.2e}); fwd {ms:.3f} ms, "
                           f"step loop {loop_ms:.3f} ms, cuDNN {cudnn_ms:.3f} ms, "
                           f"cuDNN / p{args.version} {cudnn_ms / ms:.2f}x", flush=True)
                 fastlstm.set_persistent(False)
+                os.environ.pop("FASTLSTM_PERSISTENT_DATAFLOW", None)
 
 
 if __name__ == "__main__":

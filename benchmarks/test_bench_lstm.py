@@ -36,13 +36,18 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_, tf32):
     # "cuda_persistent2": version 2 (the tiled kernel); "cuda_persistent3": version 3 (the
     # whole stack in one launch, the layers as a wavefront); "cuda_persistent4": version 4
     # (version 3 with tensor cores for bf16); a suffix "xP" splits the batch in P parts
-    # (FASTLSTM_PERSISTENT_BATCH_PARTS), e.g. "cuda_persistent4x2".
+    # (FASTLSTM_PERSISTENT_BATCH_PARTS), e.g. "cuda_persistent4x2"; a final "d" orders the
+    # steps by counters instead of grid barriers (FASTLSTM_PERSISTENT_DATAFLOW), e.g.
+    # "cuda_persistent4x2d".
     if backend.startswith("cuda"):
         fastlstm.set_cuda_graphs(backend != "cuda_eager")
         fastlstm.set_persistent(backend.startswith("cuda_persistent"))
-        version, _, parts = backend.removeprefix("cuda_persistent").partition("x")
+        variant = backend.removeprefix("cuda_persistent")
+        dataflow = variant.endswith("d")
+        version, _, parts = variant.removesuffix("d").partition("x")
         os.environ["FASTLSTM_PERSISTENT_VERSION"] = version if version in ("2", "3", "4") else "1"
         os.environ["FASTLSTM_PERSISTENT_BATCH_PARTS"] = parts or "1"
+        os.environ["FASTLSTM_PERSISTENT_DATAFLOW"] = "1" if dataflow else "0"
         # A persistent kernel that does not fit this shape is skipped, not timed as the step
         # loop it would fall back to.
         os.environ["FASTLSTM_PERSISTENT_STRICT"] = "1"
@@ -82,5 +87,5 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_, tf32):
         if backend.startswith("cuda"):
             fastlstm.set_cuda_graphs(True)
             fastlstm.set_persistent(False)
-            for name in ("VERSION", "BATCH_PARTS", "STRICT"):
+            for name in ("VERSION", "BATCH_PARTS", "DATAFLOW", "STRICT"):
                 os.environ.pop(f"FASTLSTM_PERSISTENT_{name}", None)

@@ -191,7 +191,10 @@ def persistent_version() -> int:
     default, p1), 2 (p2, tiled), 3 (p3: a unidirectional stack without dropout in one launch,
     the layers as a wavefront; other modules layer by layer as p2) or 4 (p4: p3 with its
     products on tensor cores for bf16/fp16). The C++ op reads the same variable and rejects
-    other values."""
+    other values. Two more switches for p2-p4, read by the op: FASTLSTM_PERSISTENT_BATCH_PARTS
+    (1-8: the batch split over that many blocks per unit slice) and
+    FASTLSTM_PERSISTENT_DATAFLOW=1 (steps ordered by per-step counters instead of a grid
+    barrier per wave); see benchmarks/NOTES.md."""
     value = os.environ.get("FASTLSTM_PERSISTENT_VERSION", "").strip()
     return int(value) if value in ("1", "2", "3", "4") else 1
 

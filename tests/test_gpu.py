@@ -125,13 +125,16 @@ def test_inside_a_callers_cuda_graph(graphs_restored):
     assert_close(static_out, want, 1e-6, "caller's graph replay")
 
 
-@pytest.fixture(params=["1", "2", "3", "4"], ids=["p1", "p2", "p3", "p4"])
+@pytest.fixture(params=["1", "2", "3", "4", "3d", "4d"],
+                ids=["p1", "p2", "p3", "p4", "p3_dataflow", "p4_dataflow"])
 def persistent(monkeypatch, request):
     """The persistent forward on (each version; p3 and p4 run unidirectional modules as one
-    stack launch, the others layer by layer as p2 and p4; p4 is p3 in fp32), and its step-loop
-    fallback an error (so these tests cannot pass without the kernel running)."""
+    stack launch, the others layer by layer as p2 and p4; p4 is p3 in fp32; "d": with the
+    dataflow sync instead of grid barriers), and its step-loop fallback an error (so these
+    tests cannot pass without the kernel running)."""
     monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", request.param)
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", request.param.removesuffix("d"))
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", "1" if request.param.endswith("d") else "0")
     before = fastlstm.persistent_enabled()
     fastlstm.set_persistent(True)
     yield
@@ -277,6 +280,32 @@ def test_persistent_p4_fp32_uses_tf32_only_where_allowed(monkeypatch):
     tf32 = torch.ops.fastlstm.lstm_stack_persistent(*args)
     err = relative_error(tf32[0], p3[0])
     assert 1e-7 < err < 1e-2, f"p4 with TF32 vs p3: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("layers,hidden,batch,steps", [(2, 512, 64, 30), (3, 70, 37, 9)])
+@pytest.mark.parametrize("version,dtype,parts", [("3", torch.float32, "1"),
+                                                 ("4", torch.bfloat16, "1"),
+                                                 ("4", torch.bfloat16, "2")])
+def test_persistent_dataflow_sync_equals_grid_barriers(monkeypatch, version, dtype, parts,
+                                                       layers, hidden, batch, steps):
+    """The dataflow sync reorders the blocks, not the arithmetic: bit for bit the grid
+    barrier's outputs (a missing wait would read a step not yet written: the outputs start
+    as NaN under the tests, so it would show)."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_STRICT", "1")
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", version)
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", parts)
+    from test_stack import stack_args
+    args = [[t.detach().to("cuda", dtype) * 0.3 for t in a] if isinstance(a, list)
+            else a.detach().to("cuda", dtype)
+            for a in stack_args(layers=layers, steps=steps, batch=batch, hidden=hidden, seed=10)]
+    runs = []
+    for dataflow in ("0", "1", "1"):  # dataflow twice: the block order differs run to run
+        monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", dataflow)
+        runs.append(torch.ops.fastlstm.lstm_stack_persistent(*args))
+    for name, grid, *dataflow_runs in zip(("hs", "cs", "gates"), *runs):
+        for run, got in enumerate(dataflow_runs):
+            assert not got.isnan().any(), f"dataflow run {run} {name}: NaN"
+            assert torch.equal(got, grid), f"dataflow run {run} {name} differs from the grid's"
 
 
 @pytest.mark.parametrize("version,dtype,tol,split", [("3", torch.float32, 1e-5, ("2",)),

@@ -50,6 +50,34 @@ def test_stack_with_the_batch_split_matches_oracle(through_stack, monkeypatch, c
     assert through_stack, "the stack op did not run"
 
 
+@pytest.mark.parametrize("case", [c for c in STACK_CASES if c.layers > 1], ids=str)
+def test_stack_with_the_dataflow_sync_matches_oracle(through_stack, monkeypatch, case):
+    """FASTLSTM_PERSISTENT_DATAFLOW=1: the host runs the blocks in the order the counters
+    allow that is furthest from the waves (all of layer 0's steps before layer 1 starts)."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", "1")
+    compare_to_oracle(case, "cpu", "cpu", torch.float32, seed=4000 + len(case.name))
+    assert through_stack, "the stack op did not run"
+
+
+@pytest.mark.parametrize("parts", ["1", "3"])
+def test_dataflow_sync_gives_the_waves_results_exactly(monkeypatch, parts):
+    """Another order of the same arithmetic: bit for bit the same outputs."""
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", parts)
+    args = stack_args(layers=4, steps=5, batch=7, hidden=11, seed=9)
+    results = {}
+    for dataflow in ("0", "1"):
+        monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", dataflow)
+        results[dataflow] = torch.ops.fastlstm.lstm_stack_persistent(*args)
+    for a, b in zip(results["1"], results["0"]):
+        assert torch.equal(a, b)
+
+
+def test_dataflow_switch_must_be_known(monkeypatch):
+    monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", "2")
+    with pytest.raises(RuntimeError, match="DATAFLOW must be 0 to 1"):
+        torch.ops.fastlstm.lstm_stack_persistent(*stack_args())
+
+
 def test_batch_parts_must_be_known(monkeypatch):
     monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", "9")
     with pytest.raises(RuntimeError, match="BATCH_PARTS must be 1 to 8"):

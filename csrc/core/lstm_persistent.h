@@ -43,6 +43,7 @@ struct PersistentStackArgs {
   int layers;
   int64_t steps, batch, hidden;
   bool reverse;     // every layer runs t = S-1 .. 0 (one layer: a bidirectional backward direction)
+  unsigned* step_done;  // [L, S] zeros: dataflow sync (step_waits); null: a grid barrier per wave
 };
 
 // How the grid is split, for p3 and p4 alike: layer l owns blocks [first_block, first_block +
@@ -207,6 +208,42 @@ FASTLSTM_HD WaveInputs<T> wave_inputs(const PersistentStackArgs<T, Acc>& a, int 
           s == 0 ? L.h0 : L.hs + time_index(a, s - 1) * B * a.hidden};
 }
 
+// Dataflow sync (p3/p4 with step_done, FASTLSTM_PERSISTENT_DATAFLOW=1) instead of a grid
+// barrier per wave. Every output is a buffer per step, never overwritten, so the only order
+// the kernel needs is read-after-write: a block of layer l starts step s once every block of
+// layer l has finished step s - 1 (h_{t-1}) and every block of layer l - 1 has finished step
+// s (its h_t, this layer's input). Each block counts its finished steps in step_done[l][s];
+// no block waits for the layers above it, or for blocks whose output it does not read.
+// The grid must still be resident at once (a cooperative launch) so that spinning cannot
+// starve a block that has not started.
+struct StepWait {
+  int64_t index;    // into step_done
+  unsigned target;  // the count that means "every block of that layer finished that step"
+};
+
+FASTLSTM_HD unsigned layer_block_count(const GridSplit& g, int layer) {
+  return unsigned(g.layer[layer].unit_blocks) * unsigned(g.batch_parts);
+}
+
+// What a block of `layer` waits for before its forward-order step s: up to two counters.
+template <typename T, typename Acc>
+FASTLSTM_HD int step_waits(const PersistentStackArgs<T, Acc>& a, const GridSplit& g, int layer,
+                           int64_t s, StepWait (&waits)[2]) {
+  const StepWait own_last{layer * a.steps + s - 1, layer_block_count(g, layer)};
+  const StepWait below{(layer - 1) * a.steps + s, layer > 0 ? layer_block_count(g, layer - 1) : 0};
+  // Constant indices only (a GPU keeps the array in registers).
+  if (s > 0 && layer > 0) return waits[0] = own_last, waits[1] = below, 2;
+  if (s > 0) return waits[0] = own_last, 1;
+  if (layer > 0) return waits[0] = below, 1;
+  return 0;
+}
+
+// The counter a block of `layer` adds one to when it has written its step s.
+template <typename T, typename Acc>
+FASTLSTM_HD int64_t step_done_index(const PersistentStackArgs<T, Acc>& a, int layer, int64_t s) {
+  return layer * a.steps + s;
+}
+
 // Once per launch: this block's gate rows into w_s [K][U_k][4].
 template <typename T, typename Acc>
 FASTLSTM_HD void stack_load_weights(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
@@ -359,30 +396,71 @@ FASTLSTM_HD void stack_cell_update(const PersistentStackArgs<T, Acc>& a, const S
   }
 }
 
-// The kernel's schedule run on the host: per wave every block in turn (in reversed order
-// if `blocks_reversed`, so that a read of something the same wave writes meets a different
-// value or the NaN poison in one of the two orders), in each block every thread in turn,
-// phase by phase, as the GPU's barriers order them. Shared memory starts NaN. For the C++
-// tests and the CPU implementation of the stack op (which tests the torch glue).
+// Orders in which the host runs the blocks' steps (schedule_on_host):
+//   waves: wave by wave (the grid barrier's order), every block in turn, blocks in index
+//     order or reversed (so that a read of something the same wave writes meets a different
+//     value or the NaN poison in one of the two orders);
+//   dataflow_*: each block's steps as soon as step_waits allows, counting finished steps as
+//     the kernel does: low layers first (layer 0 runs all its steps before layer 1 starts:
+//     the most skew between layers) or high layers first (a layer runs the moment it may).
+//     A wait that is missing lets a block read the poison; a wrong target stalls the run.
+enum class HostOrder { waves, waves_blocks_reversed, dataflow_low_first, dataflow_high_first };
+
+// Runs block_step(block, wave) (every thread of one block through one wave's phases) for
+// every block and step of the stack in `order`. Returns false if the dataflow orders stall
+// (no block can start its next step) or a counter would pass its target.
+template <typename T, typename Acc, typename BlockStep>
+bool schedule_on_host(const PersistentStackArgs<T, Acc>& a, const GridSplit& g, HostOrder order,
+                      BlockStep block_step) {
+  const int blocks = g.blocks;
+  if (order == HostOrder::waves || order == HostOrder::waves_blocks_reversed) {
+    for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave)
+      for (int n = 0; n < blocks; ++n)  // then grid.sync()
+        block_step(order == HostOrder::waves ? n : blocks - 1 - n, wave);
+    return true;
+  }
+  std::vector<unsigned> done(size_t(a.layers) * a.steps, 0);
+  std::vector<int64_t> next(blocks, 0);  // each block's next step
+  for (int64_t left = int64_t(blocks) * a.steps; left > 0; --left) {
+    int runnable = -1;
+    for (int n = 0; n < blocks && runnable < 0; ++n) {  // blocks are in layer order
+      const int blk = order == HostOrder::dataflow_low_first ? n : blocks - 1 - n;
+      const int layer = block_slice(g, a.hidden, blk).layer;
+      if (next[blk] == a.steps) continue;
+      StepWait waits[2];
+      bool ready = true;
+      for (int i = 0, k = step_waits(a, g, layer, next[blk], waits); i < k; ++i)
+        ready &= done[waits[i].index] == waits[i].target;
+      if (ready) runnable = blk;
+    }
+    if (runnable < 0) return false;
+    const int layer = block_slice(g, a.hidden, runnable).layer;
+    block_step(runnable, next[runnable] + layer);
+    if (++done[step_done_index(a, layer, next[runnable]++)] > layer_block_count(g, layer))
+      return false;
+  }
+  return true;
+}
+
+// The kernel's schedule run on the host: in each block every thread in turn, phase by phase,
+// as the GPU's barriers order them; the blocks in `order`. Shared memory starts NaN. For the
+// C++ tests and the CPU implementation of the stack op (which tests the torch glue).
 template <typename T, typename Acc>
-void run_stack_on_host(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
-                       bool blocks_reversed = false) {
+bool run_stack_on_host(const PersistentStackArgs<T, Acc>& a, const StackTiling& t,
+                       HostOrder order = HostOrder::waves) {
   const int blocks = t.grid.blocks;
   std::vector<std::vector<Acc>> smem(
       blocks, std::vector<Acc>(t.weight_elements + t.partial_elements,
                                std::numeric_limits<Acc>::quiet_NaN()));
   for (int blk = 0; blk < blocks; ++blk)
     for (int tid = 0; tid < t.threads; ++tid) stack_load_weights(a, t, blk, tid, smem[blk].data());
-  for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
-    for (int n = 0; n < blocks; ++n) {
-      const int blk = blocks_reversed ? blocks - 1 - n : n;
-      Acc* w_s = smem[blk].data();
-      for (int tid = 0; tid < t.threads; ++tid)
-        stack_partial_sums(a, t, blk, wave, tid, w_s, w_s + t.weight_elements);
-      for (int tid = 0; tid < t.threads; ++tid)  // __syncthreads()
-        stack_cell_update(a, t, blk, wave, tid, w_s + t.weight_elements);
-    }  // grid.sync()
-  }
+  return schedule_on_host(a, t.grid, order, [&](int blk, int64_t wave) {
+    Acc* w_s = smem[blk].data();
+    for (int tid = 0; tid < t.threads; ++tid)
+      stack_partial_sums(a, t, blk, wave, tid, w_s, w_s + t.weight_elements);
+    for (int tid = 0; tid < t.threads; ++tid)  // __syncthreads()
+      stack_cell_update(a, t, blk, wave, tid, w_s + t.weight_elements);
+  });
 }
 
 }  // namespace fastlstm

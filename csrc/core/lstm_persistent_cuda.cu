@@ -56,9 +56,45 @@ persistent_forward_kernel(const PersistentStackArgs<T, Acc> stack, int units_per
   }
 }
 
-// p2 (one layer) and p3 (a stack as a wavefront): lstm_persistent.h has the tiling and both
-// phases. A block whose layer has no step at this wave only joins the barriers.
+// Dataflow sync (a.step_done set; step_waits in lstm_persistent.h has the rule). Thread 0
+// spins on acquire loads of the counters this step needs, then the block barrier passes on
+// what it acquired to the block's threads (the pattern cooperative groups' grid barrier
+// uses; fences are cumulative in the PTX memory model).
 template <typename T, typename Acc>
+__device__ void wait_for_step_inputs(const PersistentStackArgs<T, Acc>& a, const GridSplit& g,
+                                     int layer, int64_t s) {
+  if (threadIdx.x == 0) {
+    StepWait waits[2];
+    const int n = step_waits(a, g, layer, s, waits);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {  // unrolled: `waits` stays in registers
+      if (i == n) break;
+      const unsigned* counter = a.step_done + waits[i].index;
+      unsigned done;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];"
+                     : "=r"(done) : "l"(counter) : "memory");
+      } while (done < waits[i].target);
+    }
+  }
+  __syncthreads();
+}
+
+// After a block's step s: once every thread's writes are done, thread 0 releases them
+// (fence, then the count) to whoever acquires step_done[layer][s].
+template <typename T, typename Acc>
+__device__ void signal_step_done(const PersistentStackArgs<T, Acc>& a, int layer, int64_t s) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(a.step_done + step_done_index(a, layer, s), 1u);
+  }
+}
+
+// p2 (one layer) and p3 (a stack as a wavefront): lstm_persistent.h has the tiling and both
+// phases. With the grid barrier, a block whose layer has no step at this wave only joins the
+// barriers; with the dataflow sync each block runs just its layer's steps.
+template <typename T, typename Acc, bool kDataflow>
 __global__ void __launch_bounds__(kThreads)
 stack_persistent_kernel(const PersistentStackArgs<T, Acc> a, const StackTiling tiling) {
   namespace cg = cooperative_groups;
@@ -68,6 +104,17 @@ stack_persistent_kernel(const PersistentStackArgs<T, Acc> a, const StackTiling t
   Acc* partial = w_s + tiling.weight_elements;
   const int block = blockIdx.x, tid = threadIdx.x;
   stack_load_weights(a, tiling, block, tid, w_s);
+  if constexpr (kDataflow) {
+    const int layer = block_slice(tiling.grid, a.hidden, block).layer;
+    for (int64_t s = 0; s < a.steps; ++s) {
+      wait_for_step_inputs(a, tiling.grid, layer, s);  // (the first also covers the weights)
+      stack_partial_sums(a, tiling, block, s + layer, tid, w_s, partial);
+      __syncthreads();
+      stack_cell_update(a, tiling, block, s + layer, tid, partial);
+      signal_step_done(a, layer, s);  // (its barrier also frees `partial` for the next step)
+    }
+    return;
+  }
   __syncthreads();
   for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
     stack_partial_sums(a, tiling, block, wave, tid, w_s, partial);
@@ -127,7 +174,7 @@ struct TensorCoreMma {
 };
 
 // p4: p3 with phase 1 on tensor cores (lstm_persistent_mma.h); bf16, fp16, fp32 as TF32.
-template <typename T>
+template <typename T, bool kDataflow>
 __global__ void __launch_bounds__(kThreads, 1)  // one block per SM: no register cap
 mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) {
   namespace cg = cooperative_groups;
@@ -137,13 +184,26 @@ mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) 
   float* partial = reinterpret_cast<float*>(smem_raw + tiling.weight_bytes);
   const int block = blockIdx.x, tid = threadIdx.x;
   mma_load_weights(a, tiling, block, tid, kThreads, w_s);
-  __syncthreads();
   CellRegs<float> regs;  // this thread's cells: c across waves, the wave's inputs
+  using Shape = typename TensorCoreMma<T>::Shape;
+  if constexpr (kDataflow) {
+    const int layer = block_slice(tiling.grid, a.hidden, block).layer;
+    for (int64_t s = 0; s < a.steps; ++s) {
+      mma_load_cell_inputs(a, tiling, block, s + layer, tid, kThreads, regs);  // needs no wait
+      wait_for_step_inputs(a, tiling.grid, layer, s);
+      mma_partial_sums<Shape, 1>(a, tiling, block, s + layer, tid / kWarpSize,
+                                 tid % kWarpSize, w_s, partial, TensorCoreMma<T>{});
+      __syncthreads();
+      mma_cell_update(a, tiling, block, s + layer, tid, kThreads, partial, regs);
+      signal_step_done(a, layer, s);
+    }
+    return;
+  }
+  __syncthreads();
   for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
     mma_load_cell_inputs(a, tiling, block, wave, tid, kThreads, regs);
-    mma_partial_sums<typename TensorCoreMma<T>::Shape, 1>(
-        a, tiling, block, wave, tid / kWarpSize, tid % kWarpSize, w_s, partial,
-        TensorCoreMma<T>{});
+    mma_partial_sums<Shape, 1>(a, tiling, block, wave, tid / kWarpSize, tid % kWarpSize, w_s,
+                               partial, TensorCoreMma<T>{});
     __syncthreads();
     mma_cell_update(a, tiling, block, wave, tid, kThreads, partial, regs);
     grid.sync();
@@ -227,16 +287,20 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
                                     batch_parts);
       const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
       void* params[] = {&a, &tiling};
-      return launch_cooperative(reinterpret_cast<const void*>(mma_stack_kernel<T>),
-                                tiling.grid.blocks, smem, sms, params, stream);
+      const void* kernel = a.step_done != nullptr
+                               ? reinterpret_cast<const void*>(mma_stack_kernel<T, true>)
+                               : reinterpret_cast<const void*>(mma_stack_kernel<T, false>);
+      return launch_cooperative(kernel, tiling.grid.blocks, smem, sms, params, stream);
     }
   }
   StackTiling tiling =
       stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads, batch_parts);
   const size_t smem = size_t(tiling.weight_elements + tiling.partial_elements) * sizeof(Acc);
   void* params[] = {&a, &tiling};
-  return launch_cooperative(reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc>),
-                            tiling.grid.blocks, smem, sms, params, stream);
+  const void* kernel = a.step_done != nullptr
+                           ? reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc, true>)
+                           : reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc, false>);
+  return launch_cooperative(kernel, tiling.grid.blocks, smem, sms, params, stream);
 }
 
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \

@@ -437,18 +437,18 @@ struct HostMma {
   }
 };
 
-// p4's schedule on the host, as run_stack_on_host does for p3: per wave every block (in
-// reversed order if `blocks_reversed`), in each block every warp (32 lanes at once through
-// HostMma), then every thread of phase 2. Shared memory starts NaN.
+// p4's schedule on the host, as run_stack_on_host does for p3: the blocks in `order`, in
+// each block every warp (32 lanes at once through HostMma), then every thread of phase 2.
+// Shared memory and the threads' registers start NaN.
 template <typename Shape, typename T, typename Acc>
-void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
-                           int threads, bool blocks_reversed = false) {
+bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
+                           int threads, HostOrder order = HostOrder::waves) {
   const T nan = std::numeric_limits<T>::quiet_NaN();
   const int blocks = t.grid.blocks;
   std::vector<std::vector<T>> weights(blocks, std::vector<T>(t.weight_bytes / sizeof(T), nan));
   std::vector<std::vector<Acc>> partial(
       blocks, std::vector<Acc>(t.partial_floats, std::numeric_limits<Acc>::quiet_NaN()));
-  CellRegs<Acc> poisoned;  // registers start NaN too
+  CellRegs<Acc> poisoned;
   for (int i = 0; i < kCellRegs; ++i) {
     poisoned.c[i] = std::numeric_limits<Acc>::quiet_NaN();
     for (int q = 0; q < 4; ++q) poisoned.input[i][q] = poisoned.c[i];
@@ -457,19 +457,16 @@ void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling
   for (int blk = 0; blk < blocks; ++blk)
     for (int tid = 0; tid < threads; ++tid)
       mma_load_weights(a, t, blk, tid, threads, weights[blk].data());
-  for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
-    for (int n = 0; n < blocks; ++n) {
-      const int blk = blocks_reversed ? blocks - 1 - n : n;
-      CellRegs<Acc>* block_regs = &regs[size_t(blk) * threads];
-      for (int tid = 0; tid < threads; ++tid)
-        mma_load_cell_inputs(a, t, blk, wave, tid, threads, block_regs[tid]);
-      for (int warp = 0; warp < t.warps; ++warp)
-        mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, weights[blk].data(),
-                                           partial[blk].data(), HostMma<Shape, T, Acc>{});
-      for (int tid = 0; tid < threads; ++tid)  // __syncthreads()
-        mma_cell_update(a, t, blk, wave, tid, threads, partial[blk].data(), block_regs[tid]);
-    }  // grid.sync()
-  }
+  return schedule_on_host(a, t.grid, order, [&](int blk, int64_t wave) {
+    CellRegs<Acc>* block_regs = &regs[size_t(blk) * threads];
+    for (int tid = 0; tid < threads; ++tid)
+      mma_load_cell_inputs(a, t, blk, wave, tid, threads, block_regs[tid]);
+    for (int warp = 0; warp < t.warps; ++warp)
+      mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, weights[blk].data(),
+                                         partial[blk].data(), HostMma<Shape, T, Acc>{});
+    for (int tid = 0; tid < threads; ++tid)  // __syncthreads()
+      mma_cell_update(a, t, blk, wave, tid, threads, partial[blk].data(), block_regs[tid]);
+  });
 }
 
 }  // namespace fastlstm

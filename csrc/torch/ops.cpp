@@ -112,7 +112,8 @@ std::tuple<Tensor, Tensor, Tensor> step_cpu(const Tensor& xproj, const Tensor& h
 // (run_stack_on_host): serial and slow, it is there so that the tests can check the kernel's
 // tiling and wave schedule, and the op's glue and autograd, against the oracle without a GPU.
 // The grid it emulates: 8 multiprocessors of 256 threads; FASTLSTM_PERSISTENT_BATCH_PARTS
-// splits the batch as on the GPU.
+// splits the batch as on the GPU; under FASTLSTM_PERSISTENT_DATAFLOW=1 the blocks run in the
+// dataflow sync's most skewed order (every step of layer 0 before layer 1 starts).
 constexpr int kHostSms = 8, kHostThreads = 256;
 
 std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, const Tensor& h0,
@@ -125,8 +126,11 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, con
     const auto args = stack_args<scalar_t, scalar_t>(st);
     int64_t inputs[kMaxStackLayers];
     for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
-    run_stack_on_host(args, stack_tiling(inputs, args.layers, args.batch, args.hidden, kHostSms,
-                                         kHostThreads, persistent_batch_parts()));
+    const bool finished = run_stack_on_host(
+        args, stack_tiling(inputs, args.layers, args.batch, args.hidden, kHostSms, kHostThreads,
+                           persistent_batch_parts()),
+        persistent_dataflow() ? HostOrder::dataflow_low_first : HostOrder::waves);
+    FASTLSTM_CHECK(finished, "fastlstm: internal error: the dataflow schedule stalled");
   });
   return {st.hs, st.cs, st.gates};
 }

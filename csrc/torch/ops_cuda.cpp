@@ -146,6 +146,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj, co
     using Acc = at::opmath_type<scalar_t>;
     PersistentStackArgs<T, Acc> args = stack_args<T, Acc>(st);
     args.reverse = reverse;
+    const Tensor counters = version >= 2 ? attach_step_counters(args, xproj.options()) : Tensor();
     err = launch_persistent_forward(args, version, persistent_batch_parts(),
                                     at::cuda::getCurrentCUDAStream());
   });
@@ -171,8 +172,10 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, co
                                   "fastlstm_stack_persistent", [&] {
     using T = typename CudaType<scalar_t>::type;
     using Acc = at::opmath_type<scalar_t>;
-    err = launch_persistent_stack(stack_args<T, Acc>(st), tensor_cores,
-                                  persistent_batch_parts(), at::cuda::getCurrentCUDAStream());
+    PersistentStackArgs<T, Acc> args = stack_args<T, Acc>(st);
+    const Tensor counters = attach_step_counters(args, xproj.options());
+    err = launch_persistent_stack(args, tensor_cores, persistent_batch_parts(),
+                                  at::cuda::getCurrentCUDAStream());
   });
   if (err == cudaErrorNotSupported) {
     persistent_does_not_fit("stack", st.w_hh[0].size(1), st.xproj.size(1));

@@ -39,6 +39,21 @@ int env_int(const char* name, int fallback, int lo, int hi);
 // of each unit slice in p2-p4 (split_grid in core/lstm_persistent.h); an error otherwise.
 int persistent_batch_parts();
 
+// FASTLSTM_PERSISTENT_DATAFLOW (0 or 1, default 0): p2-p4 synchronise steps through counters
+// (step_waits in core/lstm_persistent.h) instead of a grid barrier per wave; an error otherwise.
+bool persistent_dataflow();
+
+// With the dataflow sync: zeroed counters [L * S] for `a` (kept alive by the returned tensor,
+// on `options`' device), else an undefined tensor and a.step_done null.
+template <typename T, typename Acc>
+Tensor attach_step_counters(PersistentStackArgs<T, Acc>& a, const at::TensorOptions& options) {
+  a.step_done = nullptr;
+  if (!persistent_dataflow()) return Tensor();
+  Tensor counters = at::zeros({a.layers * a.steps}, options.dtype(at::kInt));
+  a.step_done = reinterpret_cast<unsigned*>(counters.data_ptr());
+  return counters;
+}
+
 // The layers one after another through lstm_layer's step loop (`kernels`), the input
 // projections of the layers above as GEMMs: what the CUDA op falls back to. Fills st's outputs.
 void stack_by_layers(StackTensors& st, const StepKernels& kernels);

@@ -2,7 +2,8 @@
 // layer, a stack as a wavefront) by run_stack_on_host, p4 (lstm_persistent_mma.h: p3 with
 // phase 1 as warp MMAs) by run_mma_stack_on_host; per wave every block, in each block every
 // thread (p4: every warp), phase by phase, as the GPU's barriers order them, blocks in both
-// orders; against the double reference step chained over the sequence and up the layers.
+// orders, and in the two extreme orders the dataflow sync allows (schedule_on_host);
+// against the double reference step chained over the sequence and up the layers.
 // This checks the tiling and indexing (k slices over [W_ih | W_hh], row groups or MMA tiles,
 // partial sums, short last blocks, batch not a multiple of the tile, reverse time, the wave
 // schedule) without a GPU; the GPU tests check the kernels (and the MMA fragment layout).
@@ -87,7 +88,9 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
   const ref::Vec xproj = ref::random_vec(rng, size_t(S) * B * 4 * H);
   const std::vector<Layer> want = reference_stack(sh, rng, xproj);
 
-  for (bool blocks_reversed : {false, true}) {
+  using fastlstm::HostOrder;
+  for (HostOrder order : {HostOrder::waves, HostOrder::waves_blocks_reversed,
+                          HostOrder::dataflow_low_first, HostOrder::dataflow_high_first}) {
     struct Buffers { std::vector<T> w_ih, bias, w_hh, h0, c0, hs, cs, gates; };
     std::vector<Buffers> buf(sh.layers);
     const std::vector<T> x_t = as<T>(xproj);
@@ -109,6 +112,7 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
     }
     a.layers = sh.layers, a.steps = S, a.batch = B, a.hidden = H, a.reverse = sh.reverse;
     int blocks = 0, k_splits = 0, parts = 0;
+    bool finished = false;  // false: a dataflow order stalled
     if (kernel != Kernel::tiles) {
       const int k = kernel == Kernel::mma_k16 ? 16 : 8;
       vector = loads == Loads::vector_where_allowed &&
@@ -117,15 +121,15 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
       const fastlstm::MmaTiling tiling = fastlstm::mma_tiling(
           inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, vector, sh.batch_parts);
       if (k == 16)
-        fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, blocks_reversed);
+        finished = fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, order);
       else
-        fastlstm::run_mma_stack_on_host<fastlstm::MmaK8>(a, tiling, sh.threads, blocks_reversed);
+        finished = fastlstm::run_mma_stack_on_host<fastlstm::MmaK8>(a, tiling, sh.threads, order);
       blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
       parts = tiling.grid.batch_parts;
     } else {
       const fastlstm::StackTiling tiling =
           fastlstm::stack_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads, sh.batch_parts);
-      fastlstm::run_stack_on_host(a, tiling, blocks_reversed);
+      finished = fastlstm::run_stack_on_host(a, tiling, order);
       blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
       parts = tiling.grid.batch_parts;
     }
@@ -145,8 +149,12 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
                   S, B, H, sh.layers, sh.sms, blocks, parts, k_splits,
                   sh.reverse ? ", reverse" : "",
                   sh.layers > 1 && !sh.bias ? ", no bias" : "",
-                  blocks_reversed ? ", blocks reversed" : "", sizeof(T) == 4 ? "float" : "double");
-    checks.expect(worst < tol && blocks <= sh.sms, what, worst);
+                  order == HostOrder::waves                   ? ""
+                  : order == HostOrder::waves_blocks_reversed ? ", blocks reversed"
+                  : order == HostOrder::dataflow_low_first    ? ", dataflow low layers first"
+                                                              : ", dataflow high layers first",
+                  sizeof(T) == 4 ? "float" : "double");
+    checks.expect(finished && worst < tol && blocks <= sh.sms, what, worst);
   }
   return vector;
 }
