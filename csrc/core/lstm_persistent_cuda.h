@@ -1,6 +1,7 @@
 // Persistent forward of one LSTM layer, one direction (p3/p4: of a unidirectional stack): ONE
 // cooperative launch runs every time step, the weights stay in shared memory for the whole
-// sequence, a grid-wide barrier separates steps. Same outputs as the step loop, so the
+// sequence, a grid-wide barrier separates steps (p2-p4 with args.step_done: per-step counters
+// instead, the dataflow sync of lstm_persistent.h). Same outputs as the step loop, so the
 // existing backward trains through it. fp32 arithmetic on CUDA cores (p4: tensor cores).
 // Versions:
 //   1 (p1): one (batch row, unit) pair per thread, h_{t-1} read per k from global memory.

@@ -232,9 +232,8 @@ FASTLSTM_HD void mma_item_scalar_loads(const WaveInputs<T>& x, int64_t in, int64
 
 // The same sum from chunk loads (Shape's comment): per pair of k-steps a lane loads one chunk
 // of each of its two A rows and one chunk of its weight row per n-tile (swizzled rows:
-// weight_index). A's chunks come in
-// bursts of kPairsPerBurst pairs, all loads issued before the MMAs that wait for them.
-// ks_begin and ks_end are even (mma_tiling).
+// weight_index). A's chunks come in bursts of kPairsPerBurst pairs, all loads issued before
+// the MMAs that wait for them. ks_begin and ks_end are even (mma_tiling).
 template <typename Shape, int kLanes, typename T, typename Acc, typename Mma>
 FASTLSTM_HD void mma_item_vector_loads(const WaveInputs<T>& x, int64_t in, int64_t H,
                                        const MmaItem& it, const T* w_s,
