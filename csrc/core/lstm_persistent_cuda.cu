@@ -200,12 +200,16 @@ mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) 
     return;
   }
   __syncthreads();
-  for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
-    mma_load_cell_inputs(a, tiling, block, wave, tid, kThreads, regs);
+  const int64_t waves = a.steps + a.layers - 1;
+  mma_load_cell_inputs(a, tiling, block, 0, tid, kThreads, regs);
+  for (int64_t wave = 0; wave < waves; ++wave) {
     mma_partial_sums<Shape, 1>(a, tiling, block, wave, tid / kWarpSize, tid % kWarpSize, w_s,
                                partial, TensorCoreMma<T>{});
     __syncthreads();
     mma_cell_update(a, tiling, block, wave, tid, kThreads, partial, regs);
+    // The next wave's inputs (kernel inputs, no other block writes them): their loads
+    // overlap the barrier.
+    if (wave + 1 < waves) mma_load_cell_inputs(a, tiling, block, wave + 1, tid, kThreads, regs);
     grid.sync();
   }
 }
