@@ -1,14 +1,17 @@
 """A small forward+backward through the CUDA backend (step loop, then the persistent forward,
 versions 1 to 4, and 3 and 4 with the dataflow sync), for compute-sanitizer:
-  compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py"""
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_case.py
+--persistent-only skips the step loop's part."""
 import os
+import sys
 
 import torch
 
 import fastlstm
 from fastlstm import FastLSTM, FastLSTMCell
 
-for dtype in (torch.float32, torch.bfloat16):
+persistent_only = "--persistent-only" in sys.argv  # (racecheck: the persistent kernels only)
+for dtype in (torch.float32, torch.bfloat16) if not persistent_only else ():
     lstm = FastLSTM(13, 37, 2, bidirectional=True, backend="cuda").cuda().to(dtype)
     x = torch.randn(5, 3, 13, device="cuda", dtype=dtype, requires_grad=True)
     out, (h, c) = lstm(x)
