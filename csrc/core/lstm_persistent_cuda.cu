@@ -57,9 +57,11 @@ persistent_forward_kernel(const PersistentStackArgs<T, Acc> stack, int units_per
 }
 
 // Dataflow sync (a.step_done set; step_waits in lstm_persistent.h has the rule). Thread 0
-// spins on acquire loads of the counters this step needs, then the block barrier passes on
-// what it acquired to the block's threads (the pattern cooperative groups' grid barrier
-// uses; fences are cumulative in the PTX memory model).
+// spins on acquire loads of the counters this step needs and fences, then the block barrier
+// passes on what it acquired to the block's threads: the pattern of cooperative groups' grid
+// barrier (fences are cumulative in the PTX memory model), so that the threads' plain loads
+// of h see the other blocks' writes even where a line of h was in this SM's L1 before (the
+// step buffers need not start on a line boundary).
 template <typename T, typename Acc>
 __device__ void wait_for_step_inputs(const PersistentStackArgs<T, Acc>& a, const GridSplit& g,
                                      int layer, int64_t s) {
@@ -76,6 +78,7 @@ __device__ void wait_for_step_inputs(const PersistentStackArgs<T, Acc>& a, const
                      : "=r"(done) : "l"(counter) : "memory");
       } while (done < waits[i].target);
     }
+    __threadfence();  // as cooperative groups' barrier does after its spin
   }
   __syncthreads();
 }
