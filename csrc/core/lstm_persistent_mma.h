@@ -437,11 +437,11 @@ struct HostMma {
 };
 
 // p4's schedule on the host, as run_stack_on_host does for p3: the blocks in `order`, in
-// each block every warp (32 lanes at once through HostMma), then every thread of phase 2.
-// Shared memory and the threads' registers start NaN.
-template <typename Shape, typename T, typename Acc>
+// each block every warp's phase 1 (warp_phase1(block, wave, warp, w_s, partial)), then every
+// thread of phase 2. Shared memory and the threads' registers start NaN.
+template <typename Shape, typename T, typename Acc, typename WarpPhase1>
 bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
-                           int threads, HostOrder order = HostOrder::waves) {
+                           int threads, HostOrder order, WarpPhase1 warp_phase1) {
   const T nan = std::numeric_limits<T>::quiet_NaN();
   const int blocks = t.grid.blocks;
   std::vector<std::vector<T>> weights(blocks, std::vector<T>(t.weight_bytes / sizeof(T), nan));
@@ -461,11 +461,21 @@ bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling
     for (int tid = 0; tid < threads; ++tid)
       mma_load_cell_inputs(a, t, blk, wave, tid, threads, block_regs[tid]);
     for (int warp = 0; warp < t.warps; ++warp)
-      mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, weights[blk].data(),
-                                         partial[blk].data(), HostMma<Shape, T, Acc>{});
+      warp_phase1(blk, wave, warp, weights[blk].data(), partial[blk].data());
     for (int tid = 0; tid < threads; ++tid)  // __syncthreads()
       mma_cell_update(a, t, blk, wave, tid, threads, partial[blk].data(), block_regs[tid]);
   });
+}
+
+// The same with each warp's 32 lanes at once through HostMma.
+template <typename Shape, typename T, typename Acc>
+bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
+                           int threads, HostOrder order = HostOrder::waves) {
+  return run_mma_stack_on_host<Shape>(
+      a, t, threads, order, [&](int blk, int64_t wave, int warp, const T* w_s, Acc* partial) {
+        mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, w_s, partial,
+                                           HostMma<Shape, T, Acc>{});
+      });
 }
 
 }  // namespace fastlstm
