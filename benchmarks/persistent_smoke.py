@@ -86,7 +86,9 @@ def main():
                     elif parts in grid_out and not torch.equal(got, grid_out[parts]):
                         verdict += ", MISMATCH: not identical to the grid barrier's output"
                     ms = forward_ms(lambda: lstm(x, state))
-                    print(f"{case}: {verdict} (error vs step loop {err:.2e}); fwd {ms:.3f} ms, "
+                    waves = seq + layers - 1 if args.version in ("3", "4") else seq * layers
+                    print(f"{case}: {verdict} (error vs step loop {err:.2e}); fwd {ms:.3f} ms "
+                          f"({1000 * ms / waves:.1f} us per wave of {waves}), "
                           f"step loop {loop_ms:.3f} ms, cuDNN {cudnn_ms:.3f} ms, "
                           f"cuDNN / p{args.version} {cudnn_ms / ms:.2f}x", flush=True)
                 fastlstm.set_persistent(False)
