@@ -86,9 +86,12 @@ def main():
                     elif parts in grid_out and not torch.equal(got, grid_out[parts]):
                         verdict += ", MISMATCH: not identical to the grid barrier's output"
                     ms = forward_ms(lambda: lstm(x, state))
-                    waves = seq + layers - 1 if args.version in ("3", "4") else seq * layers
+                    # p3/p4: one launch of S + L - 1 waves; p1/p2: a launch per layer of S steps
+                    stacked = args.version in ("3", "4")
+                    waves = seq + layers - 1 if stacked else seq * layers
+                    unit = "wave" if stacked else "layer-step"
                     print(f"{case}: {verdict} (error vs step loop {err:.2e}); fwd {ms:.3f} ms "
-                          f"({1000 * ms / waves:.1f} us per wave of {waves}), "
+                          f"({1000 * ms / waves:.1f} us per {unit} of {waves}), "
                           f"step loop {loop_ms:.3f} ms, cuDNN {cudnn_ms:.3f} ms, "
                           f"cuDNN / p{args.version} {cudnn_ms / ms:.2f}x", flush=True)
                 fastlstm.set_persistent(False)
