@@ -7,6 +7,7 @@
 #pragma once
 
 #include <stdint.h>
+#include <string.h>
 
 #include <limits>
 #include <vector>
@@ -131,6 +132,34 @@ FASTLSTM_HD BlockSlice block_slice(const GridSplit& g, int64_t hidden, int block
           row0, static_cast<int>(rows_left < g.part_rows ? rows_left : g.part_rows)};
 }
 
+// `n` consecutive elements from p into out: on the GPU one 16-byte load (p 16-byte aligned,
+// n * sizeof(T) == 16: h_rows_in_chunks checked both); on the host a loop.
+template <int n, typename T>
+FASTLSTM_HD void load_chunk(const T* p, T (&out)[n]) {
+#ifdef __CUDA_ARCH__
+  static_assert(n * sizeof(T) == 16, "a chunk is one 16-byte load");
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  memcpy(out, &raw, 16);
+#else
+  for (int i = 0; i < n; ++i) out[i] = p[i];
+#endif
+}
+
+// Whether every row of h (the inputs from the layer below, h0, each layer's hs) can be read
+// in chunks of `chunk` elements: every row length a multiple of the chunk (so a chunk never
+// straddles the W_ih | W_hh edge or a row's end) and the h buffers 16-byte aligned (a chunk
+// is one 16-byte load on the GPU).
+template <typename T, typename Acc>
+bool h_rows_in_chunks(const PersistentStackArgs<T, Acc>& a, int chunk) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (a.hidden % chunk != 0) return false;
+  for (int l = 0; l < a.layers; ++l) {
+    const StackLayer<T, Acc>& L = a.layer[l];
+    if (L.inputs % chunk != 0 || !aligned(L.h0) || !aligned(L.hs)) return false;
+  }
+  return true;
+}
+
 // p2/p3's work in a block (stack_tiling picks it on the host; every thread reads it):
 //   the block keeps its units' gate rows in shared memory as w_s[k][u][q] (k over the K
 //   columns, the four gates of a unit side by side: one 16-byte load in fp32).
@@ -149,23 +178,27 @@ struct StackTiling {
   GridSplit grid;
   int row_groups;           // G = ceil(R / kRowsPerTile)
   int threads;              // per block
+  bool chunks;              // h read in chunks of kStackChunk<T> (h_rows_in_chunks allowed it)
   int64_t weight_elements;  // shared memory (elements of Acc): weights of the largest slice,
   int64_t partial_elements; // then the partial sums of the largest block
   StackLayerTiling layer[kMaxStackLayers];
 };
 
+// chunk: kStackChunk<T> where h_rows_in_chunks allows it, else 0 (one element per load).
 inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
-                                int sms, int threads, int batch_parts = 1) {
+                                int sms, int threads, int batch_parts = 1, int chunk = 0) {
   StackTiling t{};
   t.grid = split_grid(inputs, layers, batch, hidden, sms, batch_parts);
   t.row_groups = (t.grid.part_rows + kRowsPerTile - 1) / kRowsPerTile;
   t.threads = threads;
+  t.chunks = chunk > 0;
   for (int l = 0; l < layers; ++l) {
     StackLayerTiling& lt = t.layer[l];
     const int64_t K = inputs[l] + hidden, U = t.grid.layer[l].units;
     const int64_t tiles = U * t.row_groups, splits = threads / tiles;
     lt.k_splits = static_cast<int>(splits < 1 ? 1 : (splits > 8 ? 8 : splits));
     lt.k_len = static_cast<int>((K + lt.k_splits - 1) / lt.k_splits);
+    if (chunk > 0) lt.k_len = (lt.k_len + chunk - 1) / chunk * chunk;  // slices start on chunks
     const int64_t w = K * U * 4, p = tiles * lt.k_splits * kRowsPerTile * 4;
     t.weight_elements = w > t.weight_elements ? w : t.weight_elements;
     t.partial_elements = p > t.partial_elements ? p : t.partial_elements;
@@ -281,6 +314,46 @@ FASTLSTM_HD void accumulate_tile(const T* src, int64_t width, int64_t first, int
   }
 }
 
+// p3's chunk: the elements of one 16-byte load.
+template <typename T>
+constexpr int kStackChunk = static_cast<int>(16 / sizeof(T));
+
+// accumulate_tile with h read a chunk per row at a time (one 16-byte load on the GPU, where
+// the per-element loads of p1 left the loop waiting on L2 once per k); k_begin, k_end and
+// `first` are multiples of the chunk. The same sums in the same order.
+template <typename T, typename Acc>
+FASTLSTM_HD void accumulate_tile_chunks(const T* src, int64_t width, int64_t first,
+                                        int64_t k_begin, int64_t k_end, const Acc* w_s, int U,
+                                        int64_t u, int64_t row0, int64_t row_end,
+                                        Acc (&acc)[kRowsPerTile][4]) {
+  constexpr int C = kStackChunk<T>;
+  const T zero = Convert<T, Acc>::store(Acc(0));
+#pragma unroll 2
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += C) {
+    T h[kRowsPerTile][C];
+#pragma unroll
+    for (int r = 0; r < kRowsPerTile; ++r) {
+      if (row0 + r < row_end)
+        load_chunk(src + (row0 + r) * width + k0 - first, h[r]);
+      else
+        for (int i = 0; i < C; ++i) h[r][i] = zero;
+    }
+#pragma unroll
+    for (int i = 0; i < C; ++i) {
+      const Acc* w4 = w_s + ((k0 + i) * U + u) * 4;
+      const Acc w0 = w4[0], w1 = w4[1], w2 = w4[2], w3 = w4[3];
+#pragma unroll
+      for (int r = 0; r < kRowsPerTile; ++r) {
+        const Acc hv = Convert<T, Acc>::load(h[r][i]);
+        acc[r][0] += hv * w0;
+        acc[r][1] += hv * w1;
+        acc[r][2] += hv * w2;
+        acc[r][3] += hv * w3;
+      }
+    }
+  }
+}
+
 // Phase 1 of wave w: partial gate sums of every work item into `partial`
 // [tiles * KS][kRowsPerTile][4]. Reads only what earlier waves wrote.
 template <typename T, typename Acc>
@@ -302,10 +375,14 @@ FASTLSTM_HD void stack_partial_sums(const PersistentStackArgs<T, Acc>& a, const 
     const int64_t k_begin = slice * lt.k_len;
     const int64_t k_end = k_begin + lt.k_len < K ? k_begin + lt.k_len : K;
     Acc acc[kRowsPerTile][4] = {};
-    accumulate_tile(x.below, in, 0, k_begin, k_end < in ? k_end : in, w_s, U, u, row0, row_end,
-                    acc);
-    accumulate_tile(x.h_prev, H, in, k_begin > in ? k_begin : in, k_end, w_s, U, u, row0,
-                    row_end, acc);
+    const int64_t below_end = k_end < in ? k_end : in, own_begin = k_begin > in ? k_begin : in;
+    if (t.chunks) {
+      accumulate_tile_chunks(x.below, in, 0, k_begin, below_end, w_s, U, u, row0, row_end, acc);
+      accumulate_tile_chunks(x.h_prev, H, in, own_begin, k_end, w_s, U, u, row0, row_end, acc);
+    } else {
+      accumulate_tile(x.below, in, 0, k_begin, below_end, w_s, U, u, row0, row_end, acc);
+      accumulate_tile(x.h_prev, H, in, own_begin, k_end, w_s, U, u, row0, row_end, acc);
+    }
     Acc* out = partial + item * kRowsPerTile * 4;
 #pragma unroll
     for (int r = 0; r < kRowsPerTile; ++r)

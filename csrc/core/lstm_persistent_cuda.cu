@@ -98,7 +98,7 @@ __device__ void signal_step_done(const PersistentStackArgs<T, Acc>& a, int layer
 // phases. With the grid barrier, a block whose layer has no step at this wave only joins the
 // barriers; with the dataflow sync each block runs just its layer's steps.
 template <typename T, typename Acc, bool kDataflow>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)  // one block per SM (its shared memory): no cap
 stack_persistent_kernel(const PersistentStackArgs<T, Acc> a, const StackTiling tiling) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
@@ -300,8 +300,9 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
       return launch_cooperative(kernel, tiling.grid.blocks, smem, sms, params, stream);
     }
   }
-  StackTiling tiling =
-      stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads, batch_parts);
+  const int chunk = h_rows_in_chunks(args, kStackChunk<T>) ? kStackChunk<T> : 0;
+  StackTiling tiling = stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads,
+                                    batch_parts, chunk);
   const size_t smem = size_t(tiling.weight_elements + tiling.partial_elements) * sizeof(Acc);
   void* params[] = {&a, &tiling};
   const void* kernel = a.step_done != nullptr

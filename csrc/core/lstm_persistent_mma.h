@@ -21,8 +21,6 @@
 // shows.
 #pragma once
 
-#include <string.h>
-
 #include "lstm_persistent.h"
 
 namespace fastlstm {
@@ -95,18 +93,10 @@ struct MmaTiling {
   MmaLayerTiling layer[kMaxStackLayers];
 };
 
-// Whether the Shape's vector loads can read every A row and weight row: every row length a
-// multiple of the chunk (so a chunk never straddles the W_ih | W_hh edge or a row's end) and
-// the h buffers 16-byte aligned (a chunk is 16 bytes on the GPU).
+// Whether the Shape's vector loads can read every A row and weight row (h_rows_in_chunks).
 template <typename Shape, typename T, typename Acc>
 bool mma_vector_loads(const PersistentStackArgs<T, Acc>& a) {
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (a.hidden % Shape::chunk != 0) return false;
-  for (int l = 0; l < a.layers; ++l) {
-    const StackLayer<T, Acc>& L = a.layer[l];
-    if (L.inputs % Shape::chunk != 0 || !aligned(L.h0) || !aligned(L.hs)) return false;
-  }
-  return true;
+  return h_rows_in_chunks(a, Shape::chunk);
 }
 
 // The grid as p3's (split_grid); k split so that a block has about one item per warp.
@@ -167,19 +157,6 @@ FASTLSTM_HD void mma_load_weights(const PersistentStackArgs<T, Acc>& a, const Mm
     }
     w_s[weight_index(t, lt, n, k)] = w;
   }
-}
-
-// `n` consecutive elements from p into out: on the GPU one 16-byte load (p 16-byte aligned,
-// n * sizeof(T) == 16: mma_vector_loads checked both); on the host a loop.
-template <int n, typename T>
-FASTLSTM_HD void load_chunk(const T* p, T (&out)[n]) {
-#ifdef __CUDA_ARCH__
-  static_assert(n * sizeof(T) == 16, "a chunk is one 16-byte load");
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  memcpy(out, &raw, 16);
-#else
-  for (int i = 0; i < n; ++i) out[i] = p[i];
-#endif
 }
 
 // k-steps of the vector path whose A chunks one item loads at once before their MMAs: the

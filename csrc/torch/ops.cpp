@@ -126,9 +126,10 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, con
     const auto args = stack_args<scalar_t, scalar_t>(st);
     int64_t inputs[kMaxStackLayers];
     for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
+    const int chunk = h_rows_in_chunks(args, kStackChunk<scalar_t>) ? kStackChunk<scalar_t> : 0;
     const bool finished = run_stack_on_host(
         args, stack_tiling(inputs, args.layers, args.batch, args.hidden, kHostSms, kHostThreads,
-                           persistent_batch_parts()),
+                           persistent_batch_parts(), chunk),
         persistent_dataflow() ? HostOrder::dataflow_low_first : HostOrder::waves);
     FASTLSTM_CHECK(finished, "fastlstm: internal error: the dataflow schedule stalled");
   });

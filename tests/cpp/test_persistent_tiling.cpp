@@ -127,8 +127,10 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
       blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
       parts = tiling.grid.batch_parts;
     } else {
-      const fastlstm::StackTiling tiling =
-          fastlstm::stack_tiling(inputs, sh.layers, B, H, sh.sms, sh.threads, sh.batch_parts);
+      const int chunk = fastlstm::kStackChunk<T>;
+      vector = loads == Loads::vector_where_allowed && fastlstm::h_rows_in_chunks(a, chunk);
+      const fastlstm::StackTiling tiling = fastlstm::stack_tiling(
+          inputs, sh.layers, B, H, sh.sms, sh.threads, sh.batch_parts, vector ? chunk : 0);
       finished = fastlstm::run_stack_on_host(a, tiling, order);
       blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
       parts = tiling.grid.batch_parts;
@@ -144,8 +146,8 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
                   "%s S%d B%d H%d L%d on %d SMs (%d blocks, %d batch parts), KS %d%s%s%s (%s)",
                   kernel == Kernel::mma_k16 ? (vector ? "p4 k16 vector" : "p4 k16")
                   : kernel == Kernel::mma_k8 ? (vector ? "p4 k8 vector" : "p4 k8")
-                  : sh.layers > 1            ? "p3"
-                                             : "p2",
+                  : sh.layers > 1            ? (vector ? "p3 chunks" : "p3")
+                                             : (vector ? "p2 chunks" : "p2"),
                   S, B, H, sh.layers, sh.sms, blocks, parts, k_splits,
                   sh.reverse ? ", reverse" : "",
                   sh.layers > 1 && !sh.bias ? ", no bias" : "",
@@ -295,15 +297,16 @@ int main() {
       check_shape<float>(checks, sh, kernel, 1e-5);
       check_shape<double>(checks, sh, kernel, 1e-12);
     }
-  // p4 again with vector loads where the shape allows them (H and the inputs a multiple of
-  // the chunk: 8 elements for k16, 4 for k8); the others run the scalar loads once more.
-  int vector_runs[2] = {};
-  for (Kernel kernel : {Kernel::mma_k16, Kernel::mma_k8})
+  // Again with vector loads where the shape allows them (H and the inputs a multiple of
+  // the chunk: p4 8 elements for k16, 4 for k8; p2/p3 16 bytes, 4 floats or 2 doubles); the
+  // others run the element loads once more.
+  int vector_runs[3] = {};
+  for (Kernel kernel : {Kernel::mma_k16, Kernel::mma_k8, Kernel::tiles})
     for (const Shape& sh : shapes) {
       const Loads loads = Loads::vector_where_allowed;
       const bool v = check_shape<float>(checks, sh, kernel, 1e-5, loads);
       check_shape<double>(checks, sh, kernel, 1e-12, loads);
-      vector_runs[kernel == Kernel::mma_k8] += v;
+      vector_runs[int(kernel == Kernel::mma_k8) + 2 * int(kernel == Kernel::tiles)] += v;
     }
   for (int mma_k : {16, 8})
     for (bool vector : {false, true}) {
@@ -313,9 +316,9 @@ int main() {
                     mma_k, vector ? "vector" : "element");
       checks.expect(worst == 1, what, worst);
     }
-  checks.expect(vector_runs[0] == 10 && vector_runs[1] == 12,
-                "vector loads ran on the shapes that allow them (10 for k16, 12 for k8)",
-                vector_runs[0] * 100 + vector_runs[1]);
+  checks.expect(vector_runs[0] == 10 && vector_runs[1] == 12 && vector_runs[2] == 12,
+                "vector loads ran where the shape allows (p4 k16 10, k8 12; p2/p3 12 shapes)",
+                vector_runs[0] * 10000 + vector_runs[1] * 100 + vector_runs[2]);
   std::printf("%d check(s) failed\n", checks.failed);
   return checks.failed ? 1 : 0;
 }
