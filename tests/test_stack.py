@@ -15,6 +15,8 @@ STACK_CASES = [c for c in CASES if not c.lengths and not c.kwargs.get("bidirecti
                and not c.kwargs.get("proj_size")] + [
     Case("four_layers_h70", layers=4, hidden=70, batch=5, seq=6),
     Case("eight_layers", layers=8, hidden=9, batch=2, seq=3),
+    # hidden a multiple of 4: h read in 16-byte chunks (4 fp32, 2 fp64), as at S1 and S2
+    Case("three_layers_h24_chunks", layers=3, hidden=24, batch=5, seq=4),
 ]
 
 
