@@ -250,24 +250,20 @@ cudaError_t device_attribute(cudaDeviceAttr attr, int* value) {
 }  // namespace
 
 template <typename T, typename Acc>
-cudaError_t launch_persistent_forward(const PersistentStackArgs<T, Acc>& args, int version,
-                                      int batch_parts, cudaStream_t stream) {
-  if (version < 1 || version > 4 || args.layers != 1) return cudaErrorInvalidValue;
+cudaError_t launch_persistent_p1(const PersistentStackArgs<T, Acc>& args, cudaStream_t stream) {
+  if (args.layers != 1) return cudaErrorInvalidValue;
   if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
   int sms = 0;
   const cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
   if (err != cudaSuccess) return err;
   PersistentStackArgs<T, Acc> a = args;
-  if (version == 1) {
-    // Spread the units over every multiprocessor: one block each.
-    int units = static_cast<int>((args.hidden + sms - 1) / sms);
-    const int blocks = static_cast<int>((args.hidden + units - 1) / units);
-    const size_t smem = size_t(4) * units * args.hidden * sizeof(Acc);
-    void* params[] = {&a, &units};
-    return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
-                              blocks, smem, sms, params, stream);
-  }
-  return launch_persistent_stack(args, version == 4, batch_parts, stream);
+  // Spread the units over every multiprocessor: one block each.
+  int units = static_cast<int>((args.hidden + sms - 1) / sms);
+  const int blocks = static_cast<int>((args.hidden + units - 1) / units);
+  const size_t smem = size_t(4) * units * args.hidden * sizeof(Acc);
+  void* params[] = {&a, &units};
+  return launch_cooperative(reinterpret_cast<const void*>(persistent_forward_kernel<T, Acc>),
+                            blocks, smem, sms, params, stream);
 }
 
 template <typename T, typename Acc>
@@ -312,8 +308,8 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
 }
 
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \
-  template cudaError_t launch_persistent_forward<T, Acc>(const PersistentStackArgs<T, Acc>&, \
-                                                         int, int, cudaStream_t);             \
+  template cudaError_t launch_persistent_p1<T, Acc>(const PersistentStackArgs<T, Acc>&,      \
+                                                    cudaStream_t);                           \
   template cudaError_t launch_persistent_stack<T, Acc>(const PersistentStackArgs<T, Acc>&,     \
                                                        bool, int, cudaStream_t);
 FASTLSTM_INSTANTIATE(float, float)

@@ -19,19 +19,18 @@
 
 namespace fastlstm {
 
-// One layer (args.layers == 1, either direction): launches `version` on `stream` (1: p1; 2
-// and 3: p2, which is p3 for one layer; 4: p4, which for float means TF32 inputs: the caller
-// asks for 4 only where that is allowed). Returns cudaErrorNotSupported when the weights do
-// not fit on chip or the grid cannot be resident at once (the caller then runs the step
-// loop), cudaErrorInvalidValue for an unknown version, else the launch's error.
-// batch_parts: p2-p4 split the batch over that many blocks per unit slice (split_grid).
+// p1 for one layer (args.layers == 1, either direction) on `stream`. Returns
+// cudaErrorNotSupported when the weights do not fit on chip or the grid cannot be resident at
+// once (the caller then runs the step loop), cudaErrorInvalidValue for more than one layer,
+// else the launch's error.
 template <typename T, typename Acc>
-cudaError_t launch_persistent_forward(const PersistentStackArgs<T, Acc>& args, int version,
-                                      int batch_parts, cudaStream_t stream);
+cudaError_t launch_persistent_p1(const PersistentStackArgs<T, Acc>& args, cudaStream_t stream);
 
-// p3 (p4 if `tensor_cores` and T is not double; for float that means TF32 inputs): every
-// layer of `args` in one launch. Same returns as above (cudaErrorInvalidValue for a layer
-// count outside 1..kMaxStackLayers; cudaErrorNotSupported for p4 below compute capability 8.0).
+// p3 (p2 for one layer; p4 if `tensor_cores` and T is not double; for float that means TF32
+// inputs): every layer of `args` in one launch. batch_parts: the batch split over that many
+// blocks per unit slice (split_grid). Same returns as above (cudaErrorInvalidValue for a
+// layer count outside 1..kMaxStackLayers; cudaErrorNotSupported for p4 below compute
+// capability 8.0).
 template <typename T, typename Acc>
 cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, bool tensor_cores,
                                     int batch_parts, cudaStream_t stream);

@@ -130,6 +130,31 @@ void persistent_does_not_fit(const char* what, int64_t hidden, int64_t batch) {
                   "using the step loop");
 }
 
+// Launches the persistent kernel that FASTLSTM_PERSISTENT_VERSION names on st's tensors
+// (one_layer: the one-layer op, where version 1 means p1; otherwise p2-p4 run as p3, or p4 where
+// tensor cores are allowed), with the step counters under FASTLSTM_PERSISTENT_DATAFLOW.
+// Returns the launch's error: cudaErrorNotSupported where it does not fit.
+cudaError_t launch_persistent(const StackTensors& st, bool reverse, bool one_layer) {
+  const int version = persistent_version();
+  const bool tensor_cores = version == 4 && tensor_cores_allowed(st.xproj.scalar_type());
+  cudaError_t err = cudaSuccess;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st.xproj.scalar_type(),
+                                  "fastlstm_persistent", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    using Acc = at::opmath_type<scalar_t>;
+    PersistentStackArgs<T, Acc> args = stack_args<T, Acc>(st);
+    args.reverse = reverse;
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    if (one_layer && version == 1) {
+      err = launch_persistent_p1(args, stream);
+      return;
+    }
+    const Tensor counters = attach_step_counters(args, st.xproj.options());
+    err = launch_persistent_stack(args, tensor_cores, persistent_batch_parts(), stream);
+  });
+  return err;
+}
+
 // One layer as a stack of one (stack.h's checks, outputs and arguments), in either direction.
 std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj, const Tensor& h0,
                                                          const Tensor& c0, const Tensor& w_hh,
@@ -137,19 +162,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj, co
   const c10::cuda::CUDAGuard guard(xproj.device());
   const c10::NoGradGuard no_grad;
   StackTensors st = prepare_stack(xproj, h0.unsqueeze(0), c0.unsqueeze(0), {}, {}, {w_hh});
-  int version = persistent_version();
-  if (version == 4 && !tensor_cores_allowed(xproj.scalar_type())) version = 2;
-  cudaError_t err = cudaSuccess;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
-                                  "fastlstm_persistent_forward", [&] {
-    using T = typename CudaType<scalar_t>::type;
-    using Acc = at::opmath_type<scalar_t>;
-    PersistentStackArgs<T, Acc> args = stack_args<T, Acc>(st);
-    args.reverse = reverse;
-    const Tensor counters = version >= 2 ? attach_step_counters(args, xproj.options()) : Tensor();
-    err = launch_persistent_forward(args, version, persistent_batch_parts(),
-                                    at::cuda::getCurrentCUDAStream());
-  });
+  const cudaError_t err = launch_persistent(st, reverse, /*one_layer=*/true);
   if (err == cudaErrorNotSupported) {
     persistent_does_not_fit("layer", w_hh.size(1), xproj.size(1));
     return layer_forward(xproj, h0, c0, w_hh, reverse, kCudaKernels);
@@ -165,18 +178,7 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, co
   const c10::cuda::CUDAGuard guard(xproj.device());
   const c10::NoGradGuard no_grad;
   StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
-  const bool tensor_cores =
-      persistent_version() == 4 && tensor_cores_allowed(xproj.scalar_type());
-  cudaError_t err = cudaSuccess;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xproj.scalar_type(),
-                                  "fastlstm_stack_persistent", [&] {
-    using T = typename CudaType<scalar_t>::type;
-    using Acc = at::opmath_type<scalar_t>;
-    PersistentStackArgs<T, Acc> args = stack_args<T, Acc>(st);
-    const Tensor counters = attach_step_counters(args, xproj.options());
-    err = launch_persistent_stack(args, tensor_cores, persistent_batch_parts(),
-                                  at::cuda::getCurrentCUDAStream());
-  });
+  const cudaError_t err = launch_persistent(st, /*reverse=*/false, /*one_layer=*/false);
   if (err == cudaErrorNotSupported) {
     persistent_does_not_fit("stack", st.w_hh[0].size(1), st.xproj.size(1));
     stack_by_layers(st, kCudaKernels);
