@@ -206,6 +206,27 @@ inline StackTiling stack_tiling(const int64_t* inputs, int layers, int64_t batch
   return t;
 }
 
+// Each layer's columns of W_ih (0 for layer 0): what split_grid and the tilings take.
+template <typename T, typename Acc>
+void layer_inputs(const PersistentStackArgs<T, Acc>& a, int64_t (&inputs)[kMaxStackLayers]) {
+  for (int l = 0; l < kMaxStackLayers; ++l) inputs[l] = l < a.layers ? a.layer[l].inputs : 0;
+}
+
+// p3's chunk: the elements of one 16-byte load.
+template <typename T>
+constexpr int kStackChunk = static_cast<int>(16 / sizeof(T));
+
+// stack_tiling for `a` as the kernel and the CPU op run it: h in chunks where
+// h_rows_in_chunks allows.
+template <typename T, typename Acc>
+StackTiling stack_tiling_for(const PersistentStackArgs<T, Acc>& a, int sms, int threads,
+                             int batch_parts) {
+  int64_t inputs[kMaxStackLayers];
+  layer_inputs(a, inputs);
+  const int chunk = h_rows_in_chunks(a, kStackChunk<T>) ? kStackChunk<T> : 0;
+  return stack_tiling(inputs, a.layers, a.batch, a.hidden, sms, threads, batch_parts, chunk);
+}
+
 // The time index of forward-order step s.
 template <typename T, typename Acc>
 FASTLSTM_HD int64_t time_index(const PersistentStackArgs<T, Acc>& a, int64_t s) {
@@ -293,6 +314,20 @@ FASTLSTM_HD void stack_load_weights(const PersistentStackArgs<T, Acc>& a, const 
   }
 }
 
+// acc[r][q] += h[r] * w4[q]: one k of a tile (w4: the unit's four gate weights at k).
+template <typename Acc>
+FASTLSTM_HD void add_tile_products(const Acc (&h)[kRowsPerTile], const Acc* w4,
+                                   Acc (&acc)[kRowsPerTile][4]) {
+  const Acc w0 = w4[0], w1 = w4[1], w2 = w4[2], w3 = w4[3];
+#pragma unroll
+  for (int r = 0; r < kRowsPerTile; ++r) {
+    acc[r][0] += h[r] * w0;
+    acc[r][1] += h[r] * w1;
+    acc[r][2] += h[r] * w2;
+    acc[r][3] += h[r] * w3;
+  }
+}
+
 // acc[r][q] += src[row0 + r][k - first] * w_s[k][u][q] for k in [k_begin, k_end); src rows
 // are `width` wide, rows at or past `row_end` count as zeros.
 template <typename T, typename Acc>
@@ -300,23 +335,15 @@ FASTLSTM_HD void accumulate_tile(const T* src, int64_t width, int64_t first, int
                                  int64_t k_end, const Acc* w_s, int U, int64_t u, int64_t row0,
                                  int64_t row_end, Acc (&acc)[kRowsPerTile][4]) {
   for (int64_t k = k_begin; k < k_end; ++k) {
-    const Acc* w4 = w_s + (k * U + u) * 4;
-    const Acc w0 = w4[0], w1 = w4[1], w2 = w4[2], w3 = w4[3];
+    Acc h[kRowsPerTile];
 #pragma unroll
     for (int r = 0; r < kRowsPerTile; ++r) {
       const int64_t b = row0 + r;
-      const Acc h = b < row_end ? Convert<T, Acc>::load(src[b * width + k - first]) : Acc(0);
-      acc[r][0] += h * w0;
-      acc[r][1] += h * w1;
-      acc[r][2] += h * w2;
-      acc[r][3] += h * w3;
+      h[r] = b < row_end ? Convert<T, Acc>::load(src[b * width + k - first]) : Acc(0);
     }
+    add_tile_products(h, w_s + (k * U + u) * 4, acc);
   }
 }
-
-// p3's chunk: the elements of one 16-byte load.
-template <typename T>
-constexpr int kStackChunk = static_cast<int>(16 / sizeof(T));
 
 // accumulate_tile with h read a chunk per row at a time (one 16-byte load on the GPU, where
 // the per-element loads of p1 left the loop waiting on L2 once per k); k_begin, k_end and
@@ -340,16 +367,10 @@ FASTLSTM_HD void accumulate_tile_chunks(const T* src, int64_t width, int64_t fir
     }
 #pragma unroll
     for (int i = 0; i < C; ++i) {
-      const Acc* w4 = w_s + ((k0 + i) * U + u) * 4;
-      const Acc w0 = w4[0], w1 = w4[1], w2 = w4[2], w3 = w4[3];
+      Acc hk[kRowsPerTile];
 #pragma unroll
-      for (int r = 0; r < kRowsPerTile; ++r) {
-        const Acc hv = Convert<T, Acc>::load(h[r][i]);
-        acc[r][0] += hv * w0;
-        acc[r][1] += hv * w1;
-        acc[r][2] += hv * w2;
-        acc[r][3] += hv * w3;
-      }
+      for (int r = 0; r < kRowsPerTile; ++r) hk[r] = Convert<T, Acc>::load(h[r][i]);
+      add_tile_products(hk, w_s + ((k0 + i) * U + u) * 4, acc);
     }
   }
 }
@@ -399,12 +420,10 @@ FASTLSTM_HD void load_unit_input(const PersistentStackArgs<T, Acc>& a,
                                  int64_t unit, Acc (&input)[4]) {
   using Cv = Convert<T, Acc>;
   const int64_t H = a.hidden;
-  if (L.xproj != nullptr) {
-    const T* x = L.xproj + (time_index(a, s) * a.batch + b) * 4 * H + unit;
-    for (int q = 0; q < 4; ++q) input[q] = Cv::load(x[q * H]);
-  } else {
-    for (int q = 0; q < 4; ++q) input[q] = L.bias != nullptr ? Cv::load(L.bias[q * H + unit]) : Acc(0);
-  }
+  const T* x = L.xproj != nullptr ? L.xproj + (time_index(a, s) * a.batch + b) * 4 * H + unit
+               : L.bias != nullptr ? L.bias + unit
+                                   : nullptr;
+  for (int q = 0; q < 4; ++q) input[q] = x != nullptr ? Cv::load(x[q * H]) : Acc(0);
 }
 
 // c_{t-1} of batch row b of `unit` at forward-order step s of layer L (c0 at s = 0).

@@ -275,8 +275,6 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
   int sms = 0;
   cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
   if (err != cudaSuccess) return err;
-  int64_t inputs[kMaxStackLayers];
-  for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
   PersistentStackArgs<T, Acc> a = args;
   if constexpr (!std::is_same<T, double>::value) {
     if (tensor_cores) {
@@ -284,10 +282,8 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
       err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
       if (err != cudaSuccess) return err;
       if (major < 8) return cudaErrorNotSupported;
-      using Shape = typename TensorCoreMma<T>::Shape;
-      MmaTiling tiling = mma_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads,
-                                    sizeof(T), Shape::k, mma_vector_loads<Shape>(args),
-                                    batch_parts);
+      MmaTiling tiling =
+          mma_tiling_for<typename TensorCoreMma<T>::Shape>(args, sms, kThreads, batch_parts);
       const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
       void* params[] = {&a, &tiling};
       const void* kernel = a.step_done != nullptr
@@ -296,9 +292,7 @@ cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, boo
       return launch_cooperative(kernel, tiling.grid.blocks, smem, sms, params, stream);
     }
   }
-  const int chunk = h_rows_in_chunks(args, kStackChunk<T>) ? kStackChunk<T> : 0;
-  StackTiling tiling = stack_tiling(inputs, args.layers, args.batch, args.hidden, sms, kThreads,
-                                    batch_parts, chunk);
+  StackTiling tiling = stack_tiling_for(args, sms, kThreads, batch_parts);
   const size_t smem = size_t(tiling.weight_elements + tiling.partial_elements) * sizeof(Acc);
   void* params[] = {&a, &tiling};
   const void* kernel = a.step_done != nullptr

@@ -36,7 +36,7 @@ constexpr int kMaxNTiles = 8;  // n-tiles per warp item: 32 fp32 accumulators pe
 //   MmaK8:  mma.m16n8k8 with .tf32 inputs (p4 for fp32 where TF32 is allowed).
 //
 // Vector loads. A sum over k does not care in which order the k come, as long as A's column
-// c and B's row c hold the same k. So where the shapes allow (mma_vector_loads), a lane
+// c and B's row c hold the same k. So where the shapes allow (h_rows_in_chunks), a lane
 // loads `chunk` consecutive k of one row of A (16 bytes on the GPU: 8 bf16/fp16 or 4 fp32),
 // and of one row of the weights, for a pair of k-steps at once, and hands them to the MMA as
 // if they were the columns the layout names: in the 2k-wide window of a pair, lane t
@@ -93,14 +93,8 @@ struct MmaTiling {
   MmaLayerTiling layer[kMaxStackLayers];
 };
 
-// Whether the Shape's vector loads can read every A row and weight row (h_rows_in_chunks).
-template <typename Shape, typename T, typename Acc>
-bool mma_vector_loads(const PersistentStackArgs<T, Acc>& a) {
-  return h_rows_in_chunks(a, Shape::chunk);
-}
-
 // The grid as p3's (split_grid); k split so that a block has about one item per warp.
-// mma_k: the MMA shape's k (16 or 8); vector_loads: from mma_vector_loads.
+// mma_k: the MMA shape's k (16 or 8); vector_loads: where h_rows_in_chunks allows them.
 inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
                             int sms, int threads, int element_bytes, int mma_k,
                             bool vector_loads, int batch_parts = 1) {
@@ -136,6 +130,17 @@ FASTLSTM_HD int64_t weight_index(const MmaTiling& t, const MmaLayerTiling& lt, i
   if (lt.w_swizzle == 0) return n * lt.w_stride + k;
   const int64_t chunk = (k / t.chunk) ^ (lt.w_swizzle * (n & 1));
   return n * lt.w_stride + chunk * t.chunk + k % t.chunk;
+}
+
+// mma_tiling for `a` as the kernel runs it (Shape: its MMA), vector loads where
+// h_rows_in_chunks allows.
+template <typename Shape, typename T, typename Acc>
+MmaTiling mma_tiling_for(const PersistentStackArgs<T, Acc>& a, int sms, int threads,
+                         int batch_parts) {
+  int64_t inputs[kMaxStackLayers];
+  layer_inputs(a, inputs);
+  return mma_tiling(inputs, a.layers, a.batch, a.hidden, sms, threads, sizeof(T), Shape::k,
+                    h_rows_in_chunks(a, Shape::chunk), batch_parts);
 }
 
 // Once per launch: this block's weights into w_s [n_tiles * 8][w_stride] (row n = 4u + q

@@ -124,12 +124,8 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, con
   StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fastlstm_stack_persistent_cpu", [&] {
     const auto args = stack_args<scalar_t, scalar_t>(st);
-    int64_t inputs[kMaxStackLayers];
-    for (int l = 0; l < args.layers; ++l) inputs[l] = args.layer[l].inputs;
-    const int chunk = h_rows_in_chunks(args, kStackChunk<scalar_t>) ? kStackChunk<scalar_t> : 0;
     const bool finished = run_stack_on_host(
-        args, stack_tiling(inputs, args.layers, args.batch, args.hidden, kHostSms, kHostThreads,
-                           persistent_batch_parts(), chunk),
+        args, stack_tiling_for(args, kHostSms, kHostThreads, persistent_batch_parts()),
         persistent_dataflow() ? HostOrder::dataflow_low_first : HostOrder::waves);
     FASTLSTM_CHECK(finished, "fastlstm: internal error: the dataflow schedule stalled");
   });

@@ -75,7 +75,7 @@ std::vector<T> as(const ref::Vec& v, size_t n = 0) {
 
 enum class Kernel { tiles, mma_k16, mma_k8 };  // p2/p3; p4 with either MMA shape
 
-// p4's fragment loads: element by element, or chunks where mma_vector_loads allows them.
+// The loads of h (p2-p4): element by element, or chunks where h_rows_in_chunks allows them.
 enum class Loads { scalar, vector_where_allowed };
 
 // Returns whether the run used vector loads.
@@ -116,8 +116,8 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
     if (kernel != Kernel::tiles) {
       const int k = kernel == Kernel::mma_k16 ? 16 : 8;
       vector = loads == Loads::vector_where_allowed &&
-               (k == 16 ? fastlstm::mma_vector_loads<fastlstm::MmaK16>(a)
-                        : fastlstm::mma_vector_loads<fastlstm::MmaK8>(a));
+               fastlstm::h_rows_in_chunks(a, k == 16 ? fastlstm::MmaK16::chunk
+                                                     : fastlstm::MmaK8::chunk);
       const fastlstm::MmaTiling tiling = fastlstm::mma_tiling(
           inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, vector, sh.batch_parts);
       if (k == 16)
