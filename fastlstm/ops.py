@@ -190,7 +190,8 @@ def persistent_version() -> int:
     """Which persistent kernel set_persistent(True) runs: FASTLSTM_PERSISTENT_VERSION, 1 (the
     default, p1), 2 (p2, tiled), 3 (p3: a unidirectional stack without dropout in one launch,
     the layers as a wavefront; other modules layer by layer as p2) or 4 (p4: p3 with its
-    products on tensor cores for bf16/fp16). The C++ op reads the same variable and rejects
+    products on tensor cores: bf16/fp16, and fp32 as TF32 where
+    torch.backends.cuda.matmul.allow_tf32 is on). The C++ op reads the same variable and rejects
     other values. Two more switches for p2-p4, read by the op: FASTLSTM_PERSISTENT_BATCH_PARTS
     (1-8: the batch split over that many blocks per unit slice) and
     FASTLSTM_PERSISTENT_DATAFLOW=1 (steps ordered by per-step counters instead of a grid
