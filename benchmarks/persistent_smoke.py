@@ -1,8 +1,9 @@
 """One persistent version's first look on a GPU, at S1 and S2 (forward, fp32 and bf16, the
 batch in 1 and 2 parts, grid barriers and the dataflow sync): its output against the step
 loop's (and the dataflow sync's against the grid barrier's: the same arithmetic, so it should
-be identical), and its forward time beside the step loop's and cuDNN's. One line per case, printed as soon as it is known, so that a run cut
-short (a hang, a timeout) still shows what came before. device_check.sh runs it once per
+be identical), and its forward time beside the step loop's and cuDNN's. One line per case,
+printed as soon as it is known, so that a run cut short (a hang, a timeout) still shows what
+came before. TF32 stays off (torch's default), so p4's fp32 lines run p3 and say so. device_check.sh runs it once per
 version, each in its own process under a timeout:
 
   python3 benchmarks/persistent_smoke.py --version 4
@@ -72,7 +73,9 @@ def main():
                     os.environ["FASTLSTM_PERSISTENT_BATCH_PARTS"] = parts
                     os.environ["FASTLSTM_PERSISTENT_DATAFLOW"] = dataflow
                     case = (f"p{args.version} {shape} {dtype_name} {parts} part(s), "
-                            f"{'dataflow' if dataflow == '1' else 'grid barrier'}")
+                            f"{'dataflow' if dataflow == '1' else 'grid barrier'}"
+                            + (" (runs p3: TF32 off)" if args.version == "4"
+                               and dtype == torch.float32 else ""))
                     try:
                         got = lstm(x, state)[0].float()
                     except RuntimeError as e:
@@ -95,7 +98,8 @@ def main():
                           f"step loop {loop_ms:.3f} ms, cuDNN {cudnn_ms:.3f} ms, "
                           f"cuDNN / p{args.version} {cudnn_ms / ms:.2f}x", flush=True)
                 fastlstm.set_persistent(False)
-                os.environ.pop("FASTLSTM_PERSISTENT_DATAFLOW", None)
+                for name in ("BATCH_PARTS", "DATAFLOW"):
+                    os.environ.pop(f"FASTLSTM_PERSISTENT_{name}", None)
 
 
 if __name__ == "__main__":

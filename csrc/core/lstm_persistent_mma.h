@@ -94,15 +94,17 @@ struct MmaTiling {
 };
 
 // The grid as p3's (split_grid); k split so that a block has about one item per warp.
-// mma_k: the MMA shape's k (16 or 8); vector_loads: where h_rows_in_chunks allows them.
+// mma_k: the MMA shape's k (16 or 8); chunk: its Shape::chunk for vector loads (where
+// h_rows_in_chunks allows them), 0 for element loads.
 inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
-                            int sms, int threads, int element_bytes, int mma_k,
-                            bool vector_loads, int batch_parts = 1) {
+                            int sms, int threads, int element_bytes, int mma_k, int chunk,
+                            int batch_parts = 1) {
   MmaTiling t{};
   t.grid = split_grid(inputs, layers, batch, hidden, sms, batch_parts);
   t.warps = threads / kWarpSize;
   t.m_tiles = (t.grid.part_rows + 15) / 16;
-  t.chunk = vector_loads ? mma_k / 2 : 0;  // MmaK16: 8, MmaK8: 4
+  t.chunk = chunk;
+  const bool vector_loads = chunk > 0;
   const int step_unit = vector_loads ? 2 : 1;  // vector loads take k-steps in pairs
   auto round_up = [](int n, int m) { return (n + m - 1) / m * m; };
   for (int l = 0; l < layers; ++l) {
@@ -124,12 +126,18 @@ inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, in
   return t;
 }
 
+// Where weight row n keeps its chunk c in shared memory, in chunks from the row's start (the
+// swizzle; vector loads only).
+FASTLSTM_HD int swizzled_chunk(const MmaLayerTiling& lt, int n, int c) {
+  return c ^ (lt.w_swizzle * (n & 1));
+}
+
 // Where weight row n keeps its column k in shared memory (w_s [n_tiles * 8][w_stride]).
 FASTLSTM_HD int64_t weight_index(const MmaTiling& t, const MmaLayerTiling& lt, int64_t n,
                                  int64_t k) {
   if (lt.w_swizzle == 0) return n * lt.w_stride + k;
-  const int64_t chunk = (k / t.chunk) ^ (lt.w_swizzle * (n & 1));
-  return n * lt.w_stride + chunk * t.chunk + k % t.chunk;
+  const int chunk = swizzled_chunk(lt, static_cast<int>(n), static_cast<int>(k / t.chunk));
+  return n * lt.w_stride + int64_t(chunk) * t.chunk + k % t.chunk;
 }
 
 // mma_tiling for `a` as the kernel runs it (Shape: its MMA), vector loads where
@@ -140,7 +148,7 @@ MmaTiling mma_tiling_for(const PersistentStackArgs<T, Acc>& a, int sms, int thre
   int64_t inputs[kMaxStackLayers];
   layer_inputs(a, inputs);
   return mma_tiling(inputs, a.layers, a.batch, a.hidden, sms, threads, sizeof(T), Shape::k,
-                    h_rows_in_chunks(a, Shape::chunk), batch_parts);
+                    h_rows_in_chunks(a, Shape::chunk) ? Shape::chunk : 0, batch_parts);
 }
 
 // Once per launch: this block's weights into w_s [n_tiles * 8][w_stride] (row n = 4u + q
@@ -222,6 +230,7 @@ FASTLSTM_HD void mma_item_vector_loads(const WaveInputs<T>& x, int64_t in, int64
                                        const MmaLayerTiling& lt, const Mma& mma,
                                        Acc (&acc)[kLanes][kMaxNTiles][4]) {
   constexpr int C = Shape::chunk;
+  static_assert(4 * C == 2 * Shape::k, "a pair's 2k columns are 4 lanes' chunks");
   const int64_t K = in + H;
   const T zero = Convert<T, Acc>::store(Acc(0));
   for (int ks0 = it.ks_begin; ks0 < it.ks_end; ks0 += 2 * kPairsPerBurst) {
@@ -261,7 +270,7 @@ FASTLSTM_HD void mma_item_vector_loads(const WaveInputs<T>& x, int64_t in, int64
           const int lane = it.lane0 + l;
           const int n = (it.nt0 + j) * 8 + Shape::b_col(lane, 0);
           // weight_index(t, lt, n, ks k + C (lane & 3)), in 32 bits with C known here.
-          const int chunk = (2 * ks + (lane & 3)) ^ (lt.w_swizzle * (n & 1));
+          const int chunk = swizzled_chunk(lt, n, 2 * ks + (lane & 3));
           load_chunk(w_s + n * lt.w_stride + chunk * C, b_chunk[l]);
         }
 #pragma unroll

@@ -106,7 +106,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
 
 // FASTLSTM_PERSISTENT_VERSION: 1 (default, p1), 2 (p2, the tiled kernel), 3 (p3: the module
 // runs a whole stack through lstm_stack_persistent; a single layer gets p2) or 4 (p4: p3 on
-// tensor cores for bf16/fp16); see core/lstm_persistent_cuda.h.
+// tensor cores where tensor_cores_allowed, else p3); see core/lstm_persistent_cuda.h.
 int persistent_version() { return env_int("FASTLSTM_PERSISTENT_VERSION", 1, 1, 4); }
 
 // Whether p4 may put this dtype on tensor cores: bf16 and fp16 always; fp32 as TF32 only

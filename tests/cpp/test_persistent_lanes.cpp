@@ -114,7 +114,8 @@ bool lanes_agree(const Case& c, const char* name) {
     }
     a.layers = L, a.steps = S, a.batch = B, a.hidden = H;
     const fastlstm::MmaTiling t = fastlstm::mma_tiling(inputs, L, B, H, c.sms, c.threads,
-                                                       sizeof(float), Shape::k, c.vector);
+                                                       sizeof(float), Shape::k,
+                                                       c.vector ? Shape::chunk : 0);
     stalled = false;
     if (!lane_by_lane) {
       finished = fastlstm::run_mma_stack_on_host<Shape>(a, t, c.threads);

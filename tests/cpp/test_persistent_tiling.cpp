@@ -115,11 +115,11 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
     bool finished = false;  // false: a dataflow order stalled
     if (kernel != Kernel::tiles) {
       const int k = kernel == Kernel::mma_k16 ? 16 : 8;
-      vector = loads == Loads::vector_where_allowed &&
-               fastlstm::h_rows_in_chunks(a, k == 16 ? fastlstm::MmaK16::chunk
-                                                     : fastlstm::MmaK8::chunk);
+      const int chunk = k == 16 ? fastlstm::MmaK16::chunk : fastlstm::MmaK8::chunk;
+      vector = loads == Loads::vector_where_allowed && fastlstm::h_rows_in_chunks(a, chunk);
       const fastlstm::MmaTiling tiling = fastlstm::mma_tiling(
-          inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, vector, sh.batch_parts);
+          inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, vector ? chunk : 0,
+          sh.batch_parts);
       if (k == 16)
         finished = fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, order);
       else
@@ -225,8 +225,8 @@ int worst_bank_conflict(int mma_k, bool vector) {
     for (int parts : {1, 2}) {
       const int layers = shape == 0 ? 2 : 3, batch = shape == 0 ? 64 : 100;
       const int64_t inputs[fastlstm::kMaxStackLayers] = {0, 512, 512};
-      const fastlstm::MmaTiling t = fastlstm::mma_tiling(inputs, layers, batch, 512, 132, 256,
-                                                         element_bytes, mma_k, vector, parts);
+      const fastlstm::MmaTiling t = fastlstm::mma_tiling(
+          inputs, layers, batch, 512, 132, 256, element_bytes, mma_k, vector ? chunk : 0, parts);
       for (int l = 0; l < layers; ++l) {
         const fastlstm::MmaLayerTiling& lt = t.layer[l];
         for (int nt = 0; nt < lt.n_tiles; ++nt)
