@@ -279,7 +279,8 @@ def test_persistent_p4_fp32_uses_tf32_only_where_allowed(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     tf32 = torch.ops.fastlstm.lstm_stack_persistent(*args)
     err = relative_error(tf32[0], p3[0])
-    assert 1e-7 < err < 1e-2, f"p4 with TF32 vs p3: relative error {err:.3g}"
+    # TF32 rounding of these inputs costs 1.5e-4 (benchmarks/tf32_error.py, a CPU emulation)
+    assert 1e-7 < err < 1e-3, f"p4 with TF32 vs p3: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("layers,hidden,batch,steps", [(2, 512, 64, 30), (3, 70, 37, 9)])
