@@ -90,6 +90,10 @@ def _auto_path(data, unsupported, batch, hidden):
         return "aten"
     if hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH:
         return "fused"
+    if torch.compiler.is_compiling():
+        # torch.compile cannot trace torch's CPU LSTM at every input (its oneDNN layer op
+        # fails when the input needs no gradient but the weights do); our op traces.
+        return "fused"
     return "aten"
 
 
@@ -99,6 +103,10 @@ def choose_path(backend, data, unsupported, batch, hidden):
         return "aten"
     if backend == "reference":
         return "reference"
+    if torch.onnx.is_in_onnx_export():
+        # Exported as torch's own LSTM op, which the ONNX exporter writes as the standard
+        # ONNX LSTM operator (any ONNX runtime runs it); the fastlstm ops have no ONNX form.
+        return "aten"
     if backend == "triton":
         return _triton_path(data, unsupported)
     if backend == "auto":
@@ -152,7 +160,40 @@ def _check_same_device_dtype(module, tensors, what):
                                f"{what} tensor at {t.device} and parameter tensor at "
                                f"{weight.device}")
         if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
-            raise ValueError(f"{what} must have the type {weight.dtype}, got type {t.dtype}")
+            if what == "Input":  # nn.LSTM's own check, and message
+                raise ValueError(f"RNN input dtype ({t.dtype}) does not match weight dtype "
+                                 f"({weight.dtype}). Convert input: input.to({weight.dtype}), "
+                                 f"or convert model: model.to({t.dtype})")
+            raise RuntimeError(f"{what} and parameter tensors are not the same dtype, found "
+                               f"{what.lower()} tensor with {t.dtype} and parameter tensor "
+                               f"with {weight.dtype}")
+
+
+def _check_lstm_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size):
+    """nn.LSTM's constructor checks (torch.nn.RNNBase), in its order, with its exception
+    types and messages, so code and tests that catch torch's errors see the same ones."""
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) \
+            or not 0 <= dropout <= 1:
+        raise ValueError("dropout should be a number in range [0, 1] representing the "
+                         "probability of an element being zeroed")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                      f"non-zero dropout expects num_layers greater than 1, but got "
+                      f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+    for name, value in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero")
+    if num_layers <= 0:
+        raise ValueError("num_layers must be greater than zero")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
 
 
 class FastLSTM(nn.Module):
@@ -164,22 +205,8 @@ class FastLSTM(nn.Module):
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__()
-        for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
-                                 ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-            if value < low:
-                raise ValueError(f"{name} must be at least {low}, got {value}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) \
-                or not 0 <= dropout <= 1:
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             "probability of an element being zeroed")
-        if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
-        if dropout > 0 and num_layers == 1:
-            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
-                          f"non-zero dropout expects num_layers greater than 1, but got "
-                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=2)
+        _check_lstm_args(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         proj_size)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
@@ -419,32 +446,50 @@ class FastLSTMCell(nn.LSTMCell):
     def extra_repr(self):
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
+    def _check_cell_args(self, x, hx):
+        """What torch's lstm_cell checks of batched 2-D x and (h, c), as RuntimeErrors with
+        its messages; and the device and dtype of each against the weights."""
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected "
+                               f"{self.input_size}")
+        for k, t in enumerate(hx):
+            if t.dim() != 2:
+                raise RuntimeError(f"LSTMCell: hx[{k}] must have as many dimensions as the "
+                                   f"input (1D unbatched, 2D batched)")
+            if t.size(0) != x.size(0):
+                raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{k} batch "
+                                   f"size {t.size(0)}")
+            if t.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {t.size(1)}, "
+                                   f"expected {self.hidden_size}")
+        for what, t in (("input", x), ("hx", hx[0]), ("cx", hx[1])):
+            if t.device != self.weight_ih.device:
+                raise RuntimeError(f"LSTMCell: {what} is on {t.device} but the weights are on "
+                                   f"{self.weight_ih.device}")
+            if t.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(t.device.type):
+                raise RuntimeError(f"LSTMCell: {what} and weights must have the same dtype, but "
+                                   f"got {t.dtype} and {self.weight_ih.dtype}")
+
     def forward(self, input, hx=None):
+        # nn.LSTMCell's checks, in its order, with its exception types and messages.
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        _check_same_device_dtype(self, [input], "Input")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got "
+                                     f"{value.dim()}D instead")
         path = choose_path(self.backend, input, _fused_unsupported(input),
                            input.size(0) if input.dim() == 2 else 1, self.hidden_size)
         if path == "aten":
             return super().forward(input, hx)
-        if hx is not None:
-            if hx[0].dim() != input.dim() or hx[1].dim() != input.dim():
-                raise RuntimeError(f"LSTMCell: Expected hx and cx to be {input.dim()}D like the "
-                                   f"input, got ({hx[0].dim()}D, {hx[1].dim()}D)")
-            _check_same_device_dtype(self, hx, "Hidden")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
-        if input.size(-1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} "
-                               f"expected {self.input_size}")
         if hx is None:
             h = c = x.new_zeros(x.size(0), self.hidden_size)
         else:
             h, c = (t.unsqueeze(0) for t in hx) if unbatched else hx
-            for name, t in (("hx", h), ("cx", c)):
-                if t.shape != (x.size(0), self.hidden_size):
-                    raise RuntimeError(f"{name} has shape {tuple(t.shape)}, expected "
-                                       f"{(x.size(0), self.hidden_size)}")
+        self._check_cell_args(x, (h, c))
         dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
         weights = (self.weight_ih, self.weight_hh,
                    *((self.bias_ih, self.bias_hh) if self.bias else (None, None)))
@@ -455,3 +500,8 @@ class FastLSTMCell(nn.LSTMCell):
         else:
             h, c = (lstm_cell_reference if path == "reference" else ops.lstm_step)(*args)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
+
+
+# torch.load's default (weights_only=True) unpickles only allowed classes: allow ours, so a
+# whole saved module (torch.save(model)) holding them loads as one holding nn.LSTM would.
+torch.serialization.add_safe_globals([FastLSTM, FastLSTMCell])

@@ -44,11 +44,57 @@ def _fake_step(xproj, h, c, w_hh):
             xproj.new_empty((batch, 4 * hidden), dtype=cell_dtype(xproj.dtype)))
 
 
+def layer_backward_composite(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates,
+                             reverse):
+    """lstm_layer_backward (same arguments, plus the gradient on the saved `gates` output)
+    in plain differentiable torch ops. Autograd runs this instead of the fused backward when
+    the backward is itself differentiated (create_graph=True: double backward, gradient
+    penalties, Hessian-vector products), and when a gradient arrives on `gates`, as it does
+    in a double backward. Built from the op's saved inputs and outputs, so differentiating
+    it reaches the inputs through the op's own backward again, at any order."""
+    acc = gates.dtype
+    steps = hs.size(0)
+    w = w_hh.to(acc)
+    dh_rec = h0.new_zeros(h0.shape, dtype=acc)
+    dc_carry = c0.new_zeros(c0.shape, dtype=acc)
+    grad_w = w.new_zeros(w.shape)
+    grad_pre = [None] * steps
+    for t in (range(steps) if reverse else range(steps - 1, -1, -1)):
+        prev = t + 1 if reverse else t - 1
+        first = prev < 0 or prev >= steps
+        h_prev = (h0 if first else hs[prev]).to(acc)
+        c_prev = (c0 if first else cs[prev]).to(acc)
+        i, f, g, o = gates[t].chunk(4, dim=-1)
+        act_grad = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], dim=-1)
+        tanh_c = torch.tanh(cs[t])
+        dh = dh_rec if grad_hs is None else dh_rec + grad_hs[t].to(acc)
+        dc = dc_carry + dh * o * (1 - tanh_c * tanh_c)
+        if grad_cs is not None:
+            dc = dc + grad_cs[t].to(acc)
+        d_gates = torch.cat([dc * g, dc * c_prev, dc * i, dh * tanh_c], dim=-1)
+        if grad_gates is not None:
+            d_gates = d_gates + grad_gates[t].to(acc)
+        grad_pre[t] = d_gates * act_grad
+        dh_rec = grad_pre[t] @ w
+        dc_carry = dc * f
+        grad_w = grad_w + grad_pre[t].t() @ h_prev
+    return (torch.stack(grad_pre).to(hs.dtype), dh_rec.to(h0.dtype), dc_carry.to(c0.dtype),
+            grad_w.to(w_hh.dtype))
+
+
+def _differentiable_backward_needed(grad_gates):
+    return grad_gates is not None or torch.is_grad_enabled()
+
+
 def layer_autograd(op_name: str, backward_op) -> None:
     """Autograd for a layer op with the lstm_layer contract, through `backward_op` (same
-    arguments as lstm_layer_backward). Shared by the C++/CUDA and the Triton ops."""
-    def backward(ctx, grad_hs, grad_cs, _grad_gates):
+    arguments as lstm_layer_backward), or layer_backward_composite where the backward must
+    be differentiable. Shared by the C++/CUDA and the Triton ops."""
+    def backward(ctx, grad_hs, grad_cs, grad_gates):
         h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
+        if _differentiable_backward_needed(grad_gates):
+            return (*layer_backward_composite(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs,
+                                              cs, gates, ctx.reverse), None)
         if grad_hs is None:
             grad_hs = torch.zeros_like(hs)
         return (*backward_op(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, ctx.reverse), None)
@@ -61,9 +107,8 @@ def _layer_setup_context(ctx, inputs, output):
     hs, cs, gates = output
     ctx.save_for_backward(h0, c0, w_hh, hs, cs, gates)
     ctx.reverse = reverse
-    ctx.mark_non_differentiable(gates)
-    # Usually only c_n of cs is used (or none): let an unused gradient arrive as None
-    # rather than as a zero tensor the backward would read at every step.
+    # Usually only c_n of cs is used (or none), and gates never outside a double backward:
+    # let an unused gradient arrive as None rather than as a zero tensor the backward reads.
     ctx.set_materialize_grads(False)
 
 
@@ -71,17 +116,21 @@ def _step_setup_context(ctx, inputs, output):
     _, h, c, w_hh = inputs
     h_new, c_new, gates = output
     ctx.save_for_backward(h, c, w_hh, h_new, c_new, gates)
-    ctx.mark_non_differentiable(gates)
     ctx.set_materialize_grads(False)
 
 
-def _step_backward(ctx, grad_h, grad_c, _grad_gates):
-    # A step is a layer of length 1: one backward op serves both.
+def _step_backward(ctx, grad_h, grad_c, grad_gates):
+    # A step is a layer of length 1: one backward (fused or composite) serves both.
     h, c, w_hh, h_new, c_new, gates = ctx.saved_tensors
+    one_step = lambda t: None if t is None else t.unsqueeze(0)  # noqa: E731
+    if _differentiable_backward_needed(grad_gates):
+        grad_x, grad_h0, grad_c0, grad_w = layer_backward_composite(
+            one_step(grad_h), one_step(grad_c), one_step(grad_gates), h, c, w_hh,
+            one_step(h_new), one_step(c_new), one_step(gates), False)
+        return grad_x.squeeze(0), grad_h0, grad_c0, grad_w
     grad_h = torch.zeros_like(h_new) if grad_h is None else grad_h
     grad_x, grad_h0, grad_c0, grad_w = torch.ops.fastlstm.lstm_layer_backward(
-        grad_h.unsqueeze(0), None if grad_c is None else grad_c.unsqueeze(0), h, c, w_hh,
-        h_new.unsqueeze(0),
+        grad_h.unsqueeze(0), one_step(grad_c), h, c, w_hh, h_new.unsqueeze(0),
         c_new.unsqueeze(0), gates.unsqueeze(0), False)
     return grad_x.squeeze(0), grad_h0, grad_c0, grad_w
 
@@ -131,8 +180,11 @@ def _stack_backward(ctx, grad_hs, grad_cs, _grad_gates):
 
 
 def _no_double_backward(ctx, *grads):
-    raise RuntimeError("fastlstm: double backward (gradients of gradients) through the LSTM "
-                       "ops is not supported")
+    # Reached only through the persistent stack op (CUDA, opt-in): the layer and step ops
+    # differentiate their backward through layer_backward_composite instead.
+    raise RuntimeError("fastlstm: double backward (gradients of gradients) through the "
+                       "persistent stack op is not supported; fastlstm.set_persistent(False) "
+                       "runs layer by layer, which supports it")
 
 
 def _no_setup(ctx, inputs, output):
