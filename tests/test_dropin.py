@@ -218,3 +218,83 @@ def test_cell_double_backward_matches_nn_lstmcell():
         return torch.autograd.grad(gx.square().sum(), [x, *hx, *cell.parameters()])
     for g, e in zip(grads(ours), grads(theirs), strict=True):
         assert_close(g, e, 1e-10, "cell second-order gradient vs nn.LSTMCell")
+
+
+def test_small_activation_gradients():
+    """Near-zero activations: the CPU op's fp32 gradients keep their relative accuracy
+    (a tanh computed as 1 - 2/(1 + e^2x) alone was ~1e-7 off in absolute terms near 0,
+    and gradients reached 1.5e-5 relative error here)."""
+    torch.manual_seed(0)
+    ref = FastLSTM(16, 32, 2, dtype=torch.float64, backend="reference")
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.mul_(1e-3)
+    ours = FastLSTM(16, 32, 2, backend="cpu")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(20, 3, 16, dtype=torch.float64) * 1e-3
+    results = []
+    for lstm, inp in ((ours, x.float()), (ref, x)):
+        inp = inp.clone().requires_grad_()
+        out, (h, c) = lstm(inp)
+        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        grads = torch.autograd.grad((out * weight).sum() + c.sum(), [inp, *lstm.parameters()])
+        results.append([out, h, c, *grads])
+    for got, expected in zip(*results, strict=True):
+        assert_close(got, expected, 2e-6, "small activations")
+
+
+class _WordLM(nn.Module):
+    """The shape of PyTorch's word_language_model example's RNNModel (LSTM variant)."""
+    def __init__(self, lstm_cls, ntoken=50, ninp=16, nhid=32, nlayers=2):
+        super().__init__()
+        self.drop = nn.Dropout(0.2)
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.rnn = lstm_cls(ninp, nhid, nlayers, dropout=0.2)
+        self.decoder = nn.Linear(nhid, ntoken)
+
+    def forward(self, tokens, hidden):
+        output, hidden = self.rnn(self.drop(self.encoder(tokens)), hidden)
+        return self.decoder(self.drop(output)), hidden
+
+
+def test_word_language_model_scenario(tmp_path):
+    """Train, torch.save(model), torch.load, generate, ONNX export: with FastLSTM where the
+    example has nn.LSTM, and the same losses and generated words as nn.LSTM gives."""
+    pytest.importorskip("onnxscript")
+    # The user's own classes need allowing, for nn.LSTM as for us; FastLSTM needs nothing.
+    torch.serialization.add_safe_globals([_WordLM, nn.Dropout, nn.Embedding, nn.Linear,
+                                          nn.LSTM])
+    runs = {}
+    for cls in (nn.LSTM, FastLSTM):
+        torch.manual_seed(0)
+        model = _WordLM(cls)
+        if cls is FastLSTM:
+            model.load_state_dict(runs[nn.LSTM]["init"])
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        data = torch.randint(0, 50, (21, 4), generator=torch.Generator().manual_seed(1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        losses, hidden = [], None
+        for _ in range(3):
+            torch.manual_seed(2)  # the same dropout masks for both
+            output, hidden = model(data[:-1], hidden)
+            hidden = tuple(h.detach() for h in hidden)
+            loss = nn.functional.cross_entropy(output.view(-1, 50), data[1:].reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        path = tmp_path / f"{cls.__name__}.pt"
+        torch.save(model, path)
+        loaded = torch.load(path).eval()
+        word, hidden, words = torch.tensor([[3]]), None, []
+        with torch.no_grad():
+            for _ in range(10):
+                output, hidden = loaded(word, hidden)
+                word = output[-1].argmax(-1, keepdim=True)
+                words.append(word.item())
+        runs[cls] = {"init": init, "losses": losses, "words": words, "model": loaded}
+    assert runs[FastLSTM]["losses"] == pytest.approx(runs[nn.LSTM]["losses"], rel=1e-5)
+    assert runs[FastLSTM]["words"] == runs[nn.LSTM]["words"]
+    hidden = tuple(torch.zeros(2, 1, 32) for _ in range(2))
+    torch.onnx.export(runs[FastLSTM]["model"], (torch.tensor([[3], [7]]), hidden),
+                      tmp_path / "wordlm.onnx")
