@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastlstm import FastLSTM, FastLSTMCell
+from fastlstm import FastLSTM, FastLSTMCell, triton_ops
 from helpers import TORCH_LSTM_TOLERANCE, assert_close
 
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
@@ -15,6 +15,10 @@ common_modules = pytest.importorskip("torch.testing._internal.common_modules")
 # (disable_global_flags); the other test modules' fixtures set them: unfreeze.
 torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 BACKENDS = ("auto", "cpu", "reference", "aten")
+# Triton (fp32; on the CPU under TRITON_INTERPRET=1, as conftest.py sets without a GPU).
+TRITON = pytest.param("triton", marks=pytest.mark.skipif(
+    not (triton_ops.available() and (triton_ops.INTERPRET or torch.cuda.is_available())),
+    reason="needs triton on a GPU or under TRITON_INTERPRET=1"))
 OURS = {nn.LSTM: FastLSTM, nn.LSTMCell: FastLSTMCell}
 
 
@@ -28,28 +32,30 @@ def _flatten(out):
     return [t for item in out for t in _flatten(item)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, TRITON])
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.LSTMCell], ids=lambda c: c.__name__)
 def test_torch_module_samples(cls, backend):
     """Every sample torch ships for the module: same outputs and input gradients as torch's
-    module with the same weights, in float64."""
+    module with the same weights, in float64 (Triton: float32, all it runs on the CPU)."""
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    tol = TORCH_LSTM_TOLERANCE[dtype]
     info = _module_info(cls)
-    samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64,
-                                      requires_grad=True, training=False)
+    samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
+                                      training=False)
     for sample in samples:
         args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
-        theirs = cls(*args, **kwargs, dtype=torch.float64)
-        ours = OURS[cls](*args, **kwargs, dtype=torch.float64, backend=backend)
+        theirs = cls(*args, **kwargs, dtype=dtype)
+        ours = OURS[cls](*args, **kwargs, dtype=dtype, backend=backend)
         ours.load_state_dict(theirs.state_dict())
         fwd = sample.forward_input
         expected, got = _flatten(theirs(*fwd.args)), _flatten(ours(*fwd.args))
         for e, g in zip(expected, got, strict=True):
-            assert_close(g, e, TORCH_LSTM_TOLERANCE[torch.float64], f"{ours}")
+            assert_close(g, e, tol, f"{ours}")
         inputs = [t for t in _flatten(fwd.args) if t.requires_grad]
         weight = [torch.randn_like(e) for e in expected]
         grads = lambda outs: torch.autograd.grad(outs, inputs, weight)  # noqa: E731
         for e, g in zip(grads(expected), grads(got), strict=True):
-            assert_close(g, e, TORCH_LSTM_TOLERANCE[torch.float64], f"{ours} grad")
+            assert_close(g, e, tol, f"{ours} grad")
 
 
 def _error_cases(cls):
@@ -58,7 +64,7 @@ def _error_cases(cls):
                                          requires_grad=False, training=False)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, TRITON])
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.LSTMCell], ids=lambda c: c.__name__)
 def test_torch_error_inputs(cls, backend):
     """Every error input torch ships for the module raises torch's exception type with a
