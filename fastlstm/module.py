@@ -188,6 +188,9 @@ def _check_lstm_args(input_size, hidden_size, num_layers, bias, batch_first, dro
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
         if value <= 0:
             raise ValueError(f"{name} must be greater than zero")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+        # torch does not check this, and fails later with a TypeError from range(): say it.
+        raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
     if num_layers <= 0:
         raise ValueError("num_layers must be greater than zero")
     if proj_size < 0:
