@@ -57,12 +57,11 @@ def layer_backward_composite(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs,
     w = w_hh.to(acc)
     dh_rec = h0.new_zeros(h0.shape, dtype=acc)
     dc_carry = c0.new_zeros(c0.shape, dtype=acc)
-    grad_w = w.new_zeros(w.shape)
-    grad_pre = [None] * steps
+    grad_pre, h_prevs = [None] * steps, [None] * steps
     for t in (range(steps) if reverse else range(steps - 1, -1, -1)):
         prev = t + 1 if reverse else t - 1
         first = prev < 0 or prev >= steps
-        h_prev = (h0 if first else hs[prev]).to(acc)
+        h_prevs[t] = (h0 if first else hs[prev]).to(acc)
         c_prev = (c0 if first else cs[prev]).to(acc)
         i, f, g, o = gates[t].chunk(4, dim=-1)
         act_grad = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], dim=-1)
@@ -77,8 +76,9 @@ def layer_backward_composite(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs,
         grad_pre[t] = d_gates * act_grad
         dh_rec = grad_pre[t] @ w
         dc_carry = dc * f
-        grad_w = grad_w + grad_pre[t].t() @ h_prev
-    return (torch.stack(grad_pre).to(hs.dtype), dh_rec.to(h0.dtype), dc_carry.to(c0.dtype),
+    grad_pre = torch.stack(grad_pre)
+    grad_w = grad_pre.flatten(0, 1).t() @ torch.stack(h_prevs).flatten(0, 1)  # one GEMM
+    return (grad_pre.to(hs.dtype), dh_rec.to(h0.dtype), dc_carry.to(c0.dtype),
             grad_w.to(w_hh.dtype))
 
 
