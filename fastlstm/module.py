@@ -27,7 +27,7 @@ from .reference import lstm_cell_reference, reference_lstm
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton", "cudnn", "aten")
 FUSED_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
+    "cpu": (torch.float32, torch.float64, torch.bfloat16),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
 

@@ -66,6 +66,13 @@ void mm_acc_out(Tensor& out, const Tensor& a, const Tensor& b) {
   }
 }
 
+// The dtype of the recurrent GEMM's products (rec, grad_h_rec): the cell dtype on CUDA,
+// where cuBLAS writes bf16 x bf16 products in fp32; the storage dtype on the CPU, where
+// ATen's mm has no such output (its bf16 GEMM accumulates in fp32, rounds the result).
+at::ScalarType rec_dtype(const Tensor& like) {
+  return like.is_cuda() ? cell_dtype(like.scalar_type()) : like.scalar_type();
+}
+
 // Forward-order step s -> time index t.
 inline int64_t time_at(int64_t s, int64_t steps, bool reverse) {
   return reverse ? steps - 1 - s : s;
@@ -86,7 +93,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj_in, const T
   Tensor hs = kernel_output({S, B, H}, opts);
   Tensor cs = kernel_output({S, B, H}, acc_opts);
   Tensor gates = kernel_output({S, B, 4 * H}, acc_opts);
-  Tensor rec = at::empty({B, 4 * H}, acc_opts);
+  Tensor rec = at::empty({B, 4 * H}, opts.dtype(rec_dtype(xproj)));
   const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
   const Tensor w_hh_t = w_hh.t();
   for (int64_t s = 0; s < S; ++s) {
@@ -124,7 +131,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
   const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
 
   Tensor grad_xproj = kernel_output({S, B, 4 * H}, hs.options());
-  Tensor grad_h_rec = at::zeros({B, H}, cs.options());  // Acc, like grad_c_carry
+  Tensor grad_h_rec = at::zeros({B, H}, hs.options().dtype(rec_dtype(hs)));
   Tensor grad_c_carry = at::zeros({B, H}, cs.options());
   for (int64_t s = S - 1; s >= 0; --s) {
     const int64_t t = time_at(s, S, reverse);
@@ -169,7 +176,7 @@ std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& xproj, const Tenso
   Tensor h_new = kernel_output({B, H}, x.options());
   Tensor c_new = kernel_output({B, H}, acc_opts);
   Tensor gates = kernel_output({B, 4 * H}, acc_opts);
-  Tensor rec = at::empty({B, 4 * H}, acc_opts);
+  Tensor rec = at::empty({B, 4 * H}, x.options().dtype(rec_dtype(x)));
   mm_acc_out(rec, h.contiguous(), w_hh.t());
   kernels.forward(x, rec, c.to(c_new.scalar_type()).contiguous(), gates, c_new, h_new);
   return {h_new, c_new, gates};

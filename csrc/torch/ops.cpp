@@ -21,11 +21,6 @@ namespace {
 constexpr int64_t kCpuGrainElements = 2048;
 int64_t rows_grain(int64_t hidden) { return std::max<int64_t>(1, kCpuGrainElements / hidden); }
 
-template <typename T>
-T* ptr(const Tensor& t) {
-  return t.data_ptr<T>();
-}
-
 // The row loops, compiled for AVX-512 and AVX2 (+FMA) and for the baseline on x86-64 GCC,
 // picked when the library loads: the vectorised gate math runs ~2x faster per step of
 // that list (measured at batch 50, hidden 128). GCC < 12 cannot name the x86-64-vN
@@ -39,26 +34,53 @@ T* ptr(const Tensor& t) {
 #define FASTLSTM_CPU_CLONES
 #endif
 
-#define FASTLSTM_CPU_ROWS(T)                                                                \
-  FASTLSTM_CPU_CLONES void forward_rows(const StepForwardArgs<T, T>& a, int64_t b, int64_t e) { \
-    step_forward_rows(a, b, e);                                                             \
-  }                                                                                         \
-  FASTLSTM_CPU_CLONES void backward_rows(const StepBackwardArgs<T, T>& a, int64_t b,        \
-                                         int64_t e) {                                       \
-    step_backward_rows(a, b, e);                                                            \
+#define FASTLSTM_CPU_ROWS(T, Acc)                                                          \
+  FASTLSTM_CPU_CLONES void forward_rows(const StepForwardArgs<T, Acc, T>& a, int64_t b,      \
+                                        int64_t e) {                                         \
+    step_forward_rows(a, b, e);                                                              \
+  }                                                                                          \
+  FASTLSTM_CPU_CLONES void backward_rows(const StepBackwardArgs<T, Acc, T>& a, int64_t b,    \
+                                         int64_t e) {                                        \
+    step_backward_rows(a, b, e);                                                             \
   }
-FASTLSTM_CPU_ROWS(float)
-FASTLSTM_CPU_ROWS(double)
+FASTLSTM_CPU_ROWS(float, float)
+FASTLSTM_CPU_ROWS(double, double)
+FASTLSTM_CPU_ROWS(Bf16, float)
 #undef FASTLSTM_CPU_ROWS
 
+// The storage type's kernel type (torch's BFloat16 -> the header's Bf16, same bits), and the
+// arithmetic type: float for bfloat16, else the type itself.
+template <typename scalar_t>
+struct CpuTypes {
+  using T = scalar_t;
+  using Acc = scalar_t;
+};
+template <>
+struct CpuTypes<at::BFloat16> {
+  using T = Bf16;
+  using Acc = float;
+};
+
+template <typename T>
+const T* cptr(const std::optional<Tensor>& t) {
+  return t ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
+}
+template <typename T>
+T* mptr(const Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+// Storage-dtype tensors (xproj, h, rec, grad_h, grad_pre) hold T; cell states and gates
+// hold Acc (layer.cpp allocates them so). rec and grad_h_rec: the storage dtype on the CPU.
 void cpu_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_prev,
                       const Tensor& gates, const Tensor& c, const Tensor& h) {
-  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fastlstm_cpu_step_forward", [&] {
-    using Acc = scalar_t;  // CPU op: float and double only, computed in their own type
-    const StepForwardArgs<scalar_t, Acc> args{ptr<scalar_t>(xproj), ptr<scalar_t>(rec),
-                                              ptr<Acc>(c_prev),      ptr<scalar_t>(gates),
-                                              ptr<Acc>(c),           ptr<scalar_t>(h),
-                                              h.size(0),             h.size(1)};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xproj.scalar_type(), "fastlstm_cpu_step_forward",
+                                 [&] {
+    using T = typename CpuTypes<scalar_t>::T;
+    using Acc = typename CpuTypes<scalar_t>::Acc;
+    const StepForwardArgs<T, Acc, T> args{mptr<T>(xproj), mptr<T>(rec), mptr<Acc>(c_prev),
+                                          mptr<Acc>(gates), mptr<Acc>(c), mptr<T>(h),
+                                          h.size(0), h.size(1)};
     at::parallel_for(0, args.batch, rows_grain(args.hidden),
                      [&](int64_t begin, int64_t end) { forward_rows(args, begin, end); });
   });
@@ -68,14 +90,15 @@ void cpu_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor& 
                        const Tensor& grad_h, const Tensor& grad_h_rec,
                        const std::optional<Tensor>& grad_c, const Tensor& grad_c_carry,
                        const Tensor& grad_pre) {
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "fastlstm_cpu_step_backward", [&] {
-    using Acc = scalar_t;
-    const StepBackwardArgs<scalar_t, Acc> args{
-        ptr<scalar_t>(gates),      ptr<Acc>(c_prev),
-        ptr<Acc>(c),               ptr<scalar_t>(grad_h),
-        ptr<scalar_t>(grad_h_rec), grad_c ? ptr<scalar_t>(*grad_c) : nullptr,
-        ptr<Acc>(grad_c_carry),    ptr<scalar_t>(grad_pre),
-        grad_h.size(0),            grad_h.size(1)};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_h.scalar_type(),
+                                 "fastlstm_cpu_step_backward", [&] {
+    using T = typename CpuTypes<scalar_t>::T;
+    using Acc = typename CpuTypes<scalar_t>::Acc;
+    const StepBackwardArgs<T, Acc, T> args{
+        mptr<Acc>(gates),      mptr<Acc>(c_prev),    mptr<Acc>(c),
+        mptr<T>(grad_h),       mptr<T>(grad_h_rec),  cptr<T>(grad_c),
+        mptr<Acc>(grad_c_carry), mptr<T>(grad_pre),  grad_h.size(0),
+        grad_h.size(1)};
     at::parallel_for(0, args.batch, rows_grain(args.hidden),
                      [&](int64_t begin, int64_t end) { backward_rows(args, begin, end); });
   });
@@ -84,8 +107,9 @@ void cpu_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor& 
 const StepKernels kCpuKernels{cpu_step_forward, cpu_step_backward};
 
 void check_cpu(const Tensor& t) {
-  FASTLSTM_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "fastlstm CPU op: float32 or float64 only, got ", t.scalar_type());
+  const auto dtype = t.scalar_type();
+  FASTLSTM_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+                 "fastlstm CPU op: float32, float64 or bfloat16 only, got ", dtype);
 }
 
 std::tuple<Tensor, Tensor, Tensor> layer_cpu(const Tensor& xproj, const Tensor& h0,
@@ -120,7 +144,8 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, con
                                                         const Tensor& c0, at::TensorList w_ih,
                                                         at::TensorList bias,
                                                         at::TensorList w_hh) {
-  check_cpu(xproj);
+  FASTLSTM_CHECK(xproj.scalar_type() == at::kFloat || xproj.scalar_type() == at::kDouble,
+                 "fastlstm CPU stack op: float32 or float64 only, got ", xproj.scalar_type());
   StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fastlstm_stack_persistent_cpu", [&] {
     const auto args = stack_args<scalar_t, scalar_t>(st);
