@@ -17,12 +17,21 @@ def table(path):
     for bench in data["benchmarks"]:
         groups[bench["group"]][bench["extra_info"]["backend"]] = bench["stats"]["median"]
     lines = [f"{'group':<26} {'backend':<17} {'median ms':>10} {'vs base':>8}"]
+    ratios = defaultdict(list)  # backend -> [(ratio, group)]
     for group in sorted(groups):
         times = groups[group]
         base = next((times[b] for b in BASELINES if b in times), None)
         for backend, t in sorted(times.items()):
             ratio = f"{t / base:.2f}" if base else "-"
             lines.append(f"{group:<26} {backend:<17} {t * 1e3:>10.3f} {ratio:>8}")
+            if base and backend not in BASELINES:
+                ratios[backend].append((t / base, group))
+    if ratios:
+        lines.append("")
+        lines.append("worst ratio per backend (its group), over the groups with a baseline:")
+        for backend, seen in sorted(ratios.items()):
+            worst, group = max(seen)
+            lines.append(f"  {backend:<17} {worst:.2f}  ({group})")
     return "\n".join(lines)
 
 

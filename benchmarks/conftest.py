@@ -12,8 +12,8 @@ def pytest_addoption(parser):
     parser.addoption("--bench-device", default="cuda" if torch.cuda.is_available() else "cpu",
                      help="device to benchmark on (default: cuda if visible, else cpu)")
     parser.addoption("--bench-shapes", default=None,
-                     help="comma-separated shapes (S1,S2,S3,step); default: all on cuda, "
-                          "S3,step on cpu")
+                     help="comma-separated shapes (S1,S2,S3,step,charrnn,B8); default: "
+                          "S1,S2,S3,step on cuda, S3,step,charrnn,B8 on cpu")
     parser.addoption("--bench-backends", default=None,
                      help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
                           "graphs; cuda_persistent, cuda_persistent2 .. cuda_persistent4: the "
@@ -21,15 +21,15 @@ def pytest_addoption(parser):
                           "then d: the dataflow sync); "
                           "default: " + CUDA_BACKENDS +
                           " on cuda, "
-                          "cpu,aten on cpu")
+                          "cpu,auto,aten on cpu")
     parser.addoption("--bench-tf32", default="default", choices=("default", "on", "off"),
                      help="TF32 for fp32: 'default' leaves torch's flags (matmul off, cuDNN on), "
                           "'on'/'off' sets torch.backends.cuda.matmul.allow_tf32 and "
                           "torch.backends.cudnn.allow_tf32 both (p4 uses TF32 only where the "
                           "matmul flag is on)")
     parser.addoption("--bench-dtypes", default=None,
-                     help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 on "
-                          "cuda, fp32 on cpu")
+                     help="comma-separated dtypes (fp32,bf16,fp16); default: fp32,bf16 (on "
+                          "the CPU bf16 is autocast over an fp32 module)")
 
 
 def _option(config, name, cuda_default, cpu_default):
@@ -42,12 +42,13 @@ def _option(config, name, cuda_default, cpu_default):
 def pytest_generate_tests(metafunc):
     c = metafunc.config
     if "shape" in metafunc.fixturenames:
-        metafunc.parametrize("shape", _option(c, "--bench-shapes", "S1,S2,S3,step", "S3,step"))
+        metafunc.parametrize("shape", _option(c, "--bench-shapes", "S1,S2,S3,step",
+                                                          "S3,step,charrnn,B8"))
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", _option(c, "--bench-backends", CUDA_BACKENDS,
-                                                "cpu,aten"))
+                                                "cpu,auto,aten"))
     if "dtype_name" in metafunc.fixturenames:
-        metafunc.parametrize("dtype_name", _option(c, "--bench-dtypes", "fp32,bf16", "fp32"))
+        metafunc.parametrize("dtype_name", _option(c, "--bench-dtypes", "fp32,bf16", "fp32,bf16"))
 
 
 @pytest.fixture

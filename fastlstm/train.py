@@ -30,10 +30,32 @@ TRAINING = {"batch_size": 64, "seq_length": 100, "optimizer": "adam", "lr": 2e-3
             "lr_decay": "charrnn", "lr_decay_after": 10, "lr_decay_rate": 0.97,
             "min_lr": 1e-4, "grad_clip": 5.0, "max_iters": None, "max_epochs": 50,
             "time_budget": None, "eval_every": 500, "sample_length": 200, "seed": 1234,
-            "device": "auto", "backend": "auto", "dtype": "fp32", "compile": False,
+            "device": "auto", "backend": "auto", "dtype": "auto", "compile": False,
             "encoding": "utf-8", "train_frac": 0.9, "val_frac": 0.05, "val_max_chars": None,
             "cache_dir": None, "out": "out"}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU of compute capability 8.0
+    or later, or a CPU with AMX-BF16 or AVX512-BF16 (the kernel's CPU flags; Linux only:
+    elsewhere we cannot tell, and say no)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """--dtype auto: bf16 autocast where the device does bf16 natively, else fp32."""
+    if name != "auto":
+        return name
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -96,8 +118,10 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default auto)")
     h.add_argument("--backend", choices=["auto", "cuda", "triton", "cpu", "cudnn", "aten",
                                          "reference"], help="FastLSTM backend (default auto)")
-    h.add_argument("--dtype", choices=list(DTYPES), help="autocast dtype; weights stay fp32 "
-                   "(default fp32)")
+    h.add_argument("--dtype", choices=["auto", *DTYPES], help="autocast dtype; weights stay "
+                   "fp32. auto (the default): bf16 where the device computes in bf16 natively "
+                   "(CUDA compute capability >= 8.0; a CPU with AMX-BF16 or AVX512-BF16), "
+                   "else fp32; the choice is printed at start")
     h.add_argument("--compile", action="store_true", default=None, help="torch.compile the "
                    "model")
     return p
@@ -224,8 +248,9 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
     if device.type == "cuda" and ranks.active:
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
-    amp_dtype = DTYPES[cfg["dtype"]]
-    if device.type == "cpu" and cfg["dtype"] == "fp16":
+    dtype = resolve_dtype(cfg["dtype"], device)
+    amp_dtype = DTYPES[dtype]
+    if device.type == "cpu" and dtype == "fp16":
         raise CliError("--dtype fp16 needs --device cuda (torch's CPU LSTM has no fp16 kernel); "
                        "on the CPU use --dtype bf16 or fp32")
     if cfg["batch_size"] % ranks.world:
@@ -268,7 +293,7 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
     optimizer = (torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.RMSprop)(
         model.parameters(), lr=cfg["lr"])
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg["dtype"] == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     it, epoch, window, best_val, history, carry = 0, 0, 0, math.inf, [], None
     if saved:
         model.load_state_dict(saved["model"])
@@ -304,7 +329,8 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
           f"{ids.dtype}); "
           f"train {len(train_ids):,} / val {len(val_ids):,}")
     say(f"model: {config['num_layers']} x {config['rnn_size']} LSTM, {nparams:,} parameters, "
-        f"on {device}{' with ' + cfg['dtype'] if amp_dtype else ''}"
+        f"on {device} in {dtype}"
+        f"{' (--dtype auto)' if cfg['dtype'] == 'auto' else ''}"
         f"{f' x {ranks.world} processes' if ranks.active else ''}; "
         f"{len(batches)} iterations per epoch; writing to {cfg['out']}")
 

@@ -35,10 +35,10 @@ def assert_close(out, ref, tol, what=""):
 
 def device_backend_dtype_params():
     """(device, backend, dtype) triples to test: every backend the machine can run, in
-    every dtype its device supports (half types on CUDA only, and not for the reference,
-    whose own arithmetic in half precision would prove nothing)."""
+    every dtype its device supports (bf16 on the CPU, half types on CUDA, and not for the
+    reference, whose own arithmetic in half precision would prove nothing)."""
     params = [(d, b, t) for d in ("cpu",) for b in ("cpu", "reference", "aten", "auto")
-              for t in ("fp32", "fp64")]
+              for t in ("fp32", "fp64", "bf16") if not (b == "reference" and t == "bf16")]
     for backend in ("cuda", "reference", "cudnn", "auto"):
         for dtype in ("fp32", "fp64", "bf16", "fp16"):
             if backend == "reference" and dtype in ("bf16", "fp16"):

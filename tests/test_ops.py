@@ -94,8 +94,8 @@ def test_op_rejects_bad_shapes():
         torch.ops.fastlstm.lstm_layer(xproj, h.float(), c, w, False)
     with pytest.raises(RuntimeError, match="at least one step"):
         torch.ops.fastlstm.lstm_layer(xproj[:0], h, c, w, False)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
-        args = [t.bfloat16() for t in (xproj, h, c, w)]
+    with pytest.raises(RuntimeError, match="float32, float64 or bfloat16 only, got Half"):
+        args = [t.half() for t in (xproj, h, c, w)]
         torch.ops.fastlstm.lstm_layer(*args, False)
 
 

@@ -39,7 +39,7 @@ struct Bf16 {
 };
 template <>
 struct Convert<Bf16, float> {
-  static inline float load(Bf16 x) {
+  static FASTLSTM_HD float load(Bf16 x) {
     const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
     float f;
     __builtin_memcpy(&f, &u, sizeof f);
@@ -47,7 +47,7 @@ struct Convert<Bf16, float> {
   }
   // Round to nearest, ties to even; a NaN stays a (quiet) NaN: rounding its bits could
   // carry into the sign and exponent and make it an infinity or zero.
-  static inline Bf16 store(float f) {
+  static FASTLSTM_HD Bf16 store(float f) {
     uint32_t u;
     __builtin_memcpy(&u, &f, sizeof u);
     const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
@@ -152,7 +152,7 @@ FASTLSTM_HD void step_backward_element(const StepBackwardArgs<T, Acc, Rec>& a, i
 // the compiler vectorises it (the binding splits rows across threads). Build with
 // -fno-trapping-math: otherwise GCC will not turn exp_'s clamps into selects.
 template <typename T, typename Acc, typename Rec>
-inline void step_forward_rows(const StepForwardArgs<T, Acc, Rec>& a, int64_t row_begin,
+FASTLSTM_HD void step_forward_rows(const StepForwardArgs<T, Acc, Rec>& a, int64_t row_begin,
                               int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     FASTLSTM_NO_ALIAS_LOOP
@@ -161,7 +161,7 @@ inline void step_forward_rows(const StepForwardArgs<T, Acc, Rec>& a, int64_t row
 }
 
 template <typename T, typename Acc, typename Rec>
-inline void step_backward_rows(const StepBackwardArgs<T, Acc, Rec>& a, int64_t row_begin,
+FASTLSTM_HD void step_backward_rows(const StepBackwardArgs<T, Acc, Rec>& a, int64_t row_begin,
                                int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     if (a.grad_c) {
