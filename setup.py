@@ -67,12 +67,19 @@ def extensions():
     from torch.utils import cpp_extension
 
     with_cuda = want_cuda(torch, cuda_home)
-    sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp", "csrc/torch/stack.cpp"]
+    sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp", "csrc/torch/layer_cpu_fused.cpp",
+               "csrc/torch/stack.cpp"]
     # No -std: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
     # -fno-trapping-math lets GCC vectorise the gate math (see core/lstm_step.h).
-    cxx = ["-O3", "-fno-trapping-math", f'-DFASTLSTM_TORCH_VERSION="{torch.__version__}"']
+    # -fopenmp: at::parallel_for is inline in torch's headers and splits work across threads
+    # only where the including file is compiled with OpenMP (else it runs the whole range on
+    # the calling thread). The libgomp.so.1 it links against is the one torch has loaded.
+    cxx = ["-O3", "-fno-trapping-math", "-fopenmp",
+           f'-DFASTLSTM_TORCH_VERSION="{torch.__version__}"']
+    link = ["-fopenmp"]
     if not with_cuda:
-        return [cpp_extension.CppExtension("fastlstm._C", sources, extra_compile_args={"cxx": cxx})]
+        return [cpp_extension.CppExtension("fastlstm._C", sources, extra_compile_args={"cxx": cxx},
+                                           extra_link_args=link)]
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
@@ -86,7 +93,8 @@ def extensions():
     return [cpp_extension.CUDAExtension(
         "fastlstm._C", sources,
         extra_compile_args={"cxx": cxx + ["-DFASTLSTM_WITH_CUDA"],
-                            "nvcc": ["-O3", "-lineinfo"]})]
+                            "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link)]
 
 
 def main():

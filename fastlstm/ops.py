@@ -5,6 +5,7 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer(xproj, h0, c0, w_hh, reverse) -> (hs, cs, gates)
   lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
       -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
+  lstm_layer_inference(xproj, h0, c0, w_hh, reverse) -> (hs, c_n)   (CPU; nothing saved)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
   lstm_stack_persistent(xproj, h0, c0, w_ih[], bias[], w_hh[]) -> (hs, cs, gates), each
       [layers, ...] and layer l's slice what lstm_layer returns for it (csrc/torch/stack.h)
@@ -30,6 +31,11 @@ def _fake_layer(xproj, h0, c0, w_hh, reverse):
     return (xproj.new_empty(steps, batch, hidden),
             xproj.new_empty((steps, batch, hidden), dtype=cell_dtype(xproj.dtype)),
             xproj.new_empty((steps, batch, 4 * hidden), dtype=cell_dtype(xproj.dtype)))
+
+
+def _fake_layer_inference(xproj, h0, c0, w_hh, reverse):
+    hs, cs, _ = _fake_layer(xproj, h0, c0, w_hh, reverse)
+    return hs, cs.new_empty(cs.shape[1:])
 
 
 def _fake_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse):
@@ -194,6 +200,7 @@ def _no_setup(ctx, inputs, output):
 if _extension.available():
     torch.library.register_fake("fastlstm::lstm_layer")(_fake_layer)
     torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
+    torch.library.register_fake("fastlstm::lstm_layer_inference")(_fake_layer_inference)
     torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
     torch.library.register_fake("fastlstm::lstm_layer_persistent")(_fake_layer)
     layer_autograd("fastlstm::lstm_layer_persistent",
@@ -261,10 +268,18 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
     """One layer, one direction: x [S, B, F] -> (hs [S, B, H], h_n [B, H], c_n [B, H]).
     layer_op: an op with lstm_layer's contract (default the C++/CUDA one)."""
     xproj = input_projection(x, w_ih, b_ih, b_hh)
+    last = 0 if reverse else -1
+    if layer_op is None and xproj.device.type == "cpu" and not _grad_wanted(xproj, h0, c0, w_hh):
+        # Inference on the CPU: no gates or cell states written for a backward never run.
+        hs, c_n = torch.ops.fastlstm.lstm_layer_inference(xproj, h0, c0, w_hh, reverse)
+        return hs, hs[last], c_n.to(x.dtype)
     layer_op = layer_op or torch.ops.fastlstm.lstm_layer
     hs, cs, _ = layer_op(xproj, h0, c0, w_hh, reverse)
-    last = 0 if reverse else -1
     return hs, hs[last], cs[last].to(x.dtype)
+
+
+def _grad_wanted(*tensors):
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def lstm_stack(x, h0, c0, w_ih, w_hh, b_ih, b_hh):

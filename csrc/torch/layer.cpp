@@ -142,12 +142,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
                      grad_xproj[t]);
     mm_acc_out(grad_h_rec, grad_xproj[t], w_hh);
   }
+  return {grad_xproj, grad_h_rec.to(dtype), grad_c_carry.to(c0.scalar_type()),
+          weight_gradient(grad_xproj, h0, hs, reverse)};
+}
+
+Tensor weight_gradient(const Tensor& grad_xproj, const Tensor& h0, const Tensor& hs,
+                       bool reverse) {
+  const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
   // h_{t-1} for every t, in time order, so the weight gradient is one GEMM over all steps.
-  Tensor h_prev_all = S == 1 ? h0.unsqueeze(0)
-                      : reverse ? at::cat({hs.narrow(0, 1, S - 1), h0.unsqueeze(0)})
-                                : at::cat({h0.unsqueeze(0), hs.narrow(0, 0, S - 1)});
-  Tensor grad_w_hh = at::mm(grad_xproj.view({S * B, 4 * H}).t(), h_prev_all.view({S * B, H}));
-  return {grad_xproj, grad_h_rec.to(dtype), grad_c_carry.to(c0.scalar_type()), grad_w_hh};
+  const Tensor h0_row = h0.contiguous().unsqueeze(0);
+  const Tensor h_prev_all = S == 1 ? h0_row
+                            : reverse ? at::cat({hs.narrow(0, 1, S - 1), h0_row})
+                                      : at::cat({h0_row, hs.narrow(0, 0, S - 1)});
+  return at::mm(grad_xproj.reshape({S * B, 4 * H}).t(), h_prev_all.reshape({S * B, H}));
 }
 
 namespace {

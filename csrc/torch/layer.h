@@ -52,6 +52,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
     bool reverse, const StepKernels& kernels);
 
+// grad_w_hh [4H, H] = sum over t of grad_xproj_t^T h_{t-1}, as one GEMM over all steps.
+Tensor weight_gradient(const Tensor& grad_xproj, const Tensor& h0, const Tensor& hs, bool reverse);
+
 // Whether the CUDA registrations replay their layer loops as CUDA graphs (cuda_graphs.h).
 // On by default; FASTLSTM_CUDA_GRAPHS=0 in the environment turns the default off.
 bool cuda_graphs_enabled();

@@ -7,6 +7,7 @@
 #include "../core/lstm_step.h"
 #include "check.h"
 #include "layer.h"
+#include "layer_cpu_fused.h"
 #include "stack.h"
 
 #ifdef FASTLSTM_WITH_CUDA
@@ -115,14 +116,26 @@ void check_cpu(const Tensor& t) {
 std::tuple<Tensor, Tensor, Tensor> layer_cpu(const Tensor& xproj, const Tensor& h0,
                                              const Tensor& c0, const Tensor& w_hh, bool reverse) {
   check_cpu(xproj);
+  if (auto fused = cpu_fused_layer_forward(xproj, h0, c0, w_hh, reverse)) return *fused;
   return layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
+}
+
+std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& xproj, const Tensor& h0,
+                                               const Tensor& c0, const Tensor& w_hh,
+                                               bool reverse) {
+  check_cpu(xproj);
+  if (auto fused = cpu_fused_layer_inference(xproj, h0, c0, w_hh, reverse)) return *fused;
+  auto [hs, cs, gates] = layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
+  return {hs, cs[reverse ? 0 : cs.size(0) - 1].clone()};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cpu(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
     bool reverse) {
-  check_cpu(gates);
+  check_cpu(hs);
+  if (auto fused = cpu_fused_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse))
+    return *fused;
   return layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCpuKernels);
 }
 
@@ -166,6 +179,10 @@ TORCH_LIBRARY(fastlstm, m) {
   m.def("lstm_layer_backward(Tensor grad_hs, Tensor? grad_cs, Tensor h0, Tensor c0, Tensor w_hh,"
         " Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
+  // lstm_layer's forward without what backward needs (no gates, no cell state but the
+  // last): hs and c_n. CPU only; FastLSTM calls it when no gradient is wanted.
+  m.def("lstm_layer_inference(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
+        " -> (Tensor hs, Tensor c_n)");
   // lstm_layer's contract, computed by the persistent CUDA kernel (one launch for all steps;
   // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
@@ -183,6 +200,7 @@ TORCH_LIBRARY(fastlstm, m) {
 TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("lstm_layer", &layer_cpu);
   m.impl("lstm_layer_backward", &layer_backward_cpu);
+  m.impl("lstm_layer_inference", &layer_inference_cpu);
   m.impl("lstm_step", &step_cpu);
   m.impl("lstm_stack_persistent", &stack_persistent_cpu);
 }

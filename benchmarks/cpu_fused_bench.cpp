@@ -1,0 +1,70 @@
+// The fused CPU layer's time loops alone (core/lstm_cpu_fused.h), without torch: forward and
+// backward of one layer, per step, and the rate of the step's products, for a work split
+// over threads (rows or units). What NOTES.md's CPU section compares with torch's GEMMs.
+//   g++ -O3 -std=c++17 -fno-trapping-math -pthread -Icsrc/core \
+//       benchmarks/cpu_fused_bench.cpp -o /tmp/cpu_fused_bench && /tmp/cpu_fused_bench
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "lstm_cpu_fused.h"
+
+using namespace fastlstm;
+using namespace fastlstm::fused;
+
+template <typename StepFn>
+double run(int threads, bool split_units, int64_t B, int64_t H, int64_t steps, StepFn step) {
+  const int64_t G = unit_groups(H);
+  std::vector<Part> parts;
+  for (int k = 0; k < threads; ++k)
+    parts.push_back(split_units ? Part{0, B, G * k / threads, G * (k + 1) / threads}
+                                : Part{B * k / threads, B * (k + 1) / threads, 0, G});
+  StepBarrier barrier(threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> pool;
+  for (int k = 0; k < threads; ++k)
+    pool.emplace_back([&, k] {
+      run_parts(steps, k, k + 1, split_units && threads > 1 ? &barrier : nullptr,
+                [&](int64_t p, int64_t s) { step(parts[p], s); });
+    });
+  for (auto& t : pool) t.join();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+template <typename T>
+void bench(const char* type, int64_t B, int64_t H, int64_t S) {
+  std::vector<T> w(4 * H * H), fw(forward_packed_size<T>(H)), bw(backward_packed_size<T>(H));
+  for (size_t k = 0; k < w.size(); ++k) w[k] = Convert<T, float>::store(((k * 7919) % 200) / 2000.f - 0.05f);
+  pack_forward(w.data(), H, fw.data());
+  pack_backward(w.data(), H, bw.data());
+  const int64_t ld = ring_stride<T>(H);
+  std::vector<T> xproj(S * B * 4 * H, Convert<T, float>::store(0.1f)), ring(2 * B * ld, T{}),
+      hs(S * B * H), grad_hs(S * B * H, Convert<T, float>::store(0.01f)), grad_x(S * B * 4 * H);
+  std::vector<float> c0(B * H, 0.f), cs(S * B * H), gates(S * B * 4 * H), grad_c(B * H), gh0(B * H);
+  const FusedForwardArgs<T> fa{xproj.data(), fw.data(), c0.data(), ring.data(), hs.data(),
+                               cs.data(), gates.data(), S, B, H, false, false};
+  const FusedBackwardArgs<T> ba{bw.data(), gates.data(), cs.data(), c0.data(), grad_hs.data(),
+                                nullptr, grad_c.data(), grad_x.data(), gh0.data(), S, B, H, false};
+  const double flop = 2.0 * B * H * 4 * H * S;
+  for (int threads : {1, 2})
+    for (bool units : {false, true}) {
+      if (threads == 1 && units) continue;
+      double best_f = 1e9, best_b = 1e9;
+      for (int rep = 0; rep < 5; ++rep) {
+        best_f = std::min(best_f, run(threads, units, B, H, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); }));
+        best_b = std::min(best_b, run(threads, units, B, H, S + 1, [&](const Part& p, int64_t s) { backward_step(ba, p, s); }));
+      }
+      std::printf("%s B%-3lld H%-4lld %d thread(s) %-5s  fwd %7.1f us/step (%5.0f GFLOP/s)  bwd %7.1f us/step (%5.0f GFLOP/s)\n",
+                  type, (long long)B, (long long)H, threads, units ? "units" : "rows",
+                  best_f / S * 1e6, flop / best_f / 1e9, best_b / S * 1e6, flop / best_b / 1e9);
+    }
+}
+
+int main() {
+  const int64_t shapes[][3] = {{64, 256, 100}, {64, 512, 50}, {50, 128, 50}, {8, 256, 50}, {1, 512, 50}, {1, 128, 50}};
+  for (auto& s : shapes) {
+    bench<float>("fp32", s[0], s[1], s[2]);
+    if (cpu_supports<Bf16>()) bench<Bf16>("bf16", s[0], s[1], s[2]);
+  }
+}

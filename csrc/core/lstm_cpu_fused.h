@@ -1,0 +1,458 @@
+// The fused CPU layer: each time step's recurrent product and its gate math in one pass,
+// the products kept in registers (fp32 accumulators), the weights packed once per call,
+// no allocation and no library call inside the time loop. x86-64 with AVX-512 only
+// (AVX512-BF16 for bfloat16); elsewhere the op runs its per-step GEMM loop (layer.cpp).
+//
+// Why: a step's product is small (batch 64 x hidden 256: [64, 256] x [256, 1024]), and a
+// BLAS call per step re-reads and re-blocks W_hh, dispatches, forks threads and rounds its
+// bf16 result. Here each worker owns a slice of rows or units for the whole sequence, its
+// share of the packed weights stays in its core's cache, and the gate math runs on the
+// product while it is still in L1.
+//
+// Framework-free: raw pointers, the caller supplies the threads (every worker calls the
+// step functions for its Part, in step order; see run_parts). Shapes as in layer.h:
+// H = hidden, B = batch, S = steps; rows of [.., 4H] tensors are [i | f | g | o].
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#define FASTLSTM_CPU_FUSED 1
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "lstm_step.h"
+
+namespace fastlstm {
+namespace fused {
+
+// The products are sums over "k-steps" of 32 bits: one float for fp32, a pair of
+// consecutive k for bf16 (vdpbf16ps multiplies a pair and adds both into an fp32 lane).
+// One 16-lane vector of packed weights holds one k-step for 16 output columns.
+template <typename T>
+struct KStep;
+template <>
+struct KStep<float> {
+  static constexpr int kPer = 1;
+};
+template <>
+struct KStep<Bf16> {
+  static constexpr int kPer = 2;
+};
+
+constexpr int kLanes = 16;   // fp32 lanes of a zmm register: the units of one group
+constexpr int kMaxRows = 6;  // batch rows per register tile: 6 x 4 accumulators, 4 weight
+                             // vectors and a broadcast fit the 32 zmm registers
+constexpr int kGroupsPerBackwardTile = 4;
+
+inline int64_t unit_groups(int64_t hidden) { return (hidden + kLanes - 1) / kLanes; }
+// k-steps of the forward product (over H, padded to whole pairs for bf16) and the backward
+// one (over 4H, always whole pairs).
+template <typename T>
+int64_t forward_ksteps(int64_t hidden) {
+  return (hidden + KStep<T>::kPer - 1) / KStep<T>::kPer;
+}
+template <typename T>
+int64_t backward_ksteps(int64_t hidden) {
+  return 4 * hidden / KStep<T>::kPer;
+}
+// Row stride of the h ring (the forward product's left operand): H padded to whole k-steps.
+template <typename T>
+int64_t ring_stride(int64_t hidden) {
+  return forward_ksteps<T>(hidden) * KStep<T>::kPer;
+}
+
+// Elements of each packed layout.
+template <typename T>
+int64_t forward_packed_size(int64_t hidden) {
+  return unit_groups(hidden) * forward_ksteps<T>(hidden) * 4 * kLanes * KStep<T>::kPer;
+}
+template <typename T>
+int64_t backward_packed_size(int64_t hidden) {
+  return unit_groups(hidden) * backward_ksteps<T>(hidden) * kLanes * KStep<T>::kPer;
+}
+
+// W_hh [4H, H] for the forward product h_{t-1} W_hh^T: per unit group g, per k-step, the four
+// gates' vectors one after another, lane u = unit 16 g + u, element e = k of the pair:
+//   out[g][ks][gate][u][e] = W_hh[gate H + 16 g + u][ks kPer + e], zero past H (either index).
+template <typename T>
+void pack_forward(const T* w_hh, int64_t hidden, T* out) {
+  constexpr int kPer = KStep<T>::kPer;
+  const int64_t H = hidden, ks_n = forward_ksteps<T>(H);
+  for (int64_t g = 0; g < unit_groups(H); ++g)
+    for (int64_t ks = 0; ks < ks_n; ++ks)
+      for (int gate = 0; gate < 4; ++gate)
+        for (int u = 0; u < kLanes; ++u)
+          for (int e = 0; e < kPer; ++e) {
+            const int64_t unit = g * kLanes + u, k = ks * kPer + e;
+            *out++ = unit < H && k < H ? w_hh[(gate * H + unit) * H + k] : T{};
+          }
+}
+
+// W_hh [4H, H] for the backward product grad_pre_{t+1} W_hh (k over the 4H gate rows):
+//   out[g][ks][u][e] = W_hh[ks kPer + e][16 g + u], zero past H.
+template <typename T>
+void pack_backward(const T* w_hh, int64_t hidden, T* out) {
+  constexpr int kPer = KStep<T>::kPer;
+  const int64_t H = hidden, ks_n = backward_ksteps<T>(H);
+  for (int64_t g = 0; g < unit_groups(H); ++g)
+    for (int64_t ks = 0; ks < ks_n; ++ks)
+      for (int u = 0; u < kLanes; ++u)
+        for (int e = 0; e < kPer; ++e) {
+          const int64_t unit = g * kLanes + u;
+          *out++ = unit < H ? w_hh[(ks * kPer + e) * H + unit] : T{};
+        }
+}
+
+// What a worker computes at every step: batch rows [row_begin, row_end) x unit groups
+// [group_begin, group_end). Workers that split the units meet at a StepBarrier after each
+// step (each needs all of the previous step); workers that split the rows never meet.
+struct Part {
+  int64_t row_begin, row_end, group_begin, group_end;
+};
+
+// A spinning barrier for the workers of one layer call. `weight`: how many workers the
+// calling thread runs (a thread given several runs them one after another, then arrives
+// once for all of them), so it never waits for a worker it is itself to run.
+class StepBarrier {
+ public:
+  explicit StepBarrier(int workers) : workers_(workers) {}
+  void arrive_and_wait(int weight) {
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(weight, std::memory_order_acq_rel) + weight == workers_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.store(generation + 1, std::memory_order_release);
+      return;
+    }
+    // A step is tens of microseconds: spin, and yield only if another process has the core.
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < (1 << 16)) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  const int workers_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int> generation_{0};
+};
+
+// Runs `step(part, s)` for s in [0, steps) and parts [part_begin, part_end), in step order.
+template <typename StepFn>
+void run_parts(int64_t steps, int64_t part_begin, int64_t part_end, StepBarrier* barrier,
+               StepFn&& step) {
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int64_t p = part_begin; p < part_end; ++p) step(p, s);
+    if (barrier) barrier->arrive_and_wait(static_cast<int>(part_end - part_begin));
+  }
+}
+
+// Everything from here to the dispatch at the end is compiled for AVX-512 with BF16 (the
+// intrinsics need the target on every function they are inlined into, templates included).
+// The fp32 entry points hold no bf16 instruction (no intrinsic asks for one and the
+// compiler makes none from float code), so they run on any AVX-512 CPU.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,prfchw,prefer-vector-width=512")
+
+// out[r][v][0..16) = sum over k-steps ks of a[r lda + ks] (broadcast) times the weight vector
+// b[ks ks_stride + v v_stride], for MB rows and NV vectors; a and b are 32-bit k-steps.
+// Unrolled over rows and vectors: MB x NV independent accumulator chains hide the FMA latency.
+template <bool kBf16, int MB, int NV>
+__attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64_t lda,
+                                                        int64_t ksteps, const uint32_t* b,
+                                                        int64_t ks_stride, int64_t v_stride,
+                                                        float* out) {
+  __m512 acc[MB][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t ks = 0; ks < ksteps; ++ks) {
+    __m512 w[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      w[v] = _mm512_loadu_ps(reinterpret_cast<const float*>(b + ks * ks_stride + v * v_stride));
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; ++r) {
+      const __m512i x = _mm512_set1_epi32(static_cast<int>(a[r * lda + ks]));
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (kBf16) {
+          acc[r][v] = _mm512_dpbf16_ps(acc[r][v], reinterpret_cast<__m512bh>(x),
+                                       reinterpret_cast<__m512bh>(w[v]));
+        } else {
+          acc[r][v] = _mm512_fmadd_ps(_mm512_castsi512_ps(x), w[v], acc[r][v]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + (r * NV + v) * kLanes, acc[r][v]);
+}
+
+// tile_product with MB and NV chosen at run time (1 <= mb <= kMaxRows, 1 <= nv <= 4).
+template <bool kBf16>
+__attribute__((always_inline)) inline void tile_product_n(int mb, int nv, const uint32_t* a,
+                                                          int64_t lda, int64_t ksteps,
+                                                          const uint32_t* b, int64_t ks_stride,
+                                                          int64_t v_stride, float* out) {
+#define FASTLSTM_TILE(MB, NV) \
+  case MB * 8 + NV:           \
+    return tile_product<kBf16, MB, NV>(a, lda, ksteps, b, ks_stride, v_stride, out);
+#define FASTLSTM_TILE_ROWS(MB) \
+  FASTLSTM_TILE(MB, 1) FASTLSTM_TILE(MB, 2) FASTLSTM_TILE(MB, 3) FASTLSTM_TILE(MB, 4)
+  switch (mb * 8 + nv) {
+    FASTLSTM_TILE_ROWS(1) FASTLSTM_TILE_ROWS(2) FASTLSTM_TILE_ROWS(3)
+    FASTLSTM_TILE_ROWS(4) FASTLSTM_TILE_ROWS(5) FASTLSTM_TILE_ROWS(6)
+    default: return;
+  }
+#undef FASTLSTM_TILE_ROWS
+#undef FASTLSTM_TILE
+}
+
+template <typename T>
+inline const uint32_t* as_ksteps(const T* p) {
+  return reinterpret_cast<const uint32_t*>(p);
+}
+
+inline int64_t time_index(int64_t s, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - s : s;
+}
+
+template <typename T>
+struct FusedForwardArgs {
+  const T* xproj;      // [S, B, 4H] x_t W_ih^T + biases
+  const T* packed;     // [forward_packed_size] W_hh from pack_forward
+  const float* c0;     // [B, H]
+  T* h_ring;           // [2, B, ring_stride] h_{t-1} (slot s % 2), zero-padded rows; slot 0
+                       // holds h0 at the start
+  T* hs;               // [S, B, H] out: h_t
+  float* cs;           // [S, B, H] out: c_t; with c_ring [2, B, H], c of step s in slot s % 2
+  float* gates;        // [S, B, 4H] out: activated gates, or nullptr (inference: not saved)
+  int64_t steps, batch, hidden;
+  bool reverse;
+  bool c_ring;
+};
+
+// One row of one unit group after the product: xproj added, the gate math, the outputs.
+// p: the products [gate][lane]; x, gate_out: the row's xproj and gates at the group's first
+// unit (gate k at + k H). kUnits = kLanes for a whole group: a fixed trip count, compiled to
+// whole vectors with no remainder or alias checks; 0 for the last, partial group (`units`).
+template <typename T, bool kSaveGates, int kUnits>
+__attribute__((always_inline)) inline void forward_units(const float* p, const T* x, int64_t H,
+                                                         const float* c_prev, float* c_out,
+                                                         T* h_out, T* h_next, float* gate_out,
+                                                         int64_t units) {
+  using Cv = Convert<T, float>;
+  const int64_t n = kUnits ? kUnits : units;
+  FASTLSTM_NO_ALIAS_LOOP
+  for (int64_t u = 0; u < n; ++u) {
+    const Gates<float> gate = activate_gates(
+        p[u] + Cv::load(x[u]), p[kLanes + u] + Cv::load(x[H + u]),
+        p[2 * kLanes + u] + Cv::load(x[2 * H + u]), p[3 * kLanes + u] + Cv::load(x[3 * H + u]));
+    float c, h;
+    cell_forward(gate, c_prev[u], c, h);
+    if (kSaveGates) {
+      gate_out[u] = gate.i;
+      gate_out[H + u] = gate.f;
+      gate_out[2 * H + u] = gate.g;
+      gate_out[3 * H + u] = gate.o;
+    }
+    c_out[u] = c;
+    // Two conversions, not one copied: GCC does not vectorise a struct copied between
+    // memory locations (Bf16).
+    h_out[u] = Cv::store(h);
+    h_next[u] = Cv::store(h);
+  }
+}
+
+// Step s (in recurrence order) of the rows and units of `part`.
+template <typename T, bool kSaveGates>
+__attribute__((always_inline)) inline void forward_step_impl(const FusedForwardArgs<T>& a,
+                                                             const Part& part, int64_t s) {
+  constexpr bool kBf16 = KStep<T>::kPer == 2;
+  const int64_t B = a.batch, H = a.hidden, ld = ring_stride<T>(H);
+  const int64_t ksteps = forward_ksteps<T>(H), group_size = ksteps * 4 * kLanes;
+  const int64_t t = time_index(s, a.steps, a.reverse);
+  const T* h_prev = a.h_ring + (s & 1) * B * ld;
+  T* h_next = a.h_ring + ((s + 1) & 1) * B * ld;
+  const auto c_slot = [&](int64_t step) {
+    return a.c_ring ? (step & 1) : time_index(step, a.steps, a.reverse);
+  };
+  const float* c_prev = s == 0 ? a.c0 : a.cs + c_slot(s - 1) * B * H;
+  float* c_out = a.cs + c_slot(s) * B * H;
+  float pre[kMaxRows * 4 * kLanes];  // [row][gate][lane]
+  for (int64_t g = part.group_begin; g < part.group_end; ++g) {
+    const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
+    const uint32_t* w = as_ksteps(a.packed) + g * group_size;
+    for (int64_t row0 = part.row_begin; row0 < part.row_end; row0 += kMaxRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, part.row_end - row0));
+      // The epilogue's reads and writes would miss the cache (rows 2 KB and more apart, a
+      // new region every step: the hardware prefetcher does not follow; the outputs are
+      // fresh memory, each store first fetching its line): fetch the lines this tile will
+      // use at the next step, a whole step ahead (a worker's share of a step fits in L2).
+      if (s + 1 < a.steps) {
+        const int64_t t_next = time_index(s + 1, a.steps, a.reverse);
+        for (int r = 0; r < rows; ++r) {
+          const int64_t row = t_next * B + row0 + r;
+          for (int q = 0; q < 4; ++q) {
+            __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
+            if (kSaveGates) __builtin_prefetch(a.gates + row * 4 * H + q * H + unit0, 1, 2);
+          }
+          __builtin_prefetch(a.hs + row * H + unit0, 1, 2);
+          if (!a.c_ring) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
+        }
+      }
+      tile_product_n<kBf16>(rows, 4, as_ksteps(h_prev + row0 * ld), ld / KStep<T>::kPer, ksteps,
+                            w, 4 * kLanes, kLanes, pre);
+      for (int r = 0; r < rows; ++r) {
+        const int64_t row = row0 + r, ti = (t * B + row) * H + unit0, ci = row * H + unit0;
+        const T* x = a.xproj + (t * B + row) * 4 * H + unit0;
+        float* gate_out = kSaveGates ? a.gates + (t * B + row) * 4 * H + unit0 : nullptr;
+        if (units == kLanes) {
+          forward_units<T, kSaveGates, kLanes>(pre + r * 4 * kLanes, x, H, c_prev + ci, c_out + ci,
+                                               a.hs + ti, h_next + row * ld + unit0, gate_out, 0);
+        } else {
+          forward_units<T, kSaveGates, 0>(pre + r * 4 * kLanes, x, H, c_prev + ci, c_out + ci,
+                                          a.hs + ti, h_next + row * ld + unit0, gate_out, units);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+struct FusedBackwardArgs {
+  const T* packed;      // [backward_packed_size] W_hh from pack_backward
+  const float* gates;   // [S, B, 4H] activated gates (forward)
+  const float* cs;      // [S, B, H] c_t (forward)
+  const float* c0;      // [B, H]
+  const T* grad_hs;     // [S, B, H] dL/dh_t from the layer output
+  const T* grad_cs;     // [S, B, H] dL/dc_t from outside, or nullptr
+  float* grad_c;        // [B, H] zero in; the carried dL/dc; out: dL/dc0
+  T* grad_xproj;        // [S, B, 4H] out: dL/d(pre-activations); also the next step's operand
+  float* grad_h0;       // [B, H] out: dL/dh0
+  int64_t steps, batch, hidden;
+  bool reverse;
+};
+
+// Backward step s = 0 .. S in processing order (the last time step first); s = S only
+// computes grad_h0 = grad_pre_first W_hh.
+template <typename T, bool kHasGradC>
+__attribute__((always_inline)) inline void backward_step_impl(const FusedBackwardArgs<T>& a,
+                                                              const Part& part, int64_t s) {
+  using Cv = Convert<T, float>;
+  constexpr bool kBf16 = KStep<T>::kPer == 2;
+  const int64_t S = a.steps, B = a.batch, H = a.hidden, ksteps = backward_ksteps<T>(H);
+  const int64_t fs = S - 1 - s;  // forward-order index of this step
+  const int64_t t = s < S ? time_index(fs, S, a.reverse) : -1;
+  const T* grad_later = s == 0 ? nullptr : a.grad_xproj + time_index(fs + 1, S, a.reverse) * B * 4 * H;
+  const float* c_prev = fs <= 0 ? a.c0 : a.cs + time_index(fs - 1, S, a.reverse) * B * H;
+  float dh_rec[kMaxRows * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
+  for (int64_t g0 = part.group_begin; g0 < part.group_end; g0 += kGroupsPerBackwardTile) {
+    const int groups = static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, part.group_end - g0));
+    const uint32_t* w = as_ksteps(a.packed) + g0 * ksteps * kLanes;
+    for (int64_t row0 = part.row_begin; row0 < part.row_end; row0 += kMaxRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, part.row_end - row0));
+      // As in the forward: the lines the epilogue reads at the next step, a step ahead.
+      if (s + 1 < S) {
+        const int64_t t_next = time_index(fs - 1, S, a.reverse);
+        for (int r = 0; r < rows; ++r) {
+          const int64_t row = t_next * B + row0 + r;
+          for (int gi = 0; gi < groups; ++gi) {
+            const int64_t unit0 = (g0 + gi) * kLanes;
+            for (int q = 0; q < 4; ++q) {
+              __builtin_prefetch(a.gates + row * 4 * H + q * H + unit0, 0, 2);
+              __builtin_prefetch(a.grad_xproj + row * 4 * H + q * H + unit0, 1, 2);
+            }
+            __builtin_prefetch(a.cs + row * H + unit0, 0, 2);
+            __builtin_prefetch(a.grad_hs + row * H + unit0, 0, 2);
+            if (kHasGradC) __builtin_prefetch(a.grad_cs + row * H + unit0, 0, 2);
+          }
+        }
+      }
+      if (grad_later) {
+        tile_product_n<kBf16>(rows, groups, as_ksteps(grad_later + row0 * 4 * H),
+                              4 * H / KStep<T>::kPer, ksteps, w, kLanes, ksteps * kLanes, dh_rec);
+      } else {
+        std::fill(dh_rec, dh_rec + rows * groups * kLanes, 0.f);
+      }
+      for (int r = 0; r < rows; ++r) {
+        const int64_t row = row0 + r;
+        for (int gi = 0; gi < groups; ++gi) {
+          const int64_t unit0 = (g0 + gi) * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
+          const float* d_rec = dh_rec + (r * groups + gi) * kLanes;
+          const int64_t idx = row * H + unit0;
+          if (s == S) {
+            for (int64_t u = 0; u < units; ++u) a.grad_h0[idx + u] = d_rec[u];
+            continue;
+          }
+          const int64_t ti = t * B * H + idx, gate0 = (t * B + row) * 4 * H + unit0;
+          const float* gate_in = a.gates + gate0;
+          T* grad_pre = a.grad_xproj + gate0;
+          FASTLSTM_NO_ALIAS_LOOP
+          for (int64_t u = 0; u < units; ++u) {
+            const Gates<float> gate{gate_in[u], gate_in[H + u], gate_in[2 * H + u], gate_in[3 * H + u]};
+            float dc_in = a.grad_c[idx + u];
+            if (kHasGradC) dc_in += Cv::load(a.grad_cs[ti + u]);
+            float dc_prev;
+            const Gates<float> d = cell_backward(gate, c_prev[idx + u], a.cs[ti + u],
+                                                 Cv::load(a.grad_hs[ti + u]) + d_rec[u], dc_in,
+                                                 dc_prev);
+            a.grad_c[idx + u] = dc_prev;
+            grad_pre[u] = Cv::store(d.i);
+            grad_pre[H + u] = Cv::store(d.f);
+            grad_pre[2 * H + u] = Cv::store(d.g);
+            grad_pre[3 * H + u] = Cv::store(d.o);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The entry points: call them only where cpu_supports<T>(). The gate math is inlined into them, so it is vectorised for AVX-512 too.
+inline void forward_step(const FusedForwardArgs<float>& a, const Part& p,
+                                         int64_t s) {
+  a.gates ? forward_step_impl<float, true>(a, p, s) : forward_step_impl<float, false>(a, p, s);
+}
+inline void forward_step(const FusedForwardArgs<Bf16>& a, const Part& p,
+                                              int64_t s) {
+  a.gates ? forward_step_impl<Bf16, true>(a, p, s) : forward_step_impl<Bf16, false>(a, p, s);
+}
+inline void backward_step(const FusedBackwardArgs<float>& a, const Part& p,
+                                          int64_t s) {
+  a.grad_cs ? backward_step_impl<float, true>(a, p, s) : backward_step_impl<float, false>(a, p, s);
+}
+inline void backward_step(const FusedBackwardArgs<Bf16>& a, const Part& p,
+                                               int64_t s) {
+  a.grad_cs ? backward_step_impl<Bf16, true>(a, p, s) : backward_step_impl<Bf16, false>(a, p, s);
+}
+
+#pragma GCC pop_options
+
+// Whether this CPU runs the fused layer for T.
+template <typename T>
+bool cpu_supports();
+template <>
+inline bool cpu_supports<float>() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+template <>
+inline bool cpu_supports<Bf16>() {
+  return cpu_supports<float>() && __builtin_cpu_supports("avx512bf16");
+}
+
+}  // namespace fused
+}  // namespace fastlstm
+
+#endif  // x86-64 GCC/Clang

@@ -1,0 +1,231 @@
+#include "layer_cpu_fused.h"
+
+#include <ATen/Config.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../core/lstm_cpu_fused.h"
+#include "check.h"
+#include "layer.h"
+
+namespace fastlstm {
+
+#ifdef FASTLSTM_CPU_FUSED
+namespace {
+
+using fused::Part;
+
+// FASTLSTM_CPU_FUSED=0: the per-step GEMM loop instead (to compare the two).
+bool enabled_by_env() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("FASTLSTM_CPU_FUSED");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return enabled;
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+// How the threads share a layer: each worker a Part for the whole sequence.
+struct Plan {
+  std::vector<Part> parts;
+  bool barrier;  // the workers split the units and meet after every step
+};
+
+// Rows where there are enough of them (at least 4 a worker): those workers never wait for
+// each other. Otherwise units, where each worker gets at least 2 groups of 16, and only
+// under OpenMP, whose parallel_for runs its threads at once (a worker spinning at the
+// barrier must not hold the thread another worker is queued on). Otherwise one worker.
+Plan plan_for(int64_t batch, int64_t hidden) {
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t groups = fused::unit_groups(hidden);
+  Plan plan{{}, false};
+  if (threads > 1 && batch >= 4 * threads) {
+    for (int64_t k = 0; k < threads; ++k)
+      plan.parts.push_back({batch * k / threads, batch * (k + 1) / threads, 0, groups});
+  } else if (threads > 1 && AT_PARALLEL_OPENMP && groups >= 2 * threads) {
+    for (int64_t k = 0; k < threads; ++k)
+      plan.parts.push_back({0, batch, groups * k / threads, groups * (k + 1) / threads});
+    plan.barrier = true;
+  } else {
+    plan.parts.push_back({0, batch, 0, groups});
+  }
+  return plan;
+}
+
+template <typename StepFn>
+void run_plan(const Plan& plan, int64_t steps, StepFn step) {
+  const int64_t n = static_cast<int64_t>(plan.parts.size());
+  fused::StepBarrier barrier(static_cast<int>(n));
+  const auto work = [&](int64_t begin, int64_t end) {
+    fused::run_parts(steps, begin, end, plan.barrier ? &barrier : nullptr,
+                     [&](int64_t p, int64_t s) { step(plan.parts[p], s); });
+  };
+  if (n == 1) {
+    work(0, 1);
+  } else {
+    at::parallel_for(0, n, 1, work);
+  }
+}
+
+// The packed weights for the forward product, and the h ring with h0 in slot 0.
+template <typename T>
+std::tuple<Tensor, Tensor> forward_operands(const Tensor& h0, const Tensor& w_hh) {
+  const int64_t B = h0.size(0), H = h0.size(1);
+  Tensor packed = at::empty({fused::forward_packed_size<T>(H)}, w_hh.options());
+  fused::pack_forward(ptr<T>(w_hh), H, ptr<T>(packed));
+  Tensor ring = at::zeros({2, B, fused::ring_stride<T>(H)}, h0.options());
+  ring[0].narrow(1, 0, H).copy_(h0);
+  return {packed, ring};
+}
+
+bool applies(const Tensor& t) {
+  return enabled_by_env() && t.device().is_cpu() && cpu_fused_supports(t.scalar_type());
+}
+
+// Forward into hs and cs ([S, B, H], or [2, B, H] with c_ring) and gates (or none).
+template <typename T>
+void run_forward(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                 bool reverse, const Tensor& hs, const Tensor& cs, float* gates, bool c_ring) {
+  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
+  const Tensor c0_acc = c0.to(at::kFloat).contiguous();
+  const auto [packed, ring] = forward_operands<T>(h0, w_hh);
+  const fused::FusedForwardArgs<T> args{ptr<T>(xproj), ptr<T>(packed), ptr<float>(c0_acc),
+                                        ptr<T>(ring),  ptr<T>(hs),     ptr<float>(cs),
+                                        gates,         S,              B,
+                                        H,             reverse,        c_ring};
+  run_plan(plan_for(B, H), S, [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
+}
+
+void run_forward(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                 bool reverse, const Tensor& hs, const Tensor& cs, float* gates, bool c_ring) {
+  // Storage float32 or bfloat16 (applies() checked); torch's BFloat16 has Bf16's bits.
+  if (xproj.scalar_type() == at::kFloat) {
+    run_forward<float>(xproj, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
+  } else {
+    run_forward<Bf16>(xproj, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
+  }
+}
+
+template <typename T>
+void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, const Tensor& c0,
+                  const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+                  const Tensor& grad_c, const Tensor& grad_xproj, const Tensor& grad_h0,
+                  bool reverse) {
+  const int64_t S = gates.size(0), B = gates.size(1), H = w_hh.size(1);
+  Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
+  fused::pack_backward(ptr<T>(w_hh), H, ptr<T>(packed));
+  const fused::FusedBackwardArgs<T> args{
+      ptr<T>(packed),   ptr<float>(gates),  ptr<float>(cs),
+      ptr<float>(c0),   ptr<T>(grad_hs),    grad_cs ? ptr<T>(*grad_cs) : nullptr,
+      ptr<float>(grad_c), ptr<T>(grad_xproj), ptr<float>(grad_h0),
+      S,                B,                  H,
+      reverse};
+  run_plan(plan_for(B, H), S + 1,
+           [&](const Part& p, int64_t s) { fused::backward_step(args, p, s); });
+}
+
+}  // namespace
+
+bool cpu_fused_supports(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return fused::cpu_supports<float>();
+  if (dtype == at::kBFloat16) return fused::cpu_supports<Bf16>();
+  return false;
+}
+
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
+    const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0, const Tensor& w_hh_in,
+    bool reverse) {
+  if (!applies(xproj_in)) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  check_layer_inputs(xproj_in, xproj_in.scalar_type(), h0_in, c0, w_hh_in);
+  const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
+  const auto acc = xproj.options().dtype(at::kFloat);
+  Tensor hs = kernel_output({S, B, H}, xproj.options());
+  Tensor cs = kernel_output({S, B, H}, acc);
+  Tensor gates = kernel_output({S, B, 4 * H}, acc);
+  run_forward(xproj, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates), false);
+  return std::make_tuple(hs, cs, gates);
+}
+
+std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
+    const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0, const Tensor& w_hh_in,
+    bool reverse) {
+  if (!applies(xproj_in)) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  check_layer_inputs(xproj_in, xproj_in.scalar_type(), h0_in, c0, w_hh_in);
+  const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
+  Tensor hs = kernel_output({S, B, H}, xproj.options());
+  Tensor c_ring = kernel_output({2, B, H}, xproj.options().dtype(at::kFloat));
+  run_forward(xproj, h0, c0, w_hh, reverse, hs, c_ring, nullptr, true);
+  return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
+}
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
+    const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
+    const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs_in, const Tensor& cs_in,
+    const Tensor& gates_in, bool reverse) {
+  if (!applies(hs_in)) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const at::ScalarType dtype = hs_in.scalar_type();
+  check_layer_inputs(gates_in, dtype, h0_in, c0, w_hh_in);
+  const int64_t S = gates_in.size(0), B = gates_in.size(1), H = w_hh_in.size(1);
+  FASTLSTM_CHECK(grad_hs_in.sizes() == hs_in.sizes() && hs_in.sizes() == cs_in.sizes() &&
+                     hs_in.size(0) == S && hs_in.size(1) == B && hs_in.size(2) == H,
+                 "fastlstm: grad_hs, hs and cs must be [seq, batch, hidden] = [", S, ", ", B,
+                 ", ", H, "]");
+  FASTLSTM_CHECK(cs_in.scalar_type() == at::kFloat && gates_in.scalar_type() == at::kFloat,
+                 "fastlstm: cs and gates must be saved in ", at::kFloat);
+  const Tensor grad_hs = grad_hs_in.to(dtype).contiguous();
+  std::optional<Tensor> grad_cs;
+  if (grad_cs_in.has_value() && grad_cs_in->defined()) {
+    FASTLSTM_CHECK(grad_cs_in->sizes() == cs_in.sizes(), "fastlstm: grad_cs must be shaped like cs");
+    grad_cs = grad_cs_in->to(dtype).contiguous();
+  }
+  const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous(), hs = hs_in.contiguous();
+  const Tensor cs = cs_in.contiguous(), gates = gates_in.contiguous();
+  const Tensor c0_acc = c0.to(at::kFloat).contiguous();
+  const auto acc = hs.options().dtype(at::kFloat);
+  Tensor grad_xproj = kernel_output({S, B, 4 * H}, hs.options());
+  Tensor grad_c = at::zeros({B, H}, acc);
+  Tensor grad_h0 = kernel_output({B, H}, acc);
+  if (dtype == at::kFloat) {
+    run_backward<float>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
+                        reverse);
+  } else {
+    run_backward<Bf16>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
+                       reverse);
+  }
+  return std::make_tuple(grad_xproj, grad_h0.to(dtype), grad_c.to(c0.scalar_type()),
+                         weight_gradient(grad_xproj, h0, hs, reverse));
+}
+
+#else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
+
+bool cpu_fused_supports(at::ScalarType) { return false; }
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const Tensor&, const Tensor&, const Tensor&, bool) {
+  return std::nullopt;
+}
+
+#endif
+
+}  // namespace fastlstm

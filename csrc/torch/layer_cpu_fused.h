@@ -1,0 +1,30 @@
+// The CPU op's fused layer (core/lstm_cpu_fused.h) for float32 and bfloat16 tensors on a CPU
+// with AVX-512 (and AVX512-BF16 for bfloat16): the same contracts as layer_forward and
+// layer_backward (layer.h). Each returns std::nullopt where it does not apply (float64, a CPU
+// without those instructions, FASTLSTM_CPU_FUSED=0); the op then runs the per-step GEMM loop.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <optional>
+#include <tuple>
+
+namespace fastlstm {
+
+using at::Tensor;
+
+// Whether the fused layer runs tensors of this dtype here.
+bool cpu_fused_supports(at::ScalarType dtype);
+
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
+    const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, bool reverse);
+
+// Inference: (hs [S, B, H], c_n [B, H] in the cell dtype); no gates or cell states saved.
+std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
+    const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, bool reverse);
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+    bool reverse);
+
+}  // namespace fastlstm

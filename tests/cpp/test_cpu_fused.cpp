@@ -1,0 +1,245 @@
+// The fused CPU layer (core/lstm_cpu_fused.h), forward and backward, fp32 and bf16, against
+// a plain double layer built from reference_step.h; with one worker, workers splitting the
+// units (meeting at the barrier; one thread running two of them) and workers splitting the
+// rows. Outputs start as NaN, so an element no worker writes fails. Exit 77 (skipped)
+// where the CPU lacks AVX-512 (or AVX512-BF16 for the bf16 cases).
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "lstm_cpu_fused.h"
+#include "reference_step.h"
+
+#ifndef FASTLSTM_CPU_FUSED
+int main() {
+  std::printf("skipped: not an x86-64 GCC/Clang build\n");
+  return 77;
+}
+#else
+
+namespace {
+
+using fastlstm::Bf16;
+using fastlstm::Convert;
+using namespace fastlstm::fused;
+
+struct Shape {
+  int S, B, H;
+  bool reverse;
+};
+
+struct Layer {  // the double reference's inputs and results
+  ref::Vec xproj, w, h0, c0, grad_hs, grad_cs;
+  ref::Vec hs, cs, gates, grad_xproj, grad_h0, grad_c0;
+};
+
+template <typename T>
+double as_double(T x) {
+  return static_cast<double>(Convert<T, float>::load(x));
+}
+template <typename T>
+T from_double(double x) {
+  return Convert<T, float>::store(static_cast<float>(x));
+}
+template <typename T>
+ref::Vec rounded(const ref::Vec& v) {  // what the kernel sees of v when stored as T
+  ref::Vec out(v.size());
+  for (size_t k = 0; k < v.size(); ++k) out[k] = as_double(from_double<T>(v[k]));
+  return out;
+}
+template <typename T>
+std::vector<T> to(const ref::Vec& v) {
+  std::vector<T> out(v.size());
+  for (size_t k = 0; k < v.size(); ++k) out[k] = from_double<T>(v[k]);
+  return out;
+}
+template <typename T>
+std::vector<double> widen(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (size_t k = 0; k < v.size(); ++k) out[k] = as_double(v[k]);
+  return out;
+}
+template <typename T>
+std::vector<T> nans(size_t n) {
+  return std::vector<T>(n, from_double<T>(std::numeric_limits<double>::quiet_NaN()));
+}
+
+template <typename T>
+Layer make_layer(const Shape& sh, std::mt19937& rng) {
+  const int S = sh.S, B = sh.B, H = sh.H;
+  Layer l;
+  l.xproj = rounded<T>(ref::random_vec(rng, size_t(S) * B * 4 * H));
+  l.w = rounded<T>(ref::random_vec(rng, size_t(4) * H * H, 1.0 / std::sqrt(double(H))));
+  l.h0 = rounded<T>(ref::random_vec(rng, size_t(B) * H));
+  l.c0 = ref::random_vec(rng, size_t(B) * H);
+  l.grad_hs = rounded<T>(ref::random_vec(rng, size_t(S) * B * H));
+  l.grad_cs = rounded<T>(ref::random_vec(rng, size_t(S) * B * H));
+  return l;
+}
+
+// The reference, from the equations: per step rec = h_{t-1} W^T, then reference_step.h.
+void reference_layer(const Shape& sh, Layer& l) {
+  const int S = sh.S, B = sh.B, H = sh.H;
+  auto time = [&](int s) { return sh.reverse ? S - 1 - s : s; };
+  l.hs.assign(size_t(S) * B * H, 0);
+  l.cs = l.hs;
+  l.gates.assign(size_t(S) * B * 4 * H, 0);
+  ref::Vec h = l.h0, c = l.c0;
+  for (int s = 0; s < S; ++s) {
+    const int t = time(s);
+    ref::Vec x(l.xproj.begin() + size_t(t) * B * 4 * H, l.xproj.begin() + size_t(t + 1) * B * 4 * H);
+    ref::Vec rec(size_t(B) * 4 * H, 0), g(size_t(B) * 4 * H), c_new(size_t(B) * H), h_new(size_t(B) * H);
+    for (int b = 0; b < B; ++b)
+      for (int n = 0; n < 4 * H; ++n)
+        for (int k = 0; k < H; ++k) rec[b * 4 * H + n] += h[b * H + k] * l.w[size_t(n) * H + k];
+    ref::step_forward(B, H, x, rec, c, g, c_new, h_new);
+    std::copy(g.begin(), g.end(), l.gates.begin() + size_t(t) * B * 4 * H);
+    std::copy(c_new.begin(), c_new.end(), l.cs.begin() + size_t(t) * B * H);
+    std::copy(h_new.begin(), h_new.end(), l.hs.begin() + size_t(t) * B * H);
+    h = h_new, c = c_new;
+  }
+  l.grad_xproj.assign(size_t(S) * B * 4 * H, 0);
+  ref::Vec dh_rec(size_t(B) * H, 0), carry(size_t(B) * H, 0);
+  for (int s = S - 1; s >= 0; --s) {
+    const int t = time(s);
+    ref::Vec dh(size_t(B) * H), dc(size_t(B) * H), grad_pre(size_t(B) * 4 * H), dc_prev(size_t(B) * H);
+    for (int k = 0; k < B * H; ++k) {
+      dh[k] = l.grad_hs[size_t(t) * B * H + k] + dh_rec[k];
+      dc[k] = carry[k] + l.grad_cs[size_t(t) * B * H + k];
+    }
+    ref::Vec g(l.gates.begin() + size_t(t) * B * 4 * H, l.gates.begin() + size_t(t + 1) * B * 4 * H);
+    ref::Vec cp = s == 0 ? l.c0 : ref::Vec(l.cs.begin() + size_t(time(s - 1)) * B * H,
+                                           l.cs.begin() + size_t(time(s - 1) + 1) * B * H);
+    ref::Vec ct(l.cs.begin() + size_t(t) * B * H, l.cs.begin() + size_t(t + 1) * B * H);
+    ref::step_backward(B, H, g, cp, ct, dh, dc, grad_pre, dc_prev);
+    std::copy(grad_pre.begin(), grad_pre.end(), l.grad_xproj.begin() + size_t(t) * B * 4 * H);
+    std::fill(dh_rec.begin(), dh_rec.end(), 0.0);
+    for (int b = 0; b < B; ++b)
+      for (int k = 0; k < H; ++k)
+        for (int n = 0; n < 4 * H; ++n) dh_rec[b * H + k] += grad_pre[b * 4 * H + n] * l.w[size_t(n) * H + k];
+    carry = dc_prev;
+  }
+  l.grad_h0 = dh_rec;
+  l.grad_c0 = carry;
+}
+
+// How the workers are laid out: `threads` threads, thread k running parts[first[k]..first[k+1]).
+struct Plan {
+  const char* name;
+  std::vector<Part> parts;
+  std::vector<int> first;  // size threads + 1
+  bool barrier;
+};
+
+std::vector<Plan> plans(const Shape& sh) {
+  const int64_t B = sh.B, G = unit_groups(sh.H);
+  std::vector<Plan> out{{"one worker", {{0, B, 0, G}}, {0, 1}, false}};
+  if (G >= 3) {
+    const int64_t a = G / 3, b = 2 * G / 3;
+    out.push_back({"3 unit parts, 2 threads", {{0, B, 0, a}, {0, B, a, b}, {0, B, b, G}},
+                   {0, 2, 3}, true});
+  }
+  if (B >= 2) out.push_back({"2 row parts", {{0, B / 2, 0, G}, {B / 2, B, 0, G}}, {0, 1, 2}, false});
+  return out;
+}
+
+template <typename StepFn>
+void run(const Plan& plan, int64_t steps, StepFn step) {
+  const int threads = static_cast<int>(plan.first.size()) - 1;
+  StepBarrier barrier(static_cast<int>(plan.parts.size()));
+  std::vector<std::thread> pool;
+  for (int k = 0; k < threads; ++k)
+    pool.emplace_back([&, k] {
+      run_parts(steps, plan.first[k], plan.first[k + 1], plan.barrier ? &barrier : nullptr,
+                [&](int64_t p, int64_t s) { step(plan.parts[p], s); });
+    });
+  for (auto& t : pool) t.join();
+}
+
+template <typename T>
+void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
+  std::mt19937 rng(1000 + sh.H + sh.B);
+  Layer l = make_layer<T>(sh, rng);
+  Layer l_no_grad_c = l;  // the same layer with no gradient on the c_t from outside
+  std::fill(l_no_grad_c.grad_cs.begin(), l_no_grad_c.grad_cs.end(), 0.0);
+  reference_layer(sh, l);
+  reference_layer(sh, l_no_grad_c);
+  const int64_t S = sh.S, B = sh.B, H = sh.H, ld = ring_stride<T>(H);
+  const auto w = to<T>(l.w);
+  std::vector<T> fwd_w(forward_packed_size<T>(H)), bwd_w(backward_packed_size<T>(H));
+  pack_forward(w.data(), H, fwd_w.data());
+  pack_backward(w.data(), H, bwd_w.data());
+  const auto xproj = to<T>(l.xproj), grad_hs = to<T>(l.grad_hs), grad_cs = to<T>(l.grad_cs);
+  const std::vector<float> c0(l.c0.begin(), l.c0.end());
+  for (const Plan& plan : plans(sh)) {
+    for (bool with_grad_c : {true, false}) {
+      std::vector<T> ring(2 * B * ld, T{}), hs = nans<T>(S * B * H);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
+      auto cs = nans<float>(S * B * H), gates = nans<float>(S * B * 4 * H);
+      const FusedForwardArgs<T> fa{xproj.data(), fwd_w.data(), c0.data(), ring.data(), hs.data(),
+                                   cs.data(), gates.data(), S, B, H, sh.reverse, false};
+      run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
+
+      std::vector<float> grad_c(B * H, 0.f), grad_h0 = nans<float>(B * H);
+      auto grad_xproj = nans<T>(S * B * 4 * H);
+      const FusedBackwardArgs<T> ba{bwd_w.data(), gates.data(), cs.data(), c0.data(),
+                                    grad_hs.data(), with_grad_c ? grad_cs.data() : nullptr,
+                                    grad_c.data(), grad_xproj.data(), grad_h0.data(), S, B, H,
+                                    sh.reverse};
+      run(plan, S + 1, [&](const Part& p, int64_t s) { backward_step(ba, p, s); });
+      const Layer& want = with_grad_c ? l : l_no_grad_c;
+      char what[128];
+      std::snprintf(what, sizeof what, "%s S%lld B%lld H%lld%s %s%s", type, (long long)S,
+                    (long long)B, (long long)H, sh.reverse ? " rev" : "", plan.name,
+                    with_grad_c ? ", grad_c" : "");
+      checks.expect_all_below({ref::relative_error(widen(hs), want.hs),
+                               ref::relative_error(cs, want.cs),
+                               ref::relative_error(gates, want.gates),
+                               ref::relative_error(widen(grad_xproj), want.grad_xproj),
+                               ref::relative_error(grad_h0, want.grad_h0),
+                               ref::relative_error(grad_c, want.grad_c0)},
+                              tol, what);
+    }
+    // Inference: no gates, the cell state in a ring of two; hs and c_n as in training.
+    std::vector<T> ring(2 * B * ld, T{}), hs = nans<T>(S * B * H);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
+    auto c_ring = nans<float>(2 * B * H);
+    const FusedForwardArgs<T> fa{xproj.data(), fwd_w.data(), c0.data(), ring.data(), hs.data(),
+                                 c_ring.data(), nullptr, S, B, H, sh.reverse, true};
+    run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
+    const int64_t last = sh.reverse ? 0 : S - 1;
+    const std::vector<float> c_n(c_ring.begin() + ((S - 1) & 1) * B * H,
+                                 c_ring.begin() + (((S - 1) & 1) + 1) * B * H);
+    char what[128];
+    std::snprintf(what, sizeof what, "%s S%lld B%lld H%lld%s %s, inference", type, (long long)S,
+                  (long long)B, (long long)H, sh.reverse ? " rev" : "", plan.name);
+    checks.expect_all_below(
+        {ref::relative_error(widen(hs), l.hs),
+         ref::relative_error(c_n, ref::Vec(l.cs.begin() + last * B * H, l.cs.begin() + (last + 1) * B * H))},
+        tol, what);
+  }
+}
+
+}  // namespace
+
+int main() {
+  if (!cpu_supports<float>()) {
+    std::printf("skipped: this CPU has no AVX-512\n");
+    return 77;
+  }
+  ref::Checks checks;
+  // H = 37: neither the 16-unit groups nor (bf16) the k pairs divide it; B = 7: a partial
+  // 6-row tile; H = 80: 5 groups, so a backward tile of 4 groups and one of 1.
+  const Shape shapes[] = {{5, 7, 37, false}, {4, 1, 80, true}, {3, 13, 64, false}, {1, 2, 16, true}};
+  for (const Shape& sh : shapes) check<float>(checks, "fp32", sh, 1e-5);
+  if (cpu_supports<Bf16>()) {
+    for (const Shape& sh : shapes) check<Bf16>(checks, "bf16", sh, 1e-2);
+  } else {
+    std::printf("bf16 cases skipped: this CPU has no AVX512-BF16\n");
+  }
+  std::printf("%d check(s) failed\n", checks.failed);
+  return checks.failed ? 1 : 0;
+}
+#endif

@@ -1,0 +1,112 @@
+"""The CPU op's fused layer (csrc/core/lstm_cpu_fused.h), through the registered ops: fp32 and
+bf16 against the float64 op on the same inputs, outputs and every gradient, at shapes that
+take each work split (rows, units with the per-step barrier, one worker) on 1 and 2 threads;
+the inference op against the training one; FastLSTM's use of it under no_grad."""
+import pytest
+import torch
+
+import fastlstm  # noqa: F401  (registers fake impls and autograd)
+from fastlstm import FastLSTM, _extension
+from helpers import TOLERANCE, assert_close
+
+pytestmark = pytest.mark.skipif(not _extension.available(), reason="fastlstm._C not built")
+
+
+def randn(*shape, seed, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def layer_inputs(steps, batch, hidden, dtype, seed):
+    """xproj, h0, c0, w_hh representable in `dtype`, as float64 and as `dtype`."""
+    args64 = [randn(steps, batch, 4 * hidden, seed=seed), randn(batch, hidden, seed=seed + 1),
+              randn(batch, hidden, seed=seed + 2),
+              randn(4 * hidden, hidden, seed=seed + 3, scale=hidden ** -0.5)]
+    args64 = [a.to(dtype).double() for a in args64]
+    return args64, [a.to(dtype) for a in args64]
+
+
+# (steps, batch, hidden): at 2 threads, B >= 8 splits the rows; B < 8 with H >= 64 (4 groups
+# of 16 units) splits the units and meets at the barrier every step; the rest is one worker.
+# H = 37 and 48: a partial group of 16, and (bf16) an odd k.
+SHAPES = [(7, 1, 37), (5, 3, 64), (6, 2, 80), (9, 13, 48), (4, 64, 32), (1, 8, 16)]
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
+def test_layer_matches_float64(shape, reverse, dtype, threads):
+    args64, args = layer_inputs(*shape, dtype, seed=sum(shape))
+    args64 = [a.requires_grad_() for a in args64]
+    args = [a.requires_grad_() for a in args]
+    steps, batch, hidden = shape
+    up_h, up_c = randn(steps, batch, hidden, seed=3), randn(steps, batch, hidden, seed=4)
+
+    def run(inputs):
+        hs, cs, _ = torch.ops.fastlstm.lstm_layer(*inputs, reverse)
+        loss = (hs.double() * up_h.double()).sum() + (cs.double() * up_c.double()).sum()
+        return (hs, cs, *torch.autograd.grad(loss, inputs))
+
+    names = ["hs", "cs", "grad_xproj", "grad_h0", "grad_c0", "grad_w_hh"]
+    for name, got, want in zip(names, run(args), run(args64)):
+        if name != "cs":  # cs is fp32 for both storage dtypes
+            assert got.dtype == dtype, name
+        assert_close(got, want, TOLERANCE[dtype], f"{dtype} {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
+def test_inference_op_equals_training_op(shape, reverse, dtype, threads):
+    """Same kernel, same arithmetic, nothing saved: hs and c_n bit for bit."""
+    _, args = layer_inputs(*shape, dtype, seed=7 + sum(shape))
+    hs, cs, _ = torch.ops.fastlstm.lstm_layer(*args, reverse)
+    hs_inf, c_n = torch.ops.fastlstm.lstm_layer_inference(*args, reverse)
+    assert torch.equal(hs_inf, hs)
+    assert torch.equal(c_n, cs[0 if reverse else -1])
+
+
+def test_inference_opcheck():
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        _, args = layer_inputs(4, 3, 20, dtype, seed=11)
+        for reverse in (False, True):
+            torch.library.opcheck(torch.ops.fastlstm.lstm_layer_inference.default,
+                                  (*args, reverse))
+
+
+def test_bf16_opcheck():
+    _, args = layer_inputs(4, 3, 20, torch.bfloat16, seed=12)
+    args = [a.requires_grad_() for a in args]
+    torch.library.opcheck(torch.ops.fastlstm.lstm_layer.default, (*args, False))
+    hs, cs, gates = torch.ops.fastlstm.lstm_layer(*args, False)
+    back = (torch.randn_like(hs), torch.randn_like(cs), *[a.detach() for a in args[1:]],
+            hs.detach(), cs.detach(), gates.detach(), False)
+    torch.library.opcheck(torch.ops.fastlstm.lstm_layer_backward.default, back)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_module_under_no_grad_runs_the_inference_op(dtype, monkeypatch):
+    """FastLSTM without autograd takes lstm_layer_inference (nothing saved), with the same
+    outputs as with autograd; with autograd it takes lstm_layer."""
+    torch.manual_seed(0)
+    lstm = FastLSTM(12, 40, 2, backend="cpu").to(dtype)
+    x = randn(6, 5, 12, seed=13).to(dtype)
+    calls = []
+    for name in ("lstm_layer", "lstm_layer_inference"):
+        op = getattr(torch.ops.fastlstm, name)
+        monkeypatch.setattr(torch.ops.fastlstm, name,
+                            lambda *a, _op=op, _n=name: calls.append(_n) or _op(*a))
+    with torch.no_grad():
+        out, (h, c) = lstm(x)
+    assert calls == ["lstm_layer_inference"] * 2
+    calls.clear()
+    out_g, (h_g, c_g) = lstm(x)
+    assert calls == ["lstm_layer"] * 2
+    assert torch.equal(out, out_g) and torch.equal(h, h_g) and torch.equal(c, c_g)
