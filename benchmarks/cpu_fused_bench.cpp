@@ -34,15 +34,15 @@ double run(int threads, bool split_units, int64_t B, int64_t H, int64_t steps, S
 
 template <typename T>
 void bench(const char* type, int64_t B, int64_t H, int64_t S) {
-  std::vector<T> w(4 * H * H), fw(forward_packed_size<T>(H)), bw(backward_packed_size<T>(H));
+  std::vector<T> w(4 * H * H), fw(forward_packed_size<T>(H, H)), bw(backward_packed_size<T>(H));
   for (size_t k = 0; k < w.size(); ++k) w[k] = Convert<T, float>::store(((k * 7919) % 200) / 2000.f - 0.05f);
-  pack_forward(w.data(), H, fw.data());
-  pack_backward(w.data(), H, bw.data());
-  const int64_t ld = ring_stride<T>(H);
+  pack_forward(w.data(), H, H, fw.data(), 0, unit_groups(H));
+  pack_backward(w.data(), H, bw.data(), 0, unit_groups(H));
+  const int64_t ld = padded_width<T>(H);
   std::vector<T> xproj(S * B * 4 * H, Convert<T, float>::store(0.1f)), ring(2 * B * ld, T{}),
       hs(S * B * H), grad_hs(S * B * H, Convert<T, float>::store(0.01f)), grad_x(S * B * 4 * H);
   std::vector<float> c0(B * H, 0.f), cs(S * B * H), gates(S * B * 4 * H), grad_c(B * H), gh0(B * H);
-  const FusedForwardArgs<T> fa{xproj.data(), fw.data(), c0.data(), ring.data(), hs.data(),
+  const FusedForwardArgs<T> fa{xproj.data(), nullptr, nullptr, nullptr, 0, fw.data(), c0.data(), ring.data(), hs.data(),
                                cs.data(), gates.data(), S, B, H, false, false};
   const FusedBackwardArgs<T> ba{bw.data(), gates.data(), cs.data(), c0.data(), grad_hs.data(),
                                 nullptr, grad_c.data(), grad_x.data(), gh0.data(), S, B, H, false};

@@ -5,7 +5,8 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer(xproj, h0, c0, w_hh, reverse) -> (hs, cs, gates)
   lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
       -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
-  lstm_layer_inference(xproj, h0, c0, w_hh, reverse) -> (hs, c_n)   (CPU; nothing saved)
+  lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, c_n)
+      (CPU; x W_ih^T + bias inside each step; nothing saved for backward)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
   lstm_stack_persistent(xproj, h0, c0, w_ih[], bias[], w_hh[]) -> (hs, cs, gates), each
       [layers, ...] and layer l's slice what lstm_layer returns for it (csrc/torch/stack.h)
@@ -33,9 +34,10 @@ def _fake_layer(xproj, h0, c0, w_hh, reverse):
             xproj.new_empty((steps, batch, 4 * hidden), dtype=cell_dtype(xproj.dtype)))
 
 
-def _fake_layer_inference(xproj, h0, c0, w_hh, reverse):
-    hs, cs, _ = _fake_layer(xproj, h0, c0, w_hh, reverse)
-    return hs, cs.new_empty(cs.shape[1:])
+def _fake_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse):
+    steps, batch, hidden = x.size(0), x.size(1), w_hh.size(1)
+    return (x.new_empty(steps, batch, hidden),
+            x.new_empty((batch, hidden), dtype=cell_dtype(x.dtype)))
 
 
 def _fake_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse):
@@ -267,19 +269,22 @@ def input_projection(x, w_ih, b_ih, b_hh):
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
     """One layer, one direction: x [S, B, F] -> (hs [S, B, H], h_n [B, H], c_n [B, H]).
     layer_op: an op with lstm_layer's contract (default the C++/CUDA one)."""
-    xproj = input_projection(x, w_ih, b_ih, b_hh)
     last = 0 if reverse else -1
-    if layer_op is None and xproj.device.type == "cpu" and not _grad_wanted(xproj, h0, c0, w_hh):
-        # Inference on the CPU: no gates or cell states written for a backward never run.
-        hs, c_n = torch.ops.fastlstm.lstm_layer_inference(xproj, h0, c0, w_hh, reverse)
+    if layer_op is None and x.device.type == "cpu" and \
+            not _grad_wanted(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        # Inference on the CPU: the input projection inside the steps, and no gates or cell
+        # states written for a backward never run.
+        bias = None if b_ih is None else b_ih + b_hh
+        hs, c_n = torch.ops.fastlstm.lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse)
         return hs, hs[last], c_n.to(x.dtype)
+    xproj = input_projection(x, w_ih, b_ih, b_hh)
     layer_op = layer_op or torch.ops.fastlstm.lstm_layer
     hs, cs, _ = layer_op(xproj, h0, c0, w_hh, reverse)
     return hs, hs[last], cs[last].to(x.dtype)
 
 
 def _grad_wanted(*tensors):
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def lstm_stack(x, h0, c0, w_ih, w_hh, b_ih, b_hh):

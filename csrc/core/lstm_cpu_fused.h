@@ -49,62 +49,31 @@ constexpr int kMaxRows = 6;  // batch rows per register tile: 6 x 4 accumulators
 constexpr int kGroupsPerBackwardTile = 4;
 
 inline int64_t unit_groups(int64_t hidden) { return (hidden + kLanes - 1) / kLanes; }
-// k-steps of the forward product (over H, padded to whole pairs for bf16) and the backward
-// one (over 4H, always whole pairs).
+// k-steps of a forward product over k = H (h_{t-1} W_hh^T) or k = the input size (x_t W_ih^T),
+// padded to whole pairs for bf16, and of the backward one (over 4H, always whole pairs).
 template <typename T>
-int64_t forward_ksteps(int64_t hidden) {
-  return (hidden + KStep<T>::kPer - 1) / KStep<T>::kPer;
+int64_t forward_ksteps(int64_t k) {
+  return (k + KStep<T>::kPer - 1) / KStep<T>::kPer;
 }
 template <typename T>
 int64_t backward_ksteps(int64_t hidden) {
   return 4 * hidden / KStep<T>::kPer;
 }
-// Row stride of the h ring (the forward product's left operand): H padded to whole k-steps.
+// Row stride of a forward product's left operand (the h ring, or x): k padded to whole
+// k-steps (the padding zero).
 template <typename T>
-int64_t ring_stride(int64_t hidden) {
-  return forward_ksteps<T>(hidden) * KStep<T>::kPer;
+int64_t padded_width(int64_t k) {
+  return forward_ksteps<T>(k) * KStep<T>::kPer;
 }
 
-// Elements of each packed layout.
+// Elements of each packed layout (forward: a [4H, k] weight).
 template <typename T>
-int64_t forward_packed_size(int64_t hidden) {
-  return unit_groups(hidden) * forward_ksteps<T>(hidden) * 4 * kLanes * KStep<T>::kPer;
+int64_t forward_packed_size(int64_t hidden, int64_t k) {
+  return unit_groups(hidden) * forward_ksteps<T>(k) * 4 * kLanes * KStep<T>::kPer;
 }
 template <typename T>
 int64_t backward_packed_size(int64_t hidden) {
   return unit_groups(hidden) * backward_ksteps<T>(hidden) * kLanes * KStep<T>::kPer;
-}
-
-// W_hh [4H, H] for the forward product h_{t-1} W_hh^T: per unit group g, per k-step, the four
-// gates' vectors one after another, lane u = unit 16 g + u, element e = k of the pair:
-//   out[g][ks][gate][u][e] = W_hh[gate H + 16 g + u][ks kPer + e], zero past H (either index).
-template <typename T>
-void pack_forward(const T* w_hh, int64_t hidden, T* out) {
-  constexpr int kPer = KStep<T>::kPer;
-  const int64_t H = hidden, ks_n = forward_ksteps<T>(H);
-  for (int64_t g = 0; g < unit_groups(H); ++g)
-    for (int64_t ks = 0; ks < ks_n; ++ks)
-      for (int gate = 0; gate < 4; ++gate)
-        for (int u = 0; u < kLanes; ++u)
-          for (int e = 0; e < kPer; ++e) {
-            const int64_t unit = g * kLanes + u, k = ks * kPer + e;
-            *out++ = unit < H && k < H ? w_hh[(gate * H + unit) * H + k] : T{};
-          }
-}
-
-// W_hh [4H, H] for the backward product grad_pre_{t+1} W_hh (k over the 4H gate rows):
-//   out[g][ks][u][e] = W_hh[ks kPer + e][16 g + u], zero past H.
-template <typename T>
-void pack_backward(const T* w_hh, int64_t hidden, T* out) {
-  constexpr int kPer = KStep<T>::kPer;
-  const int64_t H = hidden, ks_n = backward_ksteps<T>(H);
-  for (int64_t g = 0; g < unit_groups(H); ++g)
-    for (int64_t ks = 0; ks < ks_n; ++ks)
-      for (int u = 0; u < kLanes; ++u)
-        for (int e = 0; e < kPer; ++e) {
-          const int64_t unit = g * kLanes + u;
-          *out++ = unit < H ? w_hh[(ks * kPer + e) * H + unit] : T{};
-        }
 }
 
 // What a worker computes at every step: batch rows [row_begin, row_end) x unit groups
@@ -160,10 +129,11 @@ void run_parts(int64_t steps, int64_t part_begin, int64_t part_end, StepBarrier*
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,prfchw,prefer-vector-width=512")
 
-// out[r][v][0..16) = sum over k-steps ks of a[r lda + ks] (broadcast) times the weight vector
-// b[ks ks_stride + v v_stride], for MB rows and NV vectors; a and b are 32-bit k-steps.
-// Unrolled over rows and vectors: MB x NV independent accumulator chains hide the FMA latency.
-template <bool kBf16, int MB, int NV>
+// out[r][v][0..16) (+)= sum over k-steps ks of a[r lda + ks] (broadcast) times the weight
+// vector b[ks ks_stride + v v_stride], for MB rows and NV vectors; a and b are 32-bit k-steps;
+// kAccumulate adds to what out holds. Unrolled over rows and vectors: MB x NV independent
+// accumulator chains hide the FMA latency.
+template <bool kBf16, bool kAccumulate, int MB, int NV>
 __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64_t lda,
                                                         int64_t ksteps, const uint32_t* b,
                                                         int64_t ks_stride, int64_t v_stride,
@@ -172,7 +142,8 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
 #pragma GCC unroll 8
   for (int r = 0; r < MB; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = kAccumulate ? _mm512_loadu_ps(out + (r * NV + v) * kLanes) : _mm512_setzero_ps();
   for (int64_t ks = 0; ks < ksteps; ++ks) {
     __m512 w[NV];
 #pragma GCC unroll 8
@@ -199,14 +170,14 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
 }
 
 // tile_product with MB and NV chosen at run time (1 <= mb <= kMaxRows, 1 <= nv <= 4).
-template <bool kBf16>
+template <bool kBf16, bool kAccumulate = false>
 __attribute__((always_inline)) inline void tile_product_n(int mb, int nv, const uint32_t* a,
                                                           int64_t lda, int64_t ksteps,
                                                           const uint32_t* b, int64_t ks_stride,
                                                           int64_t v_stride, float* out) {
 #define FASTLSTM_TILE(MB, NV) \
   case MB * 8 + NV:           \
-    return tile_product<kBf16, MB, NV>(a, lda, ksteps, b, ks_stride, v_stride, out);
+    return tile_product<kBf16, kAccumulate, MB, NV>(a, lda, ksteps, b, ks_stride, v_stride, out);
 #define FASTLSTM_TILE_ROWS(MB) \
   FASTLSTM_TILE(MB, 1) FASTLSTM_TILE(MB, 2) FASTLSTM_TILE(MB, 3) FASTLSTM_TILE(MB, 4)
   switch (mb * 8 + nv) {
@@ -223,16 +194,75 @@ inline const uint32_t* as_ksteps(const T* p) {
   return reinterpret_cast<const uint32_t*>(p);
 }
 
+// W [4H, K] (W_hh, K = H, or W_ih, K = the input size) for the forward product a W^T: per
+// unit group g, per k-step, the four gates' vectors one after another, lane u = unit
+// 16 g + u, element e = k of the pair:
+//   out[g][ks][gate][u][e] = W[gate H + 16 g + u][ks kPer + e], zero past H.
+// K must be whole k-steps (a bf16 W of odd K: pad a zero column first). Unit groups
+// [group_begin, group_end) only (threads pack disjoint groups). One vector of 16 k-steps,
+// gathered down the group's 16 rows, per store.
+template <typename T>
+void pack_forward(const T* w, int64_t hidden, int64_t K, T* out, int64_t group_begin,
+                  int64_t group_end) {
+  const int64_t H = hidden, ks_n = K / KStep<T>::kPer;
+  const uint32_t* w32 = as_ksteps(w);
+  uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
+  const __m512i rows = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(ks_n)));
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const __mmask16 valid = static_cast<__mmask16>(
+        (1u << std::min<int64_t>(kLanes, H - g * kLanes)) - 1u);
+    for (int gate = 0; gate < 4; ++gate) {
+      const uint32_t* base = w32 + (gate * H + g * kLanes) * ks_n;
+      uint32_t* dst = o32 + (g * ks_n * 4 + gate) * kLanes;
+      for (int64_t ks = 0; ks < ks_n; ++ks)
+        _mm512_storeu_si512(dst + ks * 4 * kLanes,
+                            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, rows,
+                                                        base + ks, 4));
+    }
+  }
+}
+
+// W_hh [4H, H] for the backward product grad_pre_{t+1} W_hh (k over the 4H gate rows):
+//   out[g][ks][u][e] = W_hh[ks kPer + e][16 g + u], zero past H.
+// 16 units of one row (fp32), or of two rows interleaved (bf16: the pair's halves), per store.
+template <typename T>
+void pack_backward(const T* w_hh, int64_t hidden, T* out, int64_t group_begin,
+                   int64_t group_end) {
+  const int64_t H = hidden, ks_n = backward_ksteps<T>(H);
+  uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const __mmask16 valid = static_cast<__mmask16>(
+        (1u << std::min<int64_t>(kLanes, H - g * kLanes)) - 1u);
+    uint32_t* dst = o32 + g * ks_n * kLanes;
+    for (int64_t ks = 0; ks < ks_n; ++ks, dst += kLanes) {
+      if constexpr (KStep<T>::kPer == 1) {
+        _mm512_storeu_si512(dst, _mm512_maskz_loadu_epi32(valid, w_hh + ks * H + g * kLanes));
+      } else {
+        const T* even = w_hh + 2 * ks * H + g * kLanes;
+        const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even));
+        const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even + H));
+        _mm512_storeu_si512(dst, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+    }
+  }
+}
+
 inline int64_t time_index(int64_t s, int64_t steps, bool reverse) {
   return reverse ? steps - 1 - s : s;
 }
 
 template <typename T>
 struct FusedForwardArgs {
-  const T* xproj;      // [S, B, 4H] x_t W_ih^T + biases
-  const T* packed;     // [forward_packed_size] W_hh from pack_forward
+  const T* xproj;      // [S, B, 4H] x_t W_ih^T + biases; or nullptr: the step computes it from
+  const T* x;          //   [S, B, padded_width(I)] the layer input (zero padding),
+  const T* packed_ih;  //   [forward_packed_size(H, I)] W_ih from pack_forward,
+  const float* bias;   //   [4H] b_ih + b_hh (zeros without bias),
+  int64_t inputs;      //   I
+  const T* packed;     // [forward_packed_size(H, H)] W_hh from pack_forward
   const float* c0;     // [B, H]
-  T* h_ring;           // [2, B, ring_stride] h_{t-1} (slot s % 2), zero-padded rows; slot 0
+  T* h_ring;           // [2, B, padded_width(H)] h_{t-1} (slot s % 2), zero-padded rows; slot 0
                        // holds h0 at the start
   T* hs;               // [S, B, H] out: h_t
   float* cs;           // [S, B, H] out: c_t; with c_ring [2, B, H], c of step s in slot s % 2
@@ -242,22 +272,24 @@ struct FusedForwardArgs {
   bool c_ring;
 };
 
-// One row of one unit group after the product: xproj added, the gate math, the outputs.
-// p: the products [gate][lane]; x, gate_out: the row's xproj and gates at the group's first
-// unit (gate k at + k H). kUnits = kLanes for a whole group: a fixed trip count, compiled to
-// whole vectors with no remainder or alias checks; 0 for the last, partial group (`units`).
-template <typename T, bool kSaveGates, int kUnits>
-__attribute__((always_inline)) inline void forward_units(const float* p, const T* x, int64_t H,
+// One row of one unit group after the product: the rest of the pre-activation added (X: the
+// row's xproj, storage type; or the bias, float), the gate math, the outputs. p: the products
+// [gate][lane]; x, gate_out: at the group's first unit (gate k at + k H). kUnits = kLanes for
+// a whole group: a fixed trip count, compiled to whole vectors with no remainder or alias
+// checks; 0 for the last, partial group (`units`).
+template <typename T, bool kSaveGates, int kUnits, typename X>
+__attribute__((always_inline)) inline void forward_units(const float* p, const X* x, int64_t H,
                                                          const float* c_prev, float* c_out,
                                                          T* h_out, T* h_next, float* gate_out,
                                                          int64_t units) {
   using Cv = Convert<T, float>;
+  using CvX = Convert<X, float>;
   const int64_t n = kUnits ? kUnits : units;
   FASTLSTM_NO_ALIAS_LOOP
   for (int64_t u = 0; u < n; ++u) {
     const Gates<float> gate = activate_gates(
-        p[u] + Cv::load(x[u]), p[kLanes + u] + Cv::load(x[H + u]),
-        p[2 * kLanes + u] + Cv::load(x[2 * H + u]), p[3 * kLanes + u] + Cv::load(x[3 * H + u]));
+        p[u] + CvX::load(x[u]), p[kLanes + u] + CvX::load(x[H + u]),
+        p[2 * kLanes + u] + CvX::load(x[2 * H + u]), p[3 * kLanes + u] + CvX::load(x[3 * H + u]));
     float c, h;
     cell_forward(gate, c_prev[u], c, h);
     if (kSaveGates) {
@@ -275,12 +307,14 @@ __attribute__((always_inline)) inline void forward_units(const float* p, const T
 }
 
 // Step s (in recurrence order) of the rows and units of `part`.
-template <typename T, bool kSaveGates>
+template <typename T, bool kSaveGates, bool kInputFused>
 __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardArgs<T>& a,
                                                              const Part& part, int64_t s) {
   constexpr bool kBf16 = KStep<T>::kPer == 2;
-  const int64_t B = a.batch, H = a.hidden, ld = ring_stride<T>(H);
+  constexpr int kPer = KStep<T>::kPer;
+  const int64_t B = a.batch, H = a.hidden, ld = padded_width<T>(H);
   const int64_t ksteps = forward_ksteps<T>(H), group_size = ksteps * 4 * kLanes;
+  const int64_t ld_x = padded_width<T>(a.inputs), ksteps_x = forward_ksteps<T>(a.inputs);
   const int64_t t = time_index(s, a.steps, a.reverse);
   const T* h_prev = a.h_ring + (s & 1) * B * ld;
   T* h_next = a.h_ring + ((s + 1) & 1) * B * ld;
@@ -293,6 +327,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   for (int64_t g = part.group_begin; g < part.group_end; ++g) {
     const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
     const uint32_t* w = as_ksteps(a.packed) + g * group_size;
+    const uint32_t* w_ih = kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;
     for (int64_t row0 = part.row_begin; row0 < part.row_end; row0 += kMaxRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, part.row_end - row0));
       // The epilogue's reads and writes would miss the cache (rows 2 KB and more apart, a
@@ -304,24 +339,35 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
         for (int r = 0; r < rows; ++r) {
           const int64_t row = t_next * B + row0 + r;
           for (int q = 0; q < 4; ++q) {
-            __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
+            if (!kInputFused) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
             if (kSaveGates) __builtin_prefetch(a.gates + row * 4 * H + q * H + unit0, 1, 2);
           }
           __builtin_prefetch(a.hs + row * H + unit0, 1, 2);
           if (!a.c_ring) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
         }
       }
-      tile_product_n<kBf16>(rows, 4, as_ksteps(h_prev + row0 * ld), ld / KStep<T>::kPer, ksteps,
-                            w, 4 * kLanes, kLanes, pre);
+      if (kInputFused) {  // x_t W_ih^T first, then h_{t-1} W_hh^T added to it
+        tile_product_n<kBf16>(rows, 4, as_ksteps(a.x + (t * B + row0) * ld_x), ld_x / kPer,
+                              ksteps_x, w_ih, 4 * kLanes, kLanes, pre);
+      }
+      tile_product_n<kBf16, kInputFused>(rows, 4, as_ksteps(h_prev + row0 * ld), ld / kPer, ksteps,
+                                         w, 4 * kLanes, kLanes, pre);
       for (int r = 0; r < rows; ++r) {
         const int64_t row = row0 + r, ti = (t * B + row) * H + unit0, ci = row * H + unit0;
-        const T* x = a.xproj + (t * B + row) * 4 * H + unit0;
         float* gate_out = kSaveGates ? a.gates + (t * B + row) * 4 * H + unit0 : nullptr;
+        const auto rest = [&] {  // of the pre-activation: the bias, or xproj (bias included)
+          if constexpr (kInputFused) {
+            return a.bias + unit0;
+          } else {
+            return a.xproj + (t * B + row) * 4 * H + unit0;
+          }
+        }();
         if (units == kLanes) {
-          forward_units<T, kSaveGates, kLanes>(pre + r * 4 * kLanes, x, H, c_prev + ci, c_out + ci,
-                                               a.hs + ti, h_next + row * ld + unit0, gate_out, 0);
+          forward_units<T, kSaveGates, kLanes>(pre + r * 4 * kLanes, rest, H, c_prev + ci,
+                                               c_out + ci, a.hs + ti, h_next + row * ld + unit0,
+                                               gate_out, 0);
         } else {
-          forward_units<T, kSaveGates, 0>(pre + r * 4 * kLanes, x, H, c_prev + ci, c_out + ci,
+          forward_units<T, kSaveGates, 0>(pre + r * 4 * kLanes, rest, H, c_prev + ci, c_out + ci,
                                           a.hs + ti, h_next + row * ld + unit0, gate_out, units);
         }
       }
@@ -420,13 +466,19 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
 }
 
 // The entry points: call them only where cpu_supports<T>(). The gate math is inlined into them, so it is vectorised for AVX-512 too.
-inline void forward_step(const FusedForwardArgs<float>& a, const Part& p,
-                                         int64_t s) {
-  a.gates ? forward_step_impl<float, true>(a, p, s) : forward_step_impl<float, false>(a, p, s);
+template <typename T>
+inline void forward_step_dispatch(const FusedForwardArgs<T>& a, const Part& p, int64_t s) {
+  if (a.xproj) {
+    a.gates ? forward_step_impl<T, true, false>(a, p, s) : forward_step_impl<T, false, false>(a, p, s);
+  } else {
+    a.gates ? forward_step_impl<T, true, true>(a, p, s) : forward_step_impl<T, false, true>(a, p, s);
+  }
 }
-inline void forward_step(const FusedForwardArgs<Bf16>& a, const Part& p,
-                                              int64_t s) {
-  a.gates ? forward_step_impl<Bf16, true>(a, p, s) : forward_step_impl<Bf16, false>(a, p, s);
+inline void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_t s) {
+  forward_step_dispatch(a, p, s);
+}
+inline void forward_step(const FusedForwardArgs<Bf16>& a, const Part& p, int64_t s) {
+  forward_step_dispatch(a, p, s);
 }
 inline void backward_step(const FusedBackwardArgs<float>& a, const Part& p,
                                           int64_t s) {

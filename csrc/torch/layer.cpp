@@ -24,9 +24,17 @@ void check_layer_inputs(const Tensor& xproj, at::ScalarType dtype, const Tensor&
   FASTLSTM_CHECK(xproj.size(0) > 0, "fastlstm: the sequence must have at least one step");
   FASTLSTM_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1),
               "fastlstm: w_hh must be [4*hidden, hidden], got ", w_hh.sizes());
-  const int64_t B = xproj.size(1), H = w_hh.size(1);
+  const int64_t H = w_hh.size(1);
   FASTLSTM_CHECK(xproj.size(2) == 4 * H, "fastlstm: xproj's last dim must be 4*hidden = ",
                  4 * H, ", got ", xproj.size(2));
+  check_state_inputs(xproj.size(1), dtype, xproj.device(), h0, c0, w_hh);
+}
+
+void check_state_inputs(int64_t B, at::ScalarType dtype, const c10::Device& device,
+                        const Tensor& h0, const Tensor& c0, const Tensor& w_hh) {
+  FASTLSTM_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1),
+                 "fastlstm: w_hh must be [4*hidden, hidden], got ", w_hh.sizes());
+  const int64_t H = w_hh.size(1);
   FASTLSTM_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H,
               "fastlstm: h0 must be [batch, hidden] = [", B, ", ", H, "], got ", h0.sizes());
   FASTLSTM_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == H,
@@ -34,8 +42,8 @@ void check_layer_inputs(const Tensor& xproj, at::ScalarType dtype, const Tensor&
   for (const Tensor* t : {&h0, &c0, &w_hh}) {
     FASTLSTM_CHECK(t->scalar_type() == dtype, "fastlstm: dtype mismatch: ", t->scalar_type(),
                    " vs ", dtype);
-    FASTLSTM_CHECK(t->device() == xproj.device(), "fastlstm: device mismatch: ", t->device(),
-                " vs xproj's ", xproj.device());
+    FASTLSTM_CHECK(t->device() == device, "fastlstm: device mismatch: ", t->device(),
+                   " vs the input's ", device);
   }
 }
 

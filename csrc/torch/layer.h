@@ -36,6 +36,9 @@ struct StepKernels {
 // devices, and h0, c0, w_hh in the storage dtype `dtype`.
 void check_layer_inputs(const Tensor& xproj, at::ScalarType dtype, const Tensor& h0,
                         const Tensor& c0, const Tensor& w_hh);
+// The same checks of h0, c0 and w_hh for a batch of B rows on `device`.
+void check_state_inputs(int64_t B, at::ScalarType dtype, const c10::Device& device,
+                        const Tensor& h0, const Tensor& c0, const Tensor& w_hh);
 // An output tensor the kernels must fill: NaN-filled under FASTLSTM_POISON_OUTPUTS=1.
 Tensor kernel_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
 // The cell state's dtype for a storage dtype: float, or double for double.

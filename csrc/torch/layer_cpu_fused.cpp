@@ -75,42 +75,72 @@ void run_plan(const Plan& plan, int64_t steps, StepFn step) {
   }
 }
 
-// The packed weights for the forward product, and the h ring with h0 in slot 0.
-template <typename T>
-std::tuple<Tensor, Tensor> forward_operands(const Tensor& h0, const Tensor& w_hh) {
-  const int64_t B = h0.size(0), H = h0.size(1);
-  Tensor packed = at::empty({fused::forward_packed_size<T>(H)}, w_hh.options());
-  fused::pack_forward(ptr<T>(w_hh), H, ptr<T>(packed));
-  Tensor ring = at::zeros({2, B, fused::ring_stride<T>(H)}, h0.options());
-  ring[0].narrow(1, 0, H).copy_(h0);
-  return {packed, ring};
+// t [.., K] with zero columns up to `width` (whole k-steps for the products), contiguous.
+Tensor padded_columns(const Tensor& t, int64_t width) {
+  if (t.size(-1) == width) return t.contiguous();
+  auto sizes = t.sizes().vec();
+  sizes.back() = width;
+  Tensor out = at::zeros(sizes, t.options());
+  out.narrow(-1, 0, t.size(-1)).copy_(t);
+  return out;
 }
 
-bool applies(const Tensor& t) {
-  return enabled_by_env() && t.device().is_cpu() && cpu_fused_supports(t.scalar_type());
+// W [4H, K] packed for the forward product (pack_forward), the threads packing disjoint groups.
+template <typename T>
+Tensor packed_forward(const Tensor& w, int64_t hidden) {
+  const int64_t K = fused::padded_width<T>(w.size(1));
+  const Tensor w_padded = padded_columns(w, K);
+  Tensor packed = at::empty({fused::forward_packed_size<T>(hidden, K)}, w.options());
+  at::parallel_for(0, fused::unit_groups(hidden), 1, [&](int64_t begin, int64_t end) {
+    fused::pack_forward(ptr<T>(w_padded), hidden, K, ptr<T>(packed), begin, end);
+  });
+  return packed;
 }
+
+// Below this many steps the per-step GEMM loop is faster: packing W_hh reads and writes it
+// once more, which a few steps do not repay (one step at 2 x 512, batch 1: the fused layer
+// took 1.8-2x the loop's time; benchmarks/NOTES.md).
+constexpr int64_t kMinSteps = 4;
+
+bool applies(const Tensor& t, int64_t steps) {
+  return enabled_by_env() && steps >= kMinSteps && t.device().is_cpu() &&
+         cpu_fused_supports(t.scalar_type());
+}
+
+// What the forward adds to h_{t-1} W_hh^T: xproj, or x W_ih^T + bias computed in the step.
+struct StepInput {
+  Tensor xproj;        // [S, B, 4H], or undefined
+  Tensor x, w_ih;      // [S, B, padded_width(I)] (zero padding), [4H, I]
+  Tensor bias;         // [4H] float
+};
 
 // Forward into hs and cs ([S, B, H], or [2, B, H] with c_ring) and gates (or none).
 template <typename T>
-void run_forward(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                  bool reverse, const Tensor& hs, const Tensor& cs, float* gates, bool c_ring) {
-  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
+  const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
-  const auto [packed, ring] = forward_operands<T>(h0, w_hh);
-  const fused::FusedForwardArgs<T> args{ptr<T>(xproj), ptr<T>(packed), ptr<float>(c0_acc),
-                                        ptr<T>(ring),  ptr<T>(hs),     ptr<float>(cs),
-                                        gates,         S,              B,
-                                        H,             reverse,        c_ring};
+  const Tensor packed = packed_forward<T>(w_hh, H);
+  const Tensor packed_ih = in.xproj.defined() ? Tensor() : packed_forward<T>(in.w_ih, H);
+  Tensor ring = at::zeros({2, B, fused::padded_width<T>(H)}, h0.options());
+  ring[0].narrow(1, 0, H).copy_(h0);
+  const auto maybe = [](const Tensor& t) { return t.defined() ? ptr<T>(t) : nullptr; };
+  const fused::FusedForwardArgs<T> args{
+      maybe(in.xproj), maybe(in.x), maybe(packed_ih),
+      in.bias.defined() ? ptr<float>(in.bias) : nullptr,
+      in.w_ih.defined() ? in.w_ih.size(1) : 0,
+      ptr<T>(packed), ptr<float>(c0_acc), ptr<T>(ring), ptr<T>(hs), ptr<float>(cs), gates,
+      S, B, H, reverse, c_ring};
   run_plan(plan_for(B, H), S, [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
 }
 
-void run_forward(const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                  bool reverse, const Tensor& hs, const Tensor& cs, float* gates, bool c_ring) {
   // Storage float32 or bfloat16 (applies() checked); torch's BFloat16 has Bf16's bits.
-  if (xproj.scalar_type() == at::kFloat) {
-    run_forward<float>(xproj, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
+  if (hs.scalar_type() == at::kFloat) {
+    run_forward<float>(in, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
   } else {
-    run_forward<Bf16>(xproj, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
+    run_forward<Bf16>(in, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
   }
 }
 
@@ -121,7 +151,9 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
                   bool reverse) {
   const int64_t S = gates.size(0), B = gates.size(1), H = w_hh.size(1);
   Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
-  fused::pack_backward(ptr<T>(w_hh), H, ptr<T>(packed));
+  at::parallel_for(0, fused::unit_groups(H), 1, [&](int64_t begin, int64_t end) {
+    fused::pack_backward(ptr<T>(w_hh), H, ptr<T>(packed), begin, end);
+  });
   const fused::FusedBackwardArgs<T> args{
       ptr<T>(packed),   ptr<float>(gates),  ptr<float>(cs),
       ptr<float>(c0),   ptr<T>(grad_hs),    grad_cs ? ptr<T>(*grad_cs) : nullptr,
@@ -143,7 +175,7 @@ bool cpu_fused_supports(at::ScalarType dtype) {
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
     const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0, const Tensor& w_hh_in,
     bool reverse) {
-  if (!applies(xproj_in)) return std::nullopt;
+  if (!applies(xproj_in, xproj_in.size(0))) return std::nullopt;
   const c10::NoGradGuard no_grad;
   check_layer_inputs(xproj_in, xproj_in.scalar_type(), h0_in, c0, w_hh_in);
   const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -152,21 +184,28 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
   Tensor hs = kernel_output({S, B, H}, xproj.options());
   Tensor cs = kernel_output({S, B, H}, acc);
   Tensor gates = kernel_output({S, B, 4 * H}, acc);
-  run_forward(xproj, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates), false);
+  run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates),
+              false);
   return std::make_tuple(hs, cs, gates);
 }
 
 std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
-    const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0, const Tensor& w_hh_in,
-    bool reverse) {
-  if (!applies(xproj_in)) return std::nullopt;
+    const Tensor& x, const Tensor& h0_in, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh_in, const std::optional<Tensor>& bias, bool reverse) {
+  if (!applies(x, x.size(0))) return std::nullopt;
   const c10::NoGradGuard no_grad;
-  check_layer_inputs(xproj_in, xproj_in.scalar_type(), h0_in, c0, w_hh_in);
-  const Tensor xproj = xproj_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const int64_t S = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
-  Tensor hs = kernel_output({S, B, H}, xproj.options());
-  Tensor c_ring = kernel_output({2, B, H}, xproj.options().dtype(at::kFloat));
-  run_forward(xproj, h0, c0, w_hh, reverse, hs, c_ring, nullptr, true);
+  const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh_in.size(1);
+  const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  // The step reads x in whole k-steps: a bf16 row of odd length gets a zero pair partner.
+  const Tensor x_rows = padded_columns(
+      x, x.scalar_type() == at::kBFloat16 ? fused::padded_width<Bf16>(I) : I);
+  const Tensor bias_acc = bias.has_value() && bias->defined()
+                              ? bias->to(at::kFloat).contiguous()
+                              : at::zeros({4 * H}, x.options().dtype(at::kFloat));
+  Tensor hs = kernel_output({S, B, H}, x.options());
+  Tensor c_ring = kernel_output({2, B, H}, x.options().dtype(at::kFloat));
+  run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse, hs,
+              c_ring, nullptr, true);
   return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
 }
 
@@ -174,7 +213,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
     const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs_in, const Tensor& cs_in,
     const Tensor& gates_in, bool reverse) {
-  if (!applies(hs_in)) return std::nullopt;
+  if (!applies(hs_in, hs_in.size(0))) return std::nullopt;
   const c10::NoGradGuard no_grad;
   const at::ScalarType dtype = hs_in.scalar_type();
   check_layer_inputs(gates_in, dtype, h0_in, c0, w_hh_in);
@@ -217,7 +256,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
   return std::nullopt;
 }
 std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, bool) {
   return std::nullopt;
 }
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(

@@ -120,11 +120,28 @@ std::tuple<Tensor, Tensor, Tensor> layer_cpu(const Tensor& xproj, const Tensor& 
   return layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
 }
 
-std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& xproj, const Tensor& h0,
-                                               const Tensor& c0, const Tensor& w_hh,
-                                               bool reverse) {
-  check_cpu(xproj);
-  if (auto fused = cpu_fused_layer_inference(xproj, h0, c0, w_hh, reverse)) return *fused;
+std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& x, const Tensor& h0,
+                                               const Tensor& c0, const Tensor& w_ih,
+                                               const Tensor& w_hh,
+                                               const std::optional<Tensor>& bias, bool reverse) {
+  check_cpu(x);
+  FASTLSTM_CHECK(x.dim() == 3 && w_ih.dim() == 2 && w_ih.size(1) == x.size(2) &&
+                     w_ih.size(0) == w_hh.size(0),
+                 "fastlstm: x must be [seq, batch, input] and w_ih [4*hidden, input], got ",
+                 x.sizes(), " and ", w_ih.sizes());
+  const bool has_bias = bias.has_value() && bias->defined();
+  FASTLSTM_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == w_ih.size(0)),
+                 "fastlstm: bias must be [4*hidden]");
+  for (const Tensor* t : {&w_ih, has_bias ? &*bias : &w_ih}) {
+    FASTLSTM_CHECK(t->scalar_type() == x.scalar_type(), "fastlstm: dtype mismatch: ",
+                   t->scalar_type(), " vs ", x.scalar_type());
+    FASTLSTM_CHECK(t->device() == x.device(), "fastlstm: device mismatch: ", t->device(),
+                   " vs the input's ", x.device());
+  }
+  FASTLSTM_CHECK(x.size(0) > 0, "fastlstm: the sequence must have at least one step");
+  check_state_inputs(x.size(1), x.scalar_type(), x.device(), h0, c0, w_hh);
+  if (auto fused = cpu_fused_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse)) return *fused;
+  const Tensor xproj = at::linear(x, w_ih, has_bias ? *bias : std::optional<Tensor>());
   auto [hs, cs, gates] = layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
   return {hs, cs[reverse ? 0 : cs.size(0) - 1].clone()};
 }
@@ -179,10 +196,11 @@ TORCH_LIBRARY(fastlstm, m) {
   m.def("lstm_layer_backward(Tensor grad_hs, Tensor? grad_cs, Tensor h0, Tensor c0, Tensor w_hh,"
         " Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
-  // lstm_layer's forward without what backward needs (no gates, no cell state but the
-  // last): hs and c_n. CPU only; FastLSTM calls it when no gradient is wanted.
-  m.def("lstm_layer_inference(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
-        " -> (Tensor hs, Tensor c_n)");
+  // One layer's forward from its input x [S, B, I] (x W_ih^T + bias computed inside each
+  // step), without what backward needs (no gates, no cell state but the last): hs and c_n.
+  // CPU only; FastLSTM calls it when no gradient is wanted. bias: b_ih + b_hh, [4H].
+  m.def("lstm_layer_inference(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh,"
+        " Tensor? bias, bool reverse) -> (Tensor hs, Tensor c_n)");
   // lstm_layer's contract, computed by the persistent CUDA kernel (one launch for all steps;
   // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"

@@ -26,6 +26,7 @@ using namespace fastlstm::fused;
 struct Shape {
   int S, B, H;
   bool reverse;
+  int I;  // input size, for the fused input projection
 };
 
 struct Layer {  // the double reference's inputs and results
@@ -62,6 +63,16 @@ std::vector<double> widen(const std::vector<T>& v) {
 template <typename T>
 std::vector<T> nans(size_t n) {
   return std::vector<T>(n, from_double<T>(std::numeric_limits<double>::quiet_NaN()));
+}
+
+// A [rows, K] weight with zero columns up to whole k-steps, as pack_forward takes it.
+template <typename T>
+std::vector<T> padded_columns(const std::vector<T>& w, int64_t rows, int64_t K) {
+  const int64_t width = padded_width<T>(K);
+  std::vector<T> out(rows * width, T{});
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; ++k) out[r * width + k] = w[r * K + k];
+  return out;
 }
 
 template <typename T>
@@ -164,11 +175,12 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
   std::fill(l_no_grad_c.grad_cs.begin(), l_no_grad_c.grad_cs.end(), 0.0);
   reference_layer(sh, l);
   reference_layer(sh, l_no_grad_c);
-  const int64_t S = sh.S, B = sh.B, H = sh.H, ld = ring_stride<T>(H);
+  const int64_t S = sh.S, B = sh.B, H = sh.H, ld = padded_width<T>(H);
   const auto w = to<T>(l.w);
-  std::vector<T> fwd_w(forward_packed_size<T>(H)), bwd_w(backward_packed_size<T>(H));
-  pack_forward(w.data(), H, fwd_w.data());
-  pack_backward(w.data(), H, bwd_w.data());
+  std::vector<T> fwd_w(forward_packed_size<T>(H, H)), bwd_w(backward_packed_size<T>(H));
+  pack_forward(padded_columns(w, 4 * H, H).data(), H, padded_width<T>(H), fwd_w.data(), 0,
+               unit_groups(H));
+  pack_backward(w.data(), H, bwd_w.data(), 0, unit_groups(H));
   const auto xproj = to<T>(l.xproj), grad_hs = to<T>(l.grad_hs), grad_cs = to<T>(l.grad_cs);
   const std::vector<float> c0(l.c0.begin(), l.c0.end());
   for (const Plan& plan : plans(sh)) {
@@ -177,7 +189,8 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
       auto cs = nans<float>(S * B * H), gates = nans<float>(S * B * 4 * H);
-      const FusedForwardArgs<T> fa{xproj.data(), fwd_w.data(), c0.data(), ring.data(), hs.data(),
+      const FusedForwardArgs<T> fa{xproj.data(), nullptr, nullptr, nullptr, 0, fwd_w.data(),
+                                   c0.data(), ring.data(), hs.data(),
                                    cs.data(), gates.data(), S, B, H, sh.reverse, false};
       run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
 
@@ -206,8 +219,10 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
     auto c_ring = nans<float>(2 * B * H);
-    const FusedForwardArgs<T> fa{xproj.data(), fwd_w.data(), c0.data(), ring.data(), hs.data(),
-                                 c_ring.data(), nullptr, S, B, H, sh.reverse, true};
+    const FusedForwardArgs<T> fa{xproj.data(), nullptr,    nullptr,      nullptr,
+                                 0,             fwd_w.data(), c0.data(), ring.data(),
+                                 hs.data(),     c_ring.data(), nullptr,  S,
+                                 B,             H,            sh.reverse, true};
     run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
     const int64_t last = sh.reverse ? 0 : S - 1;
     const std::vector<float> c_n(c_ring.begin() + ((S - 1) & 1) * B * H,
@@ -222,6 +237,67 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
   }
 }
 
+// The input projection fused into the step: xproj = x W_ih^T + bias computed by the kernel
+// (training forward with gates, and inference), against the reference fed the exact xproj.
+template <typename T>
+void check_input_fused(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
+  std::mt19937 rng(2000 + sh.H + sh.I);
+  Layer l = make_layer<T>(sh, rng);
+  const int64_t S = sh.S, B = sh.B, H = sh.H, I = sh.I, ld = padded_width<T>(H);
+  const int64_t ld_x = padded_width<T>(I);
+  const ref::Vec x = rounded<T>(ref::random_vec(rng, size_t(S) * B * I));
+  const ref::Vec w_ih = rounded<T>(ref::random_vec(rng, size_t(4) * H * I, 1.0 / std::sqrt(double(I))));
+  const ref::Vec bias = rounded<float>(ref::random_vec(rng, size_t(4) * H));
+  for (int64_t n = 0; n < S * B; ++n)
+    for (int64_t j = 0; j < 4 * H; ++j) {
+      double v = bias[j];
+      for (int64_t k = 0; k < I; ++k) v += x[n * I + k] * w_ih[j * I + k];
+      l.xproj[n * 4 * H + j] = v;
+    }
+  reference_layer(sh, l);
+  std::vector<T> x_pad(S * B * ld_x, T{});
+  for (int64_t n = 0; n < S * B; ++n)
+    for (int64_t k = 0; k < I; ++k) x_pad[n * ld_x + k] = from_double<T>(x[n * I + k]);
+  const auto w = to<T>(l.w), w_ih_t = to<T>(w_ih);
+  std::vector<T> fwd_w(forward_packed_size<T>(H, H)), fwd_ih(forward_packed_size<T>(H, I));
+  pack_forward(padded_columns(w, 4 * H, H).data(), H, padded_width<T>(H), fwd_w.data(), 0,
+               unit_groups(H));
+  pack_forward(padded_columns(w_ih_t, 4 * H, I).data(), H, padded_width<T>(I), fwd_ih.data(), 0,
+               unit_groups(H));
+  const std::vector<float> c0(l.c0.begin(), l.c0.end()), bias_f(bias.begin(), bias.end());
+  for (const Plan& plan : plans(sh)) {
+    for (bool training : {true, false}) {
+      std::vector<T> ring(2 * B * ld, T{}), hs = nans<T>(S * B * H);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
+      auto cs = nans<float>((training ? S : 2) * B * H), gates = nans<float>(S * B * 4 * H);
+      const FusedForwardArgs<T> fa{nullptr, x_pad.data(), fwd_ih.data(), bias_f.data(), I,
+                                   fwd_w.data(), c0.data(), ring.data(), hs.data(), cs.data(),
+                                   training ? gates.data() : nullptr, S, B, H, sh.reverse,
+                                   !training};
+      run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
+      char what[128];
+      std::snprintf(what, sizeof what, "%s S%lld B%lld H%lld I%lld%s %s, input fused, %s", type,
+                    (long long)S, (long long)B, (long long)H, (long long)I,
+                    sh.reverse ? " rev" : "", plan.name, training ? "training" : "inference");
+      const int64_t last = sh.reverse ? 0 : S - 1;
+      const ref::Vec c_n(l.cs.begin() + last * B * H, l.cs.begin() + (last + 1) * B * H);
+      if (training) {
+        checks.expect_all_below({ref::relative_error(widen(hs), l.hs),
+                                 ref::relative_error(cs, l.cs),
+                                 ref::relative_error(gates, l.gates)},
+                                tol, what);
+      } else {
+        const std::vector<float> got(cs.begin() + ((S - 1) & 1) * B * H,
+                                     cs.begin() + (((S - 1) & 1) + 1) * B * H);
+        checks.expect_all_below({ref::relative_error(widen(hs), l.hs),
+                                 ref::relative_error(got, c_n)},
+                                tol, what);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -232,10 +308,18 @@ int main() {
   ref::Checks checks;
   // H = 37: neither the 16-unit groups nor (bf16) the k pairs divide it; B = 7: a partial
   // 6-row tile; H = 80: 5 groups, so a backward tile of 4 groups and one of 1.
-  const Shape shapes[] = {{5, 7, 37, false}, {4, 1, 80, true}, {3, 13, 64, false}, {1, 2, 16, true}};
-  for (const Shape& sh : shapes) check<float>(checks, "fp32", sh, 1e-5);
+  // I = 5 and 21: odd input sizes (a zero-padded last pair in bf16).
+  const Shape shapes[] = {{5, 7, 37, false, 5}, {4, 1, 80, true, 21}, {3, 13, 64, false, 64},
+                          {1, 2, 16, true, 8}};
+  for (const Shape& sh : shapes) {
+    check<float>(checks, "fp32", sh, 1e-5);
+    check_input_fused<float>(checks, "fp32", sh, 1e-5);
+  }
   if (cpu_supports<Bf16>()) {
-    for (const Shape& sh : shapes) check<Bf16>(checks, "bf16", sh, 1e-2);
+    for (const Shape& sh : shapes) {
+      check<Bf16>(checks, "bf16", sh, 1e-2);
+      check_input_fused<Bf16>(checks, "bf16", sh, 1e-2);
+    }
   } else {
     std::printf("bf16 cases skipped: this CPU has no AVX512-BF16\n");
   }
