@@ -25,10 +25,12 @@ def layer_inputs(steps, batch, hidden, dtype, seed):
     return args64, [a.to(dtype) for a in args64]
 
 
-# (steps, batch, hidden): at 2 threads, B >= 8 splits the rows; B < 8 with H >= 64 (4 groups
-# of 16 units) splits the units and meets at the barrier every step; the rest is one worker.
-# H = 37 and 48: a partial group of 16, and (bf16) an odd k. One step: the per-step loop.
-SHAPES = [(7, 1, 37), (5, 3, 64), (6, 2, 80), (9, 13, 48), (4, 64, 32), (1, 8, 16)]
+# (steps, batch, hidden). A step of under 0.5 MFLOP (8 B H^2) runs on one worker; above
+# that, at 2 threads, B >= 8 splits the rows and B < 8 the units (each worker at least 2
+# groups of 16), meeting at the barrier every step: (5, 2, 192) and (5, 3, 200, a partial
+# group) split the units, (4, 9, 96) and (4, 64, 32) the rows. H = 37, 48, 200: a partial
+# group of 16 (37: an odd bf16 k too). One step: the per-step loop.
+SHAPES = [(7, 1, 37), (5, 2, 192), (5, 3, 200), (4, 9, 96), (9, 13, 48), (4, 64, 32), (1, 8, 16)]
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])

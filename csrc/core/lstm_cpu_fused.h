@@ -138,13 +138,19 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
                                                         int64_t ksteps, const uint32_t* b,
                                                         int64_t ks_stride, int64_t v_stride,
                                                         float* out) {
-  __m512 acc[MB][NV];
+  // Under 3 rows the MB x NV chains are too few for the FMA latency: even and odd k-steps
+  // then go to separate accumulators (kChains 2), summed at the end.
+  constexpr int kChains = MB * NV < 12 ? 2 : 1;
+  __m512 acc[kChains][MB][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MB; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v)
-      acc[r][v] = kAccumulate ? _mm512_loadu_ps(out + (r * NV + v) * kLanes) : _mm512_setzero_ps();
-  for (int64_t ks = 0; ks < ksteps; ++ks) {
+    for (int v = 0; v < NV; ++v) {
+      acc[0][r][v] =
+          kAccumulate ? _mm512_loadu_ps(out + (r * NV + v) * kLanes) : _mm512_setzero_ps();
+      if (kChains == 2) acc[kChains - 1][r][v] = _mm512_setzero_ps();
+    }
+  const auto step = [&](int chain, int64_t ks) __attribute__((always_inline)) {
     __m512 w[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v)
@@ -154,19 +160,29 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
       const __m512i x = _mm512_set1_epi32(static_cast<int>(a[r * lda + ks]));
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
+        __m512& c = acc[chain][r][v];
         if constexpr (kBf16) {
-          acc[r][v] = _mm512_dpbf16_ps(acc[r][v], reinterpret_cast<__m512bh>(x),
-                                       reinterpret_cast<__m512bh>(w[v]));
+          c = _mm512_dpbf16_ps(c, reinterpret_cast<__m512bh>(x), reinterpret_cast<__m512bh>(w[v]));
         } else {
-          acc[r][v] = _mm512_fmadd_ps(_mm512_castsi512_ps(x), w[v], acc[r][v]);
+          c = _mm512_fmadd_ps(_mm512_castsi512_ps(x), w[v], c);
         }
       }
     }
+  };
+  int64_t ks = 0;
+  for (; ks + kChains <= ksteps; ks += kChains) {
+#pragma GCC unroll 2
+    for (int chain = 0; chain < kChains; ++chain) step(chain, ks + chain);
   }
+  for (; ks < ksteps; ++ks) step(0, ks);
 #pragma GCC unroll 8
   for (int r = 0; r < MB; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + (r * NV + v) * kLanes, acc[r][v]);
+    for (int v = 0; v < NV; ++v) {
+      const __m512 sum =
+          kChains == 2 ? _mm512_add_ps(acc[0][r][v], acc[kChains - 1][r][v]) : acc[0][r][v];
+      _mm512_storeu_ps(out + (r * NV + v) * kLanes, sum);
+    }
 }
 
 // tile_product with MB and NV chosen at run time (1 <= mb <= kMaxRows, 1 <= nv <= 4).

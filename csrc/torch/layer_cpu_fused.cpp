@@ -19,13 +19,11 @@ namespace {
 
 using fused::Part;
 
-// FASTLSTM_CPU_FUSED=0: the per-step GEMM loop instead (to compare the two).
+// FASTLSTM_CPU_FUSED=0: the per-step GEMM loop instead (to compare the two; read at each
+// call, so a benchmark can switch it between calls).
 bool enabled_by_env() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("FASTLSTM_CPU_FUSED");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return enabled;
+  const char* v = std::getenv("FASTLSTM_CPU_FUSED");
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 template <typename T>
@@ -39,12 +37,18 @@ struct Plan {
   bool barrier;  // the workers split the units and meet after every step
 };
 
-// Rows where there are enough of them (at least 4 a worker): those workers never wait for
-// each other. Otherwise units, where each worker gets at least 2 groups of 16, and only
+// One worker for a small step. Else rows where there are enough of them (at least 4 a
+// worker): those workers never wait for each other. Otherwise units, where each worker gets at least 2 groups of 16, and only
 // under OpenMP, whose parallel_for runs its threads at once (a worker spinning at the
 // barrier must not hold the thread another worker is queued on). Otherwise one worker.
+// Below this many flops a step (its recurrent product) a second thread costs more at the
+// barrier than it saves (batch 1, hidden 128: 2.2 us a step on one thread, 2.7 on two).
+constexpr int64_t kMinSplitFlops = 500000;
+
 Plan plan_for(int64_t batch, int64_t hidden) {
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t threads = at::in_parallel_region() || 8 * batch * hidden * hidden < kMinSplitFlops
+                              ? 1
+                              : at::get_num_threads();
   const int64_t groups = fused::unit_groups(hidden);
   Plan plan{{}, false};
   if (threads > 1 && batch >= 4 * threads) {
