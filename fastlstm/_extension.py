@@ -3,6 +3,7 @@ is missing or was built against another torch, the C++/CUDA backends are unavail
 backend="auto" falls back to torch's own LSTM with one warning (see warn_unavailable)."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -31,6 +32,13 @@ def available() -> bool:
 
 def cuda_compiled() -> bool:
     return _C is not None and bool(_C.cuda_compiled)
+
+
+def cpu_fused(dtype: torch.dtype) -> bool:
+    """Whether the CPU op runs `dtype` on its fused layer here (x86-64 with AVX-512, and
+    AVX512-BF16 for bfloat16; FASTLSTM_CPU_FUSED=0 turns it off)."""
+    return (_C is not None and os.environ.get("FASTLSTM_CPU_FUSED", "1") != "0"
+            and str(dtype).removeprefix("torch.") in _C.cpu_fused_dtypes.split(","))
 
 
 def warn_unavailable() -> None:

@@ -44,9 +44,16 @@ def report() -> list[tuple[str, str]]:
     else:
         rows.append(("GPU visible", "none"))
     if ext:
+        fused = ext.cpu_fused_dtypes.replace(",", ", ") or "none (needs x86-64 with AVX-512)"
+        rows.append(("C++ CPU op's fused layer", f"{fused}; "
+                     f"{'on' if os.environ.get('FASTLSTM_CPU_FUSED') != '0' else 'OFF'} "
+                     "(FASTLSTM_CPU_FUSED=0: the per-step loop)"))
         rows.append(("auto on CPU tensors",
-                     f"C++ op at hidden >= {module.CPU_FUSED_MIN_HIDDEN} and batch <= "
-                     f"{module.CPU_FUSED_MAX_BATCH} (fp32/fp64), else torch's own (oneDNN)"))
+                     f"sequences of >= {module.CPU_FUSED_MIN_STEPS} steps on the fused layer: "
+                     "bf16 training always; bf16 inference at hidden <= 128, or <= 256 with "
+                     "batch <= 8; fp32 at hidden <= 128, or training at batch <= 2. Otherwise "
+                     f"(the per-step loop) at hidden >= {module.CPU_FUSED_MIN_HIDDEN} and batch "
+                     f"<= {module.CPU_FUSED_MAX_BATCH} (fp32/fp64). Else torch's own (oneDNN)"))
     else:
         rows.append(("auto on CPU tensors", "torch's own LSTM (extension unavailable)"))
     rows.append(("auto on CUDA tensors",

@@ -61,13 +61,37 @@ def _fused_unsupported(data, proj_size=0, packed=False, dtypes_by_device=None):
     return None
 
 
-# backend="auto" on CPU tensors uses the C++ op only where it measured faster than torch's
-# own (oneDNN) LSTM on our 2-core machine: hidden >= 256 at batch <= 8 (0.4-0.9x its time,
-# e.g. sampling and the batch-1 step); at batch 50, hidden 128 oneDNN was faster for
-# inference (the op 1.3-1.5x its time) and level for training (0.85-1.3x), so auto keeps
-# oneDNN there. Table and commands: benchmarks/NOTES.md.
-CPU_FUSED_MIN_HIDDEN = 256
+# backend="auto" on CPU tensors: our op where it measured faster than torch's own (oneDNN)
+# LSTM on the 2-core development machine (AMD, AVX-512 + AVX512-BF16), torch's elsewhere.
+# Two regimes (benchmarks/NOTES.md has the tables and commands):
+# - The fused layer (sequences of >= 4 steps, fp32/bf16, a CPU with AVX-512; bf16 needs
+#   AVX512-BF16 too); ratios ours/torch's, 2 layers, seq 50, input = hidden:
+#     bf16 training     0.36-0.94 at every batch 1-32 and hidden 128-512: always ours.
+#     fp32 training     0.74-0.90 at hidden <= 128, 0.76-0.95 at batch <= 2; 0.95-1.12
+#                       elsewhere: torch's there.
+#     inference         0.60-0.94 at hidden <= 128; bf16 at hidden 256, batch <= 8:
+#                       0.90-0.97; elsewhere level (0.95-1.23, packing the weights
+#                       each call): torch's there.
+# - The per-step loop (shorter sequences: FastLSTMCell, sampling; float64; CPUs without
+#   AVX-512): ours at hidden >= 256 and batch <= 8 (0.4-0.9x; a step of 2 x 512 at
+#   batch 1: 0.5-0.6x), torch's elsewhere.
+CPU_FUSED_MIN_STEPS = 4  # as the C++ op's kMinSteps
+CPU_FUSED_MIN_HIDDEN = 256  # the per-step loop's rule
 CPU_FUSED_MAX_BATCH = 8
+
+
+def _cpu_auto_fused(dtype, grad, steps, batch, hidden):
+    """Whether auto takes our op for CPU tensors of this compute dtype and shape; `grad`:
+    whether a backward will follow (training)."""
+    if steps >= CPU_FUSED_MIN_STEPS and _extension.cpu_fused(dtype):
+        if dtype == torch.bfloat16:
+            return grad or hidden <= 128 or (hidden <= 256 and batch <= 8)
+        return hidden <= 128 or (grad and batch <= 2)
+    if dtype == torch.bfloat16:  # the loop's bf16 GEMMs go through ATen one step at a time
+        return False
+    return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH
+
+
 # backend="auto" on CUDA tensors uses the CUDA op (CUDA-graph replay) for bfloat16 at hidden
 # <= 512: on an H200 it took 0.23-0.86x the time of torch's bf16 LSTM at every benchmarked
 # shape (hidden 128 and 512, batch 1-100, seq 1-100; fwd and fwd+bwd; runs 5 and 7), and
@@ -77,7 +101,7 @@ CUDA_FUSED_DTYPES = (torch.bfloat16,)
 CUDA_FUSED_MAX_HIDDEN = 512
 
 
-def _auto_path(data, unsupported, batch, hidden):
+def _auto_path(data, unsupported, batch, hidden, steps, grad):
     if not _extension.available():
         _extension.warn_unavailable()
         return "aten"
@@ -88,7 +112,7 @@ def _auto_path(data, unsupported, batch, hidden):
                 and hidden <= CUDA_FUSED_MAX_HIDDEN):
             return "fused"
         return "aten"
-    if hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH:
+    if _cpu_auto_fused(compute_dtype(data), grad, steps, batch, hidden):
         return "fused"
     if torch.compiler.is_compiling():
         # torch.compile cannot trace torch's CPU LSTM at every input (its oneDNN layer op
@@ -97,8 +121,9 @@ def _auto_path(data, unsupported, batch, hidden):
     return "aten"
 
 
-def choose_path(backend, data, unsupported, batch, hidden):
-    """'fused' (our op), 'reference' or 'aten' for this input under `backend`."""
+def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False):
+    """'fused' (our op), 'reference' or 'aten' for this input under `backend`: `steps` long,
+    `grad` whether a backward will follow (auto on the CPU weighs both)."""
     if backend in ("cudnn", "aten"):
         return "aten"
     if backend == "reference":
@@ -110,7 +135,7 @@ def choose_path(backend, data, unsupported, batch, hidden):
     if backend == "triton":
         return _triton_path(data, unsupported)
     if backend == "auto":
-        return _auto_path(data, unsupported, batch, hidden)
+        return _auto_path(data, unsupported, batch, hidden, steps, grad)
     _extension.require(backend)
     if data.device.type != backend:
         raise ValueError(f'FastLSTM backend="{backend}" needs {backend} tensors, got input on '
@@ -321,11 +346,13 @@ class FastLSTM(nn.Module):
         if isinstance(input, PackedSequence):
             path = choose_path(self.backend, input.data,
                                _fused_unsupported(input.data, self.proj_size, packed=True),
-                               int(input.batch_sizes[0]), self.hidden_size)
+                               int(input.batch_sizes[0]), self.hidden_size,
+                               len(input.batch_sizes), self._grad_wanted(input.data))
             return self._forward_packed(input, hx, path)
         x, state, unbatched = self._validate(input, hx)
         path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size),
-                           x.size(0 if self.batch_first else 1), self.hidden_size)
+                           x.size(0 if self.batch_first else 1), self.hidden_size,
+                           x.size(1 if self.batch_first else 0), self._grad_wanted(x))
         if path == "reference":
             out, (h_n, c_n) = reference_lstm(
                 x, state, dict(self.named_parameters()), num_layers=self.num_layers,
@@ -347,6 +374,11 @@ class FastLSTM(nn.Module):
             out = out.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return out, (h_n, c_n)
+
+    def _grad_wanted(self, x):
+        """Whether a backward can follow this forward (auto's CPU rule differs for training)."""
+        return torch.is_grad_enabled() and (x.requires_grad or
+                                            any(p.requires_grad for p in self.parameters()))
 
     @torch.no_grad()
     def inspect(self, input, hx=None):

@@ -57,6 +57,8 @@ def test_dropout_between_layers_in_training_only(backend):
 
 
 def test_auto_rule():
+    """The per-step loop's rule (short sequences, float64, no fused layer): ours at hidden
+    >= 256 and batch <= 8."""
     cpu = torch.empty(0)
     assert choose_path("auto", cpu, None, batch=1, hidden=512) == "fused"
     assert choose_path("auto", cpu, None, batch=8, hidden=256) == "fused"
@@ -64,6 +66,34 @@ def test_auto_rule():
     assert choose_path("auto", cpu, None, batch=1, hidden=128) == "aten"
     assert choose_path("auto", cpu, "proj_size > 0", batch=1, hidden=512) == "aten"
     assert choose_path("cpu", cpu, None, batch=50, hidden=128) == "fused"
+    fp64 = torch.empty(0, dtype=torch.float64)
+    assert choose_path("auto", fp64, None, batch=64, hidden=128, steps=100, grad=True) == "aten"
+
+
+def test_auto_rule_fused_layer(monkeypatch):
+    """Sequences of >= 4 steps on a CPU with the fused layer (module.py says why)."""
+    from fastlstm import _extension
+    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
+    fp32, bf16 = torch.empty(0), torch.empty(0, dtype=torch.bfloat16)
+
+    def path(data, batch, hidden, grad, steps=50):
+        return choose_path("auto", data, None, batch=batch, hidden=hidden, steps=steps,
+                           grad=grad)
+    assert path(bf16, 64, 512, grad=True) == "fused"  # bf16 training: always ours
+    assert path(bf16, 64, 256, grad=False) == "aten"
+    assert path(bf16, 8, 256, grad=False) == "fused"
+    assert path(bf16, 64, 128, grad=False) == "fused"
+    assert path(fp32, 64, 128, grad=True) == "fused"
+    assert path(fp32, 2, 512, grad=True) == "fused"
+    assert path(fp32, 8, 256, grad=True) == "aten"
+    assert path(fp32, 8, 256, grad=False) == "aten"
+    assert path(fp32, 1, 512, grad=False, steps=3) == "fused"  # the loop's rule
+    assert path(bf16, 1, 512, grad=False, steps=3) == "aten"  # no bf16 loop
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's dtype decides
+        assert path(fp32, 64, 512, grad=True) == "fused"
+    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: False)
+    assert path(bf16, 64, 512, grad=True) == "aten"
+    assert path(fp32, 1, 512, grad=True) == "fused"  # the loop's rule
 
 
 def test_auto_rule_on_cuda_tensors(monkeypatch):

@@ -251,6 +251,11 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&fastlstm_module);
   if (m == nullptr) return nullptr;
   PyModule_AddStringConstant(m, "built_with_torch", FASTLSTM_TORCH_VERSION);
+  // The dtypes the CPU op runs on its fused layer on this CPU (torch's names).
+  std::string fused_dtypes;
+  if (fastlstm::cpu_fused_supports(at::kFloat)) fused_dtypes += "float32";
+  if (fastlstm::cpu_fused_supports(at::kBFloat16)) fused_dtypes += ",bfloat16";
+  PyModule_AddStringConstant(m, "cpu_fused_dtypes", fused_dtypes.c_str());
 #ifdef FASTLSTM_WITH_CUDA
   PyModule_AddIntConstant(m, "cuda_compiled", 1);
   PyModule_AddStringConstant(m, "cuda_archs", fastlstm::cuda_arch_list());
