@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, data
+from . import _extension, checkpoint, data
 from . import corpus as corpus_mod
 from .cli import (CliError, fraction, learning_rate, non_negative_float, non_negative_int,
                   pick_device, positive_float, positive_int, probability, run)
@@ -38,10 +38,13 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bfloat16 natively: a CUDA GPU of compute capability 8.0
-    or later, or a CPU with AMX-BF16 or AVX512-BF16 (the kernel's CPU flags; Linux only:
-    elsewhere we cannot tell, and say no)."""
+    or later, or a CPU with AMX-BF16 or AVX512-BF16: the kernel's CPU flags on Linux, or
+    whether fastlstm's fused CPU layer runs bf16 here (it asks the CPU itself). torch's own
+    check (mkldnn's bf16 support) says yes for any AVX-512 CPU, with or without them."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
+    if _extension.cpu_fused(torch.bfloat16):
+        return True
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f

@@ -75,6 +75,22 @@ def test_train_sample_eval_on_multibyte_text(tmp_path, corpus):
     assert "nats/char" in cli("eval", "run", "--text", other, cwd=tmp_path).stdout
 
 
+def test_dtype_auto_and_bf16_training(tmp_path, corpus):
+    """--dtype auto (the default) says what it chose: bf16 autocast where the device computes
+    in bf16 natively, else fp32; a bf16 run trains (the loss falls) through FastLSTM's bf16
+    path and writes fp32 weights."""
+    from fastlstm.train import resolve_dtype
+    want = resolve_dtype("auto", torch.device("cpu"))
+    out = cli("train", corpus, *TINY, "--max-iters", "2", "--out", "auto", cwd=tmp_path).stdout
+    assert f"on cpu in {want} (--dtype auto)" in out
+    cli("train", corpus, *TINY, "--dtype", "bf16", "--max-iters", "12", "--lr", "0.01",
+        "--out", "bf16", cwd=tmp_path)
+    done, payload = losses(tmp_path / "bf16" / "last.pt")
+    assert len(done) == 12 and done[-1] < done[0]
+    assert all(t.dtype == torch.float32 for t in payload["model"].values())
+    assert payload["settings"]["dtype"] == "bf16"
+
+
 def test_bytes_encoding_reads_any_file(tmp_path):
     raw = tmp_path / "blob.bin"
     raw.write_bytes(bytes(range(256)) * 20 + b"\xff\xfe" * 200)

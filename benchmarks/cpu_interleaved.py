@@ -1,0 +1,96 @@
+"""FastLSTM's CPU paths against torch's own LSTM, interleaved: each round runs every variant
+once, in turn, so the slow drifts of a shared machine fall on all of them alike; prints the
+median time of each and the median of its per-round ratio to torch's. What auto's CPU rule
+(fastlstm/module.py) and benchmarks/NOTES.md's grid come from. 2 layers, input = hidden
+unless given, fp32 and bf16 (autocast over an fp32 module, as the trainer runs it), inference
+(no_grad) and a training step (forward + backward to the input and every parameter).
+
+  python benchmarks/cpu_interleaved.py                        # the grid: hidden x batch, seq 50
+  python benchmarks/cpu_interleaved.py --shapes charrnn,S3,B8,step --loop
+"""
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from fastlstm import FastLSTM
+
+# name: (layers, hidden, batch, seq, input size)
+NAMED = {"S1": (2, 512, 64, 100, 512), "S3": (2, 128, 50, 50, 128),
+         "charrnn": (2, 256, 64, 100, 64), "B8": (2, 256, 8, 50, 256), "step": (2, 512, 1, 1, 512)}
+
+
+def shape_of(name):
+    if name in NAMED:
+        return NAMED[name]
+    hidden, batch = name[1:].split("B")  # "H256B8": hidden 256, batch 8, seq 50
+    return 2, int(hidden), int(batch), 50, int(hidden)
+
+
+def make(shape, backend, dtype, pass_, fused_layer=True):
+    layers, hidden, batch, seq, inputs = shape
+    torch.manual_seed(0)
+    lstm = FastLSTM(inputs, hidden, layers, backend=backend)
+    x = torch.randn(seq, batch, inputs, requires_grad=pass_ == "train")
+    h0, c0 = torch.randn(layers, batch, hidden), torch.randn(layers, batch, hidden)
+    params = list(lstm.parameters())
+    amp = dtype == "bf16"
+
+    def run():
+        os.environ["FASTLSTM_CPU_FUSED"] = "1" if fused_layer else "0"
+        if pass_ == "fwd":
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                lstm(x, (h0, c0))
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                out, (h, c) = lstm(x, (h0, c0))
+            torch.autograd.grad(out.float().sum() + h.float().sum(), [x, *params])
+    return run
+
+
+def compare(name, dtype, pass_, variants, rounds):
+    runs = {k: make(shape_of(name), *v, dtype, pass_) if len(v) == 1
+            else make(shape_of(name), v[0], dtype, pass_, v[1]) for k, v in variants.items()}
+    for run in runs.values():
+        run()
+        run()
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - start)
+    cells = []
+    for k in runs:
+        ratio = statistics.median(a / b for a, b in zip(times[k], times["aten"]))
+        cells.append(f"{k} {statistics.median(times[k]) * 1e3:8.2f} ms ({ratio:.2f})")
+    print(f"{name:8s} {dtype} {pass_:5s}: " + "  ".join(cells), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(f"H{h}B{b}" for h in (128, 256, 512)
+                                                 for b in (1, 2, 4, 8, 16, 32)),
+                   help="named (S1,S3,charrnn,B8,step) or H<hidden>B<batch> (seq 50)")
+    p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--loop", action="store_true",
+                   help="also the C++ op with its fused layer off (FASTLSTM_CPU_FUSED=0)")
+    args = p.parse_args()
+    variants = {"cpu": ("cpu", True)}
+    if args.loop:
+        variants["cpu_loop"] = ("cpu", False)
+    variants["auto"] = ("auto", True)
+    variants["aten"] = ("aten", True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ratio = median of "
+          "per-round time / aten's")
+    for name in args.shapes.split(","):
+        for dtype in ("fp32", "bf16"):
+            for pass_ in ("fwd", "train"):
+                compare(name, dtype, pass_, variants, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
