@@ -34,6 +34,14 @@ class Ranks:
             value /= self.world
         return value
 
+    def first(self, value: float) -> float:
+        """Rank 0's value, on every rank."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self._device())
+        dist.broadcast(t, src=0)
+        return float(t.item())
+
     def any(self, *flags: bool) -> tuple:
         """For each flag: whether it is set on any rank (one collective for all of them)."""
         if not self.active:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _extension, ops
 from .reference import lstm_cell_reference, reference_lstm
@@ -30,6 +31,28 @@ FUSED_DTYPES = {
     "cpu": (torch.float32, torch.float64, torch.bfloat16),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+
+
+# parameter -> (its version, dtype, the parameter in that dtype); see _cast. Keyed by
+# identity (a WeakKeyDictionary would compare tensors with ==).
+_CASTS = WeakIdKeyDictionary()
+
+
+def _cast(p, dtype):
+    """Parameter p in the compute dtype. Without autograd the cast is kept until p changes
+    (an in-place update, as an optimizer step, bumps its version): an inference loop under
+    autocast then casts each weight once, and the CPU op, which keeps what it packed for the
+    very tensor it was given, packs each once."""
+    if p is None or p.dtype == dtype:
+        return p
+    if (torch.is_grad_enabled() and p.requires_grad) or torch.compiler.is_compiling():
+        return p.to(dtype)
+    kept = _CASTS.get(p)
+    if kept is not None and kept[0] == p._version and kept[1] == dtype:
+        return kept[2]
+    cast = p.to(dtype)
+    _CASTS[p] = (p._version, dtype, cast)
+    return cast
 
 
 def _check_backend(backend):
@@ -457,9 +480,8 @@ class FastLSTM(nn.Module):
                 w = lambda name: getattr(self, f"{name}_l{layer}{suffix}")  # noqa: E731
                 b_ih, b_hh = (w("bias_ih"), w("bias_hh")) if self.bias else (None, None)
                 hs, h, c = ops.lstm_layer(layer_in, h0[k], c0[k], *(
-                    None if p is None else p.to(dtype)
-                    for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)), reverse=d == 1,
-                    layer_op=layer_op)
+                    _cast(p, dtype) for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)),
+                    reverse=d == 1, layer_op=layer_op)
                 outs.append(hs)
                 h_n.append(h)
                 c_n.append(c)

@@ -95,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--lr", type=learning_rate, help="learning rate (default 2e-3)")
     o.add_argument("--lr-decay", choices=["charrnn", "cosine", "none"], help="charrnn: "
                    "x--lr-decay-rate per epoch after --lr-decay-after epochs; cosine: to "
-                   "--min-lr over the run (default charrnn)")
+                   "--min-lr over the run: at its last iteration, or at the end of "
+                   "--time-budget if that comes first (default charrnn)")
     o.add_argument("--lr-decay-after", type=non_negative_int, help="(default 10 epochs)")
     o.add_argument("--lr-decay-rate", type=fraction, help="(default 0.97)")
     o.add_argument("--min-lr", type=non_negative_float, help="cosine's final lr (default 1e-4)")
@@ -165,11 +166,14 @@ def load_corpus(cfg: dict, log=print) -> corpus_mod.Corpus:
                                   log=log)
 
 
-def lr_at(cfg: dict, iteration: int, epoch: int, total_iters: int | None) -> float:
+def lr_at(cfg: dict, iteration: int, epoch: int, total_iters: int | None,
+          time_spent: float = 0.0) -> float:
+    """The learning rate at `iteration`. Cosine decays over the run: to the last iteration,
+    or to the end of --time-budget if that comes first (time_spent: its fraction used)."""
     if cfg["lr_decay"] == "charrnn":
         return cfg["lr"] * cfg["lr_decay_rate"] ** max(0, epoch - cfg["lr_decay_after"])
     if cfg["lr_decay"] == "cosine" and total_iters:
-        progress = min(1.0, iteration / total_iters)
+        progress = min(1.0, max(iteration / total_iters, time_spent))
         span = cfg["lr"] - cfg["min_lr"]
         return cfg["min_lr"] + 0.5 * span * (1 + math.cos(math.pi * progress))
     return cfg["lr"]
@@ -362,7 +366,11 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
         while it < total_iters:
             if window >= len(batches):  # a new epoch starts a new pass from fresh state
                 epoch, window, carry = epoch + 1, 0, None
-            lr = lr_at(cfg, it, epoch, total_iters)
+            time_spent = 0.0
+            if cfg["lr_decay"] == "cosine" and cfg["time_budget"]:
+                # Rank 0's clock for every rank: all must step with the same lr.
+                time_spent = ranks.first(float(time.time() - started) / cfg["time_budget"])
+            lr = lr_at(cfg, it, epoch, total_iters, time_spent)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = (t.to(device) for t in batches.window(window))

@@ -245,3 +245,18 @@ def test_help_explains_the_flags(tmp_path):
         assert flag in out, flag
     assert "--prime" in cli("sample", "--help", cwd=tmp_path).stdout
     assert "--split" in cli("eval", "--help", cwd=tmp_path).stdout
+
+
+def test_cosine_decays_over_the_run():
+    """Cosine reaches --min-lr at the last iteration, or at the end of --time-budget when that
+    comes first; charrnn's decay starts after --lr-decay-after epochs."""
+    from fastlstm.train import TRAINING, lr_at
+    cfg = dict(TRAINING, lr_decay="cosine", lr=2e-3, min_lr=1e-4)
+    assert lr_at(cfg, 0, 0, 1000) == pytest.approx(2e-3)
+    assert lr_at(cfg, 500, 3, 1000) == pytest.approx(1.05e-3)
+    assert lr_at(cfg, 1000, 6, 1000) == pytest.approx(1e-4)
+    assert lr_at(cfg, 100, 0, 1000, time_spent=0.5) == pytest.approx(1.05e-3)
+    assert lr_at(cfg, 100, 0, 1000, time_spent=1.3) == pytest.approx(1e-4)
+    charrnn = dict(TRAINING, lr_decay="charrnn", lr=2e-3)
+    assert lr_at(charrnn, 5000, 10, 8000) == pytest.approx(2e-3)
+    assert lr_at(charrnn, 5000, 12, 8000) == pytest.approx(2e-3 * 0.97 ** 2)

@@ -128,3 +128,54 @@ def test_module_under_no_grad_runs_the_inference_op(dtype, monkeypatch):
     assert calls == ["lstm_layer"] * 2
     for got, want in ((out, out_g), (h, h_g), (c, c_g)):
         assert_close(got, want, TOLERANCE[dtype], f"{dtype} no_grad vs grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_inference_keeps_packed_weights_only_while_they_are_unchanged(dtype):
+    """The inference op keeps what it packed for the tensor it was given: a second call
+    reuses it, an in-place change of the weight (its version bumps) repacks, and a tensor
+    with the same storage address but other values (a new tensor after the old one died)
+    is never mistaken for the old one."""
+    steps, batch, hidden, inputs = 6, 3, 48, 10
+    _, (_, h0, c0, w_hh) = layer_inputs(steps, batch, hidden, dtype, seed=21)
+    x = randn(steps, batch, inputs, seed=22).to(dtype)
+    w_ih = randn(4 * hidden, inputs, seed=23, scale=inputs ** -0.5).to(dtype)
+
+    def run(w_ih, w_hh):
+        return torch.ops.fastlstm.lstm_layer_inference(x, h0, c0, w_ih, w_hh, None, False)[0]
+
+    first = run(w_ih, w_hh)
+    assert torch.equal(run(w_ih, w_hh), first)
+    with torch.no_grad():
+        w_hh.mul_(-1.0)
+        w_ih.mul_(0.5)
+    changed = run(w_ih, w_hh)
+    assert torch.equal(changed, run(w_ih.clone(), w_hh.clone())), "repacked after the change"
+    assert not torch.equal(changed, first)
+    for _ in range(3):  # fresh tensors, freed each time: their addresses get reused
+        w_new = randn(4 * hidden, hidden, seed=24 + _, scale=hidden ** -0.5).to(dtype)
+        assert torch.equal(run(w_ih, w_new), run(w_ih, w_new.clone()))
+
+
+def test_module_inference_after_an_optimizer_step_under_autocast():
+    """FastLSTM keeps its autocast casts (and so the op its packs) across no_grad calls
+    only until a parameter changes: after a training step the next no_grad forward equals a
+    fresh copy's."""
+    torch.manual_seed(3)
+    lstm = FastLSTM(16, 64, 2, backend="cpu")
+    x = randn(8, 4, 16, seed=25)
+    opt = torch.optim.SGD(lstm.parameters(), lr=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            before = lstm(x)[0]
+            assert torch.equal(lstm(x)[0], before)
+        out, _ = lstm(x)
+        out.float().square().sum().backward()
+        opt.step()
+        with torch.no_grad():
+            after = lstm(x)[0]
+        fresh = FastLSTM(16, 64, 2, backend="cpu")
+        fresh.load_state_dict(lstm.state_dict())
+        with torch.no_grad():
+            assert torch.equal(after, fresh(x)[0])
+    assert not torch.equal(after, before)
