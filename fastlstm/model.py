@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import ops
 from .module import FastLSTM
 
 
@@ -18,13 +19,15 @@ class CharRNN(nn.Module):
         self.embed = nn.Embedding(vocab_size, embed_size)
         self.lstm = FastLSTM(embed_size, rnn_size, num_layers, batch_first=True,
                              dropout=dropout if num_layers > 1 else 0.0, backend=backend)
-        self.drop = nn.Dropout(dropout)
+        self.dropout = dropout
         self.head = nn.Linear(rnn_size, vocab_size)
 
     def forward(self, ids, state=None):
         """ids [batch, seq] -> logits [batch, seq, vocab], (h, c)."""
         out, state = self.lstm(self.embed(ids), state)
-        return self.head(self.drop(out)), state
+        # fastlstm's dropout: torch's draws its CPU masks from one sequential generator, a
+        # quarter of a CPU training step at the default size.
+        return self.head(ops.dropout(out, self.dropout, self.training)), state
 
 
 def next_ids(logits, temperature: float, top_k: int | None, generator=None):

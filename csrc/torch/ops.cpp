@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../core/dropout.h"
 #include "../core/lstm_step.h"
 #include "check.h"
 #include "layer.h"
@@ -48,6 +49,16 @@ FASTLSTM_CPU_ROWS(float, float)
 FASTLSTM_CPU_ROWS(double, double)
 FASTLSTM_CPU_ROWS(Bf16, float)
 #undef FASTLSTM_CPU_ROWS
+
+#define FASTLSTM_CPU_DROPOUT(T, Acc)                                                        \
+  FASTLSTM_CPU_CLONES void dropout_cpu_range(const T* x, T* out, int64_t b, int64_t e,       \
+                                             uint64_t seed, uint32_t threshold, Acc scale) { \
+    dropout_range(x, out, b, e, seed, threshold, scale);                                    \
+  }
+FASTLSTM_CPU_DROPOUT(float, float)
+FASTLSTM_CPU_DROPOUT(double, double)
+FASTLSTM_CPU_DROPOUT(Bf16, float)
+#undef FASTLSTM_CPU_DROPOUT
 
 // The storage type's kernel type (torch's BFloat16 -> the header's Bf16, same bits), and the
 // arithmetic type: float for bfloat16, else the type itself.
@@ -162,6 +173,26 @@ std::tuple<Tensor, Tensor, Tensor> step_cpu(const Tensor& xproj, const Tensor& h
   return step_forward(xproj, h, c, w_hh, kCpuKernels);
 }
 
+// x with each element kept (and scaled by 1 / (1 - p)) or zeroed as dropout_bits(seed, its
+// index) decides (core/dropout.h); 0 <= p < 1.
+Tensor dropout_cpu(const Tensor& x_in, double p, int64_t seed) {
+  FASTLSTM_CHECK(p >= 0 && p < 1, "fastlstm dropout: p must be in [0, 1), got ",
+                 std::to_string(p));
+  const Tensor x = x_in.contiguous();
+  Tensor out = kernel_output(x.sizes(), x.options());
+  const auto threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastlstm_dropout_cpu", [&] {
+    using T = typename CpuTypes<scalar_t>::T;
+    using Acc = typename CpuTypes<scalar_t>::Acc;
+    const Acc scale = static_cast<Acc>(1.0 / (1.0 - p));
+    at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+      dropout_cpu_range(mptr<T>(x), mptr<T>(out), begin, end, static_cast<uint64_t>(seed),
+                        threshold, scale);
+    });
+  });
+  return out;
+}
+
 // The stack op on the CPU runs the persistent kernel's per-block code on the host
 // (run_stack_on_host): serial and slow, it is there so that the tests can check the kernel's
 // tiling and wave schedule, and the op's glue and autograd, against the oracle without a GPU.
@@ -210,6 +241,9 @@ TORCH_LIBRARY(fastlstm, m) {
   // FASTLSTM_PERSISTENT_VERSION=3 or 4). The CPU registration runs p3's per-block code.
   m.def("lstm_stack_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] bias,"
         " Tensor[] w_hh) -> (Tensor hs, Tensor cs, Tensor gates)");
+  // Dropout whose mask is a function of (seed, element index): no mask stored, backward is
+  // the same op on the gradient. CPU only (ops.dropout falls back to torch's elsewhere).
+  m.def("dropout(Tensor x, float p, int seed) -> Tensor");
   // One fused step (FastLSTMCell, samplers). Its backward is lstm_layer_backward with seq = 1.
   m.def("lstm_step(Tensor xproj, Tensor h, Tensor c, Tensor w_hh)"
         " -> (Tensor h_new, Tensor c_new, Tensor gates)");
@@ -219,6 +253,7 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("lstm_layer", &layer_cpu);
   m.impl("lstm_layer_backward", &layer_backward_cpu);
   m.impl("lstm_layer_inference", &layer_inference_cpu);
+  m.impl("dropout", &dropout_cpu);
   m.impl("lstm_step", &step_cpu);
   m.impl("lstm_stack_persistent", &stack_persistent_cpu);
 }

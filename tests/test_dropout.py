@@ -1,0 +1,73 @@
+"""fastlstm's CPU dropout (csrc/core/dropout.h, ops.dropout): what F.dropout computes, with a
+mask that is a function of (seed, element index): the right fraction kept, exactly x / (1 - p)
+where kept and 0 elsewhere, the same mask for the same seed on any number of threads,
+independent masks for other seeds, its gradient the same mask."""
+import math
+
+import pytest
+import torch
+
+from fastlstm import _extension, ops
+
+pytestmark = pytest.mark.skipif(not _extension.available(), reason="fastlstm._C not built")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kept_fraction_and_values(p, dtype):
+    x = torch.randn(1000, 1000).to(dtype) + 3.0  # no zeros: a zero output means dropped
+    y = torch.ops.fastlstm.dropout(x, p, 12345)
+    kept = y != 0
+    n = x.numel()
+    # Binomial(n, 1 - p): 6 standard deviations.
+    assert abs(kept.sum().item() - n * (1 - p)) < 6 * math.sqrt(n * p * (1 - p))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32  # as F.dropout: x * scale
+    want = (x.to(acc) * torch.tensor(1 / (1 - p), dtype=acc)).to(dtype)
+    assert torch.equal(y[kept], want[kept])
+    assert y.dtype == dtype and y.shape == x.shape
+
+
+def test_same_seed_same_mask_on_any_threads_other_seeds_independent():
+    x = torch.ones(300, 1001)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.fastlstm.dropout(x, 0.5, 7)
+        torch.set_num_threads(2)
+        two = torch.ops.fastlstm.dropout(x, 0.5, 7)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two)
+    a = (torch.ops.fastlstm.dropout(x, 0.5, 8) != 0).double().flatten()
+    b = (one != 0).double().flatten()
+    corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    assert abs(corr) < 0.01, "masks of neighbouring seeds are independent"
+    # Neighbouring elements too (a weak counter hash would correlate them).
+    adjacent = torch.corrcoef(torch.stack([b[:-1], b[1:]]))[0, 1].item()
+    assert abs(adjacent) < 0.01
+
+
+def test_ops_dropout_follows_torch_seed_and_training_flag():
+    x = torch.randn(64, 100)
+    torch.manual_seed(3)
+    first = ops.dropout(x, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(ops.dropout(x, 0.2), first)
+    assert not torch.equal(ops.dropout(x, 0.2), first), "the next call draws a new mask"
+    assert ops.dropout(x, 0.2, training=False) is x
+    assert ops.dropout(x, 0.0) is x
+    assert torch.equal(ops.dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_gradient_is_the_same_mask():
+    x = torch.randn(20, 30, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: torch.ops.fastlstm.dropout(t, 0.4, 99), (x,))
+    y = torch.ops.fastlstm.dropout(x, 0.4, 99)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g, (y != 0).double() / 0.6)
+    torch.library.opcheck(torch.ops.fastlstm.dropout.default, (x, 0.4, 99))
+
+
+def test_rejects_p_outside_0_1():
+    with pytest.raises(RuntimeError, match=r"p must be in \[0, 1\)"):
+        torch.ops.fastlstm.dropout(torch.ones(3), 1.0, 0)
