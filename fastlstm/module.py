@@ -249,12 +249,15 @@ def _check_lstm_args(input_size, hidden_size, num_layers, bias, batch_first, dro
 
 class FastLSTM(nn.Module):
     """nn.LSTM with fused kernels. Same arguments, parameters and forward contract, plus
-    keyword ``backend``. Not a subclass of nn.LSTM: torch.compile refuses to trace those,
-    while it traces this module (and the fastlstm ops) whole."""
+    keywords ``backend`` and ``dropout_masks``: "torch" (default) draws the between-layer
+    dropout masks as nn.LSTM does (the same masks for the same seed); "counter" draws them
+    with fastlstm's counter-based dropout (ops.dropout; CPU tensors on our op's path),
+    ~18x faster on the CPU, other masks. Not a subclass of nn.LSTM: torch.compile refuses
+    to trace those, while it traces this module (and the fastlstm ops) whole."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend="auto"):
+                 backend="auto", dropout_masks="torch"):
         super().__init__()
         _check_lstm_args(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          proj_size)
@@ -262,6 +265,9 @@ class FastLSTM(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
         self.backend = _check_backend(backend)
+        if dropout_masks not in ("torch", "counter"):
+            raise ValueError(f"dropout_masks must be 'torch' or 'counter', got {dropout_masks!r}")
+        self.dropout_masks = dropout_masks
 
         # nn.LSTM's parameters, names and registration order (its state_dict order).
         factory = dict(device=device, dtype=dtype)
@@ -320,7 +326,9 @@ class FastLSTM(nn.Module):
                               ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + f", backend={self.backend!r}"
+        s += f", backend={self.backend!r}"
+        masks = getattr(self, "dropout_masks", "torch")  # absent in modules pickled before it
+        return s + (f", dropout_masks={masks!r}" if masks != "torch" else "")
 
     def _weights(self):
         """Parameters in nn.LSTM's flat order (what torch's own LSTM kernels take)."""
@@ -487,7 +495,9 @@ class FastLSTM(nn.Module):
                 c_n.append(c)
             layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, training=True)
+                layer_in = (ops.dropout(layer_in, self.dropout)
+                            if getattr(self, "dropout_masks", "torch") == "counter"
+                            else F.dropout(layer_in, self.dropout, training=True))
         out = layer_in.transpose(0, 1) if self.batch_first else layer_in
         return out, torch.stack(h_n), torch.stack(c_n)
 

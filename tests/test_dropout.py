@@ -71,3 +71,26 @@ def test_gradient_is_the_same_mask():
 def test_rejects_p_outside_0_1():
     with pytest.raises(RuntimeError, match=r"p must be in \[0, 1\)"):
         torch.ops.fastlstm.dropout(torch.ones(3), 1.0, 0)
+
+
+def test_fastlstm_counter_masks_between_layers():
+    """dropout_masks="counter": the between-layer dropout through ops.dropout (reproducible
+    under torch.manual_seed, other masks than "torch"'s); without dropout or in eval mode
+    the two are the same module."""
+    from fastlstm import FastLSTM
+    torch.manual_seed(0)
+    a = FastLSTM(8, 32, 3, dropout=0.5, backend="cpu")
+    b = FastLSTM(8, 32, 3, dropout=0.5, backend="cpu", dropout_masks="counter")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(6, 4, 8)
+    torch.manual_seed(1)
+    out_b = b(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(b(x)[0], out_b)
+    torch.manual_seed(1)
+    assert not torch.equal(a(x)[0], out_b)
+    a.eval(), b.eval()
+    assert torch.equal(a(x)[0], b(x)[0])
+    assert "dropout_masks='counter'" in repr(b)
+    with pytest.raises(ValueError, match="dropout_masks"):
+        FastLSTM(8, 32, 2, dropout_masks="fast")
