@@ -11,6 +11,9 @@ Op contract (shapes in csrc/torch/layer.h):
   dropout(x, p, seed) -> out   (CPU; the mask a function of seed and element index)
   lstm_stack_persistent(xproj, h0, c0, w_ih[], bias[], w_hh[]) -> (hs, cs, gates), each
       [layers, ...] and layer l's slice what lstm_layer returns for it (csrc/torch/stack.h)
+  generate(logits, h, c, embed, w_ih[], w_hh[], b_ih[], b_hh[], head_w, head_b, steps,
+           temperature, top_k, top_p, seed, offset, forced, bf16) -> (ids, logits, h, c)
+      (CPU; a char-rnn continued by `steps` ids in one call: csrc/torch/generate_cpu.h)
 cs, c_new and gates are kept in float32 for half types (float64 for float64).
 """
 from __future__ import annotations
@@ -224,7 +227,32 @@ def dropout(x, p: float, training: bool = True, generator=None):
     return torch.ops.fastlstm.dropout(x, float(p), seed)
 
 
+def _fake_generate(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps,
+                   temperature, top_k, top_p, seed, offset, forced, bf16):
+    return (logits.new_empty((logits.size(0), steps), dtype=torch.int64),
+            torch.empty_like(logits), torch.empty_like(h), torch.empty_like(c))
+
+
+def generate(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps: int,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+             seed: int = 0, offset: int = 0, forced=None, bf16: bool = False):
+    """Continue N samples of a char-rnn by `steps` ids in one call (CPU, float32 tensors):
+    per step, draw an id from `logits` [N, V] (argmax at temperature 0, else
+    softmax(logits / temperature) restricted to the top_k largest logits, then to the
+    nucleus of mass top_p; the draw a function of (seed, sample, offset + step) only), feed
+    it through the embedding [V, E], every layer (w_ih, w_hh, b_ih, b_hh: lists, the biases
+    both empty without bias; h, c [L, N, H]) and the decoder (head_w [V, H], head_b [V] or
+    None). `forced` [N, steps] int64: feed these ids instead (teacher forcing). bf16: the
+    products in bfloat16 (fp32 cell state and accumulation). Returns (ids [N, steps],
+    logits, h, c) after the last id: pass them back, with offset + steps, to continue."""
+    return torch.ops.fastlstm.generate(
+        logits, h, c, embed, list(w_ih), list(w_hh), list(b_ih), list(b_hh), head_w, head_b,
+        int(steps), float(temperature), top_k, float(top_p), int(seed), int(offset), forced,
+        bool(bf16))
+
+
 if _extension.available():
+    torch.library.register_fake("fastlstm::generate")(_fake_generate)
     torch.library.register_fake("fastlstm::lstm_layer")(_fake_layer)
     torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
     torch.library.register_fake("fastlstm::lstm_layer_inference")(_fake_layer_inference)

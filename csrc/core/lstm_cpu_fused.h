@@ -216,10 +216,11 @@ inline const uint32_t* as_ksteps(const T* p) {
 //   out[g][ks][gate][u][e] = W[gate H + 16 g + u][ks kPer + e], zero past H.
 // K must be whole k-steps (a bf16 W of odd K: pad a zero column first). Unit groups
 // [group_begin, group_end) only (threads pack disjoint groups). One vector of 16 k-steps,
-// gathered down the group's 16 rows, per store.
+// gathered down the group's 16 rows, per store. gates = 1 packs a plain [H, K] matrix
+// (a decoder: out[g][ks][u][e]).
 template <typename T>
 void pack_forward(const T* w, int64_t hidden, int64_t K, T* out, int64_t group_begin,
-                  int64_t group_end) {
+                  int64_t group_end, int gates = 4) {
   const int64_t H = hidden, ks_n = K / KStep<T>::kPer;
   const uint32_t* w32 = as_ksteps(w);
   uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
@@ -229,11 +230,11 @@ void pack_forward(const T* w, int64_t hidden, int64_t K, T* out, int64_t group_b
   for (int64_t g = group_begin; g < group_end; ++g) {
     const __mmask16 valid = static_cast<__mmask16>(
         (1u << std::min<int64_t>(kLanes, H - g * kLanes)) - 1u);
-    for (int gate = 0; gate < 4; ++gate) {
+    for (int gate = 0; gate < gates; ++gate) {
       const uint32_t* base = w32 + (gate * H + g * kLanes) * ks_n;
-      uint32_t* dst = o32 + (g * ks_n * 4 + gate) * kLanes;
+      uint32_t* dst = o32 + (g * ks_n * gates + gate) * kLanes;
       for (int64_t ks = 0; ks < ks_n; ++ks)
-        _mm512_storeu_si512(dst + ks * 4 * kLanes,
+        _mm512_storeu_si512(dst + ks * gates * kLanes,
                             _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, rows,
                                                         base + ks, 4));
     }

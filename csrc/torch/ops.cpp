@@ -7,6 +7,7 @@
 #include "../core/dropout.h"
 #include "../core/lstm_step.h"
 #include "check.h"
+#include "generate_cpu.h"
 #include "layer.h"
 #include "layer_cpu_fused.h"
 #include "stack.h"
@@ -244,6 +245,15 @@ TORCH_LIBRARY(fastlstm, m) {
   // Dropout whose mask is a function of (seed, element index): no mask stored, backward is
   // the same op on the gradient. CPU only (ops.dropout falls back to torch's elsewhere).
   m.def("dropout(Tensor x, float p, int seed) -> Tensor");
+  // A char-rnn (embedding -> LSTM layers -> decoder) continues N samples by `steps` ids in
+  // one call: draw from the logits (temperature, top_k, top_p; a counter-based draw keyed by
+  // seed, sample and offset + step), feed the id through every layer and the decoder.
+  // Returns the ids and the logits and state after the last; shapes in generate_cpu.h.
+  // CPU only (fastlstm.model.generate runs its per-character loop elsewhere).
+  m.def("generate(Tensor logits, Tensor h, Tensor c, Tensor embed, Tensor[] w_ih, Tensor[] w_hh,"
+        " Tensor[] b_ih, Tensor[] b_hh, Tensor head_w, Tensor? head_b, int steps,"
+        " float temperature, int? top_k, float top_p, int seed, int offset, Tensor? forced,"
+        " bool bf16) -> (Tensor ids, Tensor logits_out, Tensor h_out, Tensor c_out)");
   // One fused step (FastLSTMCell, samplers). Its backward is lstm_layer_backward with seq = 1.
   m.def("lstm_step(Tensor xproj, Tensor h, Tensor c, Tensor w_hh)"
         " -> (Tensor h_new, Tensor c_new, Tensor gates)");
@@ -256,6 +266,7 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("dropout", &dropout_cpu);
   m.impl("lstm_step", &step_cpu);
   m.impl("lstm_stack_persistent", &stack_persistent_cpu);
+  m.impl("generate", &generate_cpu);
 }
 
 }  // namespace fastlstm

@@ -1,0 +1,31 @@
+// The generate op's CPU implementation (core/generate_cpu.h): a char-rnn (embedding ->
+// LSTM layers -> decoder) continues N samples by `steps` ids in one call.
+//   logits [N, V] float32: the logits the first id is drawn from
+//   h, c   [L, N, H] float32: the LSTM state after those logits
+//   embed [V, E]; w_ih [4H, E] then [4H, H]; w_hh [4H, H]; b_ih, b_hh [4H] (both lists empty
+//   without biases); head_w [V, H]; head_b [V] or none
+//   forced [N, steps] int64 or none: ids fed instead of the drawn ones (teacher forcing)
+//   bf16: weights and h in bfloat16 for the products (fp32 accumulation and cell state)
+// Returns (ids [N, steps] int64, logits [N, V], h, c), the state after the last id.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fastlstm {
+
+using at::Tensor;
+
+// Whether generate runs here (x86-64 with AVX-512; with AVX512-BF16 for bf16).
+bool generate_cpu_supports(bool bf16);
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cpu(
+    const Tensor& logits, const Tensor& h, const Tensor& c, const Tensor& embed,
+    at::TensorList w_ih, at::TensorList w_hh, at::TensorList b_ih, at::TensorList b_hh,
+    const Tensor& head_w, const std::optional<Tensor>& head_b, int64_t steps, double temperature,
+    std::optional<int64_t> top_k, double top_p, int64_t seed, int64_t offset,
+    const std::optional<Tensor>& forced, bool bf16);
+
+}  // namespace fastlstm
