@@ -1,5 +1,6 @@
 """Turn a pytest-benchmark JSON into a table: median time per backend and its ratio to
 the baseline (cudnn, else aten) of the same group. Ratio < 1 means faster than baseline.
+Generation groups also get characters a second.
 
   python benchmarks/compare.py bench.json
 """
@@ -14,16 +15,22 @@ def table(path):
     with open(path) as f:
         data = json.load(f)
     groups = defaultdict(dict)
+    chars = {}  # generation benchmarks: characters per call, for a chars/s column
     for bench in data["benchmarks"]:
-        groups[bench["group"]][bench["extra_info"]["backend"]] = bench["stats"]["median"]
-    lines = [f"{'group':<26} {'backend':<17} {'median ms':>10} {'vs base':>8}"]
+        info = bench["extra_info"]
+        groups[bench["group"]][info["backend"]] = bench["stats"]["median"]
+        if "chars" in info:
+            chars[bench["group"]] = info["chars"]
+    lines = [f"{'group':<26} {'backend':<17} {'median ms':>10} {'vs base':>8}"
+             + ("  chars/s" if chars else "")]
     ratios = defaultdict(list)  # backend -> [(ratio, group)]
     for group in sorted(groups):
         times = groups[group]
         base = next((times[b] for b in BASELINES if b in times), None)
         for backend, t in sorted(times.items()):
             ratio = f"{t / base:.2f}" if base else "-"
-            lines.append(f"{group:<26} {backend:<17} {t * 1e3:>10.3f} {ratio:>8}")
+            rate = f"  {chars[group] / t:>7.0f}" if group in chars else ""
+            lines.append(f"{group:<26} {backend:<17} {t * 1e3:>10.3f} {ratio:>8}{rate}")
             if base and backend not in BASELINES:
                 ratios[backend].append((t / base, group))
     if ratios:

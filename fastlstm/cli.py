@@ -71,6 +71,14 @@ def probability(text: str) -> float:
     return value
 
 
+def nucleus(text: str) -> float:
+    """A top-p mass: 0 < p <= 1."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A share of the corpus: 0 < f < 1."""
     value = float(text)

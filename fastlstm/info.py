@@ -56,6 +56,13 @@ def report() -> list[tuple[str, str]]:
                      f"<= {module.CPU_FUSED_MAX_BATCH} (fp32/fp64). Else torch's own (oneDNN)"))
     else:
         rows.append(("auto on CPU tensors", "torch's own LSTM (extension unavailable)"))
+    rows.append(("char-rnn generation (model.generate)",
+                 ("CPU: the fused op (fastlstm.ops.generate), 64 characters a call, in "
+                  + ("bf16 (precision='auto'; 'fp32' on request)"
+                     if _extension.cpu_fused(torch.bfloat16) else "fp32")
+                  if _extension.cpu_fused(torch.float32)
+                  else "CPU: one step at a time (the fused op needs x86-64 with AVX-512)")
+                 + "; CUDA: one step at a time (no CUDA generation op yet)"))
     rows.append(("auto on CUDA tensors",
                  f"CUDA op for bf16 at hidden <= {module.CUDA_FUSED_MAX_HIDDEN}, else cuDNN "
                  "(benchmarks/NOTES.md)"))

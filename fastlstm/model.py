@@ -104,17 +104,20 @@ def generate(model: CharRNN, prime_ids: torch.Tensor, length: int, temperature: 
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if prime_ids.dim() != 1 or prime_ids.numel() == 0:
+        raise ValueError("prime_ids must be 1-D and not empty, got shape "
+                         f"{tuple(prime_ids.shape)}")
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
         x = prime_ids.to(device).unsqueeze(0).expand(num_samples, -1)
-        logits, state = model(x)
-        logits = logits[:, -1]
         mode = fused_generation(model, precision)
         if mode is not None:
-            return _generate_fused(model, logits, state, length, temperature, top_k, top_p,
-                                   generator, on_ids, mode == "bf16")
+            return _generate_fused(model, x, length, temperature, top_k, top_p, generator,
+                                   on_ids, mode == "bf16")
+        logits, state = model(x)
+        logits = logits[:, -1]
         drawn = []
         for _ in range(length):
             ids = next_ids(logits, temperature, top_k, generator, top_p)
@@ -128,12 +131,17 @@ def generate(model: CharRNN, prime_ids: torch.Tensor, length: int, temperature: 
         model.train(was_training)
 
 
-def _generate_fused(model, logits, state, length, temperature, top_k, top_p, generator,
-                    on_ids, bf16):
+def _generate_fused(model, prime, length, temperature, top_k, top_p, generator, on_ids,
+                    bf16):
     seed = int(torch.randint(2 ** 62, (), generator=generator, dtype=torch.int64))
     weights = _op_weights(model)
-    h, c = state
-    logits = logits.float().contiguous()
+    samples, lstm = prime.size(0), model.lstm
+    h = torch.zeros(lstm.num_layers, samples, lstm.hidden_size)
+    c = torch.zeros_like(h)
+    # The prime through the op too, its ids forced (no draw: the logits in are not read).
+    _, logits, h, c = ops.generate(torch.zeros(samples, model.head.out_features), h, c,
+                                   *weights, prime.size(1), forced=prime.long().contiguous(),
+                                   bf16=bf16)
     chunks = []
     for offset in range(0, length, CHUNK):
         ids, logits, h, c = ops.generate(logits, h, c, *weights, min(CHUNK, length - offset),
@@ -143,5 +151,4 @@ def _generate_fused(model, logits, state, length, temperature, top_k, top_p, gen
         if on_ids is not None:
             for column in ids.unbind(1):
                 on_ids(column)
-    return torch.cat(chunks, dim=1) if chunks else logits.new_zeros((logits.size(0), 0),
-                                                                      dtype=torch.int64)
+    return torch.cat(chunks, dim=1) if chunks else prime.new_zeros(samples, 0)

@@ -63,6 +63,10 @@ def test_train_sample_eval_on_multibyte_text(tmp_path, corpus):
     several = cli("sample", "run/last.pt", "--length", "10", "--num-samples", "3", "--top-k",
                   "5", "--seed", "1", cwd=tmp_path).stdout
     assert several.count("--- sample") == 3
+    nucleus = [cli("sample", "run", "--length", "30", "--top-p", "0.9", "--top-k", "20",
+                   "--seed", "4", "--precision", precision, cwd=tmp_path).stdout
+               for precision in ("fp32", "fp32", "auto")]
+    assert nucleus[0] == nucleus[1] and len(nucleus[2]) == len(nucleus[0])
     greedy = cli("sample", "run", "--argmax", "--length", "15", cwd=tmp_path).stdout
     assert greedy == cli("sample", "run", "--temperature", "0", "--length", "15",
                          cwd=tmp_path).stdout
@@ -181,6 +185,8 @@ def test_bad_inputs(tmp_path, corpus):
                         ("--lr", "1e38"), ("--val-frac", "1.5")):
         fails("train", corpus, flag, value, cwd=tmp_path, expect=flag)
     fails("sample", "run", "--temperature", "-0.5", cwd=tmp_path, expect="--temperature")
+    fails("sample", "run", "--top-p", "0", cwd=tmp_path, expect="--top-p")
+    fails("sample", "run", "--top-p", "1.5", cwd=tmp_path, expect="--top-p")
 
     (tmp_path / "junk.pt").write_bytes(os.urandom(300))
     torch.save({"some": "dict"}, tmp_path / "foreign.pt")

@@ -236,7 +236,9 @@ def test_on_ids_streams_every_step():
 def test_bad_arguments_say_what_is_wrong():
     m = model(20, 16, 2)
     logits, h, c = prime_state(m, torch.zeros(2, 1, dtype=torch.long))
-    call = lambda **kw: ops.generate(logits, h, c, *op_args(m), kw.pop("steps", 3), **kw)  # noqa: E731
+
+    def call(steps=3, **kw):
+        return ops.generate(logits, h, c, *op_args(m), steps, **kw)
     for kw, message in [({"temperature": -1.0}, "temperature must be finite and >= 0"),
                         ({"temperature": math.nan}, "temperature must be finite"),
                         ({"top_p": 0.0}, "top_p must be in (0, 1]"),
@@ -244,13 +246,16 @@ def test_bad_arguments_say_what_is_wrong():
                         ({"top_k": 0}, "top_k must be >= 1"),
                         ({"steps": -1}, "steps must be >= 0"),
                         ({"forced": torch.full((2, 3), 20)}, "forced ids must be in [0, 20)"),
-                        ({"forced": torch.zeros(2, 4, dtype=torch.long)}, "forced must be int64 [2, 3]")]:
+                        ({"forced": torch.zeros(2, 4, dtype=torch.long)},
+                         "forced must be int64 [2, 3]")]:
         with pytest.raises(RuntimeError, match=re.escape(message)):
             call(**kw)
     with pytest.raises(RuntimeError, match=r"h and c must be \[layers, samples, hidden\]"):
         ops.generate(logits, h[:1], c[:1], *op_args(m), 3)
     with pytest.raises(RuntimeError, match="float32 CPU tensors only"):
         ops.generate(logits.double(), h, c, *op_args(m), 3)
+    with pytest.raises(ValueError, match="prime_ids must be 1-D and not empty"):
+        generate(m, torch.tensor([], dtype=torch.long), 5)
     for kw, message in [({"temperature": -0.5}, "temperature must be >= 0"),
                         ({"top_k": 0}, "top_k must be >= 1"),
                         ({"top_p": 1.2}, r"top_p must be in \(0, 1\]"),
