@@ -89,7 +89,8 @@ def extensions():
         # Searched after the toolkit's own headers, which must win where both have a file.
         cxx += [arg for d in pip_cuda_includes() for arg in ("-idirafter", d)]
     sources += ["csrc/torch/ops_cuda.cpp", "csrc/torch/cuda_graphs.cpp",
-                "csrc/core/lstm_step_cuda.cu", "csrc/core/lstm_persistent_cuda.cu"]
+                "csrc/torch/generate_cuda.cpp", "csrc/core/lstm_step_cuda.cu",
+                "csrc/core/lstm_persistent_cuda.cu", "csrc/core/generate_cuda.cu"]
     return [cpp_extension.CUDAExtension(
         "fastlstm._C", sources,
         extra_compile_args={"cxx": cxx + ["-DFASTLSTM_WITH_CUDA"],

@@ -12,8 +12,9 @@
 #     fp32 and bf16; BENCH_BACKENDS overrides the list).
 #   MODE=full (the default; ~10-12 min, more than one 600-second device call): quick's steps
 #     with every test instead of the GPU ones, the benchmarks twice (the spread between the
-#     runs is the noise), the bf16 error spread, the sanitizers and an fp32 benchmark pass
-#     with TF32 on.
+#     runs is the noise), the bf16 error spread, the sanitizers, an fp32 benchmark pass
+#     with TF32 on, and the generation benchmark (the CUDA generation op's correctness is in
+#     the GPU tests, which quick runs too).
 #   MODE=sanitize (~4-6 min): compute-sanitizer memcheck on a small forward+backward and on
 #     the CUDA ctest program, racecheck on the persistent kernels.
 # So on a 15-minute lease: quick, then sanitize if the minutes allow. Tests run -v, so a
@@ -139,11 +140,23 @@ benchmarks() {
   local bench_args="--bench-backends=${BENCH_BACKENDS:-cuda,cuda_persistent3,cuda_persistent4,cuda_persistent4x2,cuda_persistent4d,cuda_persistent4x2d,cudnn}"
   runs=$(seq 1 "$1")
   for run in $runs; do
-    timeout 150 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
+    timeout 150 python3 -m pytest benchmarks/test_bench_lstm.py -q -p no:cacheprovider \
+      --bench-device=cuda \
       $bench_args --benchmark-json="$OUT/bench$run.json" --benchmark-columns=median,iqr,min \
       >> "$OUT/bench.log" 2>&1
     record "benchmarks run $run" "$(tail -1 "$OUT/bench.log")"
   done
+}
+
+generation_bench() {
+  # The CUDA generation op (fused_cuda) against the per-character loop and a plain nn.LSTM
+  # loop; its correctness is in the GPU tests (test_gpu.py: test_generate_op_*).
+  step "generation benchmark"
+  timeout 120 python3 -m pytest benchmarks/test_bench_generate.py -q -p no:cacheprovider \
+    --bench-device=cuda --benchmark-json="$OUT/bench_generate.json" \
+    --benchmark-columns=median,iqr,min >> "$OUT/bench.log" 2>&1
+  record "generation benchmark" "$(tail -1 "$OUT/bench.log")"
+  python3 benchmarks/compare.py "$OUT/bench_generate.json"
 }
 
 tf32_pass() {
@@ -160,7 +173,7 @@ build
 case $MODE in
   quick) ptxas_report; first_look; raise_case; tests; ctest_build_and_run; benchmarks 1 ;;
   full) ptxas_report; first_look; raise_case; tests; bf16_spread; ctest_build_and_run
-        sanitizers; benchmarks 2; tf32_pass ;;
+        sanitizers; benchmarks 2; tf32_pass; generation_bench ;;
   sanitize) sanitizers ;;
 esac
 

@@ -6,8 +6,9 @@ same weights, one character a call (backend "aten", the baseline compare.py divi
   python benchmarks/compare.py gen.json        # times, ratios and chars/s
 
 Backends: "fused_fp32" / "fused_bf16": generate on the fused CPU op (ops.generate) with its
-products in fp32 / bf16; "loop": generate one step at a time through the model (what it did
-before the op, and what it still does on CUDA); "aten": the plain loop.
+products in fp32 / bf16; "fused_cuda": the op on CUDA (not yet run on a GPU; generate does
+not use it yet); "loop": generate one step at a time through the model (what it did before
+the op, and what it still does on CUDA); "aten": the plain loop.
 """
 import pytest
 import torch
@@ -25,9 +26,11 @@ VOCAB, EMBED, TEMPERATURE = 65, 64, 0.8
 
 def plain_loop(m: CharRNN):
     """nn.Embedding -> nn.LSTM -> nn.Linear with m's weights, sampled a character a call."""
-    embed = nn.Embedding(VOCAB, EMBED)
-    lstm = nn.LSTM(EMBED, m.lstm.hidden_size, m.lstm.num_layers, batch_first=True)
-    head = nn.Linear(m.lstm.hidden_size, VOCAB)
+    device = m.head.weight.device
+    embed = nn.Embedding(VOCAB, EMBED, device=device)
+    lstm = nn.LSTM(EMBED, m.lstm.hidden_size, m.lstm.num_layers, batch_first=True,
+                   device=device)
+    head = nn.Linear(m.lstm.hidden_size, VOCAB, device=device)
     embed.load_state_dict(m.embed.state_dict())
     lstm.load_state_dict(m.lstm.state_dict())
     head.load_state_dict(m.head.state_dict())
@@ -49,30 +52,39 @@ def plain_loop(m: CharRNN):
     return run
 
 
-@pytest.mark.parametrize("gen_backend", ["aten", "loop", "fused_fp32", "fused_bf16"])
+@pytest.mark.parametrize("gen_backend", ["aten", "loop", "fused_fp32", "fused_bf16",
+                                         "fused_cuda"])
 @pytest.mark.parametrize("gen_shape", list(SHAPES))
 def test_generate(benchmark, device, gen_shape, gen_backend, monkeypatch):
     backend = gen_backend
-    if device != "cpu":
-        pytest.skip("CUDA generation runs the per-character loop: no CUDA generation op yet")
     layers, hidden, samples, length = SHAPES[gen_shape]
-    if backend.startswith("fused") and not _extension.cpu_fused(
+    if (backend == "fused_cuda") != (device == "cuda") and backend.startswith("fused"):
+        pytest.skip(f"{backend} on {device}: not this device's op")
+    if backend == "fused_cuda" and not _extension.cuda_compiled():
+        pytest.skip("fused_cuda: built without CUDA")
+    if backend in ("fused_fp32", "fused_bf16") and not _extension.cpu_fused(
             torch.bfloat16 if backend == "fused_bf16" else torch.float32):
         pytest.skip(f"{backend}: this CPU or build cannot run it")
     torch.manual_seed(0)
-    m = CharRNN(VOCAB, hidden, layers, 0.0, EMBED).eval()
-    prime = torch.tensor([[0]])
-    gen = torch.Generator().manual_seed(0)
+    m = CharRNN(VOCAB, hidden, layers, 0.0, EMBED).eval().to(device)
+    prime = torch.tensor([[0]], device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
     if backend == "aten":
         run = plain_loop(m)
         fn = lambda: run(prime, length, samples, gen)  # noqa: E731
+    elif backend == "fused_cuda":
+        fn = lambda: charrnn._generate_fused(  # noqa: E731
+            m, prime.expand(samples, -1), length, TEMPERATURE, None, None, gen, None, False)
     else:
         if backend == "loop":
             monkeypatch.setattr(charrnn, "fused_generation", lambda *a, **k: None)
         precision = "bf16" if backend == "fused_bf16" else "fp32"
         fn = lambda: generate(m, prime[0], length, TEMPERATURE, num_samples=samples,  # noqa: E731
                               generator=gen, precision=precision)
-    fn()  # warm: packed weights, oneDNN's primitives
+    fn()  # warm: packed weights, oneDNN's primitives, the CUDA graph
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    timed = fn
+    fn = lambda: (timed(), sync())[0]  # noqa: E731
     benchmark.group = f"generate {gen_shape}"
     benchmark.extra_info.update(backend=backend, chars=samples * length)
     out = benchmark(fn)

@@ -136,10 +136,11 @@ def _generate_fused(model, prime, length, temperature, top_k, top_p, generator, 
     seed = int(torch.randint(2 ** 62, (), generator=generator, dtype=torch.int64))
     weights = _op_weights(model)
     samples, lstm = prime.size(0), model.lstm
-    h = torch.zeros(lstm.num_layers, samples, lstm.hidden_size)
+    h = torch.zeros(lstm.num_layers, samples, lstm.hidden_size, device=prime.device)
     c = torch.zeros_like(h)
     # The prime through the op too, its ids forced (no draw: the logits in are not read).
-    _, logits, h, c = ops.generate(torch.zeros(samples, model.head.out_features), h, c,
+    _, logits, h, c = ops.generate(prime.new_zeros((samples, model.head.out_features),
+                                                   dtype=torch.float32), h, c,
                                    *weights, prime.size(1), forced=prime.long().contiguous(),
                                    bf16=bf16)
     chunks = []

@@ -252,7 +252,7 @@ def test_bad_arguments_say_what_is_wrong():
             call(**kw)
     with pytest.raises(RuntimeError, match=r"h and c must be \[layers, samples, hidden\]"):
         ops.generate(logits, h[:1], c[:1], *op_args(m), 3)
-    with pytest.raises(RuntimeError, match="float32 CPU tensors only"):
+    with pytest.raises(RuntimeError, match="float32 tensors on one device only"):
         ops.generate(logits.double(), h, c, *op_args(m), 3)
     with pytest.raises(ValueError, match="prime_ids must be 1-D and not empty"):
         generate(m, torch.tensor([], dtype=torch.long), 5)

@@ -1,4 +1,4 @@
-#include "generate_cpu.h"
+#include "generate.h"
 
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
@@ -17,11 +17,79 @@
 
 namespace fastlstm {
 
+// The op's layer limit (GenerateArgs holds a pointer per layer).
+constexpr int64_t kMaxGenerateLayers = 8;
+
+void check_generate_inputs(const Tensor& logits, const Tensor& h, const Tensor& c,
+                           const Tensor& embed, at::TensorList w_ih, at::TensorList w_hh,
+                           at::TensorList b_ih, at::TensorList b_hh, const Tensor& head_w,
+                           const std::optional<Tensor>& head_b, int64_t steps, double temperature,
+                           std::optional<int64_t> top_k, double top_p,
+                           const std::optional<Tensor>& forced) {
+  const int64_t L = static_cast<int64_t>(w_hh.size());
+  FASTLSTM_CHECK(L >= 1 && L <= kMaxGenerateLayers &&
+                     static_cast<int64_t>(w_ih.size()) == L,
+                 "fastlstm generate: 1 to ", int64_t(kMaxGenerateLayers),
+                 " layers, as many w_ih as w_hh; got ", int64_t(w_ih.size()), " and ", L);
+  FASTLSTM_CHECK((b_ih.empty() && b_hh.empty()) ||
+                     (static_cast<int64_t>(b_ih.size()) == L && static_cast<int64_t>(b_hh.size()) == L),
+                 "fastlstm generate: b_ih and b_hh: one per layer each, or both empty");
+  FASTLSTM_CHECK(logits.dim() == 2 && embed.dim() == 2 && head_w.dim() == 2 && h.dim() == 3,
+                 "fastlstm generate: logits [N, V], embed [V, E], head_w [V, H], h [L, N, H]");
+  const int64_t N = logits.size(0), V = logits.size(1), E = embed.size(1), H = w_hh[0].size(1);
+  FASTLSTM_CHECK(N >= 1 && V >= 1 && H >= 1, "fastlstm generate: empty logits or hidden size");
+  std::vector<Tensor> all{logits, h, c, embed, head_w};
+  for (const auto* list : {&w_ih, &w_hh, &b_ih, &b_hh})
+    for (const Tensor& t : *list) all.push_back(t);
+  if (head_b.has_value() && head_b->defined()) all.push_back(*head_b);
+  for (const Tensor& t : all)
+    FASTLSTM_CHECK(t.device() == logits.device() && t.scalar_type() == at::kFloat,
+                   "fastlstm generate: float32 tensors on one device only, got ",
+                   t.scalar_type(), " on ", t.device(), " with logits on ", logits.device());
+  FASTLSTM_CHECK(h.sizes() == at::IntArrayRef({L, N, H}) && c.sizes() == h.sizes(),
+                 "fastlstm generate: h and c must be [layers, samples, hidden] = [", L, ", ", N,
+                 ", ", H, "], got ", h.sizes(), " and ", c.sizes());
+  FASTLSTM_CHECK(embed.size(0) == V && head_w.sizes() == at::IntArrayRef({V, H}),
+                 "fastlstm generate: embed must be [", V, ", E] and head_w [", V, ", ", H,
+                 "], got ", embed.sizes(), " and ", head_w.sizes());
+  for (int64_t l = 0; l < L; ++l) {
+    FASTLSTM_CHECK(w_ih[l].sizes() == at::IntArrayRef({4 * H, l == 0 ? E : H}) &&
+                       w_hh[l].sizes() == at::IntArrayRef({4 * H, H}),
+                   "fastlstm generate: layer ", l, ": w_ih must be [", 4 * H, ", ",
+                   l == 0 ? E : H, "] and w_hh [", 4 * H, ", ", H, "], got ", w_ih[l].sizes(),
+                   " and ", w_hh[l].sizes());
+    if (!b_ih.empty())
+      FASTLSTM_CHECK(b_ih[l].sizes() == at::IntArrayRef({4 * H}) && b_hh[l].sizes() == b_ih[l].sizes(),
+                     "fastlstm generate: layer ", l, ": biases must be [", 4 * H, "]");
+  }
+  if (head_b.has_value() && head_b->defined())
+    FASTLSTM_CHECK(head_b->sizes() == at::IntArrayRef({V}), "fastlstm generate: head_b must be [",
+                   V, "], got ", head_b->sizes());
+  FASTLSTM_CHECK(steps >= 0, "fastlstm generate: steps must be >= 0, got ", steps);
+  FASTLSTM_CHECK(std::isfinite(temperature) && temperature >= 0,
+                 "fastlstm generate: temperature must be finite and >= 0, got ",
+                 std::to_string(temperature));
+  FASTLSTM_CHECK(!top_k.has_value() || *top_k >= 1, "fastlstm generate: top_k must be >= 1, got ",
+                 top_k.value_or(0));
+  FASTLSTM_CHECK(top_p > 0 && top_p <= 1, "fastlstm generate: top_p must be in (0, 1], got ",
+                 std::to_string(top_p));
+  if (forced.has_value() && forced->defined()) {
+    FASTLSTM_CHECK(forced->scalar_type() == at::kLong && forced->device() == logits.device() &&
+                       forced->sizes() == at::IntArrayRef({N, steps}),
+                   "fastlstm generate: forced must be int64 [", N, ", ", steps, "] on ",
+                   logits.device());
+    if (forced->numel() > 0)
+      FASTLSTM_CHECK(forced->min().item<int64_t>() >= 0 && forced->max().item<int64_t>() < V,
+                     "fastlstm generate: forced ids must be in [0, ", V, ")");
+  }
+}
+
 #ifdef FASTLSTM_CPU_FUSED
 namespace {
 
 using fused::GenerateArgs;
 using fused::GeneratePart;
+static_assert(fused::kMaxGenerateLayers == kMaxGenerateLayers, "one layer limit");
 
 template <typename T>
 T* ptr(const Tensor& t) {
@@ -198,68 +266,6 @@ void run(GenerateArgs<T>& a) {
   }
 }
 
-void check_inputs(const Tensor& logits, const Tensor& h, const Tensor& c, const Tensor& embed,
-                  at::TensorList w_ih, at::TensorList w_hh, at::TensorList b_ih,
-                  at::TensorList b_hh, const Tensor& head_w, const std::optional<Tensor>& head_b,
-                  int64_t steps, double temperature, std::optional<int64_t> top_k, double top_p,
-                  const std::optional<Tensor>& forced) {
-  const int64_t L = static_cast<int64_t>(w_hh.size());
-  FASTLSTM_CHECK(L >= 1 && L <= fused::kMaxGenerateLayers &&
-                     static_cast<int64_t>(w_ih.size()) == L,
-                 "fastlstm generate: 1 to ", int64_t(fused::kMaxGenerateLayers),
-                 " layers, as many w_ih as w_hh; got ", int64_t(w_ih.size()), " and ", L);
-  FASTLSTM_CHECK((b_ih.empty() && b_hh.empty()) ||
-                     (static_cast<int64_t>(b_ih.size()) == L && static_cast<int64_t>(b_hh.size()) == L),
-                 "fastlstm generate: b_ih and b_hh: one per layer each, or both empty");
-  FASTLSTM_CHECK(logits.dim() == 2 && embed.dim() == 2 && head_w.dim() == 2 && h.dim() == 3,
-                 "fastlstm generate: logits [N, V], embed [V, E], head_w [V, H], h [L, N, H]");
-  const int64_t N = logits.size(0), V = logits.size(1), E = embed.size(1), H = w_hh[0].size(1);
-  FASTLSTM_CHECK(N >= 1 && V >= 1 && H >= 1, "fastlstm generate: empty logits or hidden size");
-  std::vector<Tensor> all{logits, h, c, embed, head_w};
-  for (const auto* list : {&w_ih, &w_hh, &b_ih, &b_hh})
-    for (const Tensor& t : *list) all.push_back(t);
-  if (head_b.has_value() && head_b->defined()) all.push_back(*head_b);
-  for (const Tensor& t : all)
-    FASTLSTM_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat,
-                   "fastlstm generate (CPU): float32 CPU tensors only, got ", t.scalar_type(),
-                   " on ", t.device());
-  FASTLSTM_CHECK(h.sizes() == at::IntArrayRef({L, N, H}) && c.sizes() == h.sizes(),
-                 "fastlstm generate: h and c must be [layers, samples, hidden] = [", L, ", ", N,
-                 ", ", H, "], got ", h.sizes(), " and ", c.sizes());
-  FASTLSTM_CHECK(embed.size(0) == V && head_w.sizes() == at::IntArrayRef({V, H}),
-                 "fastlstm generate: embed must be [", V, ", E] and head_w [", V, ", ", H,
-                 "], got ", embed.sizes(), " and ", head_w.sizes());
-  for (int64_t l = 0; l < L; ++l) {
-    FASTLSTM_CHECK(w_ih[l].sizes() == at::IntArrayRef({4 * H, l == 0 ? E : H}) &&
-                       w_hh[l].sizes() == at::IntArrayRef({4 * H, H}),
-                   "fastlstm generate: layer ", l, ": w_ih must be [", 4 * H, ", ",
-                   l == 0 ? E : H, "] and w_hh [", 4 * H, ", ", H, "], got ", w_ih[l].sizes(),
-                   " and ", w_hh[l].sizes());
-    if (!b_ih.empty())
-      FASTLSTM_CHECK(b_ih[l].sizes() == at::IntArrayRef({4 * H}) && b_hh[l].sizes() == b_ih[l].sizes(),
-                     "fastlstm generate: layer ", l, ": biases must be [", 4 * H, "]");
-  }
-  if (head_b.has_value() && head_b->defined())
-    FASTLSTM_CHECK(head_b->sizes() == at::IntArrayRef({V}), "fastlstm generate: head_b must be [",
-                   V, "], got ", head_b->sizes());
-  FASTLSTM_CHECK(steps >= 0, "fastlstm generate: steps must be >= 0, got ", steps);
-  FASTLSTM_CHECK(std::isfinite(temperature) && temperature >= 0,
-                 "fastlstm generate: temperature must be finite and >= 0, got ",
-                 std::to_string(temperature));
-  FASTLSTM_CHECK(!top_k.has_value() || *top_k >= 1, "fastlstm generate: top_k must be >= 1, got ",
-                 top_k.value_or(0));
-  FASTLSTM_CHECK(top_p > 0 && top_p <= 1, "fastlstm generate: top_p must be in (0, 1], got ",
-                 std::to_string(top_p));
-  if (forced.has_value() && forced->defined()) {
-    FASTLSTM_CHECK(forced->scalar_type() == at::kLong && forced->device().is_cpu() &&
-                       forced->sizes() == at::IntArrayRef({N, steps}),
-                   "fastlstm generate: forced must be int64 [", N, ", ", steps, "] on the CPU");
-    if (forced->numel() > 0)
-      FASTLSTM_CHECK(forced->min().item<int64_t>() >= 0 && forced->max().item<int64_t>() < V,
-                     "fastlstm generate: forced ids must be in [0, ", V, ")");
-  }
-}
-
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor> generate_typed(
     const Tensor& logits_in, const Tensor& h, const Tensor& c, const Tensor& embed,
@@ -330,8 +336,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cpu(
   FASTLSTM_CHECK(generate_cpu_supports(bf16), "fastlstm generate: needs an x86-64 CPU with AVX-512",
                  bf16 ? " and AVX512-BF16 (bf16=True)" : "");
   const c10::NoGradGuard no_grad;
-  check_inputs(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps, temperature,
-               top_k, top_p, forced);
+  check_generate_inputs(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps,
+                        temperature, top_k, top_p, forced);
+  FASTLSTM_CHECK(logits.device().is_cpu(), "fastlstm generate: CPU tensors here");
   const auto go = [&](auto tag) {
     using T = decltype(tag);
     return generate_typed<T>(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps,

@@ -7,7 +7,7 @@
 #include "../core/dropout.h"
 #include "../core/lstm_step.h"
 #include "check.h"
-#include "generate_cpu.h"
+#include "generate.h"
 #include "layer.h"
 #include "layer_cpu_fused.h"
 #include "stack.h"
@@ -248,8 +248,9 @@ TORCH_LIBRARY(fastlstm, m) {
   // A char-rnn (embedding -> LSTM layers -> decoder) continues N samples by `steps` ids in
   // one call: draw from the logits (temperature, top_k, top_p; a counter-based draw keyed by
   // seed, sample and offset + step), feed the id through every layer and the decoder.
-  // Returns the ids and the logits and state after the last; shapes in generate_cpu.h.
-  // CPU only (fastlstm.model.generate runs its per-character loop elsewhere).
+  // Returns the ids and the logits and state after the last; shapes in generate.h. CPU,
+  // and CUDA (not yet run on a GPU: fastlstm.model.generate runs its per-character loop
+  // on CUDA tensors until a recorded GPU run shows the CUDA op correct).
   m.def("generate(Tensor logits, Tensor h, Tensor c, Tensor embed, Tensor[] w_ih, Tensor[] w_hh,"
         " Tensor[] b_ih, Tensor[] b_hh, Tensor head_w, Tensor? head_b, int steps,"
         " float temperature, int? top_k, float top_p, int seed, int offset, Tensor? forced,"

@@ -13,6 +13,7 @@
 #include "../core/lstm_step_cuda.h"
 #include "check.h"
 #include "cuda_graphs.h"
+#include "generate.h"
 #include "layer.h"
 #include "stack.h"
 
@@ -196,12 +197,15 @@ std::tuple<Tensor, Tensor, Tensor> step_cuda(const Tensor& xproj, const Tensor& 
 
 }  // namespace
 
+const StepKernels& cuda_step_kernels() { return kCudaKernels; }
+
 TORCH_LIBRARY_IMPL(fastlstm, CUDA, m) {
   m.impl("lstm_layer", &layer_cuda);
   m.impl("lstm_layer_backward", &layer_backward_cuda);
   m.impl("lstm_step", &step_cuda);
   m.impl("lstm_layer_persistent", &layer_persistent_cuda);
   m.impl("lstm_stack_persistent", &stack_persistent_cuda);
+  m.impl("generate", &generate_cuda);
 }
 
 }  // namespace fastlstm
