@@ -79,6 +79,22 @@ def test_teacher_forced_logits_match_the_oracle(vocab, hidden, layers, samples, 
     assert_close(c1, c_ref, 1e-5, "c")
 
 
+def test_without_biases():
+    """Empty bias lists and no decoder bias: the same as the model with its biases zeroed."""
+    m = model(30, 40, 2, scale=0.3)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "bias" in name:
+                p.zero_()
+    ids = torch.randint(30, (3, 12), generator=torch.Generator().manual_seed(4))
+    ref = oracle_logits(m, ids)
+    embed, w_ih, w_hh, _, _, head_w, _ = op_args(m)
+    logits, h, c = prime_state(m, ids)
+    _, last, _, _ = ops.generate(logits, h, c, embed, w_ih, w_hh, [], [], head_w, None,
+                                 ids.size(1) - 1, forced=ids[:, 1:].contiguous())
+    assert_close(last, ref[:, -1], 1e-5, "no biases")
+
+
 @BF16
 @pytest.mark.parametrize("split", SPLITS)
 def test_teacher_forced_logits_in_bf16(split, monkeypatch):
