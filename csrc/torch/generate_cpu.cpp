@@ -7,13 +7,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "../core/generate_cpu.h"
 #include "check.h"
 #include "layer.h"
+#include "weight_cache.h"
 
 namespace fastlstm {
 
@@ -147,62 +147,10 @@ PackedModel pack_model(const Tensor& embed, at::TensorList w_ih, at::TensorList 
   return m;
 }
 
-// Packed models kept across calls: generation calls again every chunk of characters with
-// the same weights. An entry matches when every weight is the very tensor it was packed from
-// (held weakly), at the same version and data pointer; a changed weight packs again.
-class ModelCache {
- public:
-  template <typename PackFn>
-  PackedModel get(const std::vector<Tensor>& weights, bool bf16, PackFn pack_fn) {
-    std::vector<Key> keys;
-    for (const Tensor& w : weights)
-      keys.push_back({WeakImpl(w.getIntrusivePtr()), w.unsafeGetTensorImpl(),
-                      w.unsafeGetTensorImpl()->version_counter().current_version(), w.data_ptr()});
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      for (const Entry& e : entries_)
-        if (e.bf16 == bf16 && same(e.keys, keys)) return e.model;
-    }
-    PackedModel model = pack_fn();
-    const std::lock_guard<std::mutex> lock(mutex_);
-    entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [](const Entry& e) {
-                     for (const Key& k : e.keys)
-                       if (k.weight.expired()) return true;
-                     return false;
-                   }), entries_.end());
-    if (entries_.size() >= kMaxEntries) entries_.erase(entries_.begin());
-    entries_.push_back({std::move(keys), bf16, model});
-    return model;
-  }
-
- private:
-  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-  struct Key {
-    WeakImpl weight;
-    const c10::TensorImpl* impl;
-    uint32_t version;
-    const void* data;
-  };
-  struct Entry {
-    std::vector<Key> keys;
-    bool bf16;
-    PackedModel model;
-  };
-  static bool same(const std::vector<Key>& a, const std::vector<Key>& b) {
-    if (a.size() != b.size()) return false;
-    for (size_t k = 0; k < a.size(); ++k)
-      if (a[k].weight.expired() || a[k].impl != b[k].impl || a[k].version != b[k].version ||
-          a[k].data != b[k].data)
-        return false;
-    return true;
-  }
-  static constexpr size_t kMaxEntries = 4;
-  std::mutex mutex_;
-  std::vector<Entry> entries_;
-};
-
-ModelCache& model_cache() {
-  static ModelCache cache;
+// Packed models kept across calls (weight_cache.h): generation calls again every chunk of
+// characters with the same weights.
+WeightCache<PackedModel>& model_cache() {
+  static WeightCache<PackedModel> cache(4);
   return cache;
 }
 
@@ -279,7 +227,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> generate_typed(
   for (const auto* list : {&w_ih, &w_hh, &b_ih, &b_hh})
     for (const Tensor& t : *list) weights.push_back(t);
   if (head_b.has_value() && head_b->defined()) weights.push_back(*head_b);
-  const PackedModel m = model_cache().get(weights, bf16, [&] {
+  const PackedModel m = model_cache().get(weights, bf16 ? 1 : 0, [&] {
     return pack_model<T>(embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, dtype);
   });
 
@@ -323,8 +271,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> generate_typed(
 
 }  // namespace
 
+#endif  // FASTLSTM_CPU_FUSED
+
 bool generate_cpu_supports(bool bf16) {
+#ifdef FASTLSTM_CPU_FUSED
   return bf16 ? fused::cpu_supports<Bf16>() : fused::cpu_supports<float>();
+#else
+  (void)bf16;
+  return false;  // not x86-64 GCC/Clang
+#endif
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cpu(
@@ -339,26 +294,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cpu(
   check_generate_inputs(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps,
                         temperature, top_k, top_p, forced);
   FASTLSTM_CHECK(logits.device().is_cpu(), "fastlstm generate: CPU tensors here");
+#ifdef FASTLSTM_CPU_FUSED
   const auto go = [&](auto tag) {
     using T = decltype(tag);
     return generate_typed<T>(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps,
                              temperature, top_k, top_p, seed, offset, forced, bf16);
   };
   return bf16 ? go(Bf16{}) : go(float{});
-}
-
-#else  // not x86-64 GCC/Clang
-
-bool generate_cpu_supports(bool) { return false; }
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cpu(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::TensorList, at::TensorList,
-    at::TensorList, at::TensorList, const Tensor&, const std::optional<Tensor>&, int64_t, double,
-    std::optional<int64_t>, double, int64_t, int64_t, const std::optional<Tensor>&, bool) {
-  FASTLSTM_CHECK(false, "fastlstm generate: needs an x86-64 CPU with AVX-512 (GCC or Clang build)");
-  return {};
-}
-
+#else
+  return {};  // unreachable: generate_cpu_supports is false
 #endif
+}
 
 }  // namespace fastlstm

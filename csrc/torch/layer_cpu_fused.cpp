@@ -6,13 +6,12 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <mutex>
 #include <vector>
 
 #include "../core/lstm_cpu_fused.h"
 #include "check.h"
 #include "layer.h"
+#include "weight_cache.h"
 
 namespace fastlstm {
 
@@ -103,54 +102,10 @@ Tensor packed_forward(const Tensor& w, int64_t hidden) {
   return packed;
 }
 
-// Packed weights kept across inference calls: a model run again with unchanged weights
-// (evaluation, sampling, any inference loop) packs them once. An entry is found by the very
-// tensor that was packed (its TensorImpl, held by a weak reference: a freed tensor's entry is
-// dropped, and its address cannot be reused while the weak reference lives), the tensor's
-// version counter, which every in-place change (an optimizer step) bumps, and its data
-// pointer. A miss packs again and replaces the entry.
-class PackCache {
- public:
-  template <typename PackFn>
-  Tensor get(const Tensor& w, PackFn pack) {
-    const c10::TensorImpl* impl = w.unsafeGetTensorImpl();
-    const auto version = impl->version_counter().current_version();
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      for (auto it = entries_.begin(); it != entries_.end();) {
-        if (it->weight.expired() || (it->impl == impl && (it->version != version ||
-                                                          it->data != w.data_ptr()))) {
-          it = entries_.erase(it);
-        } else if (it->impl == impl) {
-          return it->packed;
-        } else {
-          ++it;
-        }
-      }
-    }
-    Tensor packed = pack();
-    const std::lock_guard<std::mutex> lock(mutex_);
-    if (entries_.size() >= kMaxEntries) entries_.pop_front();
-    entries_.push_back({WeakImpl(w.getIntrusivePtr()), impl, version, w.data_ptr(), packed});
-    return packed;
-  }
-
- private:
-  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-  struct Entry {
-    WeakImpl weight;
-    const c10::TensorImpl* impl;
-    uint32_t version;
-    const void* data;
-    Tensor packed;
-  };
-  static constexpr size_t kMaxEntries = 16;  // 8 layers' W_ih and W_hh
-  std::mutex mutex_;
-  std::deque<Entry> entries_;
-};
-
-PackCache& inference_packs() {
-  static PackCache cache;
+// Packed weights kept across inference calls (weight_cache.h): a model run again with
+// unchanged weights (evaluation, sampling, any inference loop) packs them once.
+WeightCache<Tensor>& inference_packs() {
+  static WeightCache<Tensor> cache(16);  // 8 layers' W_ih and W_hh
   return cache;
 }
 
@@ -177,11 +132,11 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
                  bool reverse, const Tensor& hs, const Tensor& cs, float* gates, bool c_ring) {
   const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
-  // Inference keeps its packed weights for the next call (PackCache); training's change
+  // Inference keeps its packed weights for the next call (inference_packs); training's change
   // every step.
   const auto pack = [&](const Tensor& w) {
     const auto fresh = [&] { return packed_forward<T>(w, H); };
-    return c_ring ? inference_packs().get(w, fresh) : fresh();
+    return c_ring ? inference_packs().get({w}, 0, fresh) : fresh();
   };
   const Tensor packed = pack(w_hh);
   const Tensor packed_ih = in.xproj.defined() ? Tensor() : pack(in.w_ih);
