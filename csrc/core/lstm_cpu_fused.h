@@ -66,10 +66,10 @@ int64_t padded_width(int64_t k) {
   return forward_ksteps<T>(k) * KStep<T>::kPer;
 }
 
-// Elements of each packed layout (forward: a [4H, k] weight).
+// Elements of each packed layout (forward: a [gates H, k] weight).
 template <typename T>
-int64_t forward_packed_size(int64_t hidden, int64_t k) {
-  return unit_groups(hidden) * forward_ksteps<T>(k) * 4 * kLanes * KStep<T>::kPer;
+int64_t forward_packed_size(int64_t hidden, int64_t k, int gates = 4) {
+  return unit_groups(hidden) * forward_ksteps<T>(k) * gates * kLanes * KStep<T>::kPer;
 }
 template <typename T>
 int64_t backward_packed_size(int64_t hidden) {

@@ -41,6 +41,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cpu(
     std::optional<int64_t> top_k, double top_p, int64_t seed, int64_t offset,
     const std::optional<Tensor>& forced, bool bf16);
 
+// Both implementations' shared pieces: layer l's b_ih + b_hh [4H] (zeros without biases),
+// and the first layer's input projection for every id, embed W_ih0^T + bias0 [V, 4H].
+Tensor layer_bias(at::TensorList b_ih, at::TensorList b_hh, int64_t layer, int64_t hidden,
+                  const at::TensorOptions& opts);
+Tensor input_table(const Tensor& embed, const Tensor& w_ih0, const Tensor& bias0);
+
 #ifdef FASTLSTM_WITH_CUDA
 // The CUDA step kernels (ops_cuda.cpp), which generate_cuda runs each layer's step on.
 const StepKernels& cuda_step_kernels();

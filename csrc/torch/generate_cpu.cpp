@@ -13,6 +13,7 @@
 #include "../core/generate_cpu.h"
 #include "check.h"
 #include "layer.h"
+#include "layer_cpu_fused.h"
 #include "weight_cache.h"
 
 namespace fastlstm {
@@ -84,17 +85,21 @@ void check_generate_inputs(const Tensor& logits, const Tensor& h, const Tensor& 
   }
 }
 
+Tensor layer_bias(at::TensorList b_ih, at::TensorList b_hh, int64_t layer, int64_t hidden,
+                  const at::TensorOptions& opts) {
+  return b_ih.empty() ? at::zeros({4 * hidden}, opts) : (b_ih[layer] + b_hh[layer]).contiguous();
+}
+
+Tensor input_table(const Tensor& embed, const Tensor& w_ih0, const Tensor& bias0) {
+  return at::addmm(bias0, embed, w_ih0.t()).contiguous();
+}
+
 #ifdef FASTLSTM_CPU_FUSED
 namespace {
 
 using fused::GenerateArgs;
 using fused::GeneratePart;
 static_assert(fused::kMaxGenerateLayers == kMaxGenerateLayers, "one layer limit");
-
-template <typename T>
-T* ptr(const Tensor& t) {
-  return reinterpret_cast<T*>(t.data_ptr());
-}
 
 // The model's weights in the layouts the step loop reads (generate_cpu.h).
 struct PackedModel {
@@ -104,45 +109,25 @@ struct PackedModel {
   Tensor head, head_bias;         // packed decoder; [V] float or undefined
 };
 
-// w [rows, K] into zero columns [rows, width] at column `at`, in dtype.
-void place(Tensor& dst, const Tensor& w, int64_t at) {
-  dst.narrow(1, at, w.size(1)).copy_(w);
-}
-
-template <typename T>
-Tensor pack(const Tensor& w_padded, int64_t outputs, int gates) {
-  const int64_t K = w_padded.size(1), kper = fused::KStep<T>::kPer;
-  Tensor packed = at::empty({fused::unit_groups(outputs) * (K / kper) * gates * fused::kLanes * kper},
-                            w_padded.options());
-  const Tensor w = w_padded.contiguous();
-  at::parallel_for(0, fused::unit_groups(outputs), 1, [&](int64_t begin, int64_t end) {
-    fused::pack_forward(ptr<T>(w), outputs, K, ptr<T>(packed), begin, end, gates);
-  });
-  return packed;
-}
-
 template <typename T>
 PackedModel pack_model(const Tensor& embed, at::TensorList w_ih, at::TensorList w_hh,
                        at::TensorList b_ih, at::TensorList b_hh, const Tensor& head_w,
                        const std::optional<Tensor>& head_b, at::ScalarType dtype) {
   const int64_t L = static_cast<int64_t>(w_hh.size()), H = w_hh[0].size(1);
-  const int64_t P = fused::padded_width<T>(H), V = head_w.size(0);
-  const auto opts = embed.options().dtype(dtype);
-  const auto bias = [&](int64_t l) {
-    return b_ih.empty() ? at::zeros({4 * H}, embed.options()) : (b_ih[l] + b_hh[l]).contiguous();
-  };
+  const int64_t P = fused::padded_width<T>(H);
   PackedModel m;
-  m.table = at::addmm(bias(0), embed, w_ih[0].t()).contiguous();
+  m.table = input_table(embed, w_ih[0], layer_bias(b_ih, b_hh, 0, H, embed.options()));
   for (int64_t l = 0; l < L; ++l) {
-    Tensor w = at::zeros({4 * H, fused::operand_width<T>(l, H)}, opts);
-    if (l > 0) place(w, w_ih[l], 0);
-    place(w, w_hh[l], l == 0 ? 0 : P);
-    m.layers.push_back(pack<T>(w, H, 4));
-    m.bias.push_back(bias(l));
+    Tensor w = w_hh[l].to(dtype);
+    if (l > 0) {  // the operand row [x | h], each half padded to P
+      w = at::zeros({4 * H, fused::operand_width<T>(l, H)}, embed.options().dtype(dtype));
+      w.narrow(1, 0, H).copy_(w_ih[l]);
+      w.narrow(1, P, H).copy_(w_hh[l]);
+    }
+    m.layers.push_back(cpu_fused_pack(w, H, 4));
+    m.bias.push_back(layer_bias(b_ih, b_hh, l, H, embed.options()));
   }
-  Tensor head = at::zeros({V, P}, opts);
-  place(head, head_w, 0);
-  m.head = pack<T>(head, V, 1);
+  m.head = cpu_fused_pack(head_w.to(dtype), head_w.size(0), 1);
   if (head_b.has_value() && head_b->defined()) m.head_bias = head_b->contiguous();
   return m;
 }

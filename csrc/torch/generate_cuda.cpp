@@ -30,9 +30,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cuda(
                         temperature, top_k, top_p, forced);
   const int64_t L = h.size(0), N = h.size(1), H = h.size(2), V = logits.size(1);
   const auto opts = logits.options();
-  const auto bias = [&](int64_t l) {
-    return b_ih.empty() ? at::zeros({4 * H}, opts) : (b_ih[l] + b_hh[l]).contiguous();
-  };
+  const auto bias = [&](int64_t l) { return layer_bias(b_ih, b_hh, l, H, opts); };
   // Inputs of the graphed loop, in this order: logits, h, c, keys, options, forced (or
   // undefined), table, head_w, head_b (or undefined), then per layer w_hh, bias and (l > 0) w_ih.
   std::vector<Tensor> in{
@@ -43,7 +41,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> generate_cuda(
                  opts.device(at::kCPU))
           .to(logits.device()),
       forced.has_value() && forced->defined() ? forced->contiguous() : Tensor(),
-      at::addmm(bias(0), embed, w_ih[0].t()),
+      input_table(embed, w_ih[0], bias(0)),
       head_w.contiguous(),
       head_b.has_value() && head_b->defined() ? head_b->contiguous() : Tensor()};
   for (int64_t l = 0; l < L; ++l) {

@@ -41,6 +41,11 @@ void check_state_inputs(int64_t B, at::ScalarType dtype, const c10::Device& devi
                         const Tensor& h0, const Tensor& c0, const Tensor& w_hh);
 // An output tensor the kernels must fill: NaN-filled under FASTLSTM_POISON_OUTPUTS=1.
 Tensor kernel_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
+// A tensor's data as the kernels' element type (torch's BFloat16 has Bf16's bits).
+template <typename T>
+T* ptr(const Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
 // The cell state's dtype for a storage dtype: float, or double for double.
 at::ScalarType cell_dtype(at::ScalarType storage);
 

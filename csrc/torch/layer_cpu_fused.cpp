@@ -27,11 +27,6 @@ bool enabled_by_env() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-template <typename T>
-T* ptr(const Tensor& t) {
-  return reinterpret_cast<T*>(t.data_ptr());
-}
-
 // How the threads share a layer: each worker a Part for the whole sequence.
 struct Plan {
   std::vector<Part> parts;
@@ -90,14 +85,15 @@ Tensor padded_columns(const Tensor& t, int64_t width) {
   return out;
 }
 
-// W [4H, K] packed for the forward product (pack_forward), the threads packing disjoint groups.
+// W [gates H, K] packed for the forward product (pack_forward), the threads packing disjoint
+// groups.
 template <typename T>
-Tensor packed_forward(const Tensor& w, int64_t hidden) {
+Tensor packed_forward(const Tensor& w, int64_t hidden, int gates = 4) {
   const int64_t K = fused::padded_width<T>(w.size(1));
   const Tensor w_padded = padded_columns(w, K);
-  Tensor packed = at::empty({fused::forward_packed_size<T>(hidden, K)}, w.options());
+  Tensor packed = at::empty({fused::forward_packed_size<T>(hidden, K, gates)}, w.options());
   at::parallel_for(0, fused::unit_groups(hidden), 1, [&](int64_t begin, int64_t end) {
-    fused::pack_forward(ptr<T>(w_padded), hidden, K, ptr<T>(packed), begin, end);
+    fused::pack_forward(ptr<T>(w_padded), hidden, K, ptr<T>(packed), begin, end, gates);
   });
   return packed;
 }
@@ -190,6 +186,13 @@ bool cpu_fused_supports(at::ScalarType dtype) {
   return false;
 }
 
+Tensor cpu_fused_pack(const Tensor& w, int64_t outputs, int gates) {
+  FASTLSTM_CHECK(cpu_fused_supports(w.scalar_type()), "fastlstm: the fused layer does not run ",
+                 w.scalar_type(), " on this CPU");
+  return w.scalar_type() == at::kFloat ? packed_forward<float>(w, outputs, gates)
+                                       : packed_forward<Bf16>(w, outputs, gates);
+}
+
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
     const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0, const Tensor& w_hh_in,
     bool reverse) {
@@ -269,6 +272,10 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
 #else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
 
 bool cpu_fused_supports(at::ScalarType) { return false; }
+Tensor cpu_fused_pack(const Tensor&, int64_t, int) {
+  FASTLSTM_CHECK(false, "fastlstm: the fused layer needs x86-64 with AVX-512");
+  return {};
+}
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
   return std::nullopt;

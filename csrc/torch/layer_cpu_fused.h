@@ -15,6 +15,10 @@ using at::Tensor;
 // Whether the fused layer runs tensors of this dtype here.
 bool cpu_fused_supports(at::ScalarType dtype);
 
+// W [gates * outputs, K] (float32 or bfloat16, where cpu_fused_supports) in the layout of the
+// fused products (core pack_forward), K padded with zeros to whole k-steps.
+Tensor cpu_fused_pack(const Tensor& w, int64_t outputs, int gates);
+
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
     const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, bool reverse);
 

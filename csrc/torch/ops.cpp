@@ -78,11 +78,6 @@ template <typename T>
 const T* cptr(const std::optional<Tensor>& t) {
   return t ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
 }
-template <typename T>
-T* mptr(const Tensor& t) {
-  return reinterpret_cast<T*>(t.data_ptr());
-}
-
 // Storage-dtype tensors (xproj, h, rec, grad_h, grad_pre) hold T; cell states and gates
 // hold Acc (layer.cpp allocates them so). rec and grad_h_rec: the storage dtype on the CPU.
 void cpu_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_prev,
@@ -91,8 +86,8 @@ void cpu_step_forward(const Tensor& xproj, const Tensor& rec, const Tensor& c_pr
                                  [&] {
     using T = typename CpuTypes<scalar_t>::T;
     using Acc = typename CpuTypes<scalar_t>::Acc;
-    const StepForwardArgs<T, Acc, T> args{mptr<T>(xproj), mptr<T>(rec), mptr<Acc>(c_prev),
-                                          mptr<Acc>(gates), mptr<Acc>(c), mptr<T>(h),
+    const StepForwardArgs<T, Acc, T> args{ptr<T>(xproj), ptr<T>(rec), ptr<Acc>(c_prev),
+                                          ptr<Acc>(gates), ptr<Acc>(c), ptr<T>(h),
                                           h.size(0), h.size(1)};
     at::parallel_for(0, args.batch, rows_grain(args.hidden),
                      [&](int64_t begin, int64_t end) { forward_rows(args, begin, end); });
@@ -108,9 +103,9 @@ void cpu_step_backward(const Tensor& gates, const Tensor& c_prev, const Tensor& 
     using T = typename CpuTypes<scalar_t>::T;
     using Acc = typename CpuTypes<scalar_t>::Acc;
     const StepBackwardArgs<T, Acc, T> args{
-        mptr<Acc>(gates),      mptr<Acc>(c_prev),    mptr<Acc>(c),
-        mptr<T>(grad_h),       mptr<T>(grad_h_rec),  cptr<T>(grad_c),
-        mptr<Acc>(grad_c_carry), mptr<T>(grad_pre),  grad_h.size(0),
+        ptr<Acc>(gates),      ptr<Acc>(c_prev),    ptr<Acc>(c),
+        ptr<T>(grad_h),       ptr<T>(grad_h_rec),  cptr<T>(grad_c),
+        ptr<Acc>(grad_c_carry), ptr<T>(grad_pre),  grad_h.size(0),
         grad_h.size(1)};
     at::parallel_for(0, args.batch, rows_grain(args.hidden),
                      [&](int64_t begin, int64_t end) { backward_rows(args, begin, end); });
@@ -187,7 +182,7 @@ Tensor dropout_cpu(const Tensor& x_in, double p, int64_t seed) {
     using Acc = typename CpuTypes<scalar_t>::Acc;
     const Acc scale = static_cast<Acc>(1.0 / (1.0 - p));
     at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
-      dropout_cpu_range(mptr<T>(x), mptr<T>(out), begin, end, static_cast<uint64_t>(seed),
+      dropout_cpu_range(ptr<T>(x), ptr<T>(out), begin, end, static_cast<uint64_t>(seed),
                         threshold, scale);
     });
   });

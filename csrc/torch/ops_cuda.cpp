@@ -25,11 +25,6 @@ template <typename T> struct CudaType { using type = T; };
 template <> struct CudaType<at::Half> { using type = __half; };
 template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
 
-template <typename T>
-T* ptr(const Tensor& t) {
-  return reinterpret_cast<T*>(t.data_ptr());
-}
-
 void check_launch(cudaError_t err, const char* what) {
   FASTLSTM_CHECK(err == cudaSuccess, "fastlstm: ", what, " failed: ", cudaGetErrorString(err));
 }
