@@ -32,9 +32,9 @@ from .model import CharRNN, generate
 ARCH = {"num_layers": 2, "rnn_size": 384, "embed_size": 64, "dropout": 0.3}
 TRAINING = {"batch_size": 64, "seq_length": 100, "optimizer": "adam", "lr": 3e-3,
             "lr_decay": "cosine", "lr_decay_after": 10, "lr_decay_rate": 0.97,
-            "min_lr": 1e-4, "grad_clip": 5.0, "max_iters": None, "max_epochs": 50,
-            "time_budget": None, "eval_every": 500, "sample_length": 200, "seed": 1234,
-            "device": "auto", "backend": "auto", "dtype": "auto", "compile": False,
+            "min_lr": 1e-4, "weight_decay": 0.1, "grad_clip": 5.0, "max_iters": None,
+            "max_epochs": 50, "time_budget": None, "eval_every": 500, "sample_length": 200,
+            "seed": 1234, "device": "auto", "backend": "auto", "dtype": "auto", "compile": False,
             "encoding": "utf-8", "train_frac": 0.9, "val_frac": 0.05, "val_max_chars": None,
             "cache_dir": None, "out": "out"}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -104,6 +104,10 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--lr-decay-after", type=non_negative_int, help="(default 10 epochs)")
     o.add_argument("--lr-decay-rate", type=fraction, help="(default 0.97)")
     o.add_argument("--min-lr", type=non_negative_float, help="cosine's final lr (default 1e-4)")
+    o.add_argument("--weight-decay", type=non_negative_float, help="weight decay of the "
+                   "weight matrices (embedding, LSTM, decoder; never biases): decoupled from "
+                   "the gradient for adam (AdamW), an L2 term for rmsprop; 0 = off (default "
+                   f"{TRAINING['weight_decay']})")
     o.add_argument("--grad-clip", type=non_negative_float, help="clip the global gradient "
                    "norm to this, 0 = off (default 5)")
     o.add_argument("--max-iters", type=positive_int, help="stop after this many iterations")
@@ -139,6 +143,7 @@ def settings(args, saved: dict | None) -> dict:
     """Flags given now, else the resumed run's, else the defaults."""
     merged = dict(ARCH, **TRAINING)
     if saved:
+        merged["weight_decay"] = 0.0  # runs saved before the flag had none: resume as they were
         merged.update(saved)
     merged.update({k: v for k, v in vars(args).items() if v is not None and k in merged})
     return merged
@@ -168,6 +173,41 @@ def load_corpus(cfg: dict, log=print) -> corpus_mod.Corpus:
     """The run's corpus (cached and memory-mapped for a file; the embedded default else)."""
     return corpus_mod.open_corpus(cfg.get("corpus"), cfg["encoding"], cfg.get("cache_dir"),
                                   log=log)
+
+
+def parameter_groups(model) -> tuple[list[int], list[int]]:
+    """Indices (in model.parameters() order) of the weight matrices, which weight decay
+    shrinks, and of the biases, which it leaves alone."""
+    dims = [p.dim() for p in model.parameters()]
+    return ([i for i, d in enumerate(dims) if d >= 2], [i for i, d in enumerate(dims) if d < 2])
+
+
+def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay (AdamW) or RMSprop with L2; two parameter groups:
+    the weight matrices with cfg's weight decay, the biases without."""
+    params = list(model.parameters())
+    groups = [{"params": [params[i] for i in idx]} for idx in parameter_groups(model)]
+    groups[1]["weight_decay"] = 0.0
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                                decoupled_weight_decay=True)
+    return torch.optim.RMSprop(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def load_optimizer(optimizer, model, saved: dict, cfg: dict) -> None:
+    """A saved optimizer state into make_optimizer's; one saved before the groups existed
+    (one group, in parameter order) is split the same way. The weight decay is cfg's: a
+    resumed run may change it."""
+    if len(saved["param_groups"]) == 1:
+        group = saved["param_groups"][0]
+        ids = group["params"]
+        saved = dict(saved, param_groups=[dict(group, params=[ids[i] for i in idx])
+                                          for idx in parameter_groups(model)])
+    optimizer.load_state_dict(saved)
+    for group, decay in zip(optimizer.param_groups, (cfg["weight_decay"], 0.0)):
+        group["weight_decay"] = decay
+        if "decoupled_weight_decay" in group:
+            group["decoupled_weight_decay"] = True
 
 
 def lr_at(cfg: dict, iteration: int, epoch: int, total_iters: int | None,
@@ -301,14 +341,13 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
     total_iters = cfg["max_iters"] or int(math.ceil(cfg["max_epochs"] * len(batches)))
 
     model = CharRNN(backend=cfg["backend"], **config).to(device)
-    optimizer = (torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.RMSprop)(
-        model.parameters(), lr=cfg["lr"])
+    optimizer = make_optimizer(model, cfg)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     it, epoch, window, best_val, history, carry = 0, 0, 0, math.inf, [], None
     if saved:
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer(optimizer, model, saved["optimizer"], cfg)
         if saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         progress = saved["progress"]

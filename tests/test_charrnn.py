@@ -249,7 +249,8 @@ def test_help_explains_the_flags(tmp_path):
     for flag in ("--num-layers", "--rnn-size", "--dropout", "--batch-size", "--seq-length",
                  "--lr", "--max-iters", "--max-epochs", "--eval-every", "--out", "--resume",
                  "--init-from", "--seed", "--device", "--backend", "--dtype", "--encoding",
-                 "--train-frac", "--val-frac", "--lr-decay", "--grad-clip", "--compile"):
+                 "--train-frac", "--val-frac", "--lr-decay", "--grad-clip", "--compile",
+                 "--weight-decay"):
         assert flag in out, flag
     assert "--prime" in cli("sample", "--help", cwd=tmp_path).stdout
     assert "--split" in cli("eval", "--help", cwd=tmp_path).stdout
@@ -268,3 +269,66 @@ def test_cosine_decays_over_the_run():
     charrnn = dict(TRAINING, lr_decay="charrnn", lr=2e-3)
     assert lr_at(charrnn, 5000, 10, 8000) == pytest.approx(2e-3)
     assert lr_at(charrnn, 5000, 12, 8000) == pytest.approx(2e-3 * 0.97 ** 2)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_weight_decay_shrinks_matrices_not_biases(optimizer):
+    """With zero gradients an Adam / RMSprop step moves nothing but the decay: AdamW shrinks
+    each weight matrix by lr x decay; RMSprop's L2 term moves it towards zero; biases stay."""
+    from fastlstm.model import CharRNN
+    from fastlstm.train import TRAINING, make_optimizer
+    model = CharRNN(11, rnn_size=8, embed_size=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = make_optimizer(model, dict(TRAINING, optimizer=optimizer, lr=0.01, weight_decay=0.5))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            assert torch.equal(p, before[name]), name
+        elif optimizer == "adam":
+            torch.testing.assert_close(p, before[name] * (1 - 0.01 * 0.5))
+        else:
+            assert ((p - before[name]) * before[name] < 0).all(), name  # towards zero
+
+
+def test_optimizer_saved_in_one_group_resumes_in_two():
+    """A checkpoint from before weight decay holds one parameter group in parameter order:
+    it loads into the two groups with each parameter's own moments, and the decay is the
+    one asked for now."""
+    from fastlstm.model import CharRNN
+    from fastlstm.train import TRAINING, load_optimizer, make_optimizer
+    torch.manual_seed(0)
+    model = CharRNN(11, rnn_size=8, embed_size=4)
+    old = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    old.step()
+    saved = old.state_dict()
+    opt = make_optimizer(model, dict(TRAINING, weight_decay=0.0))
+    load_optimizer(opt, model, saved, dict(TRAINING, weight_decay=0.25))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.25, 0.0]
+    for p in model.parameters():
+        assert torch.equal(opt.state[p]["exp_avg"], old.state[p]["exp_avg"])
+
+
+def test_resume_of_a_run_saved_before_weight_decay(tmp_path, corpus):
+    """Rewrite a checkpoint as one from before weight decay (no setting, one Adam group
+    keyed by parameter index): it resumes, without decay, as it was trained."""
+    from fastlstm.model import CharRNN
+    from fastlstm.train import parameter_groups
+    cli("train", corpus, *TINY, "--max-iters", "2", "--out", "run", cwd=tmp_path)
+    path = tmp_path / "run" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    del payload["settings"]["weight_decay"]
+    opt = payload["optimizer"]
+    in_group_order = [i for idx in parameter_groups(CharRNN(**payload["config"])) for i in idx]
+    opt["state"] = {in_group_order[k]: v for k, v in opt["state"].items()}
+    opt["param_groups"] = [dict(opt["param_groups"][0], params=list(range(len(in_group_order))),
+                                weight_decay=0.0, decoupled_weight_decay=False)]
+    torch.save(payload, path)
+    cli("train", "--resume", "run", "--max-iters", "3", cwd=tmp_path)
+    resumed = torch.load(path, weights_only=True)
+    assert resumed["progress"]["iter"] == 3
+    assert resumed["settings"]["weight_decay"] == 0.0
+    assert [g["weight_decay"] for g in resumed["optimizer"]["param_groups"]] == [0.0, 0.0]
