@@ -7,6 +7,7 @@ unless given, fp32 and bf16 (autocast over an fp32 module, as the trainer runs i
 
   python benchmarks/cpu_interleaved.py                        # the grid: hidden x batch, seq 50
   python benchmarks/cpu_interleaved.py --shapes charrnn,S3,B8,step --loop
+  python benchmarks/cpu_interleaved.py --shapes H512B1S1,H256B8S2   # short sequences
 """
 import argparse
 import os
@@ -25,8 +26,10 @@ NAMED = {"S1": (2, 512, 64, 100, 512), "S3": (2, 128, 50, 50, 128),
 def shape_of(name):
     if name in NAMED:
         return NAMED[name]
-    hidden, batch = name[1:].split("B")  # "H256B8": hidden 256, batch 8, seq 50
-    return 2, int(hidden), int(batch), 50, int(hidden)
+    # "H256B8": hidden 256, batch 8, seq 50; "H256B8S1": seq 1
+    hidden, rest = name[1:].split("B")
+    batch, _, seq = rest.partition("S")
+    return 2, int(hidden), int(batch), int(seq or 50), int(hidden)
 
 
 def make(shape, backend, dtype, pass_, fused_layer=True):
@@ -74,7 +77,8 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(f"H{h}B{b}" for h in (128, 256, 512)
                                                  for b in (1, 2, 4, 8, 16, 32)),
-                   help="named (S1,S3,charrnn,B8,step) or H<hidden>B<batch> (seq 50)")
+                   help="named (S1,S3,charrnn,B8,step) or H<hidden>B<batch>[S<seq>] (seq 50 "
+                   "unless given)")
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--loop", action="store_true",
                    help="also the C++ op with its fused layer off (FASTLSTM_CPU_FUSED=0)")
