@@ -186,12 +186,11 @@ def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     """Adam with decoupled weight decay (AdamW) or RMSprop with L2; two parameter groups:
     the weight matrices with cfg's weight decay, the biases without."""
     params = list(model.parameters())
-    groups = [{"params": [params[i] for i in idx]} for idx in parameter_groups(model)]
-    groups[1]["weight_decay"] = 0.0
+    groups = [{"params": [params[i] for i in idx], "weight_decay": decay}
+              for idx, decay in zip(parameter_groups(model), (cfg["weight_decay"], 0.0))]
     if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                                decoupled_weight_decay=True)
-    return torch.optim.RMSprop(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.Adam(groups, lr=cfg["lr"], decoupled_weight_decay=True)
+    return torch.optim.RMSprop(groups, lr=cfg["lr"])
 
 
 def load_optimizer(optimizer, model, saved: dict, cfg: dict) -> None:
