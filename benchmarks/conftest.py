@@ -4,8 +4,7 @@ import torch
 
 # cuda_persistent (p1) is left out by default: run 7 measured it slower than cuda everywhere
 # but S3 fwd+bwd and the step (benchmarks/NOTES.md); name it to run it.
-CUDA_BACKENDS = ("cuda,cuda_eager,cuda_persistent2,cuda_persistent3,cuda_persistent3x2,"
-                 "cuda_persistent4,cuda_persistent4x2,triton,cudnn")
+CUDA_BACKENDS = "cuda,cuda_eager,cuda_persistent4,triton,cudnn"
 
 
 def pytest_addoption(parser):
@@ -16,9 +15,8 @@ def pytest_addoption(parser):
                           "S1,S2,S3,step on cuda, S3,step,charrnn,B8 on cpu")
     parser.addoption("--bench-backends", default=None,
                      help="comma-separated FastLSTM backends (cuda_eager: cuda without CUDA "
-                          "graphs; cuda_persistent, cuda_persistent2 .. cuda_persistent4: the "
-                          "persistent forward, versions 1 to 4, suffix xP: the batch in P parts, "
-                          "then d: the dataflow sync); "
+                          "graphs; cuda_persistent, cuda_persistent4: the persistent forward, "
+                          "p1 and p4); "
                           "default: " + CUDA_BACKENDS +
                           " on cuda, "
                           "cpu,auto,aten on cpu")

@@ -5,11 +5,11 @@
 # /tmp/fastlstm-device). No mode has been timed end to end since the first look and
 # racecheck were added; the estimates add up the steps' timeouts and run 7's times.
 #   MODE=quick (QUICK=1 too; ~5 min): the persistent kernels' ptxas report; a first look at
-#     p2-p4 (benchmarks/persistent_smoke.py: S1/S2 forward against the step loop and cuDNN,
-#     both syncs, a process per version under a timeout, so a hang costs 90 s and names
-#     itself); an error raised inside the op; the GPU tests; ctest; one benchmark pass (cuda,
-#     the persistent versions and cuDNN at S1 S2 S3 and the batch-1 step, fwd and fwd+bwd,
-#     fp32 and bf16; BENCH_BACKENDS overrides the list).
+#     p4 (benchmarks/persistent_smoke.py: S1/S2 forward against the step loop and cuDNN, in
+#     its own process under a timeout, so a hang costs 90 s and names itself); an error
+#     raised inside the op; the GPU tests; ctest; one benchmark pass (cuda, p4 and cuDNN at
+#     S1 S2 S3 and the batch-1 step, fwd and fwd+bwd, fp32 and bf16; BENCH_BACKENDS
+#     overrides the list).
 #   MODE=full (the default; ~10-12 min, more than one 600-second device call): quick's steps
 #     with every test instead of the GPU ones, the benchmarks twice (the spread between the
 #     runs is the noise), the bf16 error spread, the sanitizers, an fp32 benchmark pass
@@ -59,13 +59,11 @@ ptxas_report() {
 }
 
 first_look() {
-  step "persistent versions, first look (S1, S2 forward; each version in its own process)"
-  for version in 2 3 4; do
-    timeout 90 python3 benchmarks/persistent_smoke.py --version $version 2>&1 | grep -v Warning \
-      | tee -a "$OUT/smoke.log"
-    record "persistent smoke p$version" \
-      "exit ${PIPESTATUS[0]}, $(grep -c MISMATCH "$OUT/smoke.log") mismatches so far"
-  done
+  step "persistent p4, first look (S1, S2 forward; in its own process)"
+  timeout 90 python3 benchmarks/persistent_smoke.py --version 4 2>&1 | grep -v Warning \
+    | tee -a "$OUT/smoke.log"
+  record "persistent smoke p4" \
+    "exit ${PIPESTATUS[0]}, $(grep -c MISMATCH "$OUT/smoke.log") mismatches"
 }
 
 raise_case() {
@@ -134,10 +132,10 @@ sanitizers() {
 
 runs=""
 benchmarks() {
-  # The persistent versions against cuda and cuDNN (Triton and cuda_eager were measured in run
-  # 7; name them in BENCH_BACKENDS to include them; p2 and p3 in parts are in the first look).
+  # p4 against cuda and cuDNN (Triton, cuda_eager and p1 were measured in run 7; name them
+  # in BENCH_BACKENDS to include them).
   step "benchmarks ($1 pass(es))"
-  local bench_args="--bench-backends=${BENCH_BACKENDS:-cuda,cuda_persistent3,cuda_persistent4,cuda_persistent4x2,cuda_persistent4d,cuda_persistent4x2d,cudnn}"
+  local bench_args="--bench-backends=${BENCH_BACKENDS:-cuda,cuda_persistent4,cudnn}"
   runs=$(seq 1 "$1")
   for run in $runs; do
     timeout 150 python3 -m pytest benchmarks/test_bench_lstm.py -q -p no:cacheprovider \
@@ -163,7 +161,7 @@ tf32_pass() {
   step "benchmarks with TF32 on (p4's fp32 on tensor cores; cuDNN with TF32)"
   timeout 90 python3 -m pytest benchmarks -q -p no:cacheprovider --bench-device=cuda \
     --bench-tf32=on --bench-shapes=S1,S2 --bench-dtypes=fp32 -k "fwd and not fwdbwd" \
-    --bench-backends=cuda,cuda_persistent3,cuda_persistent4,cuda_persistent4x2,cudnn \
+    --bench-backends=cuda,cuda_persistent4,cudnn \
     --benchmark-json="$OUT/bench_tf32.json" --benchmark-columns=median,iqr,min \
     >> "$OUT/bench.log" 2>&1
   record "benchmarks with TF32" "$(tail -1 "$OUT/bench.log")"

@@ -38,23 +38,14 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_, tf32):
         pytest.skip("torch's CPU LSTM has no fp16 kernel")
     torch.manual_seed(0)
     # "cuda_eager": the CUDA backend with CUDA-graph replay off (one launch per kernel);
-    # "cuda_persistent": its forward as the persistent kernel (issue 7), version 1;
-    # "cuda_persistent2": version 2 (the tiled kernel); "cuda_persistent3": version 3 (the
-    # whole stack in one launch, the layers as a wavefront); "cuda_persistent4": version 4
-    # (version 3 with tensor cores for bf16); a suffix "xP" splits the batch in P parts
-    # (FASTLSTM_PERSISTENT_BATCH_PARTS), e.g. "cuda_persistent4x2"; a final "d" orders the
-    # steps by counters instead of grid barriers (FASTLSTM_PERSISTENT_DATAFLOW), e.g.
-    # "cuda_persistent4x2d".
+    # "cuda_persistent": its forward as the persistent kernel p1 (layer by layer);
+    # "cuda_persistent4": p4 (the whole stack in one launch, the layers as a wavefront, on
+    # tensor cores; fp32 only with TF32 on: --bench-tf32=on).
     if backend.startswith("cuda"):
         fastlstm.set_cuda_graphs(backend != "cuda_eager")
         fastlstm.set_persistent(backend.startswith("cuda_persistent"))
-        variant = backend.removeprefix("cuda_persistent")
-        dataflow = variant.endswith("d")
-        version, _, parts = variant.removesuffix("d").partition("x")
-        os.environ["FASTLSTM_PERSISTENT_VERSION"] = version if version in ("2", "3", "4") else "1"
-        os.environ["FASTLSTM_PERSISTENT_BATCH_PARTS"] = parts or "1"
-        os.environ["FASTLSTM_PERSISTENT_DATAFLOW"] = "1" if dataflow else "0"
-        # A persistent kernel that does not fit this shape is skipped, not timed as the step
+        os.environ["FASTLSTM_PERSISTENT_VERSION"] = "4" if backend == "cuda_persistent4" else "1"
+        # A persistent kernel that cannot run this shape is skipped, not timed as the step
         # loop it would fall back to.
         os.environ["FASTLSTM_PERSISTENT_STRICT"] = "1"
     storage = torch.float32 if autocast else dtype
@@ -89,13 +80,13 @@ def test_lstm(benchmark, device, shape, backend, dtype_name, pass_, tf32):
         try:
             run()
         except RuntimeError as e:
-            if "does not fit" not in str(e):
+            if "cannot run" not in str(e):
                 raise
-            pytest.skip(f"{backend} does not fit {shape} {dtype_name}")
+            pytest.skip(f"{backend} cannot run {shape} {dtype_name}")
         benchmark.pedantic(run, rounds=rounds, warmup_rounds=3, iterations=1)
     finally:
         if backend.startswith("cuda"):
             fastlstm.set_cuda_graphs(True)
             fastlstm.set_persistent(False)
-            for name in ("VERSION", "BATCH_PARTS", "DATAFLOW", "STRICT"):
+            for name in ("VERSION", "STRICT"):
                 os.environ.pop(f"FASTLSTM_PERSISTENT_{name}", None)

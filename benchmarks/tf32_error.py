@@ -1,5 +1,5 @@
 """What TF32 inputs cost p4's fp32 stack: a CPU emulation (no GPU needed) for the bound of
-tests/test_gpu.py::test_persistent_p4_fp32_uses_tf32_only_where_allowed.
+tests/test_gpu.py::test_persistent_p4_fp32_only_as_tf32.
 
     python benchmarks/tf32_error.py [--seeds 7,8,9]
 

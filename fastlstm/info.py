@@ -17,12 +17,8 @@ def report() -> list[tuple[str, str]]:
     if ext is not None and ext.cuda_compiled:
         archs = ", ".join(f"sm_{int(a) // 10}" for a in ext.cuda_archs.split(",") if a.isdigit())
         graphs = "on" if ext.cuda_graphs_enabled() else "off"
-        parts = os.environ.get("FASTLSTM_PERSISTENT_BATCH_PARTS") or "1"
-        sync = ("dataflow counters" if os.environ.get("FASTLSTM_PERSISTENT_DATAFLOW") == "1"
-                else "grid barrier")
-        persistent = (f"on, version {ops.persistent_version()}, batch parts {parts}, {sync}"
-                      if ops.persistent_enabled()
-                      else "off (opt-in: p1 correct on a GPU, not yet faster; p2-p4 not yet "
+        persistent = (f"on, version {ops.persistent_version()}" if ops.persistent_enabled()
+                      else "off (opt-in: p1 correct on a GPU, not yet faster; p4 not yet "
                       "run on a GPU)")
         rows.append(("CUDA kernels (backend='cuda')",
                      f"compiled for {archs}; CUDA graphs {graphs}; persistent forward "

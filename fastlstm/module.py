@@ -396,7 +396,7 @@ class FastLSTM(nn.Module):
                                            self.batch_first)
         else:
             persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
-            stack = (persistent and ops.persistent_version() >= 3
+            stack = (persistent and ops.persistent_version() == 4
                      and self._stack_fits_one_launch())
             layer_op = (_triton_layer_op() if path == "triton"
                         else torch.ops.fastlstm.lstm_layer_persistent if persistent else None)
@@ -459,7 +459,7 @@ class FastLSTM(nn.Module):
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
 
     def _stack_fits_one_launch(self):
-        """Whether the persistent stack op (p3, p4) can run this module: one direction, no
+        """Whether the persistent stack op (p4) can run this module: one direction, no
         dropout between layers in training, at most 8 layers."""
         return (not self.bidirectional and not (self.dropout > 0 and self.training)
                 and self.num_layers <= 8)

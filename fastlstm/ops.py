@@ -305,16 +305,13 @@ def persistent_enabled() -> bool:
 
 def persistent_version() -> int:
     """Which persistent kernel set_persistent(True) runs: FASTLSTM_PERSISTENT_VERSION, 1 (the
-    default, p1), 2 (p2, tiled), 3 (p3: a unidirectional stack without dropout in one launch,
-    the layers as a wavefront; other modules layer by layer as p2) or 4 (p4: p3 with its
-    products on tensor cores: bf16/fp16, and fp32 as TF32 where
-    torch.backends.cuda.matmul.allow_tf32 is on). The C++ op reads the same variable and rejects
-    other values. Two more switches for p2-p4, read by the op: FASTLSTM_PERSISTENT_BATCH_PARTS
-    (1-8: the batch split over that many blocks per unit slice) and
-    FASTLSTM_PERSISTENT_DATAFLOW=1 (steps ordered by per-step counters instead of a grid
-    barrier per wave); see benchmarks/NOTES.md."""
+    default, p1: layer by layer, CUDA cores) or 4 (p4: a unidirectional stack without dropout
+    in one launch, the layers as a wavefront, products on tensor cores: bf16/fp16, and fp32 as
+    TF32 where torch.backends.cuda.matmul.allow_tf32 is on; the step loop elsewhere). The C++
+    op reads the same variable and rejects other values (2 and 3 were removed after commit
+    5f6c790; benchmarks/NOTES.md)."""
     value = os.environ.get("FASTLSTM_PERSISTENT_VERSION", "").strip()
-    return int(value) if value in ("1", "2", "3", "4") else 1
+    return int(value) if value in ("1", "4") else 1
 
 
 def input_projection(x, w_ih, b_ih, b_hh):
@@ -345,7 +342,7 @@ def _grad_wanted(*tensors):
 
 def lstm_stack(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """A unidirectional stack of len(w_hh) layers in one persistent launch, the layers as a
-    wavefront (p3): x [S, B, F], h0, c0 [L, B, H]; w_ih, w_hh, b_ih, b_hh: lists, one entry
+    wavefront (p4): x [S, B, F], h0, c0 [L, B, H]; w_ih, w_hh, b_ih, b_hh: lists, one entry
     per layer (b_ih, b_hh entries None without bias) -> (out [S, B, H], h_n, c_n [L, B, H])."""
     xproj = input_projection(x, w_ih[0], b_ih[0], b_hh[0])
     bias = [] if b_ih[0] is None else [bi + bh for bi, bh in zip(b_ih[1:], b_hh[1:])]

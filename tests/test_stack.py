@@ -1,8 +1,9 @@
-"""The persistent stack op (p3: every layer of a unidirectional stack in one launch, the
-layers as a wavefront; csrc/core/lstm_persistent.h) through FastLSTM against the float64
-oracle: outputs, final states and all gradients. On CPU tensors the op runs the CUDA
-kernel's per-block code on the host (run_stack_on_host), so these tests check its tiling,
-wave schedule, torch glue and backward without a GPU; test_gpu.py runs the kernel itself."""
+"""The persistent stack op (p4: every layer of a unidirectional stack in one launch, the
+layers as a wavefront, products as warp MMAs; csrc/core/lstm_persistent_mma.h) through
+FastLSTM against the float64 oracle: outputs, final states and all gradients. On CPU tensors
+the op runs the CUDA kernel's per-warp code on the host (run_mma_stack_on_host), so these
+tests check its tiling, wave schedule, torch glue and backward without a GPU; test_gpu.py
+runs the kernel itself."""
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ STACK_CASES = [c for c in CASES if not c.lengths and not c.kwargs.get("bidirecti
                and not c.kwargs.get("proj_size")] + [
     Case("four_layers_h70", layers=4, hidden=70, batch=5, seq=6),
     Case("eight_layers", layers=8, hidden=9, batch=2, seq=3),
-    # hidden a multiple of 4: h read in 16-byte chunks (4 fp32, 2 fp64), as at S1 and S2
+    # hidden a multiple of 4: h read in chunks of 4 (the TF32 MMA's vector loads), as at S1
     Case("three_layers_h24_chunks", layers=3, hidden=24, batch=5, seq=4),
 ]
 
@@ -41,49 +42,6 @@ def through_stack(monkeypatch):
 def test_stack_matches_oracle(through_stack, case, dtype):
     compare_to_oracle(case, "cpu", "cpu", dtype, seed=2000 + len(case.name))
     assert through_stack, "the stack op did not run"
-
-
-@pytest.mark.parametrize("parts", ["2", "3"])
-@pytest.mark.parametrize("case", [c for c in STACK_CASES if c.batch > 1], ids=str)
-def test_stack_with_the_batch_split_matches_oracle(through_stack, monkeypatch, case, parts):
-    """FASTLSTM_PERSISTENT_BATCH_PARTS: blocks own a part of the batch rows too."""
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", parts)
-    compare_to_oracle(case, "cpu", "cpu", torch.float32, seed=3000 + len(case.name))
-    assert through_stack, "the stack op did not run"
-
-
-@pytest.mark.parametrize("case", [c for c in STACK_CASES if c.layers > 1], ids=str)
-def test_stack_with_the_dataflow_sync_matches_oracle(through_stack, monkeypatch, case):
-    """FASTLSTM_PERSISTENT_DATAFLOW=1: the host runs the blocks in the order the counters
-    allow that is furthest from the waves (all of layer 0's steps before layer 1 starts)."""
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", "1")
-    compare_to_oracle(case, "cpu", "cpu", torch.float32, seed=4000 + len(case.name))
-    assert through_stack, "the stack op did not run"
-
-
-@pytest.mark.parametrize("parts", ["1", "3"])
-def test_dataflow_sync_gives_the_waves_results_exactly(monkeypatch, parts):
-    """Another order of the same arithmetic: bit for bit the same outputs."""
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", parts)
-    args = stack_args(layers=4, steps=5, batch=7, hidden=11, seed=9)
-    results = {}
-    for dataflow in ("0", "1"):
-        monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", dataflow)
-        results[dataflow] = torch.ops.fastlstm.lstm_stack_persistent(*args)
-    for a, b in zip(results["1"], results["0"]):
-        assert torch.equal(a, b)
-
-
-def test_dataflow_switch_must_be_known(monkeypatch):
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_DATAFLOW", "2")
-    with pytest.raises(RuntimeError, match="DATAFLOW must be 0 to 1"):
-        torch.ops.fastlstm.lstm_stack_persistent(*stack_args())
-
-
-def test_batch_parts_must_be_known(monkeypatch):
-    monkeypatch.setenv("FASTLSTM_PERSISTENT_BATCH_PARTS", "9")
-    with pytest.raises(RuntimeError, match="BATCH_PARTS must be 1 to 8"):
-        torch.ops.fastlstm.lstm_stack_persistent(*stack_args())
 
 
 def test_stack_comparison_can_fail(through_stack, monkeypatch):
@@ -178,11 +136,10 @@ def test_module_picks_the_stack_only_where_it_fits():
     assert dropped.eval()._stack_fits_one_launch()  # no dropout at inference
 
 
-@pytest.mark.parametrize("value,version", [(None, 1), ("2", 2), ("3", 3), ("4", 4), ("x", 1)])
+@pytest.mark.parametrize("value,version", [(None, 1), ("1", 1), ("4", 4), ("x", 1)])
 def test_persistent_version(monkeypatch, value, version):
     if value is None:
         monkeypatch.delenv("FASTLSTM_PERSISTENT_VERSION", raising=False)
     else:
         monkeypatch.setenv("FASTLSTM_PERSISTENT_VERSION", value)
     assert fastlstm.ops.persistent_version() == version
-

@@ -56,77 +56,6 @@ persistent_forward_kernel(const PersistentStackArgs<T, Acc> stack, int units_per
   }
 }
 
-// Dataflow sync (a.step_done set; step_waits in lstm_persistent.h has the rule). Thread 0
-// spins on acquire loads of the counters this step needs and fences, then the block barrier
-// passes on what it acquired to the block's threads: the pattern of cooperative groups' grid
-// barrier (fences are cumulative in the PTX memory model), so that the threads' plain loads
-// of h see the other blocks' writes even where a line of h was in this SM's L1 before (the
-// step buffers need not start on a line boundary).
-template <typename T, typename Acc>
-__device__ void wait_for_step_inputs(const PersistentStackArgs<T, Acc>& a, const GridSplit& g,
-                                     int layer, int64_t s) {
-  if (threadIdx.x == 0) {
-    StepWait waits[2];
-    const int n = step_waits(a, g, layer, s, waits);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {  // unrolled: `waits` stays in registers
-      if (i == n) break;
-      const unsigned* counter = a.step_done + waits[i].index;
-      unsigned done;
-      do {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];"
-                     : "=r"(done) : "l"(counter) : "memory");
-      } while (done < waits[i].target);
-    }
-    __threadfence();  // as cooperative groups' barrier does after its spin
-  }
-  __syncthreads();
-}
-
-// After a block's step s: once every thread's writes are done, thread 0 releases them
-// (fence, then the count) to whoever acquires step_done[layer][s].
-template <typename T, typename Acc>
-__device__ void signal_step_done(const PersistentStackArgs<T, Acc>& a, int layer, int64_t s) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(a.step_done + step_done_index(a, layer, s), 1u);
-  }
-}
-
-// p2 (one layer) and p3 (a stack as a wavefront): lstm_persistent.h has the tiling and both
-// phases. With the grid barrier, a block whose layer has no step at this wave only joins the
-// barriers; with the dataflow sync each block runs just its layer's steps.
-template <typename T, typename Acc, bool kDataflow>
-__global__ void __launch_bounds__(kThreads, 1)  // one block per SM (its shared memory): no cap
-stack_persistent_kernel(const PersistentStackArgs<T, Acc> a, const StackTiling tiling) {
-  namespace cg = cooperative_groups;
-  cg::grid_group grid = cg::this_grid();
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  Acc* w_s = reinterpret_cast<Acc*>(smem_raw);
-  Acc* partial = w_s + tiling.weight_elements;
-  const int block = blockIdx.x, tid = threadIdx.x;
-  stack_load_weights(a, tiling, block, tid, w_s);
-  if constexpr (kDataflow) {
-    const int layer = block_slice(tiling.grid, a.hidden, block).layer;
-    for (int64_t s = 0; s < a.steps; ++s) {
-      wait_for_step_inputs(a, tiling.grid, layer, s);  // (the first also covers the weights)
-      stack_partial_sums(a, tiling, block, s + layer, tid, w_s, partial);
-      __syncthreads();
-      stack_cell_update(a, tiling, block, s + layer, tid, partial);
-      signal_step_done(a, layer, s);  // (its barrier also frees `partial` for the next step)
-    }
-    return;
-  }
-  __syncthreads();
-  for (int64_t wave = 0; wave < a.steps + a.layers - 1; ++wave) {
-    stack_partial_sums(a, tiling, block, wave, tid, w_s, partial);
-    __syncthreads();
-    stack_cell_update(a, tiling, block, wave, tid, partial);
-    grid.sync();  // this wave's h_t, c_t complete everywhere (and partial free) before the next
-  }
-}
-
 // One lane's part of a warp's mma.sync (sm_80 and up): acc[0][j] += A B for the fragments
 // a, b (lstm_persistent_mma.h has their layouts). bf16/fp16: m16n8k16, two consecutive
 // elements per 32-bit register, the first in the low half; fp32: m16n8k8 on TF32 inputs
@@ -176,8 +105,9 @@ struct TensorCoreMma {
   }
 };
 
-// p4: p3 with phase 1 on tensor cores (lstm_persistent_mma.h); bf16, fp16, fp32 as TF32.
-template <typename T, bool kDataflow>
+// p4: a stack as a wavefront with phase 1 on tensor cores (lstm_persistent_mma.h); bf16,
+// fp16, fp32 as TF32.
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)  // one block per SM: no register cap
 mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) {
   namespace cg = cooperative_groups;
@@ -189,19 +119,6 @@ mma_stack_kernel(const PersistentStackArgs<T, float> a, const MmaTiling tiling) 
   mma_load_weights(a, tiling, block, tid, kThreads, w_s);
   CellRegs<float> regs;  // this thread's cells: c across waves, the wave's inputs
   using Shape = typename TensorCoreMma<T>::Shape;
-  if constexpr (kDataflow) {
-    const int layer = block_slice(tiling.grid, a.hidden, block).layer;
-    for (int64_t s = 0; s < a.steps; ++s) {
-      mma_load_cell_inputs(a, tiling, block, s + layer, tid, kThreads, regs);  // needs no wait
-      wait_for_step_inputs(a, tiling.grid, layer, s);
-      mma_partial_sums<Shape, 1>(a, tiling, block, s + layer, tid / kWarpSize,
-                                 tid % kWarpSize, w_s, partial, TensorCoreMma<T>{});
-      __syncthreads();
-      mma_cell_update(a, tiling, block, s + layer, tid, kThreads, partial, regs);
-      signal_step_done(a, layer, s);
-    }
-    return;
-  }
   __syncthreads();
   const int64_t waves = a.steps + a.layers - 1;
   mma_load_cell_inputs(a, tiling, block, 0, tid, kThreads, regs);
@@ -268,44 +185,34 @@ cudaError_t launch_persistent_p1(const PersistentStackArgs<T, Acc>& args, cudaSt
 
 template <typename T, typename Acc>
 cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, bool tensor_cores,
-                                    int batch_parts, cudaStream_t stream) {
-  if (args.layers < 1 || args.layers > kMaxStackLayers || batch_parts < 1)
-    return cudaErrorInvalidValue;
+                                    cudaStream_t stream) {
+  if (args.layers < 1 || args.layers > kMaxStackLayers) return cudaErrorInvalidValue;
   if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
   int sms = 0;
   cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
   if (err != cudaSuccess) return err;
   PersistentStackArgs<T, Acc> a = args;
-  if constexpr (!std::is_same<T, double>::value) {
-    if (tensor_cores) {
-      int major = 0;
-      err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
-      if (err != cudaSuccess) return err;
-      if (major < 8) return cudaErrorNotSupported;
-      MmaTiling tiling =
-          mma_tiling_for<typename TensorCoreMma<T>::Shape>(args, sms, kThreads, batch_parts);
-      const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
-      void* params[] = {&a, &tiling};
-      const void* kernel = a.step_done != nullptr
-                               ? reinterpret_cast<const void*>(mma_stack_kernel<T, true>)
-                               : reinterpret_cast<const void*>(mma_stack_kernel<T, false>);
-      return launch_cooperative(kernel, tiling.grid.blocks, smem, sms, params, stream);
-    }
+  if constexpr (std::is_same<T, double>::value) {
+    return cudaErrorNotSupported;  // no tensor-core MMA for fp64 here
+  } else {
+    if (!tensor_cores) return cudaErrorNotSupported;
+    int major = 0;
+    err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
+    if (err != cudaSuccess) return err;
+    if (major < 8) return cudaErrorNotSupported;
+    MmaTiling tiling = mma_tiling_for<typename TensorCoreMma<T>::Shape>(args, sms, kThreads);
+    const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
+    void* params[] = {&a, &tiling};
+    return launch_cooperative(reinterpret_cast<const void*>(mma_stack_kernel<T>),
+                              tiling.grid.blocks, smem, sms, params, stream);
   }
-  StackTiling tiling = stack_tiling_for(args, sms, kThreads, batch_parts);
-  const size_t smem = size_t(tiling.weight_elements + tiling.partial_elements) * sizeof(Acc);
-  void* params[] = {&a, &tiling};
-  const void* kernel = a.step_done != nullptr
-                           ? reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc, true>)
-                           : reinterpret_cast<const void*>(stack_persistent_kernel<T, Acc, false>);
-  return launch_cooperative(kernel, tiling.grid.blocks, smem, sms, params, stream);
 }
 
 #define FASTLSTM_INSTANTIATE(T, Acc)                                                        \
   template cudaError_t launch_persistent_p1<T, Acc>(const PersistentStackArgs<T, Acc>&,      \
                                                     cudaStream_t);                           \
   template cudaError_t launch_persistent_stack<T, Acc>(const PersistentStackArgs<T, Acc>&,     \
-                                                       bool, int, cudaStream_t);
+                                                       bool, cudaStream_t);
 FASTLSTM_INSTANTIATE(float, float)
 FASTLSTM_INSTANTIATE(double, double)
 FASTLSTM_INSTANTIATE(__half, float)

@@ -1,8 +1,9 @@
-// p4: the stack kernel of lstm_persistent.h (p3) with phase 1 on tensor cores: per wave a
-// block's products [B x K] inputs times [K x 4U] weights run as warp-wide mma.sync, fp32
-// sums: m16n8k16 for bf16 and fp16 inputs, m16n8k8 with TF32 inputs for fp32 where TF32 is
-// allowed. The weights stay in shared memory in the storage type (bf16: half the bytes of
-// p3's fp32 copy). Phase 2 ends as p3's (cell_step), with c in registers (CellRegs).
+// p4: a stack of layers in one cooperative launch, the layers as a wavefront (split_grid in
+// lstm_persistent.h), with the products on tensor cores: per wave a block's products
+// [B x K] inputs times [K x 4U] weights run as warp-wide mma.sync (phase 1), fp32 sums:
+// m16n8k16 for bf16 and fp16 inputs, m16n8k8 with TF32 inputs for fp32 where TF32 is
+// allowed. The weights stay in shared memory in the storage type. Phase 2 adds the slices'
+// sums and the inputs and runs the gate math (cell_step), with c in registers (CellRegs).
 //
 // Shapes of one block's product: M = its batch rows (m-tiles of 16), N = its 4U gate columns
 // n = 4u + q (n-tiles of 8: two units' four gates), K = the layer's inputs + H (k-steps of
@@ -20,6 +21,9 @@
 // the oracle on the CPU; whether the layout functions match the hardware only a GPU run
 // shows.
 #pragma once
+
+#include <limits>
+#include <vector>
 
 #include "lstm_persistent.h"
 
@@ -84,25 +88,24 @@ struct MmaLayerTiling {
 };
 
 struct MmaTiling {
-  GridSplit grid;          // as p3's (lstm_persistent.h)
+  GridSplit grid;          // split_grid (lstm_persistent.h)
   int warps;               // per block
-  int m_tiles;             // ceil(R / 16): a block's rows in tiles of 16
+  int m_tiles;             // ceil(B / 16): the batch rows in tiles of 16
   int chunk;               // vector loads: elements per load (Shape::chunk); 0: scalar loads
   int64_t weight_bytes;    // the largest block's weights, a multiple of 16: partials start there
   int64_t partial_floats;  // the largest block's partial sums (elements of Acc, fp32 on a GPU)
   MmaLayerTiling layer[kMaxStackLayers];
 };
 
-// The grid as p3's (split_grid); k split so that a block has about one item per warp.
+// The grid by split_grid; k split so that a block has about one item per warp.
 // mma_k: the MMA shape's k (16 or 8); chunk: its Shape::chunk for vector loads (where
 // h_rows_in_chunks allows them), 0 for element loads.
 inline MmaTiling mma_tiling(const int64_t* inputs, int layers, int64_t batch, int64_t hidden,
-                            int sms, int threads, int element_bytes, int mma_k, int chunk,
-                            int batch_parts = 1) {
+                            int sms, int threads, int element_bytes, int mma_k, int chunk) {
   MmaTiling t{};
-  t.grid = split_grid(inputs, layers, batch, hidden, sms, batch_parts);
+  t.grid = split_grid(inputs, layers, hidden, sms);
   t.warps = threads / kWarpSize;
-  t.m_tiles = (t.grid.part_rows + 15) / 16;
+  t.m_tiles = static_cast<int>((batch + 15) / 16);
   t.chunk = chunk;
   const bool vector_loads = chunk > 0;
   const int step_unit = vector_loads ? 2 : 1;  // vector loads take k-steps in pairs
@@ -143,12 +146,11 @@ FASTLSTM_HD int64_t weight_index(const MmaTiling& t, const MmaLayerTiling& lt, i
 // mma_tiling for `a` as the kernel runs it (Shape: its MMA), vector loads where
 // h_rows_in_chunks allows.
 template <typename Shape, typename T, typename Acc>
-MmaTiling mma_tiling_for(const PersistentStackArgs<T, Acc>& a, int sms, int threads,
-                         int batch_parts) {
+MmaTiling mma_tiling_for(const PersistentStackArgs<T, Acc>& a, int sms, int threads) {
   int64_t inputs[kMaxStackLayers];
   layer_inputs(a, inputs);
   return mma_tiling(inputs, a.layers, a.batch, a.hidden, sms, threads, sizeof(T), Shape::k,
-                    h_rows_in_chunks(a, Shape::chunk) ? Shape::chunk : 0, batch_parts);
+                    h_rows_in_chunks(a, Shape::chunk) ? Shape::chunk : 0);
 }
 
 // Once per launch: this block's weights into w_s [n_tiles * 8][w_stride] (row n = 4u + q
@@ -308,8 +310,8 @@ FASTLSTM_HD void mma_partial_sums(const PersistentStackArgs<T, Acc>& a, const Mm
     const int group = rest % n_groups, m_tile = rest / n_groups;
     MmaItem it;
     it.lane0 = lane0;
-    it.row0 = bs.row0 + m_tile * 16;
-    it.row_end = bs.row0 + bs.rows;
+    it.row0 = m_tile * 16;
+    it.row_end = a.batch;
     it.nt0 = group * kMaxNTiles;
     it.tiles = n_tiles - it.nt0 < kMaxNTiles ? n_tiles - it.nt0 : kMaxNTiles;
     it.ks_begin = slice * lt.k_len;
@@ -355,12 +357,12 @@ FASTLSTM_HD void mma_load_cell_inputs(const PersistentStackArgs<T, Acc>& a, cons
   const BlockSlice bs = block_slice(t.grid, a.hidden, block);
   const int64_t s = wave_step(a, bs.layer, wave);
   if (s < 0) return;
-  const int64_t cells = int64_t(bs.rows) * bs.units;
+  const int64_t cells = a.batch * bs.units;
 #pragma unroll
   for (int i = 0; i < kCellRegs; ++i) {
     const int64_t p = tid + int64_t(i) * threads;
     if (p >= cells) break;
-    load_unit_input(a, a.layer[bs.layer], s, bs.row0 + p / bs.units, bs.u0 + p % bs.units,
+    load_unit_input(a, a.layer[bs.layer], s, p / bs.units, bs.u0 + p % bs.units,
                     regs.input[i]);
   }
 }
@@ -376,14 +378,14 @@ FASTLSTM_HD void mma_cell_update(const PersistentStackArgs<T, Acc>& a, const Mma
   const StackLayer<T, Acc>& L = a.layer[bs.layer];
   const MmaLayerTiling& lt = t.layer[bs.layer];
   const int64_t n_stride = int64_t(lt.n_tiles) * 8, m_rows = int64_t(t.m_tiles) * 16;
-  auto slice_sums = [&](int64_t r, int64_t u, Acc (&pre)[4]) {  // r: the row in the block
+  auto slice_sums = [&](int64_t r, int64_t u, Acc (&pre)[4]) {  // r: the batch row
     for (int q = 0; q < 4; ++q) pre[q] = Acc(0);
     for (int slice = 0; slice < lt.k_splits; ++slice) {
       const Acc* sums = partial + (slice * m_rows + r) * n_stride + 4 * u;
       for (int q = 0; q < 4; ++q) pre[q] += sums[q];
     }
   };
-  const int64_t cells = int64_t(bs.rows) * bs.units;
+  const int64_t cells = a.batch * bs.units;
 #pragma unroll
   for (int i = 0; i < kCellRegs; ++i) {
     const int64_t p = tid + int64_t(i) * threads;
@@ -392,14 +394,14 @@ FASTLSTM_HD void mma_cell_update(const PersistentStackArgs<T, Acc>& a, const Mma
     Acc pre[4];
     slice_sums(r, u, pre);
     for (int q = 0; q < 4; ++q) pre[q] += regs.input[i][q];
-    const Acc c_prev = s == 0 ? load_c_prev(a, L, s, bs.row0 + r, bs.u0 + u) : regs.c[i];
-    regs.c[i] = cell_step(a, L, s, bs.row0 + r, bs.u0 + u, pre, c_prev);
+    const Acc c_prev = s == 0 ? load_c_prev(a, L, s, r, bs.u0 + u) : regs.c[i];
+    regs.c[i] = cell_step(a, L, s, r, bs.u0 + u, pre, c_prev);
   }
   for (int64_t p = tid + int64_t(kCellRegs) * threads; p < cells; p += threads) {
     const int64_t u = p % bs.units, r = p / bs.units;
     Acc pre[4];
     slice_sums(r, u, pre);
-    finish_unit(a, L, s, bs.row0 + r, bs.u0 + u, pre);
+    finish_unit(a, L, s, r, bs.u0 + u, pre);
   }
 }
 
@@ -427,11 +429,11 @@ struct HostMma {
   }
 };
 
-// p4's schedule on the host, as run_stack_on_host does for p3: the blocks in `order`, in
+// p4's schedule on the host, as the grid barriers order it: the blocks in `order`, in
 // each block every warp's phase 1 (warp_phase1(block, wave, warp, w_s, partial)), then every
 // thread of phase 2. Shared memory and the threads' registers start NaN.
 template <typename Shape, typename T, typename Acc, typename WarpPhase1>
-bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
+void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                            int threads, HostOrder order, WarpPhase1 warp_phase1) {
   const T nan = std::numeric_limits<T>::quiet_NaN();
   const int blocks = t.grid.blocks;
@@ -447,7 +449,7 @@ bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling
   for (int blk = 0; blk < blocks; ++blk)
     for (int tid = 0; tid < threads; ++tid)
       mma_load_weights(a, t, blk, tid, threads, weights[blk].data());
-  return schedule_on_host(a, t.grid, order, [&](int blk, int64_t wave) {
+  schedule_on_host(a, t.grid, order, [&](int blk, int64_t wave) {
     CellRegs<Acc>* block_regs = &regs[size_t(blk) * threads];
     for (int tid = 0; tid < threads; ++tid)
       mma_load_cell_inputs(a, t, blk, wave, tid, threads, block_regs[tid]);
@@ -460,9 +462,9 @@ bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling
 
 // The same with each warp's 32 lanes at once through HostMma.
 template <typename Shape, typename T, typename Acc>
-bool run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
+void run_mma_stack_on_host(const PersistentStackArgs<T, Acc>& a, const MmaTiling& t,
                            int threads, HostOrder order = HostOrder::waves) {
-  return run_mma_stack_on_host<Shape>(
+  run_mma_stack_on_host<Shape>(
       a, t, threads, order, [&](int blk, int64_t wave, int warp, const T* w_s, Acc* partial) {
         mma_partial_sums<Shape, kWarpSize>(a, t, blk, wave, warp, 0, w_s, partial,
                                            HostMma<Shape, T, Acc>{});

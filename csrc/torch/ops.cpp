@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../core/dropout.h"
+#include "../core/lstm_persistent_mma.h"
 #include "../core/lstm_step.h"
 #include "check.h"
 #include "generate.h"
@@ -189,12 +190,11 @@ Tensor dropout_cpu(const Tensor& x_in, double p, int64_t seed) {
   return out;
 }
 
-// The stack op on the CPU runs the persistent kernel's per-block code on the host
-// (run_stack_on_host): serial and slow, it is there so that the tests can check the kernel's
-// tiling and wave schedule, and the op's glue and autograd, against the oracle without a GPU.
-// The grid it emulates: 8 multiprocessors of 256 threads; FASTLSTM_PERSISTENT_BATCH_PARTS
-// splits the batch as on the GPU; under FASTLSTM_PERSISTENT_DATAFLOW=1 the blocks run in the
-// dataflow sync's most skewed order (every step of layer 0 before layer 1 starts).
+// The stack op on the CPU runs the persistent kernel's (p4's) per-warp code on the host
+// (run_mma_stack_on_host, the warp MMA as a 16 x 8 x 8 product, the MMA shape fp32 runs as
+// TF32 on a GPU, here in full precision): serial and slow, it is there so that the tests can
+// check the kernel's tiling and wave schedule, and the op's glue and autograd, against the
+// oracle without a GPU. The grid it emulates: 8 multiprocessors of 256 threads.
 constexpr int kHostSms = 8, kHostThreads = 256;
 
 std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, const Tensor& h0,
@@ -206,10 +206,8 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cpu(const Tensor& xproj, con
   StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fastlstm_stack_persistent_cpu", [&] {
     const auto args = stack_args<scalar_t, scalar_t>(st);
-    const bool finished = run_stack_on_host(
-        args, stack_tiling_for(args, kHostSms, kHostThreads, persistent_batch_parts()),
-        persistent_dataflow() ? HostOrder::dataflow_low_first : HostOrder::waves);
-    FASTLSTM_CHECK(finished, "fastlstm: internal error: the dataflow schedule stalled");
+    run_mma_stack_on_host<MmaK8>(args, mma_tiling_for<MmaK8>(args, kHostSms, kHostThreads),
+                                 kHostThreads);
   });
   return {st.hs, st.cs, st.gates};
 }
@@ -232,9 +230,9 @@ TORCH_LIBRARY(fastlstm, m) {
   // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
         " -> (Tensor hs, Tensor cs, Tensor gates)");
-  // A unidirectional stack of layers in one persistent launch, the layers as a wavefront
-  // (p3; p4 on tensor cores); shapes in stack.h. Opt-in (fastlstm.set_persistent with
-  // FASTLSTM_PERSISTENT_VERSION=3 or 4). The CPU registration runs p3's per-block code.
+  // A unidirectional stack of layers in one persistent launch, the layers as a wavefront, on
+  // tensor cores (p4); shapes in stack.h. Opt-in (fastlstm.set_persistent with
+  // FASTLSTM_PERSISTENT_VERSION=4). The CPU registration runs p4's per-warp code.
   m.def("lstm_stack_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] bias,"
         " Tensor[] w_hh) -> (Tensor hs, Tensor cs, Tensor gates)");
   // Dropout whose mask is a function of (seed, element index): no mask stored, backward is

@@ -100,10 +100,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cuda(
   return {out[0], out[1], out[2], out[3]};
 }
 
-// FASTLSTM_PERSISTENT_VERSION: 1 (default, p1), 2 (p2, the tiled kernel), 3 (p3: the module
-// runs a whole stack through lstm_stack_persistent; a single layer gets p2) or 4 (p4: p3 on
-// tensor cores where tensor_cores_allowed, else p3); see core/lstm_persistent_cuda.h.
-int persistent_version() { return env_int("FASTLSTM_PERSISTENT_VERSION", 1, 1, 4); }
+// FASTLSTM_PERSISTENT_VERSION: 1 (default, p1) or 4 (p4: the module runs a whole stack
+// through lstm_stack_persistent, a single layer as a stack of one); see
+// core/lstm_persistent_cuda.h. (2 and 3 were removed after commit 5f6c790.)
+int persistent_version() {
+  const int version = env_int("FASTLSTM_PERSISTENT_VERSION", 1, 1, 4);
+  FASTLSTM_CHECK(version == 1 || version == 4,
+                 "fastlstm: FASTLSTM_PERSISTENT_VERSION must be 1 or 4, got ", int64_t(version));
+  return version;
+}
 
 // Whether p4 may put this dtype on tensor cores: bf16 and fp16 always; fp32 as TF32 only
 // where torch allows TF32 in matmuls (torch.backends.cuda.matmul.allow_tf32, the flag the
@@ -113,26 +118,26 @@ bool tensor_cores_allowed(at::ScalarType dtype) {
          (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS());
 }
 
-// Where the persistent kernel does not fit: an error under FASTLSTM_PERSISTENT_STRICT=1 (the
-// tests set it, so a test of the kernel cannot pass by silently running the step loop),
-// else a warning (once) before the caller runs the step loop.
-void persistent_does_not_fit(const char* what, int64_t hidden, int64_t batch) {
+// Where the persistent kernel cannot run: an error under FASTLSTM_PERSISTENT_STRICT=1 (a
+// debugging switch: the GPU tests set it, so a test of the kernel cannot pass by silently
+// running the step loop), else a warning (once) before the caller runs the step loop.
+void persistent_cannot_run(const char* what, int64_t hidden, int64_t batch) {
   const char* strict = std::getenv("FASTLSTM_PERSISTENT_STRICT");
-  FASTLSTM_CHECK(strict == nullptr || strict[0] != '1', "fastlstm: the persistent kernel does "
-                 "not fit this ", what, " (hidden ", hidden, ", batch ", batch,
+  FASTLSTM_CHECK(strict == nullptr || strict[0] != '1', "fastlstm: the persistent kernel "
+                 "cannot run this ", what, " (hidden ", hidden, ", batch ", batch,
                  ") and FASTLSTM_PERSISTENT_STRICT=1 forbids the fallback");
-  TORCH_WARN_ONCE("fastlstm: the persistent kernel does not fit this ", what, " on this GPU "
-                  "(weight slices over shared memory, or the grid over the multiprocessors); "
+  TORCH_WARN_ONCE("fastlstm: the persistent kernel cannot run this ", what, " on this GPU "
+                  "(weight slices over shared memory, the grid over the multiprocessors, or "
+                  "p4 without tensor cores: fp64, fp32 without TF32, below sm_80); "
                   "using the step loop");
 }
 
 // Launches the persistent kernel that FASTLSTM_PERSISTENT_VERSION names on st's tensors
-// (one_layer: the one-layer op, where version 1 means p1; otherwise p2-p4 run as p3, or p4 where
-// tensor cores are allowed), with the step counters under FASTLSTM_PERSISTENT_DATAFLOW.
-// Returns the launch's error: cudaErrorNotSupported where it does not fit.
+// (one_layer: the one-layer op, where version 1 means p1; otherwise p4).
+// Returns the launch's error: cudaErrorNotSupported where it cannot run.
 cudaError_t launch_persistent(const StackTensors& st, bool reverse, bool one_layer) {
   const int version = persistent_version();
-  const bool tensor_cores = version == 4 && tensor_cores_allowed(st.xproj.scalar_type());
+  const bool tensor_cores = tensor_cores_allowed(st.xproj.scalar_type());
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st.xproj.scalar_type(),
                                   "fastlstm_persistent", [&] {
@@ -145,8 +150,7 @@ cudaError_t launch_persistent(const StackTensors& st, bool reverse, bool one_lay
       err = launch_persistent_p1(args, stream);
       return;
     }
-    const Tensor counters = attach_step_counters(args, st.xproj.options());
-    err = launch_persistent_stack(args, tensor_cores, persistent_batch_parts(), stream);
+    err = launch_persistent_stack(args, tensor_cores, stream);
   });
   return err;
 }
@@ -160,7 +164,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_persistent_cuda(const Tensor& xproj, co
   StackTensors st = prepare_stack(xproj, h0.unsqueeze(0), c0.unsqueeze(0), {}, {}, {w_hh});
   const cudaError_t err = launch_persistent(st, reverse, /*one_layer=*/true);
   if (err == cudaErrorNotSupported) {
-    persistent_does_not_fit("layer", w_hh.size(1), xproj.size(1));
+    persistent_cannot_run("layer", w_hh.size(1), xproj.size(1));
     return layer_forward(xproj, h0, c0, w_hh, reverse, kCudaKernels);
   }
   check_launch(err, "persistent forward");
@@ -176,7 +180,7 @@ std::tuple<Tensor, Tensor, Tensor> stack_persistent_cuda(const Tensor& xproj, co
   StackTensors st = prepare_stack(xproj, h0, c0, w_ih, bias, w_hh);
   const cudaError_t err = launch_persistent(st, /*reverse=*/false, /*one_layer=*/false);
   if (err == cudaErrorNotSupported) {
-    persistent_does_not_fit("stack", st.w_hh[0].size(1), st.xproj.size(1));
+    persistent_cannot_run("stack", st.w_hh[0].size(1), st.xproj.size(1));
     stack_by_layers(st, kCudaKernels);
   } else {
     check_launch(err, "persistent stack forward");

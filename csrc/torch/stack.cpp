@@ -63,10 +63,6 @@ int env_int(const char* name, int fallback, int lo, int hi) {
   return value;
 }
 
-int persistent_batch_parts() { return env_int("FASTLSTM_PERSISTENT_BATCH_PARTS", 1, 1, 8); }
-
-bool persistent_dataflow() { return env_int("FASTLSTM_PERSISTENT_DATAFLOW", 0, 0, 1) == 1; }
-
 void stack_by_layers(StackTensors& st, const StepKernels& kernels) {
   const c10::NoGradGuard no_grad;
   const int64_t L = static_cast<int64_t>(st.w_hh.size());

@@ -1,6 +1,6 @@
-// The persistent stack op (lstm_stack_persistent, p3): its checks, its outputs and its
+// The persistent stack op (lstm_stack_persistent, p4): its checks, its outputs and its
 // framework-free arguments, shared by the CPU registration (the kernel's per-block code run
-// on the host, run_stack_on_host) and the CUDA one (the cooperative kernel).
+// on the host, run_mma_stack_on_host) and the CUDA one (the cooperative kernel).
 //
 // Tensors (T = storage dtype, Acc = its cell dtype), L layers, one direction, forward time:
 //   xproj [S, B, 4H]   T   layer 0's x W_ih^T + b_ih + b_hh
@@ -34,25 +34,6 @@ StackTensors prepare_stack(const Tensor& xproj, const Tensor& h0, const Tensor& 
 // The environment variable `name` as an integer in [lo, hi] (`fallback` when unset or empty);
 // an error naming the variable otherwise.
 int env_int(const char* name, int fallback, int lo, int hi);
-
-// FASTLSTM_PERSISTENT_BATCH_PARTS (1 to 8, default 1): how many blocks split the batch rows
-// of each unit slice in p2-p4 (split_grid in core/lstm_persistent.h); an error otherwise.
-int persistent_batch_parts();
-
-// FASTLSTM_PERSISTENT_DATAFLOW (0 or 1, default 0): p2-p4 synchronise steps through counters
-// (step_waits in core/lstm_persistent.h) instead of a grid barrier per wave; an error otherwise.
-bool persistent_dataflow();
-
-// With the dataflow sync: zeroed counters [L * S] for `a` (kept alive by the returned tensor,
-// on `options`' device), else an undefined tensor and a.step_done null.
-template <typename T, typename Acc>
-Tensor attach_step_counters(PersistentStackArgs<T, Acc>& a, const at::TensorOptions& options) {
-  a.step_done = nullptr;
-  if (!persistent_dataflow()) return Tensor();
-  Tensor counters = at::zeros({a.layers * a.steps}, options.dtype(at::kInt));
-  a.step_done = reinterpret_cast<unsigned*>(counters.data_ptr());
-  return counters;
-}
 
 // The layers one after another through lstm_layer's step loop (`kernels`), the input
 // projections of the layers above as GEMMs: what the CUDA op falls back to. Fills st's outputs.

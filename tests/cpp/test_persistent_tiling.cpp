@@ -1,12 +1,10 @@
-// The tiled persistent forward's per-block work run on the CPU: p2/p3 (lstm_persistent.h: one
-// layer, a stack as a wavefront) by run_stack_on_host, p4 (lstm_persistent_mma.h: p3 with
-// phase 1 as warp MMAs) by run_mma_stack_on_host; per wave every block, in each block every
-// thread (p4: every warp), phase by phase, as the GPU's barriers order them, blocks in both
-// orders, and in the two extreme orders the dataflow sync allows (schedule_on_host);
-// against the double reference step chained over the sequence and up the layers.
-// This checks the tiling and indexing (k slices over [W_ih | W_hh], row groups or MMA tiles,
-// partial sums, short last blocks, batch not a multiple of the tile, reverse time, the wave
-// schedule) without a GPU; the GPU tests check the kernels (and the MMA fragment layout).
+// p4's per-block work (lstm_persistent_mma.h: a stack as a wavefront, phase 1 as warp MMAs)
+// run on the CPU by run_mma_stack_on_host: per wave every block, in each block every warp,
+// then every thread, phase by phase, as the GPU's barriers order them, blocks in both
+// orders; against the double reference step chained over the sequence and up the layers.
+// This checks the tiling and indexing (k slices over [W_ih | W_hh], MMA tiles, partial
+// sums, short last blocks, batch not a multiple of the tile, reverse time, the wave
+// schedule) without a GPU; the GPU tests check the kernel (and the MMA fragment layout).
 #include <algorithm>
 #include <cstdio>
 #include <limits>
@@ -20,7 +18,6 @@ namespace {
 struct Shape {
   int steps, batch, hidden, layers, sms, threads;
   bool reverse, bias;
-  int batch_parts = 1;
 };
 
 struct Layer {  // one layer's inputs and its reference outputs
@@ -73,9 +70,9 @@ std::vector<T> as(const ref::Vec& v, size_t n = 0) {
   return std::vector<T>(v.begin(), v.end());
 }
 
-enum class Kernel { tiles, mma_k16, mma_k8 };  // p2/p3; p4 with either MMA shape
+enum class Kernel { mma_k16, mma_k8 };  // p4 with either MMA shape
 
-// The loads of h (p2-p4): element by element, or chunks where h_rows_in_chunks allows them.
+// The loads of h: element by element, or chunks where h_rows_in_chunks allows them.
 enum class Loads { scalar, vector_where_allowed };
 
 // Returns whether the run used vector loads.
@@ -89,8 +86,7 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
   const std::vector<Layer> want = reference_stack(sh, rng, xproj);
 
   using fastlstm::HostOrder;
-  for (HostOrder order : {HostOrder::waves, HostOrder::waves_blocks_reversed,
-                          HostOrder::dataflow_low_first, HostOrder::dataflow_high_first}) {
+  for (HostOrder order : {HostOrder::waves, HostOrder::waves_blocks_reversed}) {
     struct Buffers { std::vector<T> w_ih, bias, w_hh, h0, c0, hs, cs, gates; };
     std::vector<Buffers> buf(sh.layers);
     const std::vector<T> x_t = as<T>(xproj);
@@ -111,30 +107,16 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
                     b.gates.data(), inputs[l]};
     }
     a.layers = sh.layers, a.steps = S, a.batch = B, a.hidden = H, a.reverse = sh.reverse;
-    int blocks = 0, k_splits = 0, parts = 0;
-    bool finished = false;  // false: a dataflow order stalled
-    if (kernel != Kernel::tiles) {
-      const int k = kernel == Kernel::mma_k16 ? 16 : 8;
-      const int chunk = k == 16 ? fastlstm::MmaK16::chunk : fastlstm::MmaK8::chunk;
-      vector = loads == Loads::vector_where_allowed && fastlstm::h_rows_in_chunks(a, chunk);
-      const fastlstm::MmaTiling tiling = fastlstm::mma_tiling(
-          inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, vector ? chunk : 0,
-          sh.batch_parts);
-      if (k == 16)
-        finished = fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, order);
-      else
-        finished = fastlstm::run_mma_stack_on_host<fastlstm::MmaK8>(a, tiling, sh.threads, order);
-      blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
-      parts = tiling.grid.batch_parts;
-    } else {
-      const int chunk = fastlstm::kStackChunk<T>;
-      vector = loads == Loads::vector_where_allowed && fastlstm::h_rows_in_chunks(a, chunk);
-      const fastlstm::StackTiling tiling = fastlstm::stack_tiling(
-          inputs, sh.layers, B, H, sh.sms, sh.threads, sh.batch_parts, vector ? chunk : 0);
-      finished = fastlstm::run_stack_on_host(a, tiling, order);
-      blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
-      parts = tiling.grid.batch_parts;
-    }
+    const int k = kernel == Kernel::mma_k16 ? 16 : 8;
+    const int chunk = k == 16 ? fastlstm::MmaK16::chunk : fastlstm::MmaK8::chunk;
+    vector = loads == Loads::vector_where_allowed && fastlstm::h_rows_in_chunks(a, chunk);
+    const fastlstm::MmaTiling tiling = fastlstm::mma_tiling(
+        inputs, sh.layers, B, H, sh.sms, sh.threads, sizeof(T), k, vector ? chunk : 0);
+    if (k == 16)
+      fastlstm::run_mma_stack_on_host<fastlstm::MmaK16>(a, tiling, sh.threads, order);
+    else
+      fastlstm::run_mma_stack_on_host<fastlstm::MmaK8>(a, tiling, sh.threads, order);
+    const int blocks = tiling.grid.blocks, k_splits = tiling.layer[0].k_splits;
 
     double worst = 0;
     for (int l = 0; l < sh.layers; ++l)
@@ -143,20 +125,15 @@ bool check_shape(ref::Checks& checks, const Shape& sh, Kernel kernel, double tol
                         ref::relative_error(buf[l].gates, want[l].gates)});
     char what[200];
     std::snprintf(what, sizeof what,
-                  "%s S%d B%d H%d L%d on %d SMs (%d blocks, %d batch parts), KS %d%s%s%s (%s)",
+                  "%s S%d B%d H%d L%d on %d SMs (%d blocks), KS %d%s%s%s (%s)",
                   kernel == Kernel::mma_k16 ? (vector ? "p4 k16 vector" : "p4 k16")
-                  : kernel == Kernel::mma_k8 ? (vector ? "p4 k8 vector" : "p4 k8")
-                  : sh.layers > 1            ? (vector ? "p3 chunks" : "p3")
-                                             : (vector ? "p2 chunks" : "p2"),
-                  S, B, H, sh.layers, sh.sms, blocks, parts, k_splits,
+                                            : (vector ? "p4 k8 vector" : "p4 k8"),
+                  S, B, H, sh.layers, sh.sms, blocks, k_splits,
                   sh.reverse ? ", reverse" : "",
                   sh.layers > 1 && !sh.bias ? ", no bias" : "",
-                  order == HostOrder::waves                   ? ""
-                  : order == HostOrder::waves_blocks_reversed ? ", blocks reversed"
-                  : order == HostOrder::dataflow_low_first    ? ", dataflow low layers first"
-                                                              : ", dataflow high layers first",
+                  order == HostOrder::waves ? "" : ", blocks reversed",
                   sizeof(T) == 4 ? "float" : "double");
-    checks.expect(finished && worst < tol && blocks <= sh.sms, what, worst);
+    checks.expect(worst < tol && blocks <= sh.sms, what, worst);
   }
   return vector;
 }
@@ -213,7 +190,7 @@ void check_fragment_layout(ref::Checks& checks) {
 }
 
 // Shared-memory bank conflicts of p4's weight reads, at the GPU's element sizes (2 bytes for
-// k16, 4 for k8) for every layer of S1 and S2 (132 SMs, 1 or 2 batch parts), every n-tile
+// k16, 4 for k8) for every layer of S1 and S2 (132 SMs), every n-tile
 // and k-step: the most distinct 4-byte words (element loads; 32 banks) or 16-byte chunks
 // (vector loads; 8 lanes per phase, 8 groups of 4 banks) that share a bank or bank group in
 // one load instruction. 1 means no conflicts. Correctness does not depend on it (the runs
@@ -221,12 +198,11 @@ void check_fragment_layout(ref::Checks& checks) {
 int worst_bank_conflict(int mma_k, bool vector) {
   const int element_bytes = mma_k == 16 ? 2 : 4, chunk = mma_k / 2;
   int worst = 0;
-  for (int shape = 0; shape < 2; ++shape)
-    for (int parts : {1, 2}) {
+  for (int shape = 0; shape < 2; ++shape) {
       const int layers = shape == 0 ? 2 : 3, batch = shape == 0 ? 64 : 100;
       const int64_t inputs[fastlstm::kMaxStackLayers] = {0, 512, 512};
       const fastlstm::MmaTiling t = fastlstm::mma_tiling(
-          inputs, layers, batch, 512, 132, 256, element_bytes, mma_k, vector ? chunk : 0, parts);
+          inputs, layers, batch, 512, 132, 256, element_bytes, mma_k, vector ? chunk : 0);
       for (int l = 0; l < layers; ++l) {
         const fastlstm::MmaLayerTiling& lt = t.layer[l];
         for (int nt = 0; nt < lt.n_tiles; ++nt)
@@ -260,53 +236,46 @@ int main() {
   ref::Checks checks;
   check_fragment_layout(checks);
   const Shape shapes[] = {
-      // One layer (p2).
+      // One layer.
       {5, 3, 37, 1, 8, 256, false, true},    // 5 units per block, last block short (37 = 7*5 + 2)
-      {4, 7, 37, 1, 8, 256, true, true},     // batch not a multiple of 4; reverse
+      {4, 7, 37, 1, 8, 256, true, true},     // batch 7; reverse
       {3, 1, 19, 1, 132, 256, false, true},  // more SMs than units: one unit per block; batch 1
       {1, 2, 64, 1, 4, 256, false, true},    // one step; 16 units per block
-      {3, 9, 40, 1, 4, 64, true, true},      // 64 threads: KS 2
-      {3, 40, 40, 1, 4, 64, true, true},     // tiles (100) > threads (64): items loop, k not split
-      {2, 64, 96, 1, 12, 256, false, true},  // S1-like proportions: 8 units x 16 row groups, KS 2
-      // Stacks (p3): the wavefront, [W_ih | W_hh] slices, layers sharing the SMs.
+      {3, 9, 40, 1, 4, 64, true, true},      // 64 threads (2 warps)
+      {3, 40, 40, 1, 4, 64, true, true},     // 3 m-tiles x 5 n-tiles on 2 warps
+      {2, 64, 96, 1, 12, 256, false, true},  // S1-like proportions: 8 units, 4 m-tiles
+      // Stacks: the wavefront, [W_ih | W_hh] slices, layers sharing the SMs.
       {5, 3, 37, 2, 12, 256, false, true},   // two layers; slices straddle the W_ih | W_hh edge
       {6, 7, 21, 3, 16, 64, false, true},    // three layers, 64 threads
       {4, 5, 19, 3, 8, 256, false, false},   // no bias in the layers above
       {1, 2, 16, 3, 8, 256, false, true},    // one step: waves with idle layers only
       {3, 1, 24, 4, 4, 256, true, true},     // one block per layer (L = SMs), batch 1, reverse
       {2, 64, 96, 2, 26, 256, false, true},  // S1-like: layer 1 gets about twice the blocks
-      // For p4's tiles: several m-tiles (batch 40: 3, the last short), n-groups (U 20: 10
+      // Several m-tiles (batch 40: 3, the last short), n-groups (U 20: 10
       // n-tiles in 2 groups), K not a multiple of 16.
       {3, 40, 20, 1, 1, 256, false, true},
       {2, 33, 44, 2, 3, 128, false, true},
-      // Batch split into parts (the 2-D split): rows per block, a short last part, parts
-      // lowered until each has rows (batch 3 asked in 4 parts: 3 parts of 1 row).
-      {4, 7, 37, 2, 16, 256, false, true, 2},
-      {3, 40, 21, 3, 24, 64, false, true, 3},
-      {3, 3, 19, 1, 12, 256, true, true, 4},
-      {2, 64, 96, 2, 52, 256, false, true, 2},  // S1-like with 2 parts
-      // p4's vector loads: 2 warps, K 136 and 272 (9 and 17 k-steps of 16, rounded up to
+      // Vector loads: 2 warps, K 136 and 272 (9 and 17 k-steps of 16, rounded up to
       // pairs): several bursts of k-steps, the last one short.
       {2, 16, 136, 2, 4, 64, false, true},
-      // p4's phase 2: more cells (rows x units) per thread than stay in registers (layer 0:
+      // Phase 2: more cells (rows x units) per thread than stay in registers (layer 0:
       // 40 x 40 on one block of 64 threads, 25 each; p4 keeps 8 in registers).
       {3, 40, 40, 2, 3, 64, true, true},
   };
-  for (Kernel kernel : {Kernel::tiles, Kernel::mma_k16, Kernel::mma_k8})
+  for (Kernel kernel : {Kernel::mma_k16, Kernel::mma_k8})
     for (const Shape& sh : shapes) {
       check_shape<float>(checks, sh, kernel, 1e-5);
       check_shape<double>(checks, sh, kernel, 1e-12);
     }
   // Again with vector loads where the shape allows them (H and the inputs a multiple of
-  // the chunk: p4 8 elements for k16, 4 for k8; p2/p3 16 bytes, 4 floats or 2 doubles); the
-  // others run the element loads once more.
-  int vector_runs[3] = {};
-  for (Kernel kernel : {Kernel::mma_k16, Kernel::mma_k8, Kernel::tiles})
+  // the chunk: 8 elements for k16, 4 for k8); the others run the element loads once more.
+  int vector_runs[2] = {};
+  for (Kernel kernel : {Kernel::mma_k16, Kernel::mma_k8})
     for (const Shape& sh : shapes) {
       const Loads loads = Loads::vector_where_allowed;
       const bool v = check_shape<float>(checks, sh, kernel, 1e-5, loads);
       check_shape<double>(checks, sh, kernel, 1e-12, loads);
-      vector_runs[int(kernel == Kernel::mma_k8) + 2 * int(kernel == Kernel::tiles)] += v;
+      vector_runs[int(kernel == Kernel::mma_k8)] += v;
     }
   for (int mma_k : {16, 8})
     for (bool vector : {false, true}) {
@@ -316,9 +285,9 @@ int main() {
                     mma_k, vector ? "vector" : "element");
       checks.expect(worst == 1, what, worst);
     }
-  checks.expect(vector_runs[0] == 10 && vector_runs[1] == 12 && vector_runs[2] == 12,
-                "vector loads ran where the shape allows (p4 k16 10, k8 12; p2/p3 12 shapes)",
-                vector_runs[0] * 10000 + vector_runs[1] * 100 + vector_runs[2]);
+  checks.expect(vector_runs[0] == 9 && vector_runs[1] == 11,
+                "vector loads ran where the shape allows (k16 9, k8 11 shapes)",
+                vector_runs[0] * 100 + vector_runs[1]);
   std::printf("%d check(s) failed\n", checks.failed);
   return checks.failed ? 1 : 0;
 }
