@@ -62,7 +62,7 @@ def main():
         import time, torch
         import torch.nn.functional as F
         from fastlstm import corpus, data
-        from fastlstm.model import CharRNN
+        from fastlstm.charrnn.model import CharRNN
         c = corpus.open_file({args.path!r}, log=lambda m: None)
         batches = data.StreamBatches(c.ids, 64, 100)
         model = CharRNN(c.vocab.size)

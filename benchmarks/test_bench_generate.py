@@ -1,5 +1,5 @@
 """Char-rnn generation side by side (pytest-benchmark): characters a second of
-fastlstm.model.generate against a plain nn.Embedding -> nn.LSTM -> nn.Linear loop with the
+fastlstm.charrnn.model.generate against a plain nn.Embedding -> nn.LSTM -> nn.Linear loop with the
 same weights, one character a call (backend "aten", the baseline compare.py divides by).
 
   pytest benchmarks/test_bench_generate.py --bench-device=cpu --benchmark-json=gen.json
@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-import fastlstm.model as charrnn
+import fastlstm.charrnn.model as charrnn
 from fastlstm import _extension
-from fastlstm.model import CharRNN, generate
+from fastlstm.charrnn.model import CharRNN, generate
 
 # name: (layers, hidden, samples, characters per sample in one timed call)
 SHAPES = {"2x128_b1": (2, 128, 1, 512), "2x512_b1": (2, 512, 1, 128),

@@ -1,6 +1,7 @@
 """`python -m fastlstm.info`: what this installation can run, and what auto picks."""
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
@@ -66,7 +67,13 @@ def report() -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m fastlstm.info",
+        description="Prints what this installation of fastlstm can run: the torch it runs "
+        "with and was built against, which kernels (C++ CPU, CUDA, Triton) are available, "
+        "the CPU's fused dtypes, the GPUs visible, and what backend='auto' picks on CPU and "
+        "CUDA tensors. Takes no arguments.").parse_args(argv)
     rows = report()
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

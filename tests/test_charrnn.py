@@ -83,7 +83,7 @@ def test_dtype_auto_and_bf16_training(tmp_path, corpus):
     """--dtype auto (the default) says what it chose: bf16 autocast where the device computes
     in bf16 natively, else fp32; a bf16 run trains (the loss falls) through FastLSTM's bf16
     path and writes fp32 weights."""
-    from fastlstm.train import resolve_dtype
+    from fastlstm.charrnn.train import resolve_dtype
     want = resolve_dtype("auto", torch.device("cpu"))
     out = cli("train", corpus, *TINY, "--max-iters", "2", "--out", "auto", cwd=tmp_path).stdout
     assert f"on cpu in {want} (--dtype auto)" in out
@@ -210,8 +210,8 @@ def test_bad_inputs(tmp_path, corpus):
 NAN_AFTER = """
 import sys
 import torch.nn.functional as F
-import fastlstm.train as train
-from fastlstm.cli import run
+import fastlstm.charrnn.train as train
+from fastlstm.charrnn.cli import run
 
 calls = {"n": 0}
 real = F.cross_entropy
@@ -259,7 +259,7 @@ def test_help_explains_the_flags(tmp_path):
 def test_cosine_decays_over_the_run():
     """Cosine reaches --min-lr at the last iteration, or at the end of --time-budget when that
     comes first; charrnn's decay starts after --lr-decay-after epochs."""
-    from fastlstm.train import TRAINING, lr_at
+    from fastlstm.charrnn.train import TRAINING, lr_at
     cfg = dict(TRAINING, lr_decay="cosine", lr=2e-3, min_lr=1e-4)
     assert lr_at(cfg, 0, 0, 1000) == pytest.approx(2e-3)
     assert lr_at(cfg, 500, 3, 1000) == pytest.approx(1.05e-3)
@@ -275,8 +275,8 @@ def test_cosine_decays_over_the_run():
 def test_weight_decay_shrinks_matrices_not_biases(optimizer):
     """With zero gradients an Adam / RMSprop step moves nothing but the decay: AdamW shrinks
     each weight matrix by lr x decay; RMSprop's L2 term moves it towards zero; biases stay."""
-    from fastlstm.model import CharRNN
-    from fastlstm.train import TRAINING, make_optimizer
+    from fastlstm.charrnn.model import CharRNN
+    from fastlstm.charrnn.train import TRAINING, make_optimizer
     model = CharRNN(11, rnn_size=8, embed_size=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = make_optimizer(model, dict(TRAINING, optimizer=optimizer, lr=0.01, weight_decay=0.5))
@@ -296,8 +296,8 @@ def test_optimizer_saved_in_one_group_resumes_in_two():
     """A checkpoint from before weight decay holds one parameter group in parameter order:
     it loads into the two groups with each parameter's own moments, and the decay is the
     one asked for now."""
-    from fastlstm.model import CharRNN
-    from fastlstm.train import TRAINING, load_optimizer, make_optimizer
+    from fastlstm.charrnn.model import CharRNN
+    from fastlstm.charrnn.train import TRAINING, load_optimizer, make_optimizer
     torch.manual_seed(0)
     model = CharRNN(11, rnn_size=8, embed_size=4)
     old = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -315,8 +315,8 @@ def test_optimizer_saved_in_one_group_resumes_in_two():
 def test_resume_of_a_run_saved_before_weight_decay(tmp_path, corpus):
     """Rewrite a checkpoint as one from before weight decay (no setting, one Adam group
     keyed by parameter index): it resumes, without decay, as it was trained."""
-    from fastlstm.model import CharRNN
-    from fastlstm.train import parameter_groups
+    from fastlstm.charrnn.model import CharRNN
+    from fastlstm.charrnn.train import parameter_groups
     cli("train", corpus, *TINY, "--max-iters", "2", "--out", "run", cwd=tmp_path)
     path = tmp_path / "run" / "last.pt"
     payload = torch.load(path, weights_only=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fastlstm import corpus
-from fastlstm.cli import CliError
+from fastlstm.charrnn.cli import CliError
 
 
 def decode(c):

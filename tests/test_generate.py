@@ -1,4 +1,4 @@
-"""The fused generation op (fastlstm::generate, CPU) and fastlstm.model.generate on it:
+"""The fused generation op (fastlstm::generate, CPU) and fastlstm.charrnn.model.generate on it:
 teacher-forced logits against the float64 oracle, argmax text against the per-character
 loop, the sampling distribution (chi-square), reproducibility, chunking, bad arguments."""
 import math
@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
-import fastlstm.model as charrnn
+import fastlstm.charrnn.model as charrnn
 from fastlstm import _extension, ops
-from fastlstm.model import CharRNN, generate, next_ids
+from fastlstm.charrnn.model import CharRNN, generate, next_ids
 from helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not _extension.cpu_fused(torch.float32),

@@ -278,9 +278,10 @@ def test_persistent_stack_falls_back_where_it_does_not_fit(monkeypatch):
 
 
 # The CUDA generation op (csrc/torch/generate_cuda.cpp). Not yet run on a GPU: until these
-# pass in a recorded run, fastlstm.model.generate keeps CUDA models on its per-character loop.
+# pass in a recorded run, fastlstm.charrnn.model.generate keeps CUDA models on its
+# per-character loop.
 def generation_model(vocab=40, hidden=70, layers=3):
-    from fastlstm.model import CharRNN
+    from fastlstm.charrnn.model import CharRNN
     torch.manual_seed(0)
     m = CharRNN(vocab, hidden, layers, 0.0, 16).eval()
     with torch.no_grad():
@@ -291,7 +292,7 @@ def generation_model(vocab=40, hidden=70, layers=3):
 
 def test_generate_op_teacher_forced_matches_the_oracle():
     from fastlstm import ops
-    from fastlstm.model import CharRNN, _op_weights
+    from fastlstm.charrnn.model import CharRNN, _op_weights
     m = generation_model()
     ids = torch.randint(40, (5, 20), generator=torch.Generator().manual_seed(1))
     ref = CharRNN(**m.config, backend="reference").double().eval()
@@ -309,7 +310,7 @@ def test_generate_op_draws_as_the_cpu_op_does():
     """The first draw reads the logits given: the same bits in, the same ids out (up to a
     rounding at a boundary between two ids, so a handful may differ)."""
     from fastlstm import ops
-    from fastlstm.model import _op_weights
+    from fastlstm.charrnn.model import _op_weights
     m = generation_model(vocab=12, hidden=8, layers=1)
     logits = (torch.randn(12, generator=torch.Generator().manual_seed(3)) * 1.5).expand(20000, 12)
     h = torch.zeros(1, 20000, 8)
@@ -324,7 +325,7 @@ def test_generate_op_draws_as_the_cpu_op_does():
 
 def test_generate_op_chunks_replay_the_graph_with_new_offsets():
     from fastlstm import ops
-    from fastlstm.model import _op_weights
+    from fastlstm.charrnn.model import _op_weights
     m = generation_model().cuda()
     w = _op_weights(m)
     start = torch.randn(4, 40, device="cuda")

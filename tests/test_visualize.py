@@ -1,4 +1,5 @@
-"""fastlstm.visualize: the recorder, the feature scorer, and the page in a real browser."""
+"""fastlstm.charrnn's cells and visualize: the recorder, the feature scorer, and the page in a
+real browser."""
 import http.server
 import re
 import shutil
@@ -9,8 +10,8 @@ import threading
 import pytest
 import torch
 
-from fastlstm.cells import Recording, correlations, discover, record, text_features
-from fastlstm.model import CharRNN
+from fastlstm.charrnn.cells import Recording, correlations, discover, record, text_features
+from fastlstm.charrnn.model import CharRNN
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or \
     shutil.which("google-chrome")

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _extension, ops
-from .module import FastLSTM
+from .. import _extension, ops
+from ..module import FastLSTM
 
 
 class CharRNN(nn.Module):
