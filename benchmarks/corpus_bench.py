@@ -38,7 +38,7 @@ def main():
     size = os.path.getsize(args.path)
     encode = textwrap.dedent(f"""
         import resource, time
-        from fastlstm import corpus
+        from fastlstm.charrnn import corpus
         t = time.time()
         c = corpus.open_file({args.path!r}, log=lambda m: None)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
@@ -61,7 +61,7 @@ def main():
     timing = textwrap.dedent(f"""
         import time, torch
         import torch.nn.functional as F
-        from fastlstm import corpus, data
+        from fastlstm.charrnn import corpus, data
         from fastlstm.charrnn.model import CharRNN
         c = corpus.open_file({args.path!r}, log=lambda m: None)
         batches = data.StreamBatches(c.ids, 64, 100)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fastlstm import train
+from fastlstm.charrnn import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")

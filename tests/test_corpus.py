@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fastlstm import corpus
+from fastlstm.charrnn import corpus
 from fastlstm.charrnn.cli import CliError
 
 
@@ -92,7 +92,7 @@ def test_a_large_corpus_is_never_loaded_whole(tmp_path):
             f.write(block)
     script = textwrap.dedent(f"""
         import resource, time
-        from fastlstm import corpus
+        from fastlstm.charrnn import corpus
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.time()
         c = corpus.open_file({str(path)!r}, log=lambda m: None)
