@@ -2,6 +2,7 @@
 resume, and every bad input with its one-line error."""
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,6 +243,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
     assert "Lower --lr" in result.stderr
     kept, _ = losses(tmp_path / "run" / "last.pt")
     assert len(kept) == 4 and all(x == x for x in kept)  # saved at iteration 4, all finite
+
+
+def test_progress_bar_counts_toward_the_time_budget(tmp_path, corpus):
+    """Under --time-budget the bar's total is where the time runs out (50 epochs here would be
+    ~20k iterations): it ends full, and its ETA is the budget's, not the epochs'."""
+    flags = [f for f in TINY if f != "--no-progress"]
+    result = cli("train", corpus, *flags, "--eval-every", "100000", "--time-budget", "3",
+                 "--out", "run", cwd=tmp_path)
+    shown = [(int(n), int(total)) for n, total in re.findall(r"(\d+)/(\d+) \[", result.stderr)]
+    assert len(shown) > 2, result.stderr[-2000:]
+    first_total, (last_n, last_total) = shown[0][1], shown[-1]
+    assert last_n == last_total < first_total, shown[-5:]
 
 
 def test_help_explains_the_flags(tmp_path):

@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +75,13 @@ def parser() -> argparse.ArgumentParser:
         epilog="Over- or underfitting? Watch train vs val loss (README: 'Reading the loss').")
     p.add_argument("corpus", nargs="?", help="a UTF-8 text file (default: the embedded "
                    "Python standard library source)")
+    add_data_and_model_flags(p)
+    add_optimisation_flags(p)
+    add_output_and_hardware_flags(p)
+    return p
+
+
+def add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--encoding", choices=["utf-8", "bytes"], help="read the corpus as "
                    "UTF-8 characters, or as raw bytes of any file (default utf-8)")
@@ -92,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
                    "(default 64)")
     m.add_argument("--dropout", type=probability, help="dropout between layers and before "
                    "the decoder, in [0, 1) (default 0.3)")
+
+
+def add_optimisation_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=positive_int, help="parallel streams (default 64)")
     o.add_argument("--seq-length", type=positive_int, help="characters per truncated-BPTT "
@@ -117,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--time-budget", type=positive_float, help="stop after this many seconds "
                    "of training (then evaluate and save)")
     o.add_argument("--seed", type=int, help="random seed (default 1234)")
+
+
+def add_output_and_hardware_flags(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("output")
     r.add_argument("--eval-every", type=positive_int, help="iterations between validation, "
                    "sample and checkpoint (default 500)")
@@ -137,7 +152,6 @@ def parser() -> argparse.ArgumentParser:
                    "else fp32; the choice is printed at start")
     h.add_argument("--compile", action="store_true", default=None, help="torch.compile the "
                    "model")
-    return p
 
 
 def settings(args, saved: dict | None) -> dict:
@@ -287,8 +301,62 @@ def main(argv=None) -> int:
         ranks.close()
 
 
+@dataclass
+class Run:
+    """One training run in one process: what set-up made, and the progress the loop moves
+    (saved in every checkpoint: it, epoch, window, best_val, history, carry)."""
+    args: argparse.Namespace
+    cfg: dict
+    ranks: Ranks
+    device: torch.device
+    dtype: str                        # fp32, bf16 or fp16 (--dtype auto resolved)
+    amp_dtype: torch.dtype | None     # autocast's dtype; None: fp32
+    say: Callable
+    source: str = ""                  # the corpus's name
+    corpus_digest: str = ""
+    vocab: data.Vocab | None = None
+    ids: Any = None                   # the whole corpus as ids
+    config: dict = field(default_factory=dict)  # the model's architecture
+    init: dict | None = None          # the checkpoint --init-from names
+    train_ids: Any = None
+    val_ids: Any = None
+    rows: Any = None                  # this rank's streams of the global batch
+    batches: data.StreamBatches | None = None
+    total_iters: int = 0
+    model: Any = None
+    step_model: Any = None            # the model as the step calls it (compiled, DDP)
+    optimizer: Any = None
+    scaler: Any = None
+    it: int = 0
+    epoch: int = 0
+    window: int = 0                   # the next window of the epoch
+    best_val: float = math.inf
+    history: list = field(default_factory=list)
+    carry: tuple | None = None        # the LSTM state carried from window to window
+    started: float = 0.0              # when this process began training
+    chars_done: int = 0               # by this process's steps, all ranks counted
+
+
 def train(args, cfg, saved, saved_path, ranks, device) -> int:
-    """The run itself, in every data-parallel process (one without torchrun)."""
+    """The run itself, in every data-parallel process (one without torchrun): set-up (or
+    resume), then steps until the first end (iterations, --time-budget, Ctrl-C), evaluating
+    and saving every --eval-every iterations and at the end."""
+    run = set_up(args, cfg, saved, ranks, device)
+    load_data(run, saved)
+    build_model(run)
+    if saved:
+        resume(run, saved, saved_path)
+    elif args.init_from:
+        run.model.load_state_dict(run.init["model"])
+        run.say(f"starting from the weights of {args.init_from}")
+    wrap_model(run)
+    announce(run)
+    return loop(run)
+
+
+def set_up(args, cfg, saved, ranks, device) -> Run:
+    """Checks that need no data: --out writable and free (unless resuming), the device for
+    this rank, the dtype, the batch split over the ranks; seeds this rank's RNG."""
     say = print if ranks.main else (lambda *a, **k: None)
     prepare_out(cfg["out"], ranks.rank)
     if not saved:
@@ -300,7 +368,6 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     dtype = resolve_dtype(cfg["dtype"], device)
-    amp_dtype = DTYPES[dtype]
     if device.type == "cpu" and dtype == "fp16":
         raise CliError("--dtype fp16 needs --device cuda (torch's CPU LSTM has no fp16 kernel); "
                        "on the CPU use --dtype bf16 or fp32")
@@ -308,90 +375,103 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
         raise CliError(f"--batch-size {cfg['batch_size']} does not split evenly over "
                        f"{ranks.world} processes; make it a multiple of {ranks.world}")
     torch.manual_seed(cfg["seed"] + ranks.rank)  # each rank its own dropout masks
+    return Run(args=args, cfg=cfg, ranks=ranks, device=device, dtype=dtype,
+               amp_dtype=DTYPES[dtype], say=say)
 
-    corpus = load_corpus(cfg, log=say)
-    source = corpus.source
+
+def load_data(run: Run, saved: dict | None) -> None:
+    """The corpus as ids in the run's vocabulary (a resumed or --init-from checkpoint's, else
+    the corpus's own), split, and cut into this rank's streams."""
+    cfg, args = run.cfg, run.args
+    corpus = load_corpus(cfg, log=run.say)
+    run.source, run.corpus_digest = corpus.source, corpus.digest
     if saved or args.init_from:
-        init = saved or checkpoint.load(args.init_from)[0]
+        run.init = saved or checkpoint.load(args.init_from)[0]
         if args.init_from:
-            check_arch(args, init["config"], args.init_from)
-        vocab = data.Vocab.from_state(init["vocab"])
-        ids = corpus_mod.ids_in(corpus, vocab, what=f"corpus {source}")
-        config = dict(init["config"])
+            check_arch(args, run.init["config"], args.init_from)
+        run.vocab = data.Vocab.from_state(run.init["vocab"])
+        run.ids = corpus_mod.ids_in(corpus, run.vocab, what=f"corpus {run.source}")
+        run.config = dict(run.init["config"])
     else:
-        vocab, ids = corpus.vocab, corpus.ids
-        config = dict(vocab_size=vocab.size, **{k: cfg[k] for k in ARCH})
-    corpus_hash = corpus.digest
-    if saved and saved.get("corpus_digest") != corpus_hash:
-        raise CliError(f"the corpus {source} is not the text this run was trained on; "
+        run.vocab, run.ids = corpus.vocab, corpus.ids
+        run.config = dict(vocab_size=run.vocab.size, **{k: cfg[k] for k in ARCH})
+    if saved and saved.get("corpus_digest") != run.corpus_digest:
+        raise CliError(f"the corpus {run.source} is not the text this run was trained on; "
                        f"--resume needs the same text (use --init-from to fine-tune on new text)")
-    train_ids, val_ids, _ = data.split(ids, cfg["train_frac"], cfg["val_frac"],
-                                       cfg["val_max_chars"])
+    run.train_ids, run.val_ids, _ = data.split(run.ids, cfg["train_frac"], cfg["val_frac"],
+                                               cfg["val_max_chars"])
     need = data.min_chars(cfg["batch_size"], cfg["seq_length"])
-    if len(train_ids) < need:
-        raise CliError(f"the training split has {len(train_ids)} characters, fewer than the "
+    if len(run.train_ids) < need:
+        raise CliError(f"the training split has {len(run.train_ids)} characters, fewer than the "
                        f"{need} one batch needs (--batch-size {cfg['batch_size']} x "
                        f"(--seq-length {cfg['seq_length']} + 1)); lower --batch-size or "
                        f"--seq-length, or give a larger corpus")
-    if len(val_ids) < 2:
-        raise CliError(f"the validation split has {len(val_ids)} characters; raise --val-frac "
-                       f"(now {cfg['val_frac']}) or give a larger corpus")
-    rows = ranks.rows(cfg["batch_size"])
-    batches = data.StreamBatches(train_ids, cfg["batch_size"], cfg["seq_length"], rows)
-    total_iters = cfg["max_iters"] or int(math.ceil(cfg["max_epochs"] * len(batches)))
+    if len(run.val_ids) < 2:
+        raise CliError(f"the validation split has {len(run.val_ids)} characters; raise "
+                       f"--val-frac (now {cfg['val_frac']}) or give a larger corpus")
+    run.rows = run.ranks.rows(cfg["batch_size"])
+    run.batches = data.StreamBatches(run.train_ids, cfg["batch_size"], cfg["seq_length"],
+                                     run.rows)
+    run.total_iters = cfg["max_iters"] or int(math.ceil(cfg["max_epochs"] * len(run.batches)))
 
-    model = CharRNN(backend=cfg["backend"], **config).to(device)
-    optimizer = make_optimizer(model, cfg)
+
+def build_model(run: Run) -> None:
+    run.model = CharRNN(backend=run.cfg["backend"], **run.config).to(run.device)
+    run.optimizer = make_optimizer(run.model, run.cfg)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
-    it, epoch, window, best_val, history, carry = 0, 0, 0, math.inf, [], None
-    if saved:
-        model.load_state_dict(saved["model"])
-        load_optimizer(optimizer, model, saved["optimizer"], cfg)
-        if saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        progress = saved["progress"]
-        it, epoch, window, best_val = (progress["iter"], progress["epoch"], progress["window"],
-                                       progress["best_val"])
-        history = list(saved["history"])
-        # The saved carried state covers the global batch: take this rank's streams.
-        carry = (tuple(t[:, rows].to(device) for t in saved["carry"]) if saved["carry"]
-                 else None)
-        per_rank = saved["rng"]["per_rank"]
-        if len(per_rank) == ranks.world:  # the same number of processes: exactly as before
-            torch.set_rng_state(per_rank[ranks.rank]["cpu"])
-            if device.type == "cuda" and per_rank[ranks.rank].get("cuda") is not None:
-                torch.cuda.set_rng_state(per_rank[ranks.rank]["cuda"], device)
-        else:  # another world size: new dropout streams, the rest as saved
-            torch.manual_seed(cfg["seed"] + 7919 * it + ranks.rank)
-        say(f"resuming {saved_path} at iteration {it} (epoch {epoch})"
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == "fp16")
+
+
+def resume(run: Run, saved: dict, saved_path: str) -> None:
+    """The model, optimizer, progress, carried state and RNG of a checkpoint: with the same
+    number of processes the run goes on exactly as if it had not stopped."""
+    run.model.load_state_dict(saved["model"])
+    load_optimizer(run.optimizer, run.model, saved["optimizer"], run.cfg)
+    if saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    progress = saved["progress"]
+    run.it, run.epoch, run.window, run.best_val = (progress["iter"], progress["epoch"],
+                                                   progress["window"], progress["best_val"])
+    run.history = list(saved["history"])
+    # The saved carried state covers the global batch: take this rank's streams.
+    run.carry = (tuple(t[:, run.rows].to(run.device) for t in saved["carry"])
+                 if saved["carry"] else None)
+    ranks, per_rank = run.ranks, saved["rng"]["per_rank"]
+    if len(per_rank) == ranks.world:  # the same number of processes: exactly as before
+        torch.set_rng_state(per_rank[ranks.rank]["cpu"])
+        if run.device.type == "cuda" and per_rank[ranks.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(per_rank[ranks.rank]["cuda"], run.device)
+    else:  # another world size: new dropout streams, the rest as saved
+        torch.manual_seed(run.cfg["seed"] + 7919 * run.it + ranks.rank)
+    run.say(f"resuming {saved_path} at iteration {run.it} (epoch {run.epoch})"
             + (f" on {ranks.world} processes" if ranks.active else ""))
-    elif args.init_from:
-        model.load_state_dict(init["model"])
-        say(f"starting from the weights of {args.init_from}")
-    step_model = torch.compile(model) if cfg["compile"] else model
-    if ranks.active:
+
+
+def wrap_model(run: Run) -> None:
+    """What the step calls: the model, compiled with --compile, in DDP under torchrun."""
+    run.step_model = torch.compile(run.model) if run.cfg["compile"] else run.model
+    if run.ranks.active:
         from torch.nn.parallel import DistributedDataParallel
-        step_model = DistributedDataParallel(
-            step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    nparams = sum(p.numel() for p in model.parameters())
-    say(f"corpus: {source} ({len(ids):,} characters, vocabulary {vocab.size}, stored as "
-          f"{ids.dtype}); "
-          f"train {len(train_ids):,} / val {len(val_ids):,}")
-    say(f"model: {config['num_layers']} x {config['rnn_size']} LSTM, {nparams:,} parameters, "
-        f"on {device} in {dtype}"
-        f"{' (--dtype auto)' if cfg['dtype'] == 'auto' else ''}"
-        f"{f' x {ranks.world} processes' if ranks.active else ''}; "
-        f"{len(batches)} iterations per epoch; writing to {cfg['out']}")
+        run.step_model = DistributedDataParallel(
+            run.step_model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
-    def payload(full_carry, rng_per_rank):
-        return {"config": config, "vocab": vocab.to_state(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "settings": {k: v for k, v in cfg.items()},
-                "progress": {"iter": it, "epoch": epoch, "window": window, "best_val": best_val},
-                "history": history, "carry": full_carry, "rng": {"per_rank": rng_per_rank},
-                "corpus_digest": corpus_hash}
 
+def announce(run: Run) -> None:
+    cfg, config, ranks = run.cfg, run.config, run.ranks
+    nparams = sum(p.numel() for p in run.model.parameters())
+    run.say(f"corpus: {run.source} ({len(run.ids):,} characters, vocabulary {run.vocab.size}, "
+            f"stored as {run.ids.dtype}); "
+            f"train {len(run.train_ids):,} / val {len(run.val_ids):,}")
+    run.say(f"model: {config['num_layers']} x {config['rnn_size']} LSTM, {nparams:,} "
+            f"parameters, on {run.device} in {run.dtype}"
+            f"{' (--dtype auto)' if cfg['dtype'] == 'auto' else ''}"
+            f"{f' x {ranks.world} processes' if ranks.active else ''}; "
+            f"{len(run.batches)} iterations per epoch; writing to {cfg['out']}")
+
+
+def loop(run: Run) -> int:
+    """Steps until the first end; Ctrl-C (any rank's) ends at the next step with a save."""
+    cfg, ranks = run.cfg, run.ranks
     log = open(os.path.join(cfg["out"], "log.jsonl"), "a") if ranks.main else None
     stop = {"signal": False}
 
@@ -400,83 +480,27 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
-    from tqdm import tqdm
-    bar = tqdm(total=total_iters, initial=it, disable=args.no_progress or not ranks.main,
-               unit="it", dynamic_ncols=True, file=sys.stderr)
-    started, chars_done = time.time(), 0
-    model.train()
+    bar = progress_bar(run)
+    run.started, run.chars_done, first_it = time.time(), 0, run.it
+    run.model.train()
     try:
-        while it < total_iters:
-            if window >= len(batches):  # a new epoch starts a new pass from fresh state
-                epoch, window, carry = epoch + 1, 0, None
-            time_spent = 0.0
-            if cfg["lr_decay"] == "cosine" and cfg["time_budget"]:
-                # Rank 0's clock for every rank: all must step with the same lr.
-                time_spent = ranks.first(float(time.time() - started) / cfg["time_budget"])
-            lr = lr_at(cfg, it, epoch, total_iters, time_spent)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = (t.to(device) for t in batches.window(window))
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits, state = step_model(x, carry)
-            loss = F.cross_entropy(logits.float().reshape(-1, vocab.size), y.reshape(-1))
-            global_loss = ranks.mean(loss).item()  # all ranks see the same value
-            if not math.isfinite(global_loss):
-                raise CliError(f"the loss became {global_loss} at iteration {it + 1}; stopped, and "
-                               f"{cfg['out']}/last.pt keeps the last good state. Lower --lr "
-                               f"(now {cfg['lr']}) or --grad-clip (now {cfg['grad_clip']})")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg["grad_clip"] > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            carry = tuple(s.detach() for s in state)
-            it, window = it + 1, window + 1
-            chars_done += x.numel() * ranks.world
-            rate = chars_done / max(time.time() - started, 1e-9)
-            record = {"iter": it, "epoch": epoch, "loss": global_loss, "lr": lr}
-            history.append(record)
+        while run.it < run.total_iters:
+            record = step(run)
             if log:
                 log.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.3f}", chars_s=f"{rate:,.0f}", refresh=False)
-            bar.update(1)
-            out_of_time = bool(cfg["time_budget"]) and time.time() - started >= cfg["time_budget"]
+            update_bar(run, bar, record, first_it)
+            out_of_time = (bool(cfg["time_budget"])
+                           and time.time() - run.started >= cfg["time_budget"])
             # Every rank takes the same branch: rank 0's clock and any rank's Ctrl-C decide.
             out_of_time, stop["signal"] = ranks.any(out_of_time, stop["signal"])
-            if it % cfg["eval_every"] == 0 or it == total_iters or out_of_time or stop["signal"]:
-                full_carry = [ranks.cat_rows(t, dim=1) for t in carry]  # collective
-                rng = ranks.gather({"cpu": torch.get_rng_state(),
-                                    "cuda": torch.cuda.get_rng_state(device)
-                                    if device.type == "cuda" else None})
-                if not ranks.main:
-                    ranks.barrier()
-                    if stop["signal"]:
-                        return 130
-                    if out_of_time:
-                        break
-                    continue
-                val = evaluate(model, val_ids, cfg["batch_size"], cfg["seq_length"], device,
-                               amp_dtype)
-                entry = {"iter": it, "epoch": epoch, "val_loss": val, "val_bpc": val / math.log(2)}
-                history.append(entry)
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                bar.write(f"iter {it} (epoch {epoch}): train {record['loss']:.4f}, val "
-                          f"{val:.4f} nats/char = {entry['val_bpc']:.4f} bits/char")
-                if cfg["sample_length"] > 0:
-                    show_sample(model, vocab, cfg, it, bar)
-                if val < best_val:
-                    best_val = val
-                    checkpoint.save(os.path.join(cfg["out"], "best.pt"), payload(full_carry, rng))
-                checkpoint.save(os.path.join(cfg["out"], "last.pt"), payload(full_carry, rng))
-                plot(history, os.path.join(cfg["out"], "loss.png"))
-                ranks.barrier()
+            if (run.it % cfg["eval_every"] == 0 or run.it == run.total_iters or out_of_time
+                    or stop["signal"]):
+                evaluate_and_save(run, record, log, bar)
             if stop["signal"]:
-                bar.close()
-                print(f"interrupted at iteration {it}; saved {cfg['out']}/last.pt. Resume with:\n"
-                      f"  python -m fastlstm.train --resume {cfg['out']}")
+                if ranks.main:
+                    bar.close()
+                    print(f"interrupted at iteration {run.it}; saved {cfg['out']}/last.pt. "
+                          f"Resume with:\n  python -m fastlstm.train --resume {cfg['out']}")
                 return 130
             if out_of_time:
                 break
@@ -485,9 +509,107 @@ def train(args, cfg, saved, saved_path, ranks, device) -> int:
         bar.close()
         if log:
             log.close()
-    say(f"done at iteration {it}: best val {best_val:.4f} nats/char "
-          f"({best_val / math.log(2):.4f} bits/char); checkpoints in {cfg['out']}")
+    run.say(f"done at iteration {run.it}: best val {run.best_val:.4f} nats/char "
+            f"({run.best_val / math.log(2):.4f} bits/char); checkpoints in {cfg['out']}")
     return 0
+
+
+def step(run: Run) -> dict:
+    """One training iteration on the next window (a new epoch starts from fresh state):
+    learning rate, forward, loss, backward, clip, optimizer step. Returns its log record."""
+    cfg, ranks = run.cfg, run.ranks
+    if run.window >= len(run.batches):
+        run.epoch, run.window, run.carry = run.epoch + 1, 0, None
+    time_spent = 0.0
+    if cfg["lr_decay"] == "cosine" and cfg["time_budget"]:
+        # Rank 0's clock for every rank: all must step with the same lr.
+        time_spent = ranks.first(float(time.time() - run.started) / cfg["time_budget"])
+    lr = lr_at(cfg, run.it, run.epoch, run.total_iters, time_spent)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x, y = (t.to(run.device) for t in run.batches.window(run.window))
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        logits, state = run.step_model(x, run.carry)
+    loss = F.cross_entropy(logits.float().reshape(-1, run.vocab.size), y.reshape(-1))
+    global_loss = ranks.mean(loss).item()  # all ranks see the same value
+    if not math.isfinite(global_loss):
+        raise CliError(f"the loss became {global_loss} at iteration {run.it + 1}; stopped, and "
+                       f"{cfg['out']}/last.pt keeps the last good state. Lower --lr "
+                       f"(now {cfg['lr']}) or --grad-clip (now {cfg['grad_clip']})")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if cfg["grad_clip"] > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg["grad_clip"])
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.carry = tuple(s.detach() for s in state)
+    run.it, run.window = run.it + 1, run.window + 1
+    run.chars_done += x.numel() * ranks.world
+    record = {"iter": run.it, "epoch": run.epoch, "loss": global_loss, "lr": lr}
+    run.history.append(record)
+    return record
+
+
+def progress_bar(run: Run):
+    from tqdm import tqdm
+    return tqdm(total=run.total_iters, initial=run.it, unit="it", dynamic_ncols=True,
+                disable=run.args.no_progress or not run.ranks.main, file=sys.stderr)
+
+
+def update_bar(run: Run, bar, record: dict, first_it: int) -> None:
+    """Loss and characters a second; under --time-budget the bar's total is the iteration at
+    which this process runs out of time (at its rate so far) when that comes before the
+    last iteration, so that its ETA says when the run will really end."""
+    elapsed = max(time.time() - run.started, 1e-9)
+    budget = run.cfg["time_budget"]
+    if budget and run.it > first_it:
+        by_time = first_it + (run.it - first_it) * budget / elapsed
+        bar.total = max(run.it, min(run.total_iters, int(math.ceil(by_time))))
+    bar.set_postfix(loss=f"{record['loss']:.3f}", chars_s=f"{run.chars_done / elapsed:,.0f}",
+                    refresh=False)
+    bar.update(1)
+
+
+def evaluate_and_save(run: Run, record: dict, log, bar) -> None:
+    """Every rank hands in its carried state and RNG (collectives); rank 0 evaluates,
+    samples and writes last.pt (and best.pt on a new best), log.jsonl and loss.png; then all
+    meet at a barrier."""
+    cfg, ranks = run.cfg, run.ranks
+    full_carry = [ranks.cat_rows(t, dim=1) for t in run.carry]  # collective
+    rng = ranks.gather({"cpu": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(run.device)
+                        if run.device.type == "cuda" else None})
+    if not ranks.main:
+        ranks.barrier()
+        return
+    val = evaluate(run.model, run.val_ids, cfg["batch_size"], cfg["seq_length"], run.device,
+                   run.amp_dtype)
+    entry = {"iter": run.it, "epoch": run.epoch, "val_loss": val, "val_bpc": val / math.log(2)}
+    run.history.append(entry)
+    log.write(json.dumps(entry) + "\n")
+    log.flush()
+    bar.write(f"iter {run.it} (epoch {run.epoch}): train {record['loss']:.4f}, val "
+              f"{val:.4f} nats/char = {entry['val_bpc']:.4f} bits/char")
+    if cfg["sample_length"] > 0:
+        show_sample(run.model, run.vocab, cfg, run.it, bar)
+    if val < run.best_val:
+        run.best_val = val
+        checkpoint.save(os.path.join(cfg["out"], "best.pt"), payload(run, full_carry, rng))
+    checkpoint.save(os.path.join(cfg["out"], "last.pt"), payload(run, full_carry, rng))
+    plot(run.history, os.path.join(cfg["out"], "loss.png"))
+    ranks.barrier()
+
+
+def payload(run: Run, full_carry, rng_per_rank) -> dict:
+    """A checkpoint: everything --resume needs to go on exactly (checkpoint.py writes it)."""
+    return {"config": run.config, "vocab": run.vocab.to_state(),
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "settings": dict(run.cfg),
+            "progress": {"iter": run.it, "epoch": run.epoch, "window": run.window,
+                         "best_val": run.best_val},
+            "history": run.history, "carry": full_carry, "rng": {"per_rank": rng_per_rank},
+            "corpus_digest": run.corpus_digest}
 
 
 def show_sample(model, vocab, cfg, it, bar) -> None:
