@@ -41,6 +41,28 @@ def cpu_fused(dtype: torch.dtype) -> bool:
             and str(dtype).removeprefix("torch.") in _C.cpu_fused_dtypes.split(","))
 
 
+_cpu_class: str | None = None
+
+
+def cpu_class() -> str:
+    """What backend="auto"'s CPU rule keys on (module.py), from the CPU's flags as Linux
+    reports them: "amx" (AMX-BF16), "avx512_bf16" (AVX512-BF16 without AMX), "avx512" (AVX-512
+    without either), "avx2", or "other" (anything else, or flags that cannot be read)."""
+    global _cpu_class
+    if _cpu_class is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = set(next((line.split(":", 1)[1].split() for line in f
+                                  if line.startswith("flags")), []))
+        except OSError:
+            flags = set()
+        _cpu_class = next((name for name, flag in (("amx", "amx_bf16"),
+                                                     ("avx512_bf16", "avx512_bf16"),
+                                                     ("avx512", "avx512f"), ("avx2", "avx2"))
+                           if flag in flags), "other")
+    return _cpu_class
+
+
 def warn_unavailable() -> None:
     """The one warning backend="auto" gives when it falls back."""
     global _warned

@@ -45,12 +45,12 @@ def report() -> list[tuple[str, str]]:
         rows.append(("C++ CPU op's fused layer", f"{fused}; "
                      f"{'on' if os.environ.get('FASTLSTM_CPU_FUSED') != '0' else 'OFF'} "
                      "(FASTLSTM_CPU_FUSED=0: the per-step loop)"))
+        cls = _extension.cpu_class()
+        rule = module.CPU_RULES.get(cls)
         rows.append(("auto on CPU tensors",
-                     f"sequences of >= {module.CPU_FUSED_MIN_STEPS} steps on the fused layer: "
-                     "bf16 training always; bf16 inference at hidden <= 128, or <= 256 with "
-                     "batch <= 8; fp32 at hidden <= 128, or training at batch <= 2. Otherwise "
-                     f"(the per-step loop) at hidden >= {module.CPU_FUSED_MIN_HIDDEN} and batch "
-                     f"<= {module.CPU_FUSED_MAX_BATCH} (fp32/fp64). Else torch's own (oneDNN)"))
+                     f"CPU class '{cls}': " + (" ".join(rule.__doc__.split()) if rule else
+                     "not measured, so torch's own LSTM (measured classes: "
+                     + ", ".join(module.CPU_RULES) + ")")))
     else:
         rows.append(("auto on CPU tensors", "torch's own LSTM (extension unavailable)"))
     rows.append(("char-rnn generation (model.generate)",

@@ -85,34 +85,64 @@ def _fused_unsupported(data, proj_size=0, packed=False, dtypes_by_device=None):
 
 
 # backend="auto" on CPU tensors: our op where it measured faster than torch's own (oneDNN)
-# LSTM on the 2-core development machine (AMD, AVX-512 + AVX512-BF16), torch's elsewhere.
-# Two regimes (benchmarks/NOTES.md has the tables and commands):
-# - The fused layer (sequences of >= 4 steps, fp32/bf16, a CPU with AVX-512; bf16 needs
-#   AVX512-BF16 too); ratios ours/torch's, 2 layers, seq 50, input = hidden:
-#     bf16 training     0.36-0.94 at every batch 1-32 and hidden 128-512: always ours.
-#     fp32 training     0.74-0.90 at hidden <= 128, 0.76-0.95 at batch <= 2; 0.95-1.12
-#                       elsewhere: torch's there.
-#     inference         0.60-0.94 at hidden <= 128; bf16 at hidden 256, batch <= 8:
-#                       0.90-0.97; elsewhere level (0.95-1.23, packing the weights
-#                       each call): torch's there.
-# - The per-step loop (shorter sequences: FastLSTMCell, sampling; float64; CPUs without
-#   AVX-512): ours at hidden >= 256 and batch <= 8 (0.4-0.9x; a step of 2 x 512 at
-#   batch 1: 0.5-0.6x), torch's elsewhere.
+# LSTM, keyed on what the CPU has (_extension.cpu_class()); a class of CPU not measured keeps
+# torch's LSTM. Two regimes: the fused layer (sequences of >= 4 steps, fp32/bf16, AVX-512;
+# bf16 needs AVX512-BF16 too) and the per-step loop (shorter sequences: FastLSTMCell,
+# sampling). Ratios ours/torch's, 2 layers, input = hidden, seq 50 unless said; the tables
+# and commands are in benchmarks/NOTES.md (python benchmarks/cpu_interleaved.py).
 CPU_FUSED_MIN_STEPS = 4  # as the C++ op's kMinSteps
 CPU_FUSED_MIN_HIDDEN = 256  # the per-step loop's rule
 CPU_FUSED_MAX_BATCH = 8
 
 
-def _cpu_auto_fused(dtype, grad, steps, batch, hidden):
-    """Whether auto takes our op for CPU tensors of this compute dtype and shape; `grad`:
-    whether a backward will follow (training)."""
+def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
+    """AVX512-BF16 without AMX; measured on an AMD Zen 4 (2 cores, 2026-12-03):
+    bf16 training     0.36-0.94 at every batch 1-32 and hidden 128-512: always ours.
+    fp32 training     0.74-0.90 at hidden <= 128, 0.76-0.95 at batch <= 2; 0.95-1.12
+                      elsewhere: torch's there.
+    inference         0.60-0.94 at hidden <= 128; bf16 at hidden 256, batch <= 8: 0.90-0.97;
+                      elsewhere level (0.95-1.23): torch's there.
+    per-step loop     fp32/fp64 at hidden >= 256 and batch <= 8 (0.4-0.9x); its bf16 GEMMs
+                      go through ATen one step at a time: torch's."""
     if steps >= CPU_FUSED_MIN_STEPS and _extension.cpu_fused(dtype):
         if dtype == torch.bfloat16:
             return grad or hidden <= 128 or (hidden <= 256 and batch <= 8)
         return hidden <= 128 or (grad and batch <= 2)
-    if dtype == torch.bfloat16:  # the loop's bf16 GEMMs go through ATen one step at a time
+    if dtype == torch.bfloat16:
         return False
     return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH
+
+
+def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
+    """AMX-BF16 (torch's bf16 GEMMs on AMX tiles, 0.66-3.5 TFLOP/s on 2 cores; our bf16
+    tile 125-174 GFLOP/s); measured on an Intel Xeon, family 6 model 207 (2 cores,
+    2026-12-05):
+    bf16 training     0.26-0.92 at batch <= 8 (hidden 128-512); 1.1-1.7 at batch >= 16.
+    bf16 inference    0.71-0.95 at hidden <= 128 and batch <= 4, or hidden 256 and batch
+                      <= 2; 1.05-5 elsewhere.
+    fp32              0.56-0.91 at hidden <= 128; training 0.68-0.77 at batch <= 2.
+    per-step loop     (< 4 steps) fp32 and bf16 at hidden >= 256 and batch <= 8: 0.36-0.89.
+    Longer sequences without the fused layer, and fp64: not measured: torch's."""
+    if steps >= CPU_FUSED_MIN_STEPS:
+        if not _extension.cpu_fused(dtype):
+            return False
+        if dtype == torch.bfloat16:
+            if grad:
+                return batch <= 8
+            return (hidden <= 128 and batch <= 4) or (hidden <= 256 and batch <= 2)
+        return hidden <= 128 or (grad and batch <= 2)
+    return (dtype in (torch.float32, torch.bfloat16) and hidden >= CPU_FUSED_MIN_HIDDEN
+            and batch <= CPU_FUSED_MAX_BATCH)
+
+
+CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx}
+
+
+def _cpu_auto_fused(dtype, grad, steps, batch, hidden):
+    """Whether auto takes our op for CPU tensors of this compute dtype and shape; `grad`:
+    whether a backward will follow (training)."""
+    rule = CPU_RULES.get(_extension.cpu_class())
+    return rule is not None and rule(dtype, grad, steps, batch, hidden)
 
 
 # backend="auto" on CUDA tensors uses the CUDA op (CUDA-graph replay) for bfloat16 at hidden

@@ -57,9 +57,17 @@ def test_dropout_between_layers_in_training_only(backend):
     assert_close(out, want, 1e-12, "dropout between layers")
 
 
-def test_auto_rule():
-    """The per-step loop's rule (short sequences, float64, no fused layer): ours at hidden
-    >= 256 and batch <= 8."""
+@pytest.fixture
+def cpu_class(monkeypatch):
+    """Pins the CPU class auto's rule keys on: set(name)."""
+    from fastlstm import _extension
+    return lambda name: monkeypatch.setattr(_extension, "cpu_class", lambda: name)
+
+
+def test_auto_rule(cpu_class):
+    """The per-step loop's rule (short sequences, float64, no fused layer) on the Zen 4 class:
+    ours at hidden >= 256 and batch <= 8."""
+    cpu_class("avx512_bf16")
     cpu = torch.empty(0)
     assert choose_path("auto", cpu, None, batch=1, hidden=512) == "fused"
     assert choose_path("auto", cpu, None, batch=8, hidden=256) == "fused"
@@ -71,15 +79,20 @@ def test_auto_rule():
     assert choose_path("auto", fp64, None, batch=64, hidden=128, steps=100, grad=True) == "aten"
 
 
-def test_auto_rule_fused_layer(monkeypatch):
-    """Sequences of >= 4 steps on a CPU with the fused layer (module.py says why)."""
-    from fastlstm import _extension
-    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
-    fp32, bf16 = torch.empty(0), torch.empty(0, dtype=torch.bfloat16)
+def path(data, batch, hidden, grad, steps=50):
+    return choose_path("auto", data, None, batch=batch, hidden=hidden, steps=steps, grad=grad)
 
-    def path(data, batch, hidden, grad, steps=50):
-        return choose_path("auto", data, None, batch=batch, hidden=hidden, steps=steps,
-                           grad=grad)
+
+FP32, BF16 = torch.empty(0), torch.empty(0, dtype=torch.bfloat16)
+
+
+def test_auto_rule_fused_layer(monkeypatch, cpu_class):
+    """Sequences of >= 4 steps on a CPU with the fused layer, Zen 4 class (module.py says
+    why)."""
+    from fastlstm import _extension
+    cpu_class("avx512_bf16")
+    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
+    fp32, bf16 = FP32, BF16
     assert path(bf16, 64, 512, grad=True) == "fused"  # bf16 training: always ours
     assert path(bf16, 64, 256, grad=False) == "aten"
     assert path(bf16, 8, 256, grad=False) == "fused"
@@ -95,6 +108,49 @@ def test_auto_rule_fused_layer(monkeypatch):
     monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: False)
     assert path(bf16, 64, 512, grad=True) == "aten"
     assert path(fp32, 1, 512, grad=True) == "fused"  # the loop's rule
+
+
+def test_auto_rule_on_an_amx_cpu(monkeypatch, cpu_class):
+    """AMX-BF16 CPUs (torch's bf16 GEMMs on AMX): bf16 only at small batches, the loop for
+    short sequences in fp32 and bf16 (module.py says why)."""
+    from fastlstm import _extension
+    cpu_class("amx")
+    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
+    fp32, bf16 = FP32, BF16
+    assert path(bf16, 8, 512, grad=True) == "fused"
+    assert path(bf16, 16, 128, grad=True) == "aten"
+    assert path(bf16, 64, 256, grad=True) == "aten"  # the char-rnn trainer's default
+    assert path(bf16, 4, 128, grad=False) == "fused"
+    assert path(bf16, 2, 256, grad=False) == "fused"
+    assert path(bf16, 4, 256, grad=False) == "aten"
+    assert path(bf16, 1, 512, grad=False) == "aten"
+    assert path(fp32, 64, 128, grad=True) == "fused"
+    assert path(fp32, 2, 512, grad=True) == "fused"
+    assert path(fp32, 8, 256, grad=True) == "aten"
+    assert path(bf16, 1, 512, grad=True, steps=1) == "fused"  # the loop, bf16 too
+    assert path(fp32, 8, 256, grad=False, steps=3) == "fused"
+    assert path(bf16, 16, 512, grad=False, steps=1) == "aten"
+    assert path(torch.empty(0, dtype=torch.float64), 1, 512, grad=False, steps=1) == "aten"
+    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: False)
+    assert path(fp32, 1, 512, grad=True) == "aten"  # long sequences without the fused layer
+
+
+@pytest.mark.parametrize("cls", ["avx512", "avx2", "other"])
+def test_auto_keeps_torch_on_cpus_not_measured(monkeypatch, cpu_class, cls):
+    from fastlstm import _extension
+    cpu_class(cls)
+    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
+    for data, batch, hidden, grad, steps in [(BF16, 8, 512, True, 50), (FP32, 64, 128, True, 50),
+                                             (FP32, 1, 512, False, 1)]:
+        assert path(data, batch, hidden, grad, steps) == "aten"
+
+
+def test_cpu_class_reads_the_flags(monkeypatch):
+    from fastlstm import _extension
+    assert _extension.cpu_class() in ("amx", "avx512_bf16", "avx512", "avx2", "other")
+    monkeypatch.setattr(_extension, "_cpu_class", None)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert _extension.cpu_class() == "other"
 
 
 def test_auto_rule_on_cuda_tensors(monkeypatch):
