@@ -7,9 +7,12 @@ per file, titled with the machine it ran on.
       "CPU: <name>, 2 cores=benchmarks/results/<cpu run>/bench.json" \\
       "GPU: NVIDIA H200 (run 7)=benchmarks/results/<gpu run>/bench1.json"
 
-Each positional argument is LABEL=PATH. Only backends named in --backends are drawn."""
+Each positional argument is LABEL=PATH[,PATH...]: with several runs of the same grid, each
+time is the median of the runs' medians (one sequential run on a shared machine can be off by
+tens of percent). Only backends named in --backends are drawn."""
 import argparse
 import json
+import statistics
 from collections import defaultdict
 
 BASELINES = ("cudnn", "aten")  # torch's LSTM, as test_bench_lstm.py names it
@@ -18,15 +21,18 @@ COLOURS = {"auto": "#1f77b4", "cpu": "#9ecae1", "cuda": "#2ca02c", "cuda_persist
            "triton": "#ff7f0e"}
 
 
-def speedups(path, backends):
-    """{(shape, pass, dtype): {backend: torch's median / the backend's}} for one JSON."""
-    with open(path) as f:
-        runs = json.load(f)["benchmarks"]
-    medians = defaultdict(dict)
-    for bench in runs:
-        info = bench["extra_info"]
-        medians[(info["shape"], info["pass_"], info["dtype"])][info["backend"]] = \
-            bench["stats"]["median"]
+def speedups(paths, backends):
+    """{(shape, pass, dtype): {backend: torch's time / the backend's}} over one or more JSONs
+    of the same grid (a time: the median of the runs' medians)."""
+    seen = defaultdict(lambda: defaultdict(list))
+    for path in paths:
+        with open(path) as f:
+            for bench in json.load(f)["benchmarks"]:
+                info = bench["extra_info"]
+                seen[(info["shape"], info["pass_"], info["dtype"])][info["backend"]].append(
+                    bench["stats"]["median"])
+    medians = {group: {b: statistics.median(ts) for b, ts in times.items()}
+               for group, times in seen.items()}
     out = {}
     for group, times in medians.items():
         base = next((times[b] for b in BASELINES if b in times), None)
@@ -76,8 +82,8 @@ def draw(panels, backends, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="LABEL=PATH", help="a panel: its title and a "
-                   "pytest-benchmark JSON of benchmarks/test_bench_lstm.py")
+    p.add_argument("runs", nargs="+", metavar="LABEL=PATH[,PATH...]", help="a panel: its "
+                   "title and one or more pytest-benchmark JSONs of benchmarks/test_bench_lstm.py")
     p.add_argument("--backends", default="auto,cpu,cuda,cuda_persistent,triton",
                    help="backends to draw (default: %(default)s)")
     p.add_argument("--out", default="docs/speed.png", help="the PNG (default: %(default)s)")
@@ -88,7 +94,7 @@ def main(argv=None):
         label, sep, path = run.rpartition("=")
         if not sep or not label:
             p.error(f"{run!r} is not LABEL=PATH")
-        groups = speedups(path, backends)
+        groups = speedups(path.split(","), backends)
         if not groups:
             p.error(f"{path}: no group has torch's LSTM ({' or '.join(BASELINES)}) to compare to")
         panels.append((label, groups))
