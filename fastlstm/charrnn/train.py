@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastlstm.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Over- or underfitting? Watch train vs val loss (README: 'Reading the loss').")
+        epilog="Over- or underfitting? Watch train vs val loss (docs/charrnn.md: 'Reading the loss').")
     p.add_argument("corpus", nargs="?", help="a UTF-8 text file (default: the embedded "
                    "Python standard library source)")
     add_data_and_model_flags(p)
