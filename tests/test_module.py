@@ -86,53 +86,55 @@ def path(data, batch, hidden, grad, steps=50):
 FP32, BF16 = torch.empty(0), torch.empty(0, dtype=torch.bfloat16)
 
 
-def test_auto_rule_fused_layer(monkeypatch, cpu_class):
-    """Sequences of >= 4 steps on a CPU with the fused layer, Zen 4 class (module.py says
-    why)."""
+# (data, batch, hidden, grad, steps) -> the path auto takes, per CPU class, with the fused
+# layer available (module.py says why for each).
+RULE_CASES = {
+    "avx512_bf16": [  # Zen 4
+        (BF16, 64, 512, True, 50, "fused"),  # bf16 training: always ours
+        (BF16, 64, 256, False, 50, "aten"),
+        (BF16, 8, 256, False, 50, "fused"),
+        (BF16, 64, 128, False, 50, "fused"),
+        (FP32, 64, 128, True, 50, "fused"),
+        (FP32, 2, 512, True, 50, "fused"),
+        (FP32, 8, 256, True, 50, "aten"),
+        (FP32, 8, 256, False, 50, "aten"),
+        (FP32, 1, 512, False, 3, "fused"),  # the loop's rule
+        (BF16, 1, 512, False, 3, "aten"),  # no bf16 loop
+    ],
+    "amx": [  # bf16 only at small batches; the loop for short fp32 and bf16 sequences
+        (BF16, 8, 512, True, 50, "fused"),
+        (BF16, 16, 128, True, 50, "aten"),
+        (BF16, 64, 256, True, 50, "aten"),  # the char-rnn trainer's default
+        (BF16, 4, 128, False, 50, "fused"),
+        (BF16, 2, 256, False, 50, "fused"),
+        (BF16, 4, 256, False, 50, "aten"),
+        (BF16, 1, 512, False, 50, "aten"),
+        (FP32, 64, 128, True, 50, "fused"),
+        (FP32, 2, 512, True, 50, "fused"),
+        (FP32, 8, 256, True, 50, "aten"),
+        (BF16, 1, 512, True, 1, "fused"),  # the loop, bf16 too
+        (FP32, 8, 256, False, 3, "fused"),
+        (BF16, 16, 512, False, 1, "aten"),
+        (torch.empty(0, dtype=torch.float64), 1, 512, False, 1, "aten"),
+    ],
+}
+
+
+@pytest.mark.parametrize("cls", list(RULE_CASES))
+def test_auto_rule_fused_layer(monkeypatch, cpu_class, cls):
+    """Sequences of >= 4 steps on a CPU with the fused layer, and short ones, per class."""
     from fastlstm import _extension
-    cpu_class("avx512_bf16")
+    cpu_class(cls)
     monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
-    fp32, bf16 = FP32, BF16
-    assert path(bf16, 64, 512, grad=True) == "fused"  # bf16 training: always ours
-    assert path(bf16, 64, 256, grad=False) == "aten"
-    assert path(bf16, 8, 256, grad=False) == "fused"
-    assert path(bf16, 64, 128, grad=False) == "fused"
-    assert path(fp32, 64, 128, grad=True) == "fused"
-    assert path(fp32, 2, 512, grad=True) == "fused"
-    assert path(fp32, 8, 256, grad=True) == "aten"
-    assert path(fp32, 8, 256, grad=False) == "aten"
-    assert path(fp32, 1, 512, grad=False, steps=3) == "fused"  # the loop's rule
-    assert path(bf16, 1, 512, grad=False, steps=3) == "aten"  # no bf16 loop
+    for data, batch, hidden, grad, steps, want in RULE_CASES[cls]:
+        assert path(data, batch, hidden, grad, steps) == want, (data.dtype, batch, hidden, grad,
+                                                                steps)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's dtype decides
-        assert path(fp32, 64, 512, grad=True) == "fused"
+        assert path(FP32, 8, 512, grad=True) == "fused"
     monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: False)
-    assert path(bf16, 64, 512, grad=True) == "aten"
-    assert path(fp32, 1, 512, grad=True) == "fused"  # the loop's rule
-
-
-def test_auto_rule_on_an_amx_cpu(monkeypatch, cpu_class):
-    """AMX-BF16 CPUs (torch's bf16 GEMMs on AMX): bf16 only at small batches, the loop for
-    short sequences in fp32 and bf16 (module.py says why)."""
-    from fastlstm import _extension
-    cpu_class("amx")
-    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
-    fp32, bf16 = FP32, BF16
-    assert path(bf16, 8, 512, grad=True) == "fused"
-    assert path(bf16, 16, 128, grad=True) == "aten"
-    assert path(bf16, 64, 256, grad=True) == "aten"  # the char-rnn trainer's default
-    assert path(bf16, 4, 128, grad=False) == "fused"
-    assert path(bf16, 2, 256, grad=False) == "fused"
-    assert path(bf16, 4, 256, grad=False) == "aten"
-    assert path(bf16, 1, 512, grad=False) == "aten"
-    assert path(fp32, 64, 128, grad=True) == "fused"
-    assert path(fp32, 2, 512, grad=True) == "fused"
-    assert path(fp32, 8, 256, grad=True) == "aten"
-    assert path(bf16, 1, 512, grad=True, steps=1) == "fused"  # the loop, bf16 too
-    assert path(fp32, 8, 256, grad=False, steps=3) == "fused"
-    assert path(bf16, 16, 512, grad=False, steps=1) == "aten"
-    assert path(torch.empty(0, dtype=torch.float64), 1, 512, grad=False, steps=1) == "aten"
-    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: False)
-    assert path(fp32, 1, 512, grad=True) == "aten"  # long sequences without the fused layer
+    assert path(BF16, 8, 512, grad=True) == "aten"
+    # Without the fused layer, long sequences: the loop's rule on Zen 4, torch's on AMX.
+    assert path(FP32, 1, 512, grad=True) == ("fused" if cls == "avx512_bf16" else "aten")
 
 
 @pytest.mark.parametrize("cls", ["avx512", "avx2", "other"])
