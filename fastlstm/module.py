@@ -281,9 +281,10 @@ class FastLSTM(nn.Module):
     """nn.LSTM with fused kernels. Same arguments, parameters and forward contract, plus
     keywords ``backend`` and ``dropout_masks``: "torch" (default) draws the between-layer
     dropout masks as nn.LSTM does (the same masks for the same seed); "counter" draws them
-    with fastlstm's counter-based dropout (ops.dropout; CPU tensors on our op's path),
-    ~18x faster on the CPU, other masks. Not a subclass of nn.LSTM: torch.compile refuses
-    to trace those, while it traces this module (and the fastlstm ops) whole."""
+    with fastlstm's counter-based dropout (ops.dropout; CPU tensors, on our op's path and
+    where auto picks torch's), ~18x faster on the CPU, other masks. Not a subclass of
+    nn.LSTM: torch.compile refuses to trace those, while it traces this module (and the
+    fastlstm ops) whole."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
@@ -421,9 +422,7 @@ class FastLSTM(nn.Module):
                 training=self.training, bidirectional=self.bidirectional,
                 proj_size=self.proj_size)
         elif path == "aten":
-            out, h_n, c_n = torch._VF.lstm(x, state, self._weights(), self.bias, self.num_layers,
-                                           self.dropout, self.training, self.bidirectional,
-                                           self.batch_first)
+            out, h_n, c_n = self._forward_torch(x, state)
         else:
             persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
             stack = (persistent and ops.persistent_version() == 4
@@ -493,6 +492,34 @@ class FastLSTM(nn.Module):
         dropout between layers in training, at most 8 layers."""
         return (not self.bidirectional and not (self.dropout > 0 and self.training)
                 and self.num_layers <= 8)
+
+    def _forward_torch(self, x, state):
+        """torch's own LSTM. Where auto chose it, with dropout_masks="counter" in training on
+        CPU tensors: layer by layer, fastlstm's counter dropout between the layers (the same
+        masks as on our op's path, and ~18x cheaper than the ones torch's kernel draws).
+        backend="aten" / "cudnn" stay torch's LSTM as it is, dropout included."""
+        if not (self.backend == "auto" and self.dropout > 0 and self.training
+                and self.num_layers > 1 and not x.is_cuda
+                and getattr(self, "dropout_masks", "torch") == "counter"):
+            return torch._VF.lstm(x, state, self._weights(), self.bias, self.num_layers,
+                                  self.dropout, self.training, self.bidirectional,
+                                  self.batch_first)
+        weights = self._weights()
+        dirs = 2 if self.bidirectional else 1
+        per_layer = len(weights) // self.num_layers
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            rows = slice(layer * dirs, (layer + 1) * dirs)
+            x, h, c = torch._VF.lstm(x, (state[0][rows], state[1][rows]),
+                                     weights[layer * per_layer:(layer + 1) * per_layer],
+                                     self.bias, 1, 0.0, True, self.bidirectional,
+                                     self.batch_first)
+            h_n.append(h)
+            c_n.append(c)
+            if layer < self.num_layers - 1:  # the masks are drawn over time-major elements
+                x = (ops.dropout(x.transpose(0, 1), self.dropout).transpose(0, 1)
+                     if self.batch_first else ops.dropout(x, self.dropout))
+        return x, torch.cat(h_n), torch.cat(c_n)
 
     def _forward_fused(self, x, state, layer_op=None, stack=False):
         """Layer by layer, direction by direction, through the fastlstm ops, or with

@@ -94,3 +94,30 @@ def test_fastlstm_counter_masks_between_layers():
     assert "dropout_masks='counter'" in repr(b)
     with pytest.raises(ValueError, match="dropout_masks"):
         FastLSTM(8, 32, 2, dropout_masks="fast")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_counter_masks_are_the_same_on_torchs_path(monkeypatch, bidirectional, batch_first):
+    """dropout_masks="counter" where auto hands a shape to torch's LSTM: layer by layer with
+    the same counter masks as our op's path, so outputs, states and gradients agree."""
+    from fastlstm import FastLSTM, module
+    monkeypatch.setattr(module, "_cpu_auto_fused", lambda *args: False)  # auto: torch's LSTM
+    torch.manual_seed(0)
+    kw = dict(dropout=0.5, dropout_masks="counter", bidirectional=bidirectional,
+              batch_first=batch_first)
+    ours, torchs = FastLSTM(8, 32, 3, backend="cpu", **kw), FastLSTM(8, 32, 3, backend="auto", **kw)
+    torchs.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 4, 8, requires_grad=True)
+    results = []
+    for m in (ours, torchs):
+        torch.manual_seed(1)
+        out, (h, c) = m(x)
+        grads = torch.autograd.grad(out.sum() + h.sum() + c.sum(), [x, *m.parameters()])
+        results.append((out, h, c, *grads))
+    for a, b in zip(*results):
+        assert (a - b).norm() <= 1e-5 * b.norm()
+    torch.manual_seed(1)  # backend="aten" stays torch's LSTM, its own masks included
+    plain = FastLSTM(8, 32, 3, backend="aten", **kw)
+    plain.load_state_dict(ours.state_dict())
+    assert not torch.allclose(plain(x)[0], results[1][0])
