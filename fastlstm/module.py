@@ -135,7 +135,18 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
             and batch <= CPU_FUSED_MAX_BATCH)
 
 
-CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx}
+def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
+    """AVX2 without AVX-512 (no fused layer: the per-step loop, its AVX2 clones); measured on
+    the Intel Xeon above imitating such a CPU (ONEDNN_MAX_CPU_ISA=AVX2,
+    MKL_ENABLE_INSTRUCTIONS=AVX2, FASTLSTM_CPU_FUSED=0; 2026-12-05):
+    per-step loop     fp32, < 4 steps: 0.10-0.79 at hidden >= 256 and batch <= 8 (0.58-0.75
+                      at hidden 128 too); at 50 steps 0.92-1.29: torch's there.
+    bf16 (not native on such CPUs) and fp64: not measured: torch's."""
+    return (steps < CPU_FUSED_MIN_STEPS and dtype == torch.float32
+            and hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH)
+
+
+CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx, "avx2": _cpu_rule_avx2}
 
 
 def _cpu_auto_fused(dtype, grad, steps, batch, hidden):
