@@ -8,9 +8,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <limits>
-#include <vector>
-
 #include "lstm_step.h"
 
 namespace fastlstm {
