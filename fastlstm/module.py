@@ -527,10 +527,19 @@ class FastLSTM(nn.Module):
                                      self.batch_first)
             h_n.append(h)
             c_n.append(c)
-            if layer < self.num_layers - 1:  # the masks are drawn over time-major elements
-                x = (ops.dropout(x.transpose(0, 1), self.dropout).transpose(0, 1)
-                     if self.batch_first else ops.dropout(x, self.dropout))
+            if layer < self.num_layers - 1:
+                x = self._between_layers(x, self.batch_first)
         return x, torch.cat(h_n), torch.cat(c_n)
+
+    def _between_layers(self, x, batch_first):
+        """The dropout between two layers in training: fastlstm's counter masks, drawn over
+        the time-major elements whatever x's layout (so every path draws the same masks),
+        or torch's (dropout_masks="torch")."""
+        if getattr(self, "dropout_masks", "torch") != "counter":
+            return F.dropout(x, self.dropout, training=True)
+        if batch_first:
+            return ops.dropout(x.transpose(0, 1), self.dropout).transpose(0, 1)
+        return ops.dropout(x, self.dropout)
 
     def _forward_fused(self, x, state, layer_op=None, stack=False):
         """Layer by layer, direction by direction, through the fastlstm ops, or with
@@ -563,9 +572,7 @@ class FastLSTM(nn.Module):
                 c_n.append(c)
             layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_in = (ops.dropout(layer_in, self.dropout)
-                            if getattr(self, "dropout_masks", "torch") == "counter"
-                            else F.dropout(layer_in, self.dropout, training=True))
+                layer_in = self._between_layers(layer_in, batch_first=False)
         out = layer_in.transpose(0, 1) if self.batch_first else layer_in
         return out, torch.stack(h_n), torch.stack(c_n)
 

@@ -65,7 +65,6 @@ struct GridSplit {
 inline GridSplit split_grid(const int64_t* inputs, int layers, int64_t hidden, int sms) {
   GridSplit g{};
   g.layers = layers;
-  const int slots = sms;  // unit slices that fit
   auto units_for = [&](int l, int64_t budget) {
     const int64_t u = budget / (inputs[l] + hidden);
     return u < 1 ? int64_t(1) : (u > hidden ? hidden : u);
@@ -83,7 +82,7 @@ inline GridSplit split_grid(const int64_t* inputs, int layers, int64_t hidden, i
   int64_t lo = k_max, hi = k_max * hidden;  // slices_for(hi) = layers
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (slices_for(mid) <= slots) hi = mid; else lo = mid + 1;
+    if (slices_for(mid) <= sms) hi = mid; else lo = mid + 1;
   }
   for (int l = 0; l < layers; ++l) {
     LayerBlocks& lb = g.layer[l];

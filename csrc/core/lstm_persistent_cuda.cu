@@ -187,19 +187,16 @@ template <typename T, typename Acc>
 cudaError_t launch_persistent_stack(const PersistentStackArgs<T, Acc>& args, bool tensor_cores,
                                     cudaStream_t stream) {
   if (args.layers < 1 || args.layers > kMaxStackLayers) return cudaErrorInvalidValue;
-  if (args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
-  int sms = 0;
-  cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
-  if (err != cudaSuccess) return err;
-  PersistentStackArgs<T, Acc> a = args;
   if constexpr (std::is_same<T, double>::value) {
     return cudaErrorNotSupported;  // no tensor-core MMA for fp64 here
   } else {
-    if (!tensor_cores) return cudaErrorNotSupported;
-    int major = 0;
-    err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
+    if (!tensor_cores || args.hidden <= 0 || args.batch <= 0) return cudaErrorNotSupported;
+    int sms = 0, major = 0;
+    cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms);
+    if (err == cudaSuccess) err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
     if (err != cudaSuccess) return err;
     if (major < 8) return cudaErrorNotSupported;
+    PersistentStackArgs<T, Acc> a = args;
     MmaTiling tiling = mma_tiling_for<typename TensorCoreMma<T>::Shape>(args, sms, kThreads);
     const size_t smem = size_t(tiling.weight_bytes) + size_t(tiling.partial_floats) * 4;
     void* params[] = {&a, &tiling};

@@ -45,20 +45,14 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bfloat16 natively: a CUDA GPU of compute capability 8.0
-    or later, or a CPU with AMX-BF16 or AVX512-BF16: the kernel's CPU flags on Linux, or
-    whether fastlstm's fused CPU layer runs bf16 here (it asks the CPU itself). torch's own
-    check (mkldnn's bf16 support) says yes for any AVX-512 CPU, with or without them."""
+    or later, or a CPU with AMX-BF16 or AVX512-BF16: its class as auto reads it
+    (_extension.cpu_class), or whether fastlstm's fused CPU layer runs bf16 here (it asks the
+    CPU itself). torch's own check (mkldnn's bf16 support) says yes for any AVX-512 CPU, with
+    or without them."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
-    if _extension.cpu_fused(torch.bfloat16):
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return (_extension.cpu_fused(torch.bfloat16)
+            or _extension.cpu_class() in ("amx", "avx512_bf16"))
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:
