@@ -34,11 +34,16 @@ def cuda_compiled() -> bool:
     return _C is not None and bool(_C.cuda_compiled)
 
 
+# The dtypes the CPU op's fused layer runs on this CPU (read once: asked on every forward).
+_CPU_FUSED_DTYPES = frozenset(
+    getattr(torch, name) for name in (_C.cpu_fused_dtypes.split(",") if _C is not None else ())
+    if name)
+
+
 def cpu_fused(dtype: torch.dtype) -> bool:
     """Whether the CPU op runs `dtype` on its fused layer here (x86-64 with AVX-512, and
     AVX512-BF16 for bfloat16; FASTLSTM_CPU_FUSED=0 turns it off)."""
-    return (_C is not None and os.environ.get("FASTLSTM_CPU_FUSED", "1") != "0"
-            and str(dtype).removeprefix("torch.") in _C.cpu_fused_dtypes.split(","))
+    return dtype in _CPU_FUSED_DTYPES and os.environ.get("FASTLSTM_CPU_FUSED", "1") != "0"
 
 
 _cpu_class: str | None = None

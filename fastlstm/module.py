@@ -55,6 +55,20 @@ def _cast(p, dtype):
     return cast
 
 
+def _onnx_exporting_resolver():
+    """torch.onnx.is_in_onnx_export, without its two imports per call (~1 us each, on every
+    forward): the flags it reads, looked up once; torch's own function where they moved."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return torch.onnx.is_in_onnx_export
+    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
+
+
+_onnx_exporting = _onnx_exporting_resolver()
+
+
 def _check_backend(backend):
     if backend not in BACKENDS:
         raise ValueError(f"unknown FastLSTM backend {backend!r}; choose one of "
@@ -192,7 +206,7 @@ def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False):
         return "aten"
     if backend == "reference":
         return "reference"
-    if torch.onnx.is_in_onnx_export():
+    if _onnx_exporting():
         # Exported as torch's own LSTM op, which the ONNX exporter writes as the standard
         # ONNX LSTM operator (any ONNX runtime runs it); the fastlstm ops have no ONNX form.
         return "aten"
@@ -242,7 +256,7 @@ def _triton_layer_op():
 
 
 def _check_same_device_dtype(module, tensors, what):
-    weight = next(module.parameters())
+    weight = module._parameters[module._weight_names[0]]
     for t in tensors:
         if t.device != weight.device:
             raise RuntimeError(f"{what} and parameter tensors are not at the same device, found "
@@ -423,9 +437,10 @@ class FastLSTM(nn.Module):
                                len(input.batch_sizes), self._grad_wanted(input.data))
             return self._forward_packed(input, hx, path)
         x, state, unbatched = self._validate(input, hx)
-        path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size),
-                           x.size(0 if self.batch_first else 1), self.hidden_size,
-                           x.size(1 if self.batch_first else 0), self._grad_wanted(x))
+        steps, batch = (x.size(1), x.size(0)) if self.batch_first else (x.size(0), x.size(1))
+        grad = self._grad_wanted(x)
+        path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size), batch,
+                           self.hidden_size, steps, grad)
         if path == "reference":
             out, (h_n, c_n) = reference_lstm(
                 x, state, dict(self.named_parameters()), num_layers=self.num_layers,
@@ -434,6 +449,8 @@ class FastLSTM(nn.Module):
                 proj_size=self.proj_size)
         elif path == "aten":
             out, h_n, c_n = self._forward_torch(x, state)
+        elif path == "fused" and not grad and self._stack_inference_fits(x, steps):
+            out, h_n, c_n = self._forward_stack_inference(x, state)
         else:
             persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
             stack = (persistent and ops.persistent_version() == 4
@@ -497,6 +514,33 @@ class FastLSTM(nn.Module):
         if unsorted_idx is not None:
             h_n, c_n = h_n.index_select(1, unsorted_idx), c_n.index_select(1, unsorted_idx)
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
+
+    def _stack_inference_fits(self, x, steps):
+        """Whether ops.stack_inference (every layer of each step in one call, packed weights
+        kept across calls) runs this call without gradient: CPU tensors, one direction, no
+        projection, a dtype the fused layer runs here, and a short sequence (under the fused
+        layer's minimum: longer ones run layer by layer, each layer's weights staying in
+        cache for all its steps; benchmarks/NOTES.md, "Streaming")."""
+        return (steps < CPU_FUSED_MIN_STEPS and not self.bidirectional and not x.is_cuda
+                and self.proj_size == 0 and _extension.cpu_fused(compute_dtype(x)))
+
+    def _forward_stack_inference(self, x, state):
+        params = self._layer_params()
+        out, h_n, c_n = ops.stack_inference(x.transpose(0, 1) if self.batch_first else x,
+                                            *state, *params, compute_dtype(x))
+        return (out.transpose(0, 1) if self.batch_first else out), h_n, c_n
+
+    def _layer_params(self):
+        """(w_ih, w_hh, b_ih, b_hh) lists, one entry per layer (a unidirectional stack); the
+        bias lists empty without bias."""
+        names = self.__dict__.get("_layer_param_names")
+        if names is None:  # once per module (and for modules pickled before this existed)
+            per = len(self._weight_names) // self.num_layers
+            names = [self._weight_names[k::per] for k in range(4 if self.bias else 2)]
+            self._layer_param_names = names
+        params = self._parameters
+        columns = [[params[name] for name in column] for column in names]
+        return columns if self.bias else columns + [[], []]
 
     def _stack_fits_one_launch(self):
         """Whether the persistent stack op (p4) can run this module: one direction, no
@@ -635,12 +679,23 @@ class FastLSTMCell(nn.LSTMCell):
         dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
         weights = (self.weight_ih, self.weight_hh,
                    *((self.bias_ih, self.bias_hh) if self.bias else (None, None)))
-        args = (x.to(dtype), h.to(dtype), c.to(dtype),
-                *(None if w is None else w.to(dtype) for w in weights))
-        if path == "triton":  # a layer of one step
-            _, h, c = ops.lstm_layer(args[0].unsqueeze(0), *args[1:], layer_op=_triton_layer_op())
+        if path == "fused" and not x.is_cuda and _extension.cpu_fused(dtype) and not (
+                torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in (x, h, c, *weights))):
+            # Without gradient: a stack of one layer and one step (ops.stack_inference), its
+            # packed weights kept across calls, the step's products and gate math fused.
+            _, h, c = ops.stack_inference(
+                x.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), [weights[0]], [weights[1]],
+                *([[weights[2]], [weights[3]]] if self.bias else [[], []]), dtype)
+            h, c = h.squeeze(0), c.squeeze(0)
         else:
-            h, c = (lstm_cell_reference if path == "reference" else ops.lstm_step)(*args)
+            args = (x.to(dtype), h.to(dtype), c.to(dtype),
+                    *(None if w is None else w.to(dtype) for w in weights))
+            if path == "triton":  # a layer of one step
+                _, h, c = ops.lstm_layer(args[0].unsqueeze(0), *args[1:],
+                                         layer_op=_triton_layer_op())
+            else:
+                h, c = (lstm_cell_reference if path == "reference" else ops.lstm_step)(*args)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 

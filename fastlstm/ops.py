@@ -8,6 +8,8 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, c_n)
       (CPU; x W_ih^T + bias inside each step; nothing saved for backward)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
+  lstm_stack_inference(x, h0, c0, w_ih[], w_hh[], b_ih[], b_hh[], dtype) -> (out, h_n, c_n)
+      (CPU, no gradient; a unidirectional stack, every layer of each step in one pass)
   dropout(x, p, seed) -> out   (CPU; the mask a function of seed and element index)
   lstm_stack_persistent(xproj, h0, c0, w_ih[], bias[], w_hh[]) -> (hs, cs, gates), each
       [layers, ...] and layer l's slice what lstm_layer returns for it (csrc/torch/stack.h)
@@ -227,6 +229,21 @@ def dropout(x, p: float, training: bool = True, generator=None):
     return torch.ops.fastlstm.dropout(x, float(p), seed)
 
 
+def _fake_stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype):
+    return (x.new_empty((x.size(0), x.size(1), h0.size(2)), dtype=dtype),
+            h0.new_empty(h0.shape, dtype=dtype), c0.new_empty(c0.shape, dtype=dtype))
+
+
+def stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype):
+    """A unidirectional stack's forward without gradient (CPU): x [S, B, I], h0, c0
+    [L, B, H]; w_ih, w_hh, b_ih, b_hh lists, one per layer (b_ih, b_hh empty without bias),
+    in any float dtype, computed in `dtype` (the cell state in float). Every layer of each
+    step in one pass over weights packed once and kept until one of them changes (in place
+    or replaced), with no per-layer op or allocation: what a streaming call (a step or a few
+    at a time) needs. Returns (out [S, B, H], h_n, c_n [L, B, H]) in `dtype`."""
+    return torch.ops.fastlstm.lstm_stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype)
+
+
 def _fake_generate(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps,
                    temperature, top_k, top_p, seed, offset, forced, bf16):
     return (logits.new_empty((logits.size(0), steps), dtype=torch.int64),
@@ -257,6 +274,7 @@ if _extension.available():
     torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
     torch.library.register_fake("fastlstm::lstm_layer_inference")(_fake_layer_inference)
     torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
+    torch.library.register_fake("fastlstm::lstm_stack_inference")(_fake_stack_inference)
     torch.library.register_fake("fastlstm::lstm_layer_persistent")(_fake_layer)
     layer_autograd("fastlstm::lstm_layer_persistent",
                    lambda *args: torch.ops.fastlstm.lstm_layer_backward(*args))

@@ -281,12 +281,14 @@ struct FusedForwardArgs {
   const float* c0;     // [B, H]
   T* h_ring;           // [2, B, padded_width(H)] h_{t-1} (slot s % 2), zero-padded rows; slot 0
                        // holds h0 at the start
-  T* hs;               // [S, B, H] out: h_t
+  T* hs;               // [S, B, ld_hs] out: h_t (ld_hs 0: H)
   float* cs;           // [S, B, H] out: c_t; with c_ring [2, B, H], c of step s in slot s % 2
   float* gates;        // [S, B, 4H] out: activated gates, or nullptr (inference: not saved)
   int64_t steps, batch, hidden;
   bool reverse;
   bool c_ring;
+  int64_t ld_hs = 0;   // row stride of hs: a stack's lower layer writes the rows its upper
+                       // layer reads as x (padded_width(H), the padding zero)
 };
 
 // One row of one unit group after the product: the rest of the pre-activation added (X: the
@@ -332,6 +334,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   const int64_t B = a.batch, H = a.hidden, ld = padded_width<T>(H);
   const int64_t ksteps = forward_ksteps<T>(H), group_size = ksteps * 4 * kLanes;
   const int64_t ld_x = padded_width<T>(a.inputs), ksteps_x = forward_ksteps<T>(a.inputs);
+  const int64_t ld_hs = a.ld_hs ? a.ld_hs : H;
   const int64_t t = time_index(s, a.steps, a.reverse);
   const T* h_prev = a.h_ring + (s & 1) * B * ld;
   T* h_next = a.h_ring + ((s + 1) & 1) * B * ld;
@@ -359,7 +362,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
             if (!kInputFused) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
             if (kSaveGates) __builtin_prefetch(a.gates + row * 4 * H + q * H + unit0, 1, 2);
           }
-          __builtin_prefetch(a.hs + row * H + unit0, 1, 2);
+          __builtin_prefetch(a.hs + row * ld_hs + unit0, 1, 2);
           if (!a.c_ring) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
         }
       }
@@ -370,7 +373,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       tile_product_n<kBf16, kInputFused>(rows, 4, as_ksteps(h_prev + row0 * ld), ld / kPer, ksteps,
                                          w, 4 * kLanes, kLanes, pre);
       for (int r = 0; r < rows; ++r) {
-        const int64_t row = row0 + r, ti = (t * B + row) * H + unit0, ci = row * H + unit0;
+        const int64_t row = row0 + r, ti = (t * B + row) * ld_hs + unit0, ci = row * H + unit0;
         float* gate_out = kSaveGates ? a.gates + (t * B + row) * 4 * H + unit0 : nullptr;
         const auto rest = [&] {  // of the pre-activation: the bias, or xproj (bias included)
           if constexpr (kInputFused) {

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <vector>
 
+#include <unistd.h>
+
 #include "../core/lstm_cpu_fused.h"
 #include "check.h"
 #include "layer.h"
@@ -110,6 +112,27 @@ WeightCache<Tensor>& inference_packs() {
 // took 1.8-2x the loop's time; benchmarks/NOTES.md).
 constexpr int64_t kMinSteps = 4;
 
+// Inference: x W_ih^T + bias for all steps as one GEMM before the recurrence (ATen's: oneDNN,
+// on AMX tiles for bf16 where the CPU has them), or inside each step from packed W_ih. Inside
+// the step pays where the layer's weights stay in each core's L2 from step to step and the
+// rows are few; otherwise each step re-reads W_ih from L3 (2 x 512 fp32, batch 1, 100 steps:
+// 28.9 ms inside, 9.8 ms first) or the GEMM's better blocking wins. Measured on an Intel Xeon
+// with AMX-BF16 (2 MiB L2 a core; benchmarks/NOTES.md, "Streaming"): first at >= 48 rows
+// (steps x batch) or weights of >= half an L2 a thread; FASTLSTM_INFER_PROJECTION=step|gemm
+// overrides (benchmarks).
+bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t hidden) {
+  if (const char* v = std::getenv("FASTLSTM_INFER_PROJECTION")) {
+    if (std::strcmp(v, "gemm") == 0) return true;
+    if (std::strcmp(v, "step") == 0) return false;
+  }
+  static const int64_t l2_bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(1) << 20;
+  }();
+  const int64_t threads = plan_for(batch, hidden).parts.size();
+  return rows >= 48 || 2 * weight_bytes >= l2_bytes * threads;
+}
+
 bool applies(const Tensor& t, int64_t steps) {
   return enabled_by_env() && steps >= kMinSteps && t.device().is_cpu() &&
          cpu_fused_supports(t.scalar_type());
@@ -178,7 +201,107 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
            [&](const Part& p, int64_t s) { fused::backward_step(args, p, s); });
 }
 
+// A stack's packed weights kept across calls, as inference_packs: per layer W_ih and W_hh
+// (pack_forward) in the compute type, and b_ih + b_hh in float.
+struct StackPacks {
+  std::vector<Tensor> w_ih, w_hh, bias;
+};
+
+WeightCache<StackPacks>& stack_packs() {
+  static WeightCache<StackPacks> cache(8);
+  return cache;
+}
+
+// Every layer of a unidirectional stack, step by step: at step s layer 0, then layer 1, ...,
+// each the fused step with x W_ih^T inside (forward_step). A short call (one step of a
+// streaming model) then costs one pass over the packed weights, no per-layer op or
+// allocation. Layer l < L - 1 writes its h_t into rows padded to P that layer l + 1 reads
+// as its x; the top layer writes the output.
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                             at::TensorList w_ih, at::TensorList w_hh,
+                                             at::TensorList b_ih, at::TensorList b_hh,
+                                             at::ScalarType dtype) {
+  const int64_t S = x.size(0), B = x.size(1), I = x.size(2), L = h0.size(0), H = h0.size(2);
+  const int64_t P = fused::padded_width<T>(H);
+  std::vector<Tensor> weights;
+  for (const auto* list : {&w_ih, &w_hh, &b_ih, &b_hh})
+    for (const Tensor& t : *list) weights.push_back(t);
+  const StackPacks packs = stack_packs().get(weights, static_cast<int64_t>(dtype), [&] {
+    StackPacks k;
+    for (int64_t l = 0; l < L; ++l) {
+      k.w_ih.push_back(packed_forward<T>(w_ih[l].to(dtype).contiguous(), H));
+      k.w_hh.push_back(packed_forward<T>(w_hh[l].to(dtype).contiguous(), H));
+      k.bias.push_back(b_ih.empty() ? at::zeros({4 * H}, x.options().dtype(at::kFloat))
+                                    : (b_ih[l].to(at::kFloat) + b_hh[l].to(at::kFloat)).contiguous());
+    }
+    return k;
+  });
+  using Cv = Convert<T, float>;
+  const auto opts = x.options().dtype(dtype);
+  const Tensor x_in = x.to(dtype).contiguous(), h0_in = h0.to(dtype).contiguous();
+  const Tensor c0_acc = c0.to(at::kFloat).contiguous();
+  // One workspace: x's rows padded to whole k-steps (where I is not), the h rings [L, 2, B, P],
+  // the lower layers' outputs [L - 1, S, B, P] (the next layer's x), then the c rings
+  // [L, 2, B, H] in float. Padding is zero: the products read it.
+  const int64_t PI = fused::padded_width<T>(I), x_size = PI == I ? 0 : S * B * PI;
+  const int64_t ring_size = 2 * B * P, lower_size = S * B * P;
+  const int64_t t_size = x_size + L * ring_size + (L - 1) * lower_size;
+  Tensor work = at::empty({t_size * int64_t(sizeof(T)) + L * 2 * B * H * int64_t(sizeof(float))},
+                          x.options().dtype(at::kByte));
+  T* const ws = ptr<T>(work);
+  float* const c_rings = reinterpret_cast<float*>(ws + t_size);
+  if (x_size > 0 || P != H) std::fill(ws, ws + t_size, Cv::store(0.f));
+  const T* x_rows = ptr<T>(x_in);
+  if (x_size > 0) {
+    for (int64_t r = 0; r < S * B; ++r) std::copy_n(x_rows + r * I, I, ws + r * PI);
+    x_rows = ws;
+  }
+  const auto ring = [&](int64_t l) { return ws + x_size + l * ring_size; };
+  const auto lower = [&](int64_t l) { return ws + x_size + L * ring_size + l * lower_size; };
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t b = 0; b < B; ++b)
+      std::copy_n(ptr<T>(h0_in) + (l * B + b) * H, H, ring(l) + b * P);
+  Tensor out = kernel_output({S, B, H}, opts);
+  std::vector<fused::FusedForwardArgs<T>> args;
+  for (int64_t l = 0; l < L; ++l) {
+    const bool top = l == L - 1;
+    fused::FusedForwardArgs<T> a{
+        nullptr, l == 0 ? x_rows : lower(l - 1), ptr<T>(packs.w_ih[l]),
+        ptr<float>(packs.bias[l]), l == 0 ? I : H, ptr<T>(packs.w_hh[l]),
+        ptr<float>(c0_acc) + l * B * H, ring(l), top ? ptr<T>(out) : lower(l),
+        c_rings + l * 2 * B * H, nullptr, S, B, H, false, true};
+    a.ld_hs = top ? 0 : P;
+    args.push_back(a);
+  }
+  run_plan(plan_for(B, H), S * L, [&](const Part& p, int64_t k) {
+    fused::forward_step(args[k % L], p, k / L);
+  });
+  Tensor h_n = at::empty({L, B, H}, opts), c_n = at::empty({L, B, H}, opts);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t b = 0; b < B; ++b) {
+      const T* h = ring(l) + ((S & 1) * B + b) * P;
+      const float* c = c_rings + (l * 2 + ((S - 1) & 1)) * B * H + b * H;
+      T* h_out = ptr<T>(h_n) + (l * B + b) * H;
+      T* c_out = ptr<T>(c_n) + (l * B + b) * H;
+      for (int64_t u = 0; u < H; ++u) {
+        h_out[u] = h[u];
+        c_out[u] = Cv::store(c[u]);
+      }
+    }
+  return {out, h_n, c_n};
+}
+
 }  // namespace
+
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+    at::TensorList w_hh, at::TensorList b_ih, at::TensorList b_hh, at::ScalarType dtype) {
+  if (!enabled_by_env() || !x.device().is_cpu() || !cpu_fused_supports(dtype)) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  return dtype == at::kFloat ? run_stack<float>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype)
+                             : run_stack<Bf16>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype);
+}
 
 bool cpu_fused_supports(at::ScalarType dtype) {
   if (dtype == at::kFloat) return fused::cpu_supports<float>();
@@ -225,6 +348,11 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
                               : at::zeros({4 * H}, x.options().dtype(at::kFloat));
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor c_ring = kernel_output({2, B, H}, x.options().dtype(at::kFloat));
+  if (projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H)) {
+    const Tensor xproj = at::linear(x, w_ih, bias_acc.to(x.scalar_type()));
+    run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, c_ring, nullptr, true);
+    return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
+  }
   run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse, hs,
               c_ring, nullptr, true);
   return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
@@ -288,6 +416,11 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
     const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, bool) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
+    const Tensor&, const Tensor&, const Tensor&, at::TensorList, at::TensorList, at::TensorList,
+    at::TensorList, at::ScalarType) {
   return std::nullopt;
 }
 

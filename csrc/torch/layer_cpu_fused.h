@@ -29,6 +29,16 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias, bool reverse);
 
+// Inference of a unidirectional stack of L layers, every layer of each step in one pass:
+// x [S, B, I], h0, c0 [L, B, H]; w_ih[l] [4H, I or H], w_hh[l] [4H, H], b_ih, b_hh: [4H]
+// per layer or both empty; any float dtypes, computed in `dtype` (float32 or bfloat16) with
+// the cell state in float. Returns (out [S, B, H], h_n, c_n [L, B, H]), all in `dtype`.
+// The packed weights are kept across calls until a weight changes. Inputs checked by the
+// caller (the op).
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+    at::TensorList w_hh, at::TensorList b_ih, at::TensorList b_hh, at::ScalarType dtype);
+
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,

@@ -170,6 +170,64 @@ std::tuple<Tensor, Tensor, Tensor> step_cpu(const Tensor& xproj, const Tensor& h
   return step_forward(xproj, h, c, w_hh, kCpuKernels);
 }
 
+// A unidirectional stack's inference (layer_cpu_fused.h): every layer of each step in one
+// pass where the fused layer runs `dtype`; elsewhere layer by layer through the layer op.
+std::tuple<Tensor, Tensor, Tensor> stack_inference_cpu(const Tensor& x, const Tensor& h0,
+                                                       const Tensor& c0, at::TensorList w_ih,
+                                                       at::TensorList w_hh, at::TensorList b_ih,
+                                                       at::TensorList b_hh,
+                                                       at::ScalarType dtype) {
+  check_cpu(x);
+  const int64_t L = static_cast<int64_t>(w_hh.size());
+  FASTLSTM_CHECK(L >= 1 && static_cast<int64_t>(w_ih.size()) == L,
+                 "fastlstm stack inference: as many w_ih as w_hh (at least one), got ",
+                 int64_t(w_ih.size()), " and ", L);
+  FASTLSTM_CHECK((b_ih.empty() && b_hh.empty()) || (static_cast<int64_t>(b_ih.size()) == L &&
+                                                    static_cast<int64_t>(b_hh.size()) == L),
+                 "fastlstm stack inference: b_ih and b_hh: one per layer each, or both empty");
+  FASTLSTM_CHECK(x.dim() == 3 && x.size(0) > 0 && h0.dim() == 3,
+                 "fastlstm stack inference: x must be [seq >= 1, batch, input] and h0 "
+                 "[layers, batch, hidden], got ", x.sizes(), " and ", h0.sizes());
+  const int64_t B = x.size(1), H = w_hh[0].size(1);
+  FASTLSTM_CHECK(h0.sizes() == at::IntArrayRef({L, B, H}) && c0.sizes() == h0.sizes(),
+                 "fastlstm stack inference: h0 and c0 must be [", L, ", ", B, ", ", H, "], got ",
+                 h0.sizes(), " and ", c0.sizes());
+  FASTLSTM_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kDouble,
+                 "fastlstm stack inference: dtype float32, bfloat16 or float64, got ", dtype);
+  for (int64_t l = 0; l < L; ++l) {
+    FASTLSTM_CHECK(w_ih[l].sizes() == at::IntArrayRef({4 * H, l == 0 ? x.size(2) : H}) &&
+                       w_hh[l].sizes() == at::IntArrayRef({4 * H, H}),
+                   "fastlstm stack inference: layer ", l, ": w_ih must be [", 4 * H, ", ",
+                   l == 0 ? x.size(2) : H, "] and w_hh [", 4 * H, ", ", H, "], got ",
+                   w_ih[l].sizes(), " and ", w_hh[l].sizes());
+    if (!b_ih.empty())
+      FASTLSTM_CHECK(b_ih[l].sizes() == at::IntArrayRef({4 * H}) &&
+                         b_hh[l].sizes() == at::IntArrayRef({4 * H}),
+                     "fastlstm stack inference: layer ", l, ": biases must be [", 4 * H, "]");
+  }
+  for (const auto* list : {&w_ih, &w_hh, &b_ih, &b_hh})
+    for (const Tensor& t : *list) {
+      check_cpu(t);
+      FASTLSTM_CHECK(t.device() == x.device(), "fastlstm stack inference: device mismatch");
+    }
+  for (const Tensor* t : {&h0, &c0}) check_cpu(*t);
+  if (auto fused = cpu_fused_stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype))
+    return *fused;
+  const c10::NoGradGuard no_grad;
+  Tensor layer_in = x.to(dtype);
+  std::vector<Tensor> h_n, c_n;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::optional<Tensor> bias =
+        b_ih.empty() ? std::optional<Tensor>() : (b_ih[l] + b_hh[l]).to(dtype);
+    auto [hs, c_last] = layer_inference_cpu(layer_in, h0[l].to(dtype), c0[l].to(dtype),
+                                            w_ih[l].to(dtype), w_hh[l].to(dtype), bias, false);
+    h_n.push_back(hs[hs.size(0) - 1]);
+    c_n.push_back(c_last.to(dtype));
+    layer_in = hs;
+  }
+  return {layer_in, at::stack(h_n), at::stack(c_n)};
+}
+
 // x with each element kept (and scaled by 1 / (1 - p)) or zeroed as dropout_bits(seed, its
 // index) decides (core/dropout.h); 0 <= p < 1.
 Tensor dropout_cpu(const Tensor& x_in, double p, int64_t seed) {
@@ -248,6 +306,13 @@ TORCH_LIBRARY(fastlstm, m) {
         " Tensor[] b_ih, Tensor[] b_hh, Tensor head_w, Tensor? head_b, int steps,"
         " float temperature, int? top_k, float top_p, int seed, int offset, Tensor? forced,"
         " bool bf16) -> (Tensor ids, Tensor logits_out, Tensor h_out, Tensor c_out)");
+  // Inference of a unidirectional stack (no gradient), every layer of each step in one
+  // pass: x [S, B, I], h0, c0 [L, B, H]; b_ih, b_hh one per layer or both empty; any float
+  // dtypes, computed in `dtype`; returns out [S, B, H], h_n, c_n [L, B, H] in `dtype`. CPU;
+  // FastLSTM's short calls (streaming). Packed weights kept until a weight changes.
+  m.def("lstm_stack_inference(Tensor x, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh,"
+        " Tensor[] b_ih, Tensor[] b_hh, ScalarType dtype) -> (Tensor out, Tensor h_n,"
+        " Tensor c_n)");
   // One fused step (FastLSTMCell, samplers). Its backward is lstm_layer_backward with seq = 1.
   m.def("lstm_step(Tensor xproj, Tensor h, Tensor c, Tensor w_hh)"
         " -> (Tensor h_new, Tensor c_new, Tensor gates)");
@@ -259,6 +324,7 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("lstm_layer_inference", &layer_inference_cpu);
   m.impl("dropout", &dropout_cpu);
   m.impl("lstm_step", &step_cpu);
+  m.impl("lstm_stack_inference", &stack_inference_cpu);
   m.impl("lstm_stack_persistent", &stack_persistent_cpu);
   m.impl("generate", &generate_cpu);
 }
