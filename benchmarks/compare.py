@@ -1,6 +1,7 @@
 """Turn a pytest-benchmark JSON into a table: median time per backend and its ratio to
-the baseline (cudnn, else aten) of the same group. Ratio < 1 means faster than baseline.
-Generation groups also get characters a second.
+the baseline (onnxruntime, else cudnn, else aten) of the same group, and to torch's own
+(aten) where that is not the baseline. Ratio < 1 means faster. Generation groups also get
+characters a second.
 
   python benchmarks/compare.py bench.json
 """
@@ -8,7 +9,7 @@ import json
 import sys
 from collections import defaultdict
 
-BASELINES = ("cudnn", "aten")
+BASELINES = ("onnxruntime", "cudnn", "aten")
 
 
 def table(path):
@@ -21,7 +22,7 @@ def table(path):
         groups[bench["group"]][info["backend"]] = bench["stats"]["median"]
         if "chars" in info:
             chars[bench["group"]] = info["chars"]
-    lines = [f"{'group':<26} {'backend':<17} {'median ms':>10} {'vs base':>8}"
+    lines = [f"{'group':<32} {'backend':<17} {'median ms':>10} {'vs base':>8} {'vs aten':>8}"
              + ("  chars/s" if chars else "")]
     ratios = defaultdict(list)  # backend -> [(ratio, group)]
     for group in sorted(groups):
@@ -29,8 +30,11 @@ def table(path):
         base = next((times[b] for b in BASELINES if b in times), None)
         for backend, t in sorted(times.items()):
             ratio = f"{t / base:.2f}" if base else "-"
+            aten = times.get("aten")
+            vs_aten = f"{t / aten:.2f}" if aten and base != aten else "-"
             rate = f"  {chars[group] / t:>7.0f}" if group in chars else ""
-            lines.append(f"{group:<26} {backend:<17} {t * 1e3:>10.3f} {ratio:>8}{rate}")
+            lines.append(f"{group:<32} {backend:<17} {t * 1e3:>10.3f} {ratio:>8} {vs_aten:>8}"
+                         f"{rate}")
             if base and backend not in BASELINES:
                 ratios[backend].append((t / base, group))
     if ratios:

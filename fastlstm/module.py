@@ -63,7 +63,9 @@ def _onnx_exporting_resolver():
         from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
     except ImportError:
         return torch.onnx.is_in_onnx_export
-    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
+    # Under torch.compile, torch's own function (dynamo knows it; not these flags).
+    return lambda: (torch.onnx.is_in_onnx_export() if torch.compiler.is_compiling()
+                    else GLOBALS.in_onnx_export or _flags._is_onnx_exporting)
 
 
 _onnx_exporting = _onnx_exporting_resolver()

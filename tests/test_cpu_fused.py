@@ -63,13 +63,17 @@ def test_layer_matches_float64(shape, reverse, dtype, threads):
         assert_close(got, want, TOLERANCE[dtype], f"{dtype} {name}")
 
 
+@pytest.mark.parametrize("projection", ["step", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("inputs", [7, 32], ids=["I7", "I32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
-def test_inference_op_matches_float64(shape, inputs, reverse, dtype, threads):
-    """The inference op (x W_ih^T + bias inside each step, nothing saved) against the float64
-    training op fed the exact input projection: hs and c_n. I = 7: an odd bf16 row."""
+def test_inference_op_matches_float64(shape, inputs, reverse, dtype, projection, threads,
+                                      monkeypatch):
+    """The inference op (x W_ih^T + bias inside each step from packed W_ih, or as one GEMM
+    first: FASTLSTM_INFER_PROJECTION; nothing saved) against the float64 training op fed the
+    exact input projection: hs and c_n. I = 7: an odd bf16 row."""
+    monkeypatch.setenv("FASTLSTM_INFER_PROJECTION", projection)
     steps, batch, hidden = shape
     args64, args = layer_inputs(*shape, dtype, seed=7 + sum(shape))
     _, h0, c0, w_hh = args

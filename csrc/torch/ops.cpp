@@ -218,7 +218,7 @@ std::tuple<Tensor, Tensor, Tensor> stack_inference_cpu(const Tensor& x, const Te
   std::vector<Tensor> h_n, c_n;
   for (int64_t l = 0; l < L; ++l) {
     const std::optional<Tensor> bias =
-        b_ih.empty() ? std::optional<Tensor>() : (b_ih[l] + b_hh[l]).to(dtype);
+        b_ih.empty() ? std::optional<Tensor>() : b_ih[l].to(dtype) + b_hh[l].to(dtype);
     auto [hs, c_last] = layer_inference_cpu(layer_in, h0[l].to(dtype), c0[l].to(dtype),
                                             w_ih[l].to(dtype), w_hh[l].to(dtype), bias, false);
     h_n.push_back(hs[hs.size(0) - 1]);

@@ -1,0 +1,157 @@
+"""Streaming inference side by side (pytest-benchmark, CPU): a deployed LSTM called one time
+step at a time, no gradient. FastLSTM on backend="auto" ("auto") against torch's nn.LSTM
+("aten") and, where installed, onnxruntime running the same nn.LSTM exported to ONNX (fp32,
+2 intra-op threads; "onnxruntime", the baseline compare.py divides by). bf16 is autocast
+over an fp32 module for FastLSTM and nn.LSTM; onnxruntime stays fp32 (the issue's target
+compares bf16 calls with it). The cell group: FastLSTMCell against nn.LSTMCell.
+
+  pytest benchmarks/test_bench_streaming.py --benchmark-json=streaming.json
+  python benchmarks/compare.py streaming.json
+
+Run as a script, it times every case interleaved (rounds of one call per backend in turn,
+medians over the rounds: the machine's drift hits all backends alike) and prints each
+against its floor, the weights' bytes per call at the measured L3 bandwidth:
+
+  python benchmarks/test_bench_streaming.py [--rounds 400] [--bandwidth-gbs 53]
+"""
+import argparse
+import io
+import statistics
+import time
+import warnings
+
+import pytest
+import torch
+
+from fastlstm import FastLSTM, FastLSTMCell
+
+# name: (layers, hidden, batch, steps)
+CASES = {"2x256 b1": (2, 256, 1, 1), "2x256 b4": (2, 256, 4, 1), "2x512 b1": (2, 512, 1, 1),
+         "2x512 b4": (2, 512, 4, 1), "2x512 b1 s100": (2, 512, 1, 100),
+         "2x16 b1": (2, 16, 1, 1)}
+CELL = (512, 1)  # FastLSTMCell: hidden (= input), batch
+BACKENDS = ("auto", "aten", "onnxruntime")
+
+
+def onnx_session(lstm, x, state):
+    """onnxruntime on `lstm` (an nn.LSTM) exported with (x, (h0, c0)); None without it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(lstm, (x, state), buffer, input_names=["x", "h0", "c0"],
+                          dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(buffer.getvalue(), options,
+                                        providers=["CPUExecutionProvider"])
+
+
+def make_call(case, backend, dtype_name):
+    """A no-argument function making one streaming call of `case` on `backend`, or None
+    (onnxruntime not installed)."""
+    torch.manual_seed(0)
+    if case == "cell":
+        hidden, batch = CELL
+        cell = (FastLSTMCell if backend == "auto" else torch.nn.LSTMCell)(hidden, hidden)
+        x, state = torch.randn(batch, hidden), (torch.randn(batch, hidden),
+                                                torch.randn(batch, hidden))
+        module = cell
+    else:
+        layers, hidden, batch, steps = CASES[case]
+        ref = torch.nn.LSTM(hidden, hidden, layers).eval()
+        x = torch.randn(steps, batch, hidden)
+        state = (torch.randn(layers, batch, hidden), torch.randn(layers, batch, hidden))
+        if backend == "onnxruntime":
+            session = onnx_session(ref, x, state)
+            if session is None:
+                return None
+            feed = {"x": x.numpy(), "h0": state[0].numpy(), "c0": state[1].numpy()}
+            return lambda: session.run(None, feed)
+        module = ref
+        if backend == "auto":
+            module = FastLSTM(hidden, hidden, layers).eval()
+            module.load_state_dict(ref.state_dict())
+    autocast = dtype_name == "bf16"
+
+    def call():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            return module(x, state)
+    return call
+
+
+def weight_bytes(case, dtype_name):
+    """The bytes of weights one call reads (each step reads every layer's)."""
+    size = 2 if dtype_name == "bf16" else 4
+    if case == "cell":
+        hidden, _ = CELL
+        return 8 * hidden * hidden * size
+    layers, hidden, _, steps = CASES[case]
+    return layers * 8 * hidden * hidden * size * steps
+
+
+def _params():
+    for case in [*CASES, "cell"]:
+        for dtype_name in ("fp32", "bf16"):
+            if case == "cell" and dtype_name == "bf16":
+                continue
+            for backend in BACKENDS:
+                if backend == "onnxruntime" and case == "cell":
+                    continue
+                yield case, dtype_name, backend
+
+
+@pytest.mark.parametrize("case,dtype_name,backend", list(_params()))
+def test_streaming(benchmark, device, case, dtype_name, backend):
+    if device != "cpu":
+        pytest.skip("streaming: CPU calls")
+    call = make_call(case, backend, dtype_name)
+    if call is None:
+        pytest.skip("onnxruntime is not installed")
+    benchmark.group = f"streaming {case} {dtype_name}"
+    benchmark.extra_info.update(shape=case, backend=backend, dtype=dtype_name, pass_="fwd",
+                                device=device)
+    result = benchmark(call)
+    assert result is not None
+
+
+def interleaved(rounds, bandwidth_gbs):
+    print(f"threads {torch.get_num_threads()}; median of {rounds} interleaved calls; floor: "
+          f"weight bytes per call at {bandwidth_gbs} GB/s")
+    print(f"{'case':<15} {'dtype':<5} {'onnxruntime':>11} {'aten':>9} {'auto':>9} "
+          f"{'auto/ort':>8} {'auto/aten':>9} {'floor':>8} {'auto/floor':>10}   (ms)")
+    for case, dtype_name in dict.fromkeys((c, d) for c, d, _ in _params()):
+        calls = {b: make_call(case, b, dtype_name) for b in BACKENDS
+                 if not (b == "onnxruntime" and case == "cell")}
+        calls = {b: f for b, f in calls.items() if f is not None}
+        reps = max(3, rounds // 20) if case.endswith("s100") else rounds
+        times = {b: [] for b in calls}
+        for f in calls.values():
+            f()
+            f()
+        for _ in range(reps):
+            for b, f in calls.items():
+                t = time.perf_counter()
+                f()
+                times[b].append(time.perf_counter() - t)
+        med = {b: statistics.median(ts) * 1e3 for b, ts in times.items()}
+        floor = weight_bytes(case, dtype_name) / (bandwidth_gbs * 1e9) * 1e3
+        ort = med.get("onnxruntime")
+        print(f"{case:<15} {dtype_name:<5} {ort if ort else float('nan'):>11.3f} "
+              f"{med['aten']:>9.3f} {med['auto']:>9.3f} "
+              f"{med['auto'] / ort if ort else float('nan'):>8.2f} "
+              f"{med['auto'] / med['aten']:>9.2f} {floor:>8.3f} {med['auto'] / floor:>10.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=400, help="calls per backend (default 400; "
+                        "the 100-step case a twentieth of it)")
+    parser.add_argument("--bandwidth-gbs", type=float, default=53.0,
+                        help="the bandwidth the floor assumes (default 53: L3 read with 2 "
+                             "threads on the AMX Xeon, benchmarks/NOTES.md)")
+    args = parser.parse_args()
+    interleaved(args.rounds, args.bandwidth_gbs)

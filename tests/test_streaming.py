@@ -1,0 +1,247 @@
+"""The short-call path (streaming inference): ops.stack_inference, every layer of each step
+in one call over packed weights kept across calls, against the float64 oracle; FastLSTM and
+FastLSTMCell taking it without gradient; its weight cache noticing every kind of change."""
+import pytest
+import torch
+from torch import nn
+
+import fastlstm  # noqa: F401  (registers fake impls)
+from fastlstm import FastLSTM, FastLSTMCell, _extension, ops
+from fastlstm.reference import lstm_cell_reference, reference_lstm
+from helpers import TOLERANCE, assert_close
+
+pytestmark = pytest.mark.skipif(not _extension.cpu_fused(torch.float32),
+                                reason="needs the fused CPU layer (x86-64 with AVX-512)")
+DTYPES = [pytest.param(torch.float32, id="fp32"),
+          pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.skipif(
+              not _extension.cpu_fused(torch.bfloat16), reason="needs AVX512-BF16"))]
+
+# (layers, inputs, hidden, batch, steps). At 2 threads a layer step of >= 0.5 MFLOP splits:
+# (2, 64, 256, 1, 1) and (3, 5, 200, 3, 3) the units (a barrier after every layer), (2, 24,
+# 96, 9, 2) the rows; the rest run on one worker. Hidden 37, 200, 17: a partial group of 16
+# (37, 17: odd bf16 rows too); inputs 7, 5, 33: odd x rows.
+CASES = [(1, 7, 37, 1, 1), (2, 16, 48, 3, 2), (3, 5, 200, 3, 3), (2, 64, 256, 1, 1),
+         (2, 24, 96, 9, 2), (2, 33, 17, 4, 3), (1, 32, 16, 1, 3)]
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+def randn(*shape, seed, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def stack_inputs(layers, inputs, hidden, batch, steps, bias, dtype, seed):
+    """x, h0, c0 and nn.LSTM-named parameters, representable in `dtype`, in float32."""
+    q = lambda t: t.to(dtype).float()  # noqa: E731
+    params = {}
+    for layer in range(layers):
+        fan_in = inputs if layer == 0 else hidden
+        params[f"weight_ih_l{layer}"] = q(randn(4 * hidden, fan_in, seed=seed + 10 * layer,
+                                                scale=fan_in ** -0.5))
+        params[f"weight_hh_l{layer}"] = q(randn(4 * hidden, hidden, seed=seed + 10 * layer + 1,
+                                                scale=hidden ** -0.5))
+        if bias:
+            params[f"bias_ih_l{layer}"] = q(randn(4 * hidden, seed=seed + 10 * layer + 2))
+            params[f"bias_hh_l{layer}"] = q(randn(4 * hidden, seed=seed + 10 * layer + 3))
+    x = q(randn(steps, batch, inputs, seed=seed + 100))
+    h0 = q(randn(layers, batch, hidden, seed=seed + 101))
+    c0 = q(randn(layers, batch, hidden, seed=seed + 102))
+    return x, h0, c0, params
+
+
+def columns(params, layers, bias):
+    get = lambda name: [params[f"{name}_l{k}"] for k in range(layers)]  # noqa: E731
+    return (get("weight_ih"), get("weight_hh"),
+            get("bias_ih") if bias else [], get("bias_hh") if bias else [])
+
+
+def oracle(x, h0, c0, params, layers, bias):
+    out, (h_n, c_n) = reference_lstm(x.double(), (h0.double(), c0.double()),
+                                     {k: v.double() for k, v in params.items()},
+                                     num_layers=layers, bias=bias)
+    return out, h_n, c_n
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "L%dI%dH%dB%dS%d" % c)
+def test_stack_inference_matches_float64(case, dtype, bias, threads):
+    layers = case[0]
+    x, h0, c0, params = stack_inputs(*case, bias, dtype, seed=sum(case))
+    got = ops.stack_inference(x, h0, c0, *columns(params, layers, bias), dtype)
+    for name, g, want in zip(("out", "h_n", "c_n"), got, oracle(x, h0, c0, params, layers, bias)):
+        assert g.dtype == dtype, name
+        assert_close(g, want, TOLERANCE[dtype], f"{dtype} {name}")
+    # Inputs in the compute dtype itself (a bf16 module) give the same.
+    again = ops.stack_inference(x.to(dtype), h0.to(dtype), c0.to(dtype),
+                                *[[w.to(dtype) for w in col] for col in
+                                  columns(params, layers, bias)], dtype)
+    for g, a in zip(got, again):
+        assert torch.equal(g, a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stack_inference_is_bitwise_repeatable(dtype, threads):
+    case = (2, 64, 256, 1, 3)
+    x, h0, c0, params = stack_inputs(*case, True, dtype, seed=5)
+    cols = columns(params, 2, True)
+    first = ops.stack_inference(x, h0, c0, *cols, dtype)
+    for _ in range(3):
+        for a, b in zip(first, ops.stack_inference(x, h0, c0, *cols, dtype)):
+            assert torch.equal(a, b)
+
+
+def test_stack_inference_without_the_fused_layer(monkeypatch):
+    """FASTLSTM_CPU_FUSED=0, and float64 (which the fused layer does not run): layer by layer
+    through the layer op, the same contract."""
+    case = (3, 5, 40, 3, 2)
+    for dtype, env in ((torch.float32, "0"), (torch.float64, "1")):
+        monkeypatch.setenv("FASTLSTM_CPU_FUSED", env)
+        x, h0, c0, params = stack_inputs(*case, True, torch.float32, seed=9)
+        got = ops.stack_inference(x, h0, c0, *columns(params, 3, True), dtype)
+        for g, want in zip(got, oracle(x, h0, c0, params, 3, True)):
+            assert g.dtype == dtype
+            assert_close(g, want, TOLERANCE[dtype] if dtype == torch.float32 else 1e-12)
+
+
+def test_stack_inference_opcheck():
+    x, h0, c0, params = stack_inputs(2, 9, 20, 3, 2, True, torch.float32, seed=3)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for bias in (True, False):
+            torch.library.opcheck(torch.ops.fastlstm.lstm_stack_inference.default,
+                                  (x, h0, c0, *columns(params, 2, bias), dtype))
+
+
+def test_stack_inference_rejects_bad_input():
+    x, h0, c0, params = stack_inputs(2, 9, 20, 3, 2, True, torch.float32, seed=3)
+    w_ih, w_hh, b_ih, b_hh = columns(params, 2, True)
+    bad = [((x, h0, c0, w_ih[:1], w_hh, b_ih, b_hh), "as many w_ih as w_hh"),
+           ((x, h0, c0, w_ih, w_hh, b_ih[:1], b_hh), "one per layer"),
+           ((x[:0], h0, c0, w_ih, w_hh, b_ih, b_hh), "seq >= 1"),
+           ((x, h0[:, :2], c0, w_ih, w_hh, b_ih, b_hh), "h0 and c0 must be"),
+           ((x[..., :4], h0, c0, w_ih, w_hh, b_ih, b_hh), "w_ih must be"),
+           ((x, h0, c0, w_ih, w_hh, [b[:5] for b in b_ih], b_hh), "biases must be")]
+    for args, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            ops.stack_inference(*args, torch.float32)
+    with pytest.raises(RuntimeError, match="dtype float32, bfloat16 or float64"):
+        ops.stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, torch.float16)
+
+
+def count_stack_calls(monkeypatch):
+    calls = []
+    real = ops.stack_inference
+
+    def spy(*args):
+        calls.append(args[-1])
+        return real(*args)
+    monkeypatch.setattr(ops, "stack_inference", spy)
+    return calls
+
+
+def module_oracle(module, x, hx):
+    params = {k: v.detach().double() for k, v in module.named_parameters()}
+    return reference_lstm(x.double(), None if hx is None else tuple(t.double() for t in hx),
+                          params, num_layers=module.num_layers, bias=module.bias,
+                          batch_first=module.batch_first)
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_module_short_calls_take_the_stack_op(dtype, batch_first, backend, monkeypatch):
+    """FastLSTM without gradient on 1-3 steps: the stack op, with nn.LSTM's outputs (bf16:
+    autocast over an fp32 module, as a CPU user runs it); given and zero states, unbatched
+    input. auto at hidden 256, batch <= 8 (its rule takes our op there)."""
+    calls = count_stack_calls(monkeypatch)
+    torch.manual_seed(0)
+    lstm = FastLSTM(20, 256, 2, batch_first=batch_first, backend=backend).eval()
+    autocast = dtype == torch.bfloat16
+    for steps, batch, given in ((1, 1, True), (2, 4, False), (3, 7, True), (1, None, True)):
+        shape = ((steps, 20) if batch is None else
+                 (batch, steps, 20) if batch_first else (steps, batch, 20))
+        x = torch.randn(*shape)
+        state_shape = (2, 256) if batch is None else (2, batch, 256)
+        hx = (torch.randn(state_shape), torch.randn(state_shape)) if given else None
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out, (h_n, c_n) = lstm(x, hx)
+        want_out, (want_h, want_c) = module_oracle(lstm, x, hx)
+        for name, g, w in (("out", out, want_out), ("h_n", h_n, want_h), ("c_n", c_n, want_c)):
+            assert g.dtype == dtype, name
+            assert_close(g, w, TOLERANCE[dtype], f"{steps} steps {name}")
+    assert calls == [dtype] * 4
+
+
+def test_module_keeps_other_paths_for_what_the_stack_op_does_not_run(monkeypatch):
+    """Gradient wanted, 4+ steps, bidirectional: not the stack op."""
+    calls = count_stack_calls(monkeypatch)
+    torch.manual_seed(0)
+    lstm = FastLSTM(8, 32, 2, backend="cpu")
+    lstm(torch.randn(2, 3, 8))  # training: gradients wanted
+    with torch.no_grad():
+        lstm(torch.randn(4, 3, 8))
+        FastLSTM(8, 32, 2, bidirectional=True, backend="cpu")(torch.randn(2, 3, 8))
+    assert calls == []
+
+
+def test_module_stack_cache_notices_weight_changes():
+    """The packed weights kept across calls must follow every change of a parameter: an
+    in-place update (optimizer step), load_state_dict, a replaced Parameter, .data set."""
+    torch.manual_seed(0)
+    lstm = FastLSTM(16, 48, 2, backend="cpu").eval()
+    x, hx = torch.randn(1, 2, 16), (torch.randn(2, 2, 48), torch.randn(2, 2, 48))
+
+    def check(what):
+        with torch.no_grad():
+            out, (h_n, c_n) = lstm(x, hx)
+        want, (want_h, want_c) = module_oracle(lstm, x, hx)
+        assert_close(out, want, TOLERANCE[torch.float32], what)
+        assert_close(c_n, want_c, TOLERANCE[torch.float32], what)
+        return out
+
+    before = check("first call")
+    with torch.no_grad():
+        lstm.weight_hh_l1.mul_(-1.5)  # in place, as an optimizer
+    after = check("after an in-place update")
+    assert not torch.equal(before, after)
+    with torch.no_grad():
+        lstm.bias_ih_l0.add_(0.5)
+    check("after an in-place bias update")
+    state = {k: torch.randn_like(v) * 0.2 for k, v in lstm.state_dict().items()}
+    lstm.load_state_dict(state)
+    check("after load_state_dict")
+    lstm.weight_ih_l0 = nn.Parameter(torch.randn_like(lstm.weight_ih_l0))
+    check("after a replaced Parameter")
+    lstm.weight_hh_l0.data = torch.randn_like(lstm.weight_hh_l0)
+    check("after .data set")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cell_without_gradient_takes_the_stack_op(dtype, monkeypatch, threads):
+    calls = count_stack_calls(monkeypatch)
+    torch.manual_seed(0)
+    autocast = dtype == torch.bfloat16
+    for hidden, batch, bias in ((512, 1, True), (37, 3, False), (256, 9, True)):
+        cell = FastLSTMCell(24, hidden, bias=bias, backend="cpu")
+        x, h, c = torch.randn(batch, 24), torch.randn(batch, hidden), torch.randn(batch, hidden)
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            h_new, c_new = cell(x, (h, c))
+        params = [p.detach().double() for p in cell.parameters()]
+        want_h, want_c = lstm_cell_reference(x.double(), h.double(), c.double(), *params)
+        assert h_new.dtype == dtype and c_new.dtype == dtype
+        assert_close(h_new, want_h, TOLERANCE[dtype], f"H{hidden} h")
+        assert_close(c_new, want_c, TOLERANCE[dtype], f"H{hidden} c")
+        with torch.no_grad():  # an in-place update must be seen
+            cell.weight_hh.mul_(0.5)
+            h_new, _ = cell(x, (h, c))
+        want_h, _ = lstm_cell_reference(x.double(), h.double(), c.double(),
+                                        *[p.detach().double() for p in cell.parameters()])
+        if dtype == torch.float32:
+            assert_close(h_new, want_h, TOLERANCE[dtype], f"H{hidden} h after update")
+    assert len(calls) == 6
