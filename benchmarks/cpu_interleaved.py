@@ -8,6 +8,7 @@ unless given, fp32 and bf16 (autocast over an fp32 module, as the trainer runs i
   python benchmarks/cpu_interleaved.py                        # the grid: hidden x batch, seq 50
   python benchmarks/cpu_interleaved.py --shapes charrnn,S3,B8,step --loop
   python benchmarks/cpu_interleaved.py --shapes H512B1S1,H256B8S2   # short sequences
+  python benchmarks/cpu_interleaved.py --passes fwd --rounds 41       # inference only
   ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FASTLSTM_CPU_FUSED=0 \
       python benchmarks/cpu_interleaved.py --loop --dtypes fp32   # an AVX2-only CPU, imitated
 """
@@ -84,6 +85,8 @@ def main():
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (default both; an "
                    "imitated AVX2 CPU, ONEDNN_MAX_CPU_ISA=AVX2, has no bf16 LSTM)")
+    p.add_argument("--passes", default="fwd,train", help="fwd (inference, no_grad) and/or "
+                   "train (default both)")
     p.add_argument("--loop", action="store_true",
                    help="also the C++ op with its fused layer off (FASTLSTM_CPU_FUSED=0)")
     args = p.parse_args()
@@ -96,7 +99,7 @@ def main():
           "per-round time / aten's")
     for name in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
-            for pass_ in ("fwd", "train"):
+            for pass_ in args.passes.split(","):
                 compare(name, dtype, pass_, variants, args.rounds)
 
 
