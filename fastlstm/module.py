@@ -162,13 +162,35 @@ def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
             and hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH)
 
 
+def _streaming_rule_amx(dtype, steps, batch, hidden):
+    """Short calls (< 4 steps) without gradient, on ops.stack_inference; measured on the AMX
+    Xeon above (2026-12-05; hidden 16-1024, batch 1-64, 1 and 3 steps): ours/torch's
+    fp32   0.08-0.66 at batch x steps <= 16; 0.28-0.89 at hidden <= 256 (any batch);
+           1.01-1.02 at hidden 512, batch >= 16, 3 steps: torch's there.
+    bf16   0.08-0.51 at batch x steps <= 16; 0.26-0.82 at hidden <= 64; at 48-192 rows and
+           hidden >= 128 up to 2.9 (torch's bf16 GEMMs on AMX): torch's there."""
+    if dtype == torch.float32:
+        return batch * steps <= 16 or hidden <= 256
+    if dtype == torch.bfloat16:
+        return batch * steps <= 16 or hidden <= 64
+    return False
+
+
 CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx, "avx2": _cpu_rule_avx2}
+# Rules with a regime of their own for streaming calls; the other classes' short calls keep
+# their rule (where it takes our op, ops.stack_inference runs the call: not yet measured
+# against the per-step loop on those CPUs).
+STREAMING_RULES = {"amx": _streaming_rule_amx}
 
 
-def _cpu_auto_fused(dtype, grad, steps, batch, hidden):
+def _cpu_auto_fused(dtype, grad, steps, batch, hidden, streaming=False):
     """Whether auto takes our op for CPU tensors of this compute dtype and shape; `grad`:
-    whether a backward will follow (training)."""
-    rule = CPU_RULES.get(_extension.cpu_class())
+    whether a backward will follow (training); `streaming`: a short call without gradient
+    that ops.stack_inference runs (a class's rule may weigh it apart)."""
+    cls = _extension.cpu_class()
+    if streaming and cls in STREAMING_RULES:
+        return STREAMING_RULES[cls](dtype, steps, batch, hidden)
+    rule = CPU_RULES.get(cls)
     return rule is not None and rule(dtype, grad, steps, batch, hidden)
 
 
@@ -181,7 +203,7 @@ CUDA_FUSED_DTYPES = (torch.bfloat16,)
 CUDA_FUSED_MAX_HIDDEN = 512
 
 
-def _auto_path(data, unsupported, batch, hidden, steps, grad):
+def _auto_path(data, unsupported, batch, hidden, steps, grad, streaming=False):
     if not _extension.available():
         _extension.warn_unavailable()
         return "aten"
@@ -192,7 +214,7 @@ def _auto_path(data, unsupported, batch, hidden, steps, grad):
                 and hidden <= CUDA_FUSED_MAX_HIDDEN):
             return "fused"
         return "aten"
-    if _cpu_auto_fused(compute_dtype(data), grad, steps, batch, hidden):
+    if _cpu_auto_fused(compute_dtype(data), grad, steps, batch, hidden, streaming):
         return "fused"
     if torch.compiler.is_compiling():
         # torch.compile cannot trace torch's CPU LSTM at every input (its oneDNN layer op
@@ -201,7 +223,8 @@ def _auto_path(data, unsupported, batch, hidden, steps, grad):
     return "aten"
 
 
-def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False):
+def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False,
+                streaming=False):
     """'fused' (our op), 'reference' or 'aten' for this input under `backend`: `steps` long,
     `grad` whether a backward will follow (auto on the CPU weighs both)."""
     if backend in ("cudnn", "aten"):
@@ -215,7 +238,7 @@ def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False):
     if backend == "triton":
         return _triton_path(data, unsupported)
     if backend == "auto":
-        return _auto_path(data, unsupported, batch, hidden, steps, grad)
+        return _auto_path(data, unsupported, batch, hidden, steps, grad, streaming)
     _extension.require(backend)
     if data.device.type != backend:
         raise ValueError(f'FastLSTM backend="{backend}" needs {backend} tensors, got input on '
@@ -441,8 +464,9 @@ class FastLSTM(nn.Module):
         x, state, unbatched = self._validate(input, hx)
         steps, batch = (x.size(1), x.size(0)) if self.batch_first else (x.size(0), x.size(1))
         grad = self._grad_wanted(x)
+        streaming = not grad and self._stack_inference_fits(x, steps)
         path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size), batch,
-                           self.hidden_size, steps, grad)
+                           self.hidden_size, steps, grad, streaming)
         if path == "reference":
             out, (h_n, c_n) = reference_lstm(
                 x, state, dict(self.named_parameters()), num_layers=self.num_layers,
@@ -451,7 +475,7 @@ class FastLSTM(nn.Module):
                 proj_size=self.proj_size)
         elif path == "aten":
             out, h_n, c_n = self._forward_torch(x, state)
-        elif path == "fused" and not grad and self._stack_inference_fits(x, steps):
+        elif path == "fused" and streaming:
             out, h_n, c_n = self._forward_stack_inference(x, state)
         else:
             persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
@@ -667,8 +691,15 @@ class FastLSTMCell(nn.LSTMCell):
                 if value.dim() not in (1, 2):
                     raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got "
                                      f"{value.dim()}D instead")
+        weights = (self.weight_ih, self.weight_hh,
+                   *((self.bias_ih, self.bias_hh) if self.bias else (None, None)))
+        # Without gradient on the CPU: a stack of one layer and one step (ops.stack_inference).
+        streaming = (not input.is_cuda and _extension.cpu_fused(compute_dtype(input)) and not (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                            for t in (input, *(hx or ()), *weights))))
         path = choose_path(self.backend, input, _fused_unsupported(input),
-                           input.size(0) if input.dim() == 2 else 1, self.hidden_size)
+                           input.size(0) if input.dim() == 2 else 1, self.hidden_size,
+                           streaming=streaming)
         if path == "aten":
             return super().forward(input, hx)
         unbatched = input.dim() == 1
@@ -679,13 +710,8 @@ class FastLSTMCell(nn.LSTMCell):
             h, c = (t.unsqueeze(0) for t in hx) if unbatched else hx
         self._check_cell_args(x, (h, c))
         dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
-        weights = (self.weight_ih, self.weight_hh,
-                   *((self.bias_ih, self.bias_hh) if self.bias else (None, None)))
-        if path == "fused" and not x.is_cuda and _extension.cpu_fused(dtype) and not (
-                torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                for t in (x, h, c, *weights))):
-            # Without gradient: a stack of one layer and one step (ops.stack_inference), its
-            # packed weights kept across calls, the step's products and gate math fused.
+        if path == "fused" and streaming:
+            # Its packed weights kept across calls, the step's products and gate math fused.
             _, h, c = ops.stack_inference(
                 x.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), [weights[0]], [weights[1]],
                 *([[weights[2]], [weights[3]]] if self.bias else [[], []]), dtype)

@@ -147,6 +147,30 @@ def test_auto_rule_fused_layer(monkeypatch, cpu_class, cls):
     assert path(FP32, 1, 512, grad=True) == ("fused" if cls == "avx512_bf16" else "aten")
 
 
+# (data, batch, hidden, steps) -> the path auto takes for a streaming call (a short call
+# without gradient that ops.stack_inference runs), per CPU class.
+STREAMING_CASES = {
+    "amx": [(FP32, 16, 512, 1, "fused"), (FP32, 5, 1024, 3, "fused"), (FP32, 64, 256, 3, "fused"),
+            (FP32, 16, 512, 3, "aten"), (FP32, 1, 16, 1, "fused"), (BF16, 16, 1024, 1, "fused"),
+            (BF16, 64, 64, 3, "fused"), (BF16, 6, 128, 3, "aten"), (BF16, 64, 256, 1, "aten"),
+            (torch.empty(0, dtype=torch.float64), 1, 512, 1, "aten")],
+    # Not measured apart: the class's rule (the loop's, on Zen 4).
+    "avx512_bf16": [(FP32, 1, 512, 1, "fused"), (FP32, 1, 16, 1, "aten"),
+                    (BF16, 1, 512, 1, "aten")],
+}
+
+
+@pytest.mark.parametrize("cls", list(STREAMING_CASES))
+def test_auto_rule_streaming(monkeypatch, cpu_class, cls):
+    from fastlstm import _extension
+    cpu_class(cls)
+    monkeypatch.setattr(_extension, "cpu_fused", lambda dtype: True)
+    for data, batch, hidden, steps, want in STREAMING_CASES[cls]:
+        got = choose_path("auto", data, None, batch=batch, hidden=hidden, steps=steps,
+                          streaming=True)
+        assert got == want, (data.dtype, batch, hidden, steps)
+
+
 @pytest.mark.parametrize("cls", ["avx512", "other"])
 def test_auto_keeps_torch_on_cpus_not_measured(monkeypatch, cpu_class, cls):
     from fastlstm import _extension
@@ -155,6 +179,8 @@ def test_auto_keeps_torch_on_cpus_not_measured(monkeypatch, cpu_class, cls):
     for data, batch, hidden, grad, steps in [(BF16, 8, 512, True, 50), (FP32, 64, 128, True, 50),
                                              (FP32, 1, 512, False, 1)]:
         assert path(data, batch, hidden, grad, steps) == "aten"
+        assert choose_path("auto", data, None, batch=batch, hidden=hidden, steps=1,
+                           streaming=True) == "aten"
 
 
 def test_cpu_class_reads_the_flags(monkeypatch):
