@@ -134,10 +134,14 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
     tile 125-174 GFLOP/s); measured on an Intel Xeon, family 6 model 207 (2 cores,
     2026-12-05):
     bf16 training     0.26-0.92 at batch <= 8 (hidden 128-512); 1.1-1.7 at batch >= 16.
-    bf16 inference    0.71-0.95 at hidden <= 128 and batch <= 4, or hidden 256 and batch
-                      <= 2; 1.05-5 elsewhere.
-    fp32              0.56-0.91 at hidden <= 128; training 0.68-0.77 at batch <= 2.
-    per-step loop     (< 4 steps) fp32 and bf16 at hidden >= 256 and batch <= 8: 0.36-0.89.
+    bf16 inference    (the input projection as one GEMM first, where the op does so)
+                      0.47-0.77 at batch <= 2 (hidden 128-1024), 0.82 at hidden 128, batch
+                      4; 1.06-3 at batch >= 8, and at hidden 256, batch 4.
+    fp32 training     0.56-0.91 at hidden <= 128; 0.68-0.77 at batch <= 2.
+    fp32 inference    0.38-0.93 at batch <= 4 (hidden 64-1024), 0.69-0.89 at hidden 256,
+                      batch <= 8, 0.66-0.98 at hidden <= 128; 1.04-1.14 elsewhere.
+    per-step loop     (< 4 steps, training) fp32 and bf16 at hidden >= 256 and batch <= 8:
+                      0.36-0.89. Short calls without gradient: _streaming_rule_amx.
     Longer sequences without the fused layer, and fp64: not measured: torch's."""
     if steps >= CPU_FUSED_MIN_STEPS:
         if not _extension.cpu_fused(dtype):
@@ -145,8 +149,10 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
         if dtype == torch.bfloat16:
             if grad:
                 return batch <= 8
-            return (hidden <= 128 and batch <= 4) or (hidden <= 256 and batch <= 2)
-        return hidden <= 128 or (grad and batch <= 2)
+            return batch <= 2 or (hidden <= 128 and batch <= 4)
+        if grad:
+            return hidden <= 128 or batch <= 2
+        return hidden <= 128 or batch <= 4 or (hidden <= 256 and batch <= 8)
     return (dtype in (torch.float32, torch.bfloat16) and hidden >= CPU_FUSED_MIN_HIDDEN
             and batch <= CPU_FUSED_MAX_BATCH)
 

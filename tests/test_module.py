@@ -108,10 +108,14 @@ RULE_CASES = {
         (BF16, 4, 128, False, 50, "fused"),
         (BF16, 2, 256, False, 50, "fused"),
         (BF16, 4, 256, False, 50, "aten"),
-        (BF16, 1, 512, False, 50, "aten"),
+        (BF16, 1, 512, False, 50, "fused"),  # the input projection first
+        (BF16, 8, 128, False, 50, "aten"),
         (FP32, 64, 128, True, 50, "fused"),
         (FP32, 2, 512, True, 50, "fused"),
         (FP32, 8, 256, True, 50, "aten"),
+        (FP32, 4, 1024, False, 50, "fused"),
+        (FP32, 8, 256, False, 50, "fused"),
+        (FP32, 8, 512, False, 50, "aten"),
         (BF16, 1, 512, True, 1, "fused"),  # the loop, bf16 too
         (FP32, 8, 256, False, 3, "fused"),
         (BF16, 16, 512, False, 1, "aten"),
