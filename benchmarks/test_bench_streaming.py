@@ -8,9 +8,12 @@ compares bf16 calls with it). The cell group: FastLSTMCell against nn.LSTMCell.
   pytest benchmarks/test_bench_streaming.py --benchmark-json=streaming.json
   python benchmarks/compare.py streaming.json
 
-Run as a script, it times every case interleaved (rounds of one call per backend in turn,
-medians over the rounds: the machine's drift hits all backends alike) and prints each
-against its floor, the weights' bytes per call at the measured L3 bandwidth:
+Run as a script, it times every case interleaved in blocks (each round runs a block of calls
+per backend in turn, after a pause in which the threads the previous backend left spinning
+go to sleep; the first calls of a block, whose caches the other backends have churned, are
+left out: a streaming model is called again and again; medians over all rounds, so the
+machine's drift hits all backends alike) and prints each against its floor,
+the weights' bytes per call at the measured L3 bandwidth:
 
   python benchmarks/test_bench_streaming.py [--rounds 400] [--bandwidth-gbs 53]
 """
@@ -119,24 +122,25 @@ def test_streaming(benchmark, device, case, dtype_name, backend):
 
 
 def interleaved(rounds, bandwidth_gbs):
-    print(f"threads {torch.get_num_threads()}; median of {rounds} interleaved calls; floor: "
-          f"weight bytes per call at {bandwidth_gbs} GB/s")
+    print(f"threads {torch.get_num_threads()}; median over ~{rounds} calls a backend, "
+          f"interleaved in blocks; floor: weight bytes per call at {bandwidth_gbs} GB/s")
     print(f"{'case':<15} {'dtype':<5} {'onnxruntime':>11} {'aten':>9} {'auto':>9} "
           f"{'auto/ort':>8} {'auto/aten':>9} {'floor':>8} {'auto/floor':>10}   (ms)")
     for case, dtype_name in dict.fromkeys((c, d) for c, d, _ in _params()):
         calls = {b: make_call(case, b, dtype_name) for b in BACKENDS
                  if not (b == "onnxruntime" and case == "cell")}
         calls = {b: f for b, f in calls.items() if f is not None}
-        reps = max(3, rounds // 20) if case.endswith("s100") else rounds
+        long = case.endswith("s100")
+        block, warm = (3, 1) if long else (12, 4)
         times = {b: [] for b in calls}
-        for f in calls.values():
-            f()
-            f()
-        for _ in range(reps):
+        for _ in range(max(3, rounds // block // (10 if long else 1))):
             for b, f in calls.items():
-                t = time.perf_counter()
-                f()
-                times[b].append(time.perf_counter() - t)
+                time.sleep(0.02)
+                for k in range(block):
+                    t = time.perf_counter()
+                    f()
+                    if k >= warm:
+                        times[b].append(time.perf_counter() - t)
         med = {b: statistics.median(ts) * 1e3 for b, ts in times.items()}
         floor = weight_bytes(case, dtype_name) / (bandwidth_gbs * 1e9) * 1e3
         ort = med.get("onnxruntime")
@@ -149,7 +153,7 @@ def interleaved(rounds, bandwidth_gbs):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=400, help="calls per backend (default 400; "
-                        "the 100-step case a twentieth of it)")
+                        "the 100-step case a tenth of it)")
     parser.add_argument("--bandwidth-gbs", type=float, default=53.0,
                         help="the bandwidth the floor assumes (default 53: L3 read with 2 "
                              "threads on the AMX Xeon, benchmarks/NOTES.md)")

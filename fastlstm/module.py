@@ -289,7 +289,8 @@ def _triton_layer_op():
 def _check_same_device_dtype(module, tensors, what):
     weight = module._parameters[module._weight_names[0]]
     for t in tensors:
-        if t.device != weight.device:
+        # (both on the CPU decided without building device objects: this runs every call)
+        if not (t.is_cpu and weight.is_cpu) and t.device != weight.device:
             raise RuntimeError(f"{what} and parameter tensors are not at the same device, found "
                                f"{what} tensor at {t.device} and parameter tensor at "
                                f"{weight.device}")
@@ -470,7 +471,8 @@ class FastLSTM(nn.Module):
         x, state, unbatched = self._validate(input, hx)
         steps, batch = (x.size(1), x.size(0)) if self.batch_first else (x.size(0), x.size(1))
         grad = self._grad_wanted(x)
-        streaming = not grad and self._stack_inference_fits(x, steps)
+        dtype = compute_dtype(x)
+        streaming = not grad and self._stack_inference_fits(x, steps, dtype)
         path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size), batch,
                            self.hidden_size, steps, grad, streaming)
         if path == "reference":
@@ -482,7 +484,7 @@ class FastLSTM(nn.Module):
         elif path == "aten":
             out, h_n, c_n = self._forward_torch(x, state)
         elif path == "fused" and streaming:
-            out, h_n, c_n = self._forward_stack_inference(x, state)
+            out, h_n, c_n = self._forward_stack_inference(x, state, dtype)
         else:
             persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
             stack = (persistent and ops.persistent_version() == 4
@@ -547,19 +549,19 @@ class FastLSTM(nn.Module):
             h_n, c_n = h_n.index_select(1, unsorted_idx), c_n.index_select(1, unsorted_idx)
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
 
-    def _stack_inference_fits(self, x, steps):
+    def _stack_inference_fits(self, x, steps, dtype):
         """Whether ops.stack_inference (every layer of each step in one call, packed weights
         kept across calls) runs this call without gradient: CPU tensors, one direction, no
         projection, a dtype the fused layer runs here, and a short sequence (under the fused
         layer's minimum: longer ones run layer by layer, each layer's weights staying in
         cache for all its steps; benchmarks/NOTES.md, "Streaming")."""
         return (steps < CPU_FUSED_MIN_STEPS and not self.bidirectional and not x.is_cuda
-                and self.proj_size == 0 and _extension.cpu_fused(compute_dtype(x)))
+                and self.proj_size == 0 and _extension.cpu_fused(dtype))
 
-    def _forward_stack_inference(self, x, state):
+    def _forward_stack_inference(self, x, state, dtype):
         params = self._layer_params()
         out, h_n, c_n = ops.stack_inference(x.transpose(0, 1) if self.batch_first else x,
-                                            *state, *params, compute_dtype(x))
+                                            *state, *params, dtype)
         return (out.transpose(0, 1) if self.batch_first else out), h_n, c_n
 
     def _layer_params(self):
@@ -680,13 +682,14 @@ class FastLSTMCell(nn.LSTMCell):
             if t.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {t.size(1)}, "
                                    f"expected {self.hidden_size}")
+        weight = self._parameters["weight_ih"]
         for what, t in (("input", x), ("hx", hx[0]), ("cx", hx[1])):
-            if t.device != self.weight_ih.device:
+            if not (t.is_cpu and weight.is_cpu) and t.device != weight.device:
                 raise RuntimeError(f"LSTMCell: {what} is on {t.device} but the weights are on "
-                                   f"{self.weight_ih.device}")
-            if t.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(t.device.type):
+                                   f"{weight.device}")
+            if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
                 raise RuntimeError(f"LSTMCell: {what} and weights must have the same dtype, but "
-                                   f"got {t.dtype} and {self.weight_ih.dtype}")
+                                   f"got {t.dtype} and {weight.dtype}")
 
     def forward(self, input, hx=None):
         # nn.LSTMCell's checks, in its order, with its exception types and messages.
@@ -697,8 +700,9 @@ class FastLSTMCell(nn.LSTMCell):
                 if value.dim() not in (1, 2):
                     raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got "
                                      f"{value.dim()}D instead")
-        weights = (self.weight_ih, self.weight_hh,
-                   *((self.bias_ih, self.bias_hh) if self.bias else (None, None)))
+        p = self._parameters
+        weights = (p["weight_ih"], p["weight_hh"],
+                   *((p["bias_ih"], p["bias_hh"]) if self.bias else (None, None)))
         # Without gradient on the CPU: a stack of one layer and one step (ops.stack_inference).
         streaming = (not input.is_cuda and _extension.cpu_fused(compute_dtype(input)) and not (
             torch.is_grad_enabled() and any(t is not None and t.requires_grad

@@ -241,7 +241,7 @@ def stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype):
     step in one pass over weights packed once and kept until one of them changes (in place
     or replaced), with no per-layer op or allocation: what a streaming call (a step or a few
     at a time) needs. Returns (out [S, B, H], h_n, c_n [L, B, H]) in `dtype`."""
-    return torch.ops.fastlstm.lstm_stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype)
+    return _stack_inference_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype)
 
 
 def _fake_generate(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps,
@@ -269,6 +269,8 @@ def generate(logits, h, c, embed, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps:
 
 
 if _extension.available():
+    # The overload itself: a streaming call is a few microseconds, resolving it is one.
+    _stack_inference_op = torch.ops.fastlstm.lstm_stack_inference.default
     torch.library.register_fake("fastlstm::generate")(_fake_generate)
     torch.library.register_fake("fastlstm::lstm_layer")(_fake_layer)
     torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
