@@ -29,8 +29,19 @@ def layer_inputs(steps, batch, hidden, dtype, seed):
 # that, at 2 threads, B >= 8 splits the rows and B < 8 the units (each worker at least 2
 # groups of 16), meeting at the barrier every step: (5, 2, 192) and (5, 3, 200, a partial
 # group) split the units, (4, 9, 96) and (4, 64, 32) the rows. H = 37, 48, 200: a partial
-# group of 16 (37: an odd bf16 k too). One step: the per-step loop.
-SHAPES = [(7, 1, 37), (5, 2, 192), (5, 3, 200), (4, 9, 96), (9, 13, 48), (4, 64, 32), (1, 8, 16)]
+# group of 16 (37: an odd bf16 k too). One step: the per-step loop. On AMX tiles (16 rows,
+# 16 k-steps each, the register tile for the rest): 64 and 21 rows take several row
+# blocks (21 on one thread: 16 + 5); H = 37 and 48 leave k-steps past the last whole tile.
+SHAPES = [(7, 1, 37), (5, 2, 192), (5, 3, 200), (4, 9, 96), (9, 13, 48), (4, 64, 32), (1, 8, 16),
+          (3, 21, 40)]
+
+
+# bf16 on a CPU with AMX runs its products on AMX tiles; FASTLSTM_CPU_AMX=0 keeps the AVX-512
+# register tile there too. Both are tested (on other CPUs both run the register tile).
+@pytest.fixture(params=["amx", "noamx"])
+def amx(request, monkeypatch):
+    monkeypatch.setenv("FASTLSTM_CPU_AMX", "1" if request.param == "amx" else "0")
+    return request.param
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -44,7 +55,9 @@ def threads(request):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
-def test_layer_matches_float64(shape, reverse, dtype, threads):
+def test_layer_matches_float64(shape, reverse, dtype, threads, amx):
+    if dtype == torch.float32 and amx == "noamx":
+        pytest.skip("fp32 never runs on AMX")
     args64, args = layer_inputs(*shape, dtype, seed=sum(shape))
     args64 = [a.requires_grad_() for a in args64]
     args = [a.requires_grad_() for a in args]
@@ -69,7 +82,9 @@ def test_layer_matches_float64(shape, reverse, dtype, threads):
 @pytest.mark.parametrize("inputs", [7, 32], ids=["I7", "I32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
 def test_inference_op_matches_float64(shape, inputs, reverse, dtype, projection, threads,
-                                      monkeypatch):
+                                      amx, monkeypatch):
+    if dtype == torch.float32 and amx == "noamx":
+        pytest.skip("fp32 never runs on AMX")
     """The inference op (x W_ih^T + bias inside each step from packed W_ih, or as one GEMM
     first: FASTLSTM_INFER_PROJECTION; nothing saved) against the float64 training op fed the
     exact input projection: hs and c_n. I = 7: an odd bf16 row."""

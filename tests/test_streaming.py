@@ -71,7 +71,12 @@ def oracle(x, h0, c0, params, layers, bias):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "L%dI%dH%dB%dS%d" % c)
-def test_stack_inference_matches_float64(case, dtype, bias, threads):
+@pytest.mark.parametrize("amx", ["1", "0"], ids=["amx", "noamx"])
+def test_stack_inference_matches_float64(case, dtype, bias, amx, threads, monkeypatch):
+    """bf16 on AMX tiles where the CPU has them, and on the AVX-512 register tile."""
+    if dtype == torch.float32 and amx == "0":
+        pytest.skip("fp32 never runs on AMX")
+    monkeypatch.setenv("FASTLSTM_CPU_AMX", amx)
     layers = case[0]
     x, h0, c0, params = stack_inputs(*case, bias, dtype, seed=sum(case))
     got = ops.stack_inference(x, h0, c0, *columns(params, layers, bias), dtype)

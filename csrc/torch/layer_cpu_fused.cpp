@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <unistd.h>
@@ -107,6 +108,17 @@ WeightCache<Tensor>& inference_packs() {
   return cache;
 }
 
+// bf16 products on AMX tiles where the CPU has them (fused::amx_usable);
+// FASTLSTM_CPU_AMX=0 keeps the AVX-512 register tile (read at each call: benchmarks).
+template <typename T>
+bool use_amx() {
+  if constexpr (std::is_same_v<T, Bf16>) {
+    const char* v = std::getenv("FASTLSTM_CPU_AMX");
+    return fused::amx_usable() && !(v != nullptr && std::strcmp(v, "0") == 0);
+  }
+  return false;
+}
+
 // Below this many steps the per-step GEMM loop is faster: packing W_hh reads and writes it
 // once more, which a few steps do not repay (one step at 2 x 512, batch 1: the fused layer
 // took 1.8-2x the loop's time; benchmarks/NOTES.md).
@@ -162,12 +174,13 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
   Tensor ring = at::zeros({2, B, fused::padded_width<T>(H)}, h0.options());
   ring[0].narrow(1, 0, H).copy_(h0);
   const auto maybe = [](const Tensor& t) { return t.defined() ? ptr<T>(t) : nullptr; };
-  const fused::FusedForwardArgs<T> args{
+  fused::FusedForwardArgs<T> args{
       maybe(in.xproj), maybe(in.x), maybe(packed_ih),
       in.bias.defined() ? ptr<float>(in.bias) : nullptr,
       in.w_ih.defined() ? in.w_ih.size(1) : 0,
       ptr<T>(packed), ptr<float>(c0_acc), ptr<T>(ring), ptr<T>(hs), ptr<float>(cs), gates,
       S, B, H, reverse, c_ring};
+  args.amx = use_amx<T>();
   run_plan(plan_for(B, H), S, [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
 }
 
@@ -191,12 +204,13 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
   at::parallel_for(0, fused::unit_groups(H), 1, [&](int64_t begin, int64_t end) {
     fused::pack_backward(ptr<T>(w_hh), H, ptr<T>(packed), begin, end);
   });
-  const fused::FusedBackwardArgs<T> args{
+  fused::FusedBackwardArgs<T> args{
       ptr<T>(packed),   ptr<float>(gates),  ptr<float>(cs),
       ptr<float>(c0),   ptr<T>(grad_hs),    grad_cs ? ptr<T>(*grad_cs) : nullptr,
       ptr<float>(grad_c), ptr<T>(grad_xproj), ptr<float>(grad_h0),
       S,                B,                  H,
       reverse};
+  args.amx = use_amx<T>();
   run_plan(plan_for(B, H), S + 1,
            [&](const Part& p, int64_t s) { fused::backward_step(args, p, s); });
 }
@@ -272,6 +286,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
         ptr<float>(c0_acc) + l * B * H, ring(l), top ? ptr<T>(out) : lower(l),
         c_rings + l * 2 * B * H, nullptr, S, B, H, false, true};
     a.ld_hs = top ? 0 : P;
+    a.amx = use_amx<T>();
     args.push_back(a);
   }
   run_plan(plan_for(B, H), S * L, [&](const Part& p, int64_t k) {
