@@ -51,7 +51,8 @@ _cpu_class: str | None = None
 
 def cpu_class() -> str:
     """What backend="auto"'s CPU rule keys on (module.py), from the CPU's flags as Linux
-    reports them: "amx" (AMX-BF16), "avx512_bf16" (AVX512-BF16 without AMX), "avx512" (AVX-512
+    reports them: "amx" (AMX-BF16 that fastlstm._C may use), "avx512_bf16" (AVX512-BF16 without
+    AMX), "avx512" (AVX-512
     without either), "avx2", or "other" (anything else, or flags that cannot be read)."""
     global _cpu_class
     if _cpu_class is None:
@@ -61,6 +62,8 @@ def cpu_class() -> str:
                                   if line.startswith("flags")), []))
         except OSError:
             flags = set()
+        if _C is not None and not getattr(_C, "cpu_amx", 0):
+            flags.discard("amx_bf16")  # AMX the kernel does not let us use: not our class
         _cpu_class = next((name for name, flag in (("amx", "amx_bf16"),
                                                      ("avx512_bf16", "avx512_bf16"),
                                                      ("avx512", "avx512f"), ("avx2", "avx2"))

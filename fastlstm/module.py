@@ -130,15 +130,15 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
 
 
 def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
-    """AMX-BF16 (torch's bf16 GEMMs on AMX tiles, 0.66-3.5 TFLOP/s on 2 cores; our bf16
-    tile 125-174 GFLOP/s); measured on an Intel Xeon, family 6 model 207 (2 cores,
-    2026-12-05):
-    bf16 training     0.26-0.92 at batch <= 8 (hidden 128-512); 1.1-1.7 at batch >= 16.
-    bf16 inference    (the input projection as one GEMM first, where the op does so)
-                      0.47-0.77 at batch <= 2 (hidden 128-1024), 0.82 at hidden 128, batch
-                      4; 1.06-3 at batch >= 8, and at hidden 256, batch 4.
+    """AMX-BF16: our bf16 products on AMX tiles too (lstm_cpu_fused.h); measured on an Intel
+    Xeon, family 6 model 207 (2 cores, 2026-12-05):
+    bf16 training     0.24-0.81 at every batch 1-64 and hidden 128-512 (char-rnn shape 0.81,
+                      2 x 384 batch 64 seq 100 0.76): always ours.
+    bf16 inference    0.35-0.97 at batch <= 8, and at hidden <= 256 for any batch (char-rnn
+                      shape 0.92); hidden 384-512 at batch >= 16: 0.85-1.21: torch's there.
     fp32 training     0.56-0.91 at hidden <= 128; 0.68-0.77 at batch <= 2.
-    fp32 inference    0.38-0.93 at batch <= 4 (hidden 64-1024), 0.69-0.89 at hidden 256,
+    fp32 inference    (the input projection as one GEMM first, where the op does so)
+                      0.38-0.93 at batch <= 4 (hidden 64-1024), 0.69-0.89 at hidden 256,
                       batch <= 8, 0.66-0.98 at hidden <= 128; 1.04-1.14 elsewhere.
     per-step loop     (< 4 steps, training) fp32 and bf16 at hidden >= 256 and batch <= 8:
                       0.36-0.89. Short calls without gradient: _streaming_rule_amx.
@@ -147,9 +147,7 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
         if not _extension.cpu_fused(dtype):
             return False
         if dtype == torch.bfloat16:
-            if grad:
-                return batch <= 8
-            return batch <= 2 or (hidden <= 128 and batch <= 4)
+            return grad or batch <= 8 or hidden <= 256
         if grad:
             return hidden <= 128 or batch <= 2
         return hidden <= 128 or batch <= 4 or (hidden <= 256 and batch <= 8)
@@ -173,13 +171,10 @@ def _streaming_rule_amx(dtype, steps, batch, hidden):
     Xeon above (2026-12-05; hidden 16-1024, batch 1-64, 1 and 3 steps): ours/torch's
     fp32   0.08-0.66 at batch x steps <= 16; 0.28-0.89 at hidden <= 256 (any batch);
            1.01-1.02 at hidden 512, batch >= 16, 3 steps: torch's there.
-    bf16   0.08-0.51 at batch x steps <= 16; 0.26-0.82 at hidden <= 64; at 48-192 rows and
-           hidden >= 128 up to 2.9 (torch's bf16 GEMMs on AMX): torch's there."""
+    bf16   (AMX tiles) 0.05-0.62 everywhere: always ours."""
     if dtype == torch.float32:
         return batch * steps <= 16 or hidden <= 256
-    if dtype == torch.bfloat16:
-        return batch * steps <= 16 or hidden <= 64
-    return False
+    return dtype == torch.bfloat16
 
 
 CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx, "avx2": _cpu_rule_avx2}

@@ -101,15 +101,14 @@ RULE_CASES = {
         (FP32, 1, 512, False, 3, "fused"),  # the loop's rule
         (BF16, 1, 512, False, 3, "aten"),  # no bf16 loop
     ],
-    "amx": [  # bf16 only at small batches; the loop for short fp32 and bf16 sequences
+    "amx": [  # bf16 training always (AMX tiles); the loop for short fp32 and bf16 sequences
         (BF16, 8, 512, True, 50, "fused"),
-        (BF16, 16, 128, True, 50, "aten"),
-        (BF16, 64, 256, True, 50, "aten"),  # the char-rnn trainer's default
-        (BF16, 4, 128, False, 50, "fused"),
-        (BF16, 2, 256, False, 50, "fused"),
-        (BF16, 4, 256, False, 50, "aten"),
-        (BF16, 1, 512, False, 50, "fused"),  # the input projection first
-        (BF16, 8, 128, False, 50, "aten"),
+        (BF16, 16, 128, True, 50, "fused"),
+        (BF16, 64, 384, True, 50, "fused"),  # the char-rnn trainer's default
+        (BF16, 64, 256, False, 50, "fused"),
+        (BF16, 8, 512, False, 50, "fused"),
+        (BF16, 16, 384, False, 50, "aten"),
+        (BF16, 64, 512, False, 50, "aten"),
         (FP32, 64, 128, True, 50, "fused"),
         (FP32, 2, 512, True, 50, "fused"),
         (FP32, 8, 256, True, 50, "aten"),
@@ -156,7 +155,7 @@ def test_auto_rule_fused_layer(monkeypatch, cpu_class, cls):
 STREAMING_CASES = {
     "amx": [(FP32, 16, 512, 1, "fused"), (FP32, 5, 1024, 3, "fused"), (FP32, 64, 256, 3, "fused"),
             (FP32, 16, 512, 3, "aten"), (FP32, 1, 16, 1, "fused"), (BF16, 16, 1024, 1, "fused"),
-            (BF16, 64, 64, 3, "fused"), (BF16, 6, 128, 3, "aten"), (BF16, 64, 256, 1, "aten"),
+            (BF16, 64, 64, 3, "fused"), (BF16, 64, 1024, 3, "fused"),
             (torch.empty(0, dtype=torch.float64), 1, 512, 1, "aten")],
     # Not measured apart: the class's rule (the loop's, on Zen 4).
     "avx512_bf16": [(FP32, 1, 512, 1, "fused"), (FP32, 1, 16, 1, "aten"),

@@ -108,6 +108,11 @@ WeightCache<Tensor>& inference_packs() {
   return cache;
 }
 
+// Below this many steps the per-step GEMM loop is faster: packing W_hh reads and writes it
+// once more, which a few steps do not repay (one step at 2 x 512, batch 1: the fused layer
+// took 1.8-2x the loop's time; benchmarks/NOTES.md).
+constexpr int64_t kMinSteps = 4;
+
 // bf16 products on AMX tiles where the CPU has them (fused::amx_usable);
 // FASTLSTM_CPU_AMX=0 keeps the AVX-512 register tile (read at each call: benchmarks).
 template <typename T>
@@ -119,20 +124,16 @@ bool use_amx() {
   return false;
 }
 
-// Below this many steps the per-step GEMM loop is faster: packing W_hh reads and writes it
-// once more, which a few steps do not repay (one step at 2 x 512, batch 1: the fused layer
-// took 1.8-2x the loop's time; benchmarks/NOTES.md).
-constexpr int64_t kMinSteps = 4;
-
 // Inference: x W_ih^T + bias for all steps as one GEMM before the recurrence (ATen's: oneDNN,
 // on AMX tiles for bf16 where the CPU has them), or inside each step from packed W_ih. Inside
 // the step pays where the layer's weights stay in each core's L2 from step to step and the
-// rows are few; otherwise each step re-reads W_ih from L3 (2 x 512 fp32, batch 1, 100 steps:
-// 28.9 ms inside, 9.8 ms first) or the GEMM's better blocking wins. Measured on an Intel Xeon
-// with AMX-BF16 (2 MiB L2 a core; benchmarks/NOTES.md, "Streaming"): first at >= 48 rows
-// (steps x batch) or weights of >= half an L2 a thread; FASTLSTM_INFER_PROJECTION=step|gemm
-// overrides (benchmarks).
-bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t hidden) {
+// rows are few (or, for bf16 on AMX tiles, any rows); otherwise each step re-reads W_ih from
+// L3 (2 x 512 fp32, batch 1, 100 steps: 28.9 ms inside, 9.8 ms first) or the GEMM's better
+// blocking wins. Measured on an Intel Xeon with AMX-BF16 (2 MiB L2 a core;
+// benchmarks/NOTES.md, "Streaming"): first at >= 48 rows (steps x batch; not for bf16 on
+// AMX) or weights of >= half an L2 a thread; FASTLSTM_INFER_PROJECTION=step|gemm overrides.
+bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t hidden,
+                      bool amx) {
   if (const char* v = std::getenv("FASTLSTM_INFER_PROJECTION")) {
     if (std::strcmp(v, "gemm") == 0) return true;
     if (std::strcmp(v, "step") == 0) return false;
@@ -142,7 +143,7 @@ bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t
     return v > 0 ? static_cast<int64_t>(v) : int64_t(1) << 20;
   }();
   const int64_t threads = plan_for(batch, hidden).parts.size();
-  return rows >= 48 || 2 * weight_bytes >= l2_bytes * threads;
+  return (rows >= 48 && !amx) || 2 * weight_bytes >= l2_bytes * threads;
 }
 
 bool applies(const Tensor& t, int64_t steps) {
@@ -318,6 +319,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
                              : run_stack<Bf16>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype);
 }
 
+bool cpu_fused_amx() { return fused::amx_usable(); }
+
 bool cpu_fused_supports(at::ScalarType dtype) {
   if (dtype == at::kFloat) return fused::cpu_supports<float>();
   if (dtype == at::kBFloat16) return fused::cpu_supports<Bf16>();
@@ -363,7 +366,8 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
                               : at::zeros({4 * H}, x.options().dtype(at::kFloat));
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor c_ring = kernel_output({2, B, H}, x.options().dtype(at::kFloat));
-  if (projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H)) {
+  const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
+  if (projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx)) {
     const Tensor xproj = at::linear(x, w_ih, bias_acc.to(x.scalar_type()));
     run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, c_ring, nullptr, true);
     return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
@@ -415,6 +419,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
 #else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
 
 bool cpu_fused_supports(at::ScalarType) { return false; }
+bool cpu_fused_amx() { return false; }
 Tensor cpu_fused_pack(const Tensor&, int64_t, int) {
   FASTLSTM_CHECK(false, "fastlstm: the fused layer needs x86-64 with AVX-512");
   return {};

@@ -15,6 +15,9 @@ using at::Tensor;
 // Whether the fused layer runs tensors of this dtype here.
 bool cpu_fused_supports(at::ScalarType dtype);
 
+// Whether its bf16 products can run on AMX tiles here.
+bool cpu_fused_amx();
+
 // W [gates * outputs, K] (float32 or bfloat16, where cpu_fused_supports) in the layout of the
 // fused products (core pack_forward), K padded with zeros to whole k-steps.
 Tensor cpu_fused_pack(const Tensor& w, int64_t outputs, int gates);

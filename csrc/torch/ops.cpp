@@ -362,6 +362,9 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (fastlstm::cpu_fused_supports(at::kFloat)) fused_dtypes += "float32";
   if (fastlstm::cpu_fused_supports(at::kBFloat16)) fused_dtypes += ",bfloat16";
   PyModule_AddStringConstant(m, "cpu_fused_dtypes", fused_dtypes.c_str());
+  // Whether the bf16 products run on AMX tiles here (the CPU has them and the kernel lets
+  // this process use them); FASTLSTM_CPU_AMX=0 turns them off at each call.
+  PyModule_AddIntConstant(m, "cpu_amx", fastlstm::cpu_fused_amx() ? 1 : 0);
 #ifdef FASTLSTM_WITH_CUDA
   PyModule_AddIntConstant(m, "cuda_compiled", 1);
   PyModule_AddStringConstant(m, "cuda_archs", fastlstm::cuda_arch_list());
