@@ -1,6 +1,7 @@
 // The fused CPU layer's time loops alone (core/lstm_cpu_fused.h), without torch: forward and
 // backward of one layer, per step, and the rate of the step's products, for a work split
-// over threads (rows or units). What NOTES.md's CPU section compares with torch's GEMMs.
+// over threads (rows or units); bf16 also on AMX tiles where the CPU has them ("bf16-amx").
+// What NOTES.md's CPU section compares with torch's GEMMs.
 //   g++ -O3 -std=c++17 -fno-trapping-math -pthread -Icsrc/core \
 //       benchmarks/cpu_fused_bench.cpp -o /tmp/cpu_fused_bench && /tmp/cpu_fused_bench
 #include <chrono>
@@ -33,7 +34,7 @@ double run(int threads, bool split_units, int64_t B, int64_t H, int64_t steps, S
 }
 
 template <typename T>
-void bench(const char* type, int64_t B, int64_t H, int64_t S) {
+void bench(const char* type, int64_t B, int64_t H, int64_t S, bool amx = false) {
   std::vector<T> w(4 * H * H), fw(forward_packed_size<T>(H, H)), bw(backward_packed_size<T>(H));
   for (size_t k = 0; k < w.size(); ++k) w[k] = Convert<T, float>::store(((k * 7919) % 200) / 2000.f - 0.05f);
   pack_forward(w.data(), H, H, fw.data(), 0, unit_groups(H));
@@ -42,10 +43,11 @@ void bench(const char* type, int64_t B, int64_t H, int64_t S) {
   std::vector<T> xproj(S * B * 4 * H, Convert<T, float>::store(0.1f)), ring(2 * B * ld, T{}),
       hs(S * B * H), grad_hs(S * B * H, Convert<T, float>::store(0.01f)), grad_x(S * B * 4 * H);
   std::vector<float> c0(B * H, 0.f), cs(S * B * H), gates(S * B * 4 * H), grad_c(B * H), gh0(B * H);
-  const FusedForwardArgs<T> fa{xproj.data(), nullptr, nullptr, nullptr, 0, fw.data(), c0.data(), ring.data(), hs.data(),
-                               cs.data(), gates.data(), S, B, H, false, false};
-  const FusedBackwardArgs<T> ba{bw.data(), gates.data(), cs.data(), c0.data(), grad_hs.data(),
-                                nullptr, grad_c.data(), grad_x.data(), gh0.data(), S, B, H, false};
+  FusedForwardArgs<T> fa{xproj.data(), nullptr, nullptr, nullptr, 0, fw.data(), c0.data(), ring.data(), hs.data(),
+                         cs.data(), gates.data(), S, B, H, false, false};
+  FusedBackwardArgs<T> ba{bw.data(), gates.data(), cs.data(), c0.data(), grad_hs.data(),
+                          nullptr, grad_c.data(), grad_x.data(), gh0.data(), S, B, H, false};
+  fa.amx = ba.amx = amx;
   const double flop = 2.0 * B * H * 4 * H * S;
   for (int threads : {1, 2})
     for (bool units : {false, true}) {
@@ -62,9 +64,11 @@ void bench(const char* type, int64_t B, int64_t H, int64_t S) {
 }
 
 int main() {
-  const int64_t shapes[][3] = {{64, 256, 100}, {64, 512, 50}, {50, 128, 50}, {8, 256, 50}, {1, 512, 50}, {1, 128, 50}};
+  const int64_t shapes[][3] = {{64, 256, 100}, {64, 384, 100}, {64, 512, 50}, {50, 128, 50},
+                               {8, 256, 50}, {1, 512, 50}, {1, 128, 50}};
   for (auto& s : shapes) {
     bench<float>("fp32", s[0], s[1], s[2]);
     if (cpu_supports<Bf16>()) bench<Bf16>("bf16", s[0], s[1], s[2]);
+    if (amx_usable()) bench<Bf16>("bf16-amx", s[0], s[1], s[2], true);
   }
 }

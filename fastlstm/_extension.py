@@ -52,8 +52,8 @@ _cpu_class: str | None = None
 def cpu_class() -> str:
     """What backend="auto"'s CPU rule keys on (module.py), from the CPU's flags as Linux
     reports them: "amx" (AMX-BF16 that fastlstm._C may use), "avx512_bf16" (AVX512-BF16 without
-    AMX), "avx512" (AVX-512
-    without either), "avx2", or "other" (anything else, or flags that cannot be read)."""
+    AMX), "avx512" (AVX-512 without either), "avx2", or "other" (anything else, or flags that
+    cannot be read)."""
     global _cpu_class
     if _cpu_class is None:
         try:
