@@ -198,3 +198,20 @@ def test_module_inference_after_an_optimizer_step_under_autocast():
         with torch.no_grad():
             assert torch.equal(after, fresh(x)[0])
     assert not torch.equal(after, before)
+
+
+def test_large_outputs_are_never_shared_while_alive():
+    """Outputs of 1 MiB and more come from buffers kept across calls (layer.cpp): two live
+    outputs never share one, and a buffer freed and handed out again holds the new result."""
+    _, first = layer_inputs(50, 64, 128, torch.float32, seed=21)  # gates: 6.5 MB
+    _, second = layer_inputs(50, 64, 128, torch.float32, seed=22)
+    a = torch.ops.fastlstm.lstm_layer(*first, False)
+    a_copy = [t.clone() for t in a]
+    b = torch.ops.fastlstm.lstm_layer(*second, False)
+    for x, y, z in zip(a, a_copy, b):
+        assert torch.equal(x, y) and not torch.equal(x, z)
+        assert x.data_ptr() != z.data_ptr()
+    del a
+    again = torch.ops.fastlstm.lstm_layer(*first, False)
+    for x, y in zip(again, a_copy):
+        assert torch.equal(x, y)
