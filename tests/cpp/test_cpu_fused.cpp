@@ -168,7 +168,7 @@ void run(const Plan& plan, int64_t steps, StepFn step) {
 }
 
 template <typename T>
-void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
+void check(ref::Checks& checks, const char* type, const Shape& sh, double tol, bool amx = false) {
   std::mt19937 rng(1000 + sh.H + sh.B);
   Layer l = make_layer<T>(sh, rng);
   Layer l_no_grad_c = l;  // the same layer with no gradient on the c_t from outside
@@ -189,17 +189,19 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
       auto cs = nans<float>(S * B * H), gates = nans<float>(S * B * 4 * H);
-      const FusedForwardArgs<T> fa{xproj.data(), nullptr, nullptr, nullptr, 0, fwd_w.data(),
-                                   c0.data(), ring.data(), hs.data(),
-                                   cs.data(), gates.data(), S, B, H, sh.reverse, false};
+      FusedForwardArgs<T> fa{xproj.data(), nullptr, nullptr, nullptr, 0, fwd_w.data(),
+                             c0.data(), ring.data(), hs.data(),
+                             cs.data(), gates.data(), S, B, H, sh.reverse, false};
+      fa.amx = amx;
       run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
 
       std::vector<float> grad_c(B * H, 0.f), grad_h0 = nans<float>(B * H);
       auto grad_xproj = nans<T>(S * B * 4 * H);
-      const FusedBackwardArgs<T> ba{bwd_w.data(), gates.data(), cs.data(), c0.data(),
-                                    grad_hs.data(), with_grad_c ? grad_cs.data() : nullptr,
-                                    grad_c.data(), grad_xproj.data(), grad_h0.data(), S, B, H,
-                                    sh.reverse};
+      FusedBackwardArgs<T> ba{bwd_w.data(), gates.data(), cs.data(), c0.data(),
+                              grad_hs.data(), with_grad_c ? grad_cs.data() : nullptr,
+                              grad_c.data(), grad_xproj.data(), grad_h0.data(), S, B, H,
+                              sh.reverse};
+      ba.amx = amx;
       run(plan, S + 1, [&](const Part& p, int64_t s) { backward_step(ba, p, s); });
       const Layer& want = with_grad_c ? l : l_no_grad_c;
       char what[128];
@@ -219,10 +221,11 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
     auto c_ring = nans<float>(2 * B * H);
-    const FusedForwardArgs<T> fa{xproj.data(), nullptr,    nullptr,      nullptr,
-                                 0,             fwd_w.data(), c0.data(), ring.data(),
-                                 hs.data(),     c_ring.data(), nullptr,  S,
-                                 B,             H,            sh.reverse, true};
+    FusedForwardArgs<T> fa{xproj.data(), nullptr,    nullptr,      nullptr,
+                           0,             fwd_w.data(), c0.data(), ring.data(),
+                           hs.data(),     c_ring.data(), nullptr,  S,
+                           B,             H,            sh.reverse, true};
+    fa.amx = amx;
     run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
     const int64_t last = sh.reverse ? 0 : S - 1;
     const std::vector<float> c_n(c_ring.begin() + ((S - 1) & 1) * B * H,
@@ -240,7 +243,8 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
 // The input projection fused into the step: xproj = x W_ih^T + bias computed by the kernel
 // (training forward with gates, and inference), against the reference fed the exact xproj.
 template <typename T>
-void check_input_fused(ref::Checks& checks, const char* type, const Shape& sh, double tol) {
+void check_input_fused(ref::Checks& checks, const char* type, const Shape& sh, double tol,
+                       bool amx = false) {
   std::mt19937 rng(2000 + sh.H + sh.I);
   Layer l = make_layer<T>(sh, rng);
   const int64_t S = sh.S, B = sh.B, H = sh.H, I = sh.I, ld = padded_width<T>(H);
@@ -271,10 +275,11 @@ void check_input_fused(ref::Checks& checks, const char* type, const Shape& sh, d
       for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < H; ++k) ring[b * ld + k] = from_double<T>(l.h0[b * H + k]);
       auto cs = nans<float>((training ? S : 2) * B * H), gates = nans<float>(S * B * 4 * H);
-      const FusedForwardArgs<T> fa{nullptr, x_pad.data(), fwd_ih.data(), bias_f.data(), I,
-                                   fwd_w.data(), c0.data(), ring.data(), hs.data(), cs.data(),
-                                   training ? gates.data() : nullptr, S, B, H, sh.reverse,
-                                   !training};
+      FusedForwardArgs<T> fa{nullptr, x_pad.data(), fwd_ih.data(), bias_f.data(), I,
+                             fwd_w.data(), c0.data(), ring.data(), hs.data(), cs.data(),
+                             training ? gates.data() : nullptr, S, B, H, sh.reverse,
+                             !training};
+      fa.amx = amx;
       run(plan, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); });
       char what[128];
       std::snprintf(what, sizeof what, "%s S%lld B%lld H%lld I%lld%s %s, input fused, %s", type,
@@ -308,9 +313,11 @@ int main() {
   ref::Checks checks;
   // H = 37: neither the 16-unit groups nor (bf16) the k pairs divide it; B = 7: a partial
   // 6-row tile; H = 80: 5 groups, so a backward tile of 4 groups and one of 1.
-  // I = 5 and 21: odd input sizes (a zero-padded last pair in bf16).
+  // I = 5 and 21: odd input sizes (a zero-padded last pair in bf16). On AMX tiles (16 rows,
+  // 16 k-steps): B = 21 takes a row block of 16 and one of 5; H = 37, 80 and I = 5, 21 leave
+  // k-steps for the register tile; H = 64 and I = 64 none.
   const Shape shapes[] = {{5, 7, 37, false, 5}, {4, 1, 80, true, 21}, {3, 13, 64, false, 64},
-                          {1, 2, 16, true, 8}};
+                          {1, 2, 16, true, 8}, {3, 21, 48, false, 33}};
   for (const Shape& sh : shapes) {
     check<float>(checks, "fp32", sh, 1e-5);
     check_input_fused<float>(checks, "fp32", sh, 1e-5);
@@ -319,7 +326,12 @@ int main() {
     for (const Shape& sh : shapes) {
       check<Bf16>(checks, "bf16", sh, 1e-2);
       check_input_fused<Bf16>(checks, "bf16", sh, 1e-2);
+      if (amx_usable()) {
+        check<Bf16>(checks, "bf16 amx", sh, 1e-2, true);
+        check_input_fused<Bf16>(checks, "bf16 amx", sh, 1e-2, true);
+      }
     }
+    if (!amx_usable()) std::printf("bf16 AMX cases skipped: no AMX tiles here\n");
   } else {
     std::printf("bf16 cases skipped: this CPU has no AVX512-BF16\n");
   }
