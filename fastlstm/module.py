@@ -228,7 +228,8 @@ def _auto_path(data, unsupported, batch, hidden, steps, grad, streaming=False):
 def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False,
                 streaming=False):
     """'fused' (our op), 'reference' or 'aten' for this input under `backend`: `steps` long,
-    `grad` whether a backward will follow (auto on the CPU weighs both)."""
+    `grad` whether a backward will follow, `streaming` whether it is a short call without
+    gradient that ops.stack_inference runs (auto on the CPU weighs all three)."""
     if backend in ("cudnn", "aten"):
         return "aten"
     if backend == "reference":

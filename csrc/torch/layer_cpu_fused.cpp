@@ -258,7 +258,8 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
   // One workspace: x's rows padded to whole k-steps (where I is not), the h rings [L, 2, B, P],
   // the lower layers' outputs [L - 1, S, B, P] (the next layer's x), then the c rings
-  // [L, 2, B, H] in float. Padding is zero: the products read it.
+  // [L, 2, B, H] in float (at a 4-byte boundary: P and PI are even for bf16). Padding is
+  // zero: the products read it.
   const int64_t PI = fused::padded_width<T>(I), x_size = PI == I ? 0 : S * B * PI;
   const int64_t ring_size = 2 * B * P, lower_size = S * B * P;
   const int64_t t_size = x_size + L * ring_size + (L - 1) * lower_size;
