@@ -469,7 +469,10 @@ class FastLSTM(nn.Module):
         steps, batch = (x.size(1), x.size(0)) if self.batch_first else (x.size(0), x.size(1))
         grad = self._grad_wanted(x)
         dtype = compute_dtype(x)
-        streaming = not grad and self._stack_inference_fits(x, steps, dtype)
+        # (the stack op has no backward: not where a given state wants a gradient either)
+        streaming = (not grad and not (torch.is_grad_enabled() and
+                                       (state[0].requires_grad or state[1].requires_grad))
+                     and self._stack_inference_fits(x, steps, dtype))
         path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size), batch,
                            self.hidden_size, steps, grad, streaming)
         if path == "reference":

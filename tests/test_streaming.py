@@ -195,6 +195,25 @@ def test_module_keeps_other_paths_for_what_the_stack_op_does_not_run(monkeypatch
     assert calls == []
 
 
+def test_gradient_to_a_given_state_of_a_frozen_model(monkeypatch):
+    """Frozen parameters and input, a state that wants a gradient: not the stack op (it has
+    no backward), and the gradient reaches the state as the oracle's does."""
+    calls = count_stack_calls(monkeypatch)
+    torch.manual_seed(0)
+    lstm = FastLSTM(8, 32, 2, backend="cpu").requires_grad_(False)
+    x = torch.randn(1, 3, 8)
+    h0 = torch.randn(2, 3, 32, requires_grad=True)
+    c0 = torch.randn(2, 3, 32, requires_grad=True)
+    out, (h_n, c_n) = lstm(x, (h0, c0))
+    (out.sum() + c_n.sum()).backward()
+    h064, c064 = (t.detach().double().requires_grad_() for t in (h0, c0))
+    want, (_, want_c) = module_oracle(lstm, x, (h064, c064))
+    (want.sum() + want_c.sum()).backward()
+    assert calls == []
+    assert_close(h0.grad, h064.grad, TOLERANCE[torch.float32], "grad h0")
+    assert_close(c0.grad, c064.grad, TOLERANCE[torch.float32], "grad c0")
+
+
 def test_module_stack_cache_notices_weight_changes():
     """The packed weights kept across calls must follow every change of a parameter: an
     in-place update (optimizer step), load_state_dict, a replaced Parameter, .data set."""
