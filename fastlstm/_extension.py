@@ -62,7 +62,7 @@ def cpu_class() -> str:
                                   if line.startswith("flags")), []))
         except OSError:
             flags = set()
-        if _C is not None and not getattr(_C, "cpu_amx", 0):
+        if "amx_bf16" in flags and (_C is None or not _C.cpu_amx()):
             flags.discard("amx_bf16")  # AMX the kernel does not let us use: not our class
         _cpu_class = next((name for name, flag in (("amx", "amx_bf16"),
                                                      ("avx512_bf16", "avx512_bf16"),

@@ -45,7 +45,7 @@ def report() -> list[tuple[str, str]]:
         rows.append(("C++ CPU op's fused layer", f"{fused}; "
                      f"{'on' if os.environ.get('FASTLSTM_CPU_FUSED') != '0' else 'OFF'} "
                      "(FASTLSTM_CPU_FUSED=0: the per-step loop)"))
-        if getattr(ext, "cpu_amx", 0):
+        if ext.cpu_amx():
             amx_on = os.environ.get("FASTLSTM_CPU_AMX") != "0"
             rows.append(("its bf16 products", f"on AMX tiles{'' if amx_on else ': OFF'} "
                          "(FASTLSTM_CPU_AMX=0: the AVX-512 register tile)"))

@@ -470,8 +470,7 @@ class FastLSTM(nn.Module):
         grad = self._grad_wanted(x)
         dtype = compute_dtype(x)
         # (the stack op has no backward: not where a given state wants a gradient either)
-        streaming = (not grad and not (torch.is_grad_enabled() and
-                                       (state[0].requires_grad or state[1].requires_grad))
+        streaming = (not grad and not ops._grad_wanted(*state)
                      and self._stack_inference_fits(x, steps, dtype))
         path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size), batch,
                            self.hidden_size, steps, grad, streaming)
@@ -704,9 +703,8 @@ class FastLSTMCell(nn.LSTMCell):
         weights = (p["weight_ih"], p["weight_hh"],
                    *((p["bias_ih"], p["bias_hh"]) if self.bias else (None, None)))
         # Without gradient on the CPU: a stack of one layer and one step (ops.stack_inference).
-        streaming = (not input.is_cuda and _extension.cpu_fused(compute_dtype(input)) and not (
-            torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                            for t in (input, *(hx or ()), *weights))))
+        streaming = (not input.is_cuda and _extension.cpu_fused(compute_dtype(input))
+                     and not ops._grad_wanted(input, *(hx or ()), *weights))
         path = choose_path(self.backend, input, _fused_unsupported(input),
                            input.size(0) if input.dim() == 2 else 1, self.hidden_size,
                            streaming=streaming)

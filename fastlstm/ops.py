@@ -6,7 +6,7 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
       -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
   lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, c_n)
-      (CPU; x W_ih^T + bias inside each step; nothing saved for backward)
+      (CPU; x W_ih^T + bias inside each step or as one GEMM first; nothing saved for backward)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
   lstm_stack_inference(x, h0, c0, w_ih[], w_hh[], b_ih[], b_hh[], dtype) -> (out, h_n, c_n)
       (CPU, no gradient; a unidirectional stack, every layer of each step in one pass)
@@ -345,8 +345,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
     last = 0 if reverse else -1
     if layer_op is None and x.device.type == "cpu" and \
             not _grad_wanted(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        # Inference on the CPU: the input projection inside the steps, and no gates or cell
-        # states written for a backward never run.
+        # Inference on the CPU: the input projection inside the steps (or one GEMM first, as
+        # the op finds faster), and no gates or cell states written for a backward never run.
         bias = None if b_ih is None else b_ih + b_hh
         hs, c_n = torch.ops.fastlstm.lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse)
         return hs, hs[last], c_n.to(x.dtype)

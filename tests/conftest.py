@@ -30,6 +30,15 @@ def _exact_fp32_matmul():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run the test on 1 and on 2 threads (the CPU ops split their work by the count)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
 def pytest_terminal_summary(terminalreporter):
     """A skipped real-browser test must not go unnoticed."""
     for report in terminalreporter.stats.get("skipped", []):

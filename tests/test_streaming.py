@@ -24,14 +24,6 @@ CASES = [(1, 7, 37, 1, 1), (2, 16, 48, 3, 2), (3, 5, 200, 3, 3), (2, 64, 256, 1,
          (2, 24, 96, 9, 2), (2, 33, 17, 4, 3), (1, 32, 16, 1, 3)]
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
 def randn(*shape, seed, scale=1.0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 

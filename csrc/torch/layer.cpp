@@ -56,7 +56,8 @@ namespace {
 // fault and a zeroed page every 4 KiB on first touch: a training step's gates (2 x 384,
 // batch 64, 100 steps: 39 MB) took 9.7 ms to allocate and fill, a reused buffer 0.8 ms (AMX
 // Xeon), paid again every iteration since the allocator hands blocks that large back to the
-// OS. A freed output's buffer waits here for the next output of its size.
+// OS. A freed output's buffer waits here for the next output of its size. (Such outputs
+// cannot be resized in place, as tensors over memory torch does not own.)
 class OutputPool {
  public:
   static constexpr size_t kMinBytes = size_t(1) << 20;   // smaller: the allocator's own

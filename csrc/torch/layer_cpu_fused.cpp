@@ -280,6 +280,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
       std::copy_n(ptr<T>(h0_in) + (l * B + b) * H, H, ring(l) + b * P);
   Tensor out = kernel_output({S, B, H}, opts);
   std::vector<fused::FusedForwardArgs<T>> args;
+  const bool amx = use_amx<T>();
   for (int64_t l = 0; l < L; ++l) {
     const bool top = l == L - 1;
     fused::FusedForwardArgs<T> a{
@@ -288,7 +289,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
         ptr<float>(c0_acc) + l * B * H, ring(l), top ? ptr<T>(out) : lower(l),
         c_rings + l * 2 * B * H, nullptr, S, B, H, false, true};
     a.ld_hs = top ? 0 : P;
-    a.amx = use_amx<T>();
+    a.amx = amx;
     args.push_back(a);
   }
   run_plan(plan_for(B, H), S * L, [&](const Part& p, int64_t k) {
@@ -359,22 +360,22 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
   const c10::NoGradGuard no_grad;
   const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh_in.size(1);
   const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
-  // The step reads x in whole k-steps: a bf16 row of odd length gets a zero pair partner.
-  const Tensor x_rows = padded_columns(
-      x, x.scalar_type() == at::kBFloat16 ? fused::padded_width<Bf16>(I) : I);
-  const Tensor bias_acc = bias.has_value() && bias->defined()
-                              ? bias->to(at::kFloat).contiguous()
-                              : at::zeros({4 * H}, x.options().dtype(at::kFloat));
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor c_ring = kernel_output({2, B, H}, x.options().dtype(at::kFloat));
   const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
   if (projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx)) {
-    const Tensor xproj = at::linear(x, w_ih, bias_acc.to(x.scalar_type()));
-    run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, c_ring, nullptr, true);
-    return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
+    run_forward(StepInput{at::linear(x, w_ih, bias), {}, {}, {}}, h0, c0, w_hh, reverse, hs,
+                c_ring, nullptr, true);
+  } else {
+    // The step reads x in whole k-steps: a bf16 row of odd length gets a zero pair partner.
+    const Tensor x_rows = padded_columns(
+        x, x.scalar_type() == at::kBFloat16 ? fused::padded_width<Bf16>(I) : I);
+    const Tensor bias_acc = bias.has_value() && bias->defined()
+                                ? bias->to(at::kFloat).contiguous()
+                                : at::zeros({4 * H}, x.options().dtype(at::kFloat));
+    run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse,
+                hs, c_ring, nullptr, true);
   }
-  run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse, hs,
-              c_ring, nullptr, true);
   return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
 }
 

@@ -26,7 +26,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
     const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, bool reverse);
 
 // Inference from the layer input: x [S, B, I], w_ih [4H, I], bias [4H] (b_ih + b_hh) or none;
-// x W_ih^T + bias is computed inside each step. Returns (hs [S, B, H], c_n [B, H] in the
+// x W_ih^T + bias is computed inside each step from packed W_ih, or as one GEMM first
+// (projection_first, layer_cpu_fused.cpp). Returns (hs [S, B, H], c_n [B, H] in the
 // cell dtype); no gates or cell states saved. Inputs checked by the caller (the op).
 std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,

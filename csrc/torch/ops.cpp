@@ -279,8 +279,8 @@ TORCH_LIBRARY(fastlstm, m) {
   m.def("lstm_layer_backward(Tensor grad_hs, Tensor? grad_cs, Tensor h0, Tensor c0, Tensor w_hh,"
         " Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
-  // One layer's forward from its input x [S, B, I] (x W_ih^T + bias computed inside each
-  // step), without what backward needs (no gates, no cell state but the last): hs and c_n.
+  // One layer's forward from its input x [S, B, I] (x W_ih^T + bias inside each step, or as
+  // one GEMM first where that is faster), without what backward needs (no gates, no cell state but the last): hs and c_n.
   // CPU only; FastLSTM calls it when no gradient is wanted. bias: b_ih + b_hh, [4H].
   m.def("lstm_layer_inference(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh,"
         " Tensor? bias, bool reverse) -> (Tensor hs, Tensor c_n)");
@@ -344,10 +344,18 @@ static PyObject* cuda_graphs_enabled(PyObject*, PyObject*) {
   return PyBool_FromLong(fastlstm::cuda_graphs_enabled());
 }
 
+// Asked when first wanted, not at import: the answer asks the kernel for the tile state.
+static PyObject* cpu_amx(PyObject*, PyObject*) {
+  return PyBool_FromLong(fastlstm::cpu_fused_amx());
+}
+
 static PyMethodDef fastlstm_methods[] = {
     {"set_cuda_graphs", set_cuda_graphs, METH_O,
      "Replay the CUDA layer loops as CUDA graphs (default on; FASTLSTM_CUDA_GRAPHS=0: off)."},
     {"cuda_graphs_enabled", cuda_graphs_enabled, METH_NOARGS, "Whether CUDA graphs are on."},
+    {"cpu_amx", cpu_amx, METH_NOARGS,
+     "Whether the bf16 products can run on AMX tiles here (the CPU has them and the kernel "
+     "lets this process use them); FASTLSTM_CPU_AMX=0 turns them off at each call."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fastlstm_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
@@ -362,9 +370,6 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (fastlstm::cpu_fused_supports(at::kFloat)) fused_dtypes += "float32";
   if (fastlstm::cpu_fused_supports(at::kBFloat16)) fused_dtypes += ",bfloat16";
   PyModule_AddStringConstant(m, "cpu_fused_dtypes", fused_dtypes.c_str());
-  // Whether the bf16 products run on AMX tiles here (the CPU has them and the kernel lets
-  // this process use them); FASTLSTM_CPU_AMX=0 turns them off at each call.
-  PyModule_AddIntConstant(m, "cpu_amx", fastlstm::cpu_fused_amx() ? 1 : 0);
 #ifdef FASTLSTM_WITH_CUDA
   PyModule_AddIntConstant(m, "cuda_compiled", 1);
   PyModule_AddStringConstant(m, "cuda_archs", fastlstm::cuda_arch_list());
