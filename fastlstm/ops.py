@@ -51,6 +51,44 @@ def _fake_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
             torch.empty_like(w_hh))
 
 
+def _fake_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse):
+    return _fake_layer(x.new_empty(x.size(0), x.size(1), w_ih.size(0)), h0, c0, w_hh, reverse)
+
+
+def _fake_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs, cs, gates,
+                               reverse):
+    # The op's outputs are contiguous whatever its inputs' strides.
+    return (x.new_empty(x.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.size(0)))
+
+
+def _layer_train_setup_context(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, bias, reverse = inputs
+    hs, cs, gates = output
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, hs, cs, gates)
+    ctx.reverse, ctx.has_bias = reverse, bias is not None
+    ctx.set_materialize_grads(False)
+
+
+def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates):
+    x, h0, c0, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
+    if _differentiable_backward_needed(grad_gates):
+        grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
+            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates, ctx.reverse)
+        flat = grad_xproj.flatten(0, 1)
+        grad_x = (flat @ w_ih).view(x.shape)
+        grad_w_ih = flat.t() @ x.flatten(0, 1)
+        grad_bias = flat.sum(0)
+    else:
+        if grad_hs is None:
+            grad_hs = torch.zeros_like(hs)
+        grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = (
+            torch.ops.fastlstm.lstm_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih,
+                                                         w_hh, hs, cs, gates, ctx.reverse))
+    return (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
+            grad_bias if ctx.has_bias else None, None)
+
+
 def _fake_step(xproj, h, c, w_hh):
     batch, hidden = xproj.size(0), w_hh.size(1)
     return (xproj.new_empty(batch, hidden),
@@ -275,6 +313,13 @@ if _extension.available():
     torch.library.register_fake("fastlstm::lstm_layer")(_fake_layer)
     torch.library.register_fake("fastlstm::lstm_layer_backward")(_fake_layer_backward)
     torch.library.register_fake("fastlstm::lstm_layer_inference")(_fake_layer_inference)
+    torch.library.register_fake("fastlstm::lstm_layer_train")(_fake_layer_train)
+    torch.library.register_fake("fastlstm::lstm_layer_train_backward")(
+        _fake_layer_train_backward)
+    torch.library.register_autograd("fastlstm::lstm_layer_train", _layer_train_backward,
+                                    setup_context=_layer_train_setup_context)
+    torch.library.register_autograd("fastlstm::lstm_layer_train_backward", _no_double_backward,
+                                    setup_context=_no_setup)
     torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
     torch.library.register_fake("fastlstm::lstm_stack_inference")(_fake_stack_inference)
     torch.library.register_fake("fastlstm::lstm_layer_persistent")(_fake_layer)
@@ -350,10 +395,24 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
         bias = None if b_ih is None else b_ih + b_hh
         hs, c_n = torch.ops.fastlstm.lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse)
         return hs, hs[last], c_n.to(x.dtype)
+    if layer_op is None and x.device.type == "cpu" and _train_op_enabled():
+        # Training on the CPU: the input projection in the op too, so its backward returns
+        # the gradients of x, W_ih and the bias (that one summed inside the kernel).
+        # x contiguous here (the op reads it so anyway): its gradient is then laid out as x,
+        # which torch.compile assumes of an input's gradient.
+        bias = None if b_ih is None else b_ih + b_hh
+        hs, cs, _ = torch.ops.fastlstm.lstm_layer_train(x.contiguous(), h0, c0, w_ih, w_hh,
+                                                        bias, reverse)
+        return hs, hs[last], cs[last].to(x.dtype)
     xproj = input_projection(x, w_ih, b_ih, b_hh)
     layer_op = layer_op or torch.ops.fastlstm.lstm_layer
     hs, cs, _ = layer_op(xproj, h0, c0, w_hh, reverse)
     return hs, hs[last], cs[last].to(x.dtype)
+
+
+def _train_op_enabled():
+    # FASTLSTM_TRAIN_OP=0: the input projection as F.linear outside the layer op (to compare).
+    return os.environ.get("FASTLSTM_TRAIN_OP", "1") != "0"
 
 
 def _grad_wanted(*tensors):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastlstm  # noqa: F401  (registers fake impls and autograd)
-from fastlstm import FastLSTM, _extension
+from fastlstm import FastLSTM, _extension, reference
 from helpers import TOLERANCE, assert_close
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="fastlstm._C not built")
@@ -97,6 +97,68 @@ def test_inference_op_matches_float64(shape, inputs, reverse, dtype, projection,
         assert_close(c_n, cs64[0 if reverse else -1], TOLERANCE[dtype], f"{dtype} c_n")
 
 
+def oracle_layer(x, h0, c0, w_ih, w_hh, bias, reverse):
+    """One layer through the float64 oracle's cell, step by step: (hs, cs) stacked in time."""
+    h, c, hs, cs = h0, c0, [None] * x.size(0), [None] * x.size(0)
+    for t in (reversed(range(x.size(0))) if reverse else range(x.size(0))):
+        h, c = reference.lstm_cell_reference(x[t], h, c, w_ih, w_hh, bias,
+                                             None if bias is None else torch.zeros_like(bias))
+        hs[t], cs[t] = h, c
+    return torch.stack(hs), torch.stack(cs)
+
+
+@pytest.mark.parametrize("projection", ["step", "gemm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
+def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads, amx,
+                                     monkeypatch):
+    """The training op (x W_ih^T + bias inside each step, or one GEMM first:
+    FASTLSTM_TRAIN_PROJECTION) against the float64 oracle: hs, cs and the gradients of x,
+    h0, c0, W_ih, W_hh and the bias (summed inside the backward kernel), with and without a
+    bias. I = 7 (an odd bf16 row) at odd batch sizes, else 32."""
+    if dtype == torch.float32 and amx == "noamx":
+        pytest.skip("fp32 never runs on AMX")
+    monkeypatch.setenv("FASTLSTM_TRAIN_PROJECTION", projection)
+    steps, batch, hidden = shape
+    inputs = 7 if batch % 2 else 32
+    _, (_, h0, c0, w_hh) = layer_inputs(*shape, dtype, seed=13 + sum(shape))
+    x = randn(steps, batch, inputs, seed=5).to(dtype)
+    w_ih = randn(4 * hidden, inputs, seed=6, scale=inputs ** -0.5).to(dtype)
+    bias = randn(4 * hidden, seed=8).to(dtype)
+    up_h, up_c = randn(steps, batch, hidden, seed=3), randn(steps, batch, hidden, seed=4)
+    names = ["hs", "cs", "grad_x", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias"]
+    for b in (bias, None):
+        def run(op, cast):
+            args = [cast(a).requires_grad_() for a in (x, h0, c0, w_ih, w_hh)]
+            bb = None if b is None else cast(b).requires_grad_()
+            hs, cs = op(*args, bb, reverse)
+            loss = (hs.double() * up_h.double()).sum() + (cs.double() * up_c.double()).sum()
+            return (hs, cs, *torch.autograd.grad(loss, args + ([] if bb is None else [bb])))
+
+        got = run(lambda *a: torch.ops.fastlstm.lstm_layer_train(*a)[:2], lambda t: t.clone())
+        want = run(oracle_layer, lambda t: t.double())
+        for name, g, w in zip(names, got, want):
+            assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name} bias={b is not None}")
+
+
+def test_train_opcheck():
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        _, (_, h0, c0, w_hh) = layer_inputs(5, 3, 20, dtype, seed=11)
+        x, w_ih = randn(5, 3, 9, seed=1).to(dtype), randn(80, 9, seed=2).to(dtype)
+        for bias in (randn(80, seed=3).to(dtype), None):
+            for reverse in (False, True):
+                args = [t.clone().requires_grad_() for t in (x, h0, c0, w_ih, w_hh)]
+                b = None if bias is None else bias.clone().requires_grad_()
+                torch.library.opcheck(torch.ops.fastlstm.lstm_layer_train.default,
+                                      (*args, b, reverse))
+                hs, cs, gates = torch.ops.fastlstm.lstm_layer_train(*args, b, reverse)
+                torch.library.opcheck(
+                    torch.ops.fastlstm.lstm_layer_train_backward.default,
+                    (torch.randn_like(hs), torch.randn_like(cs), *[a.detach() for a in args],
+                     hs.detach(), cs.detach(), gates.detach(), reverse))
+
+
 def test_inference_opcheck():
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         _, (_, h0, c0, w_hh) = layer_inputs(4, 3, 20, dtype, seed=11)
@@ -122,12 +184,12 @@ def test_module_under_no_grad_runs_the_inference_op(dtype, monkeypatch):
     """FastLSTM without autograd takes lstm_layer_inference (nothing saved), with the outputs
     it gives with autograd (within the dtype's tolerance: the input projection is summed in
     fp32 inside the step, not rounded to the storage dtype first); with autograd it takes
-    lstm_layer."""
+    lstm_layer_train."""
     torch.manual_seed(0)
     lstm = FastLSTM(12, 40, 2, backend="cpu").to(dtype)
     x = randn(6, 5, 12, seed=13).to(dtype)
     calls = []
-    for name in ("lstm_layer", "lstm_layer_inference"):
+    for name in ("lstm_layer_train", "lstm_layer_inference"):
         op = getattr(torch.ops.fastlstm, name)
         monkeypatch.setattr(torch.ops.fastlstm, name,
                             lambda *a, _op=op, _n=name: calls.append(_n) or _op(*a))
@@ -136,7 +198,7 @@ def test_module_under_no_grad_runs_the_inference_op(dtype, monkeypatch):
     assert calls == ["lstm_layer_inference"] * 2
     calls.clear()
     out_g, (h_g, c_g) = lstm(x)
-    assert calls == ["lstm_layer"] * 2
+    assert calls == ["lstm_layer_train"] * 2
     for got, want in ((out, out_g), (h, h_g), (c, c_g)):
         assert_close(got, want, TOLERANCE[dtype], f"{dtype} no_grad vs grad")
 

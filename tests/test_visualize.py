@@ -29,8 +29,8 @@ def test_recorder_shapes_probabilities_and_states():
     assert (rec.top_probs[:, :-1] >= rec.top_probs[:, 1:]).all()
     assert rec.cell.abs().max() <= 1
     with torch.no_grad():  # the recorded top-layer h is FastLSTM's own output, step or not
-        out, (h_n, c_n) = model.lstm(model.embed(ids.unsqueeze(0)))
-    assert torch.allclose(rec.hidden[:, -1], out[0], atol=1e-5)
+        out, (h_n, c_n) = model.lstm(model.embed(ids.unsqueeze(1)))  # time-major
+    assert torch.allclose(rec.hidden[:, -1], out[:, 0], atol=1e-5)
     assert torch.allclose(rec.cell[-1], torch.tanh(c_n[:, 0]), atol=1e-5)
 
 

@@ -520,11 +520,13 @@ struct FusedBackwardArgs {
   int64_t steps, batch, hidden;
   bool reverse;
   bool amx = false;     // bf16: the products on AMX tiles (only where amx_usable())
+  float* grad_bias = nullptr;  // [4H] or nullptr: += the worker's rows' dL/d(pre-activations)
+                               // (each worker its own: workers that split rows share units)
 };
 
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
 // computes grad_h0 = grad_pre_first W_hh.
-template <typename T, bool kHasGradC, bool kAmx>
+template <typename T, bool kHasGradC, bool kAmx, bool kBiasGrad>
 __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwardArgs<T>& a,
                                                               const Part& part, int64_t s) {
   constexpr int kRowBlock = kAmx ? kAmxRows : kMaxRows;
@@ -580,6 +582,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
           const int64_t ti = t * B * H + idx, gate0 = (t * B + row) * 4 * H + unit0;
           const float* gate_in = a.gates + gate0;
           T* grad_pre = a.grad_xproj + gate0;
+          float* grad_bias = kBiasGrad ? a.grad_bias + unit0 : nullptr;
           FASTLSTM_NO_ALIAS_LOOP
           for (int64_t u = 0; u < units; ++u) {
             const Gates<float> gate{gate_in[u], gate_in[H + u], gate_in[2 * H + u], gate_in[3 * H + u]};
@@ -594,6 +597,12 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
             grad_pre[H + u] = Cv::store(d.f);
             grad_pre[2 * H + u] = Cv::store(d.g);
             grad_pre[3 * H + u] = Cv::store(d.o);
+            if (kBiasGrad) {
+              grad_bias[u] += d.i;
+              grad_bias[H + u] += d.f;
+              grad_bias[2 * H + u] += d.g;
+              grad_bias[3 * H + u] += d.o;
+            }
           }
         }
       }
@@ -619,18 +628,21 @@ inline void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_
 inline void forward_step(const FusedForwardArgs<Bf16>& a, const Part& p, int64_t s) {
   a.amx ? forward_step_dispatch<Bf16, true>(a, p, s) : forward_step_dispatch<Bf16, false>(a, p, s);
 }
+template <typename T, bool kAmx>
+inline void backward_step_dispatch(const FusedBackwardArgs<T>& a, const Part& p, int64_t s) {
+  if (a.grad_bias) {
+    a.grad_cs ? backward_step_impl<T, true, kAmx, true>(a, p, s)
+              : backward_step_impl<T, false, kAmx, true>(a, p, s);
+  } else {
+    a.grad_cs ? backward_step_impl<T, true, kAmx, false>(a, p, s)
+              : backward_step_impl<T, false, kAmx, false>(a, p, s);
+  }
+}
 inline void backward_step(const FusedBackwardArgs<float>& a, const Part& p, int64_t s) {
-  a.grad_cs ? backward_step_impl<float, true, false>(a, p, s)
-            : backward_step_impl<float, false, false>(a, p, s);
+  backward_step_dispatch<float, false>(a, p, s);
 }
 inline void backward_step(const FusedBackwardArgs<Bf16>& a, const Part& p, int64_t s) {
-  if (a.amx) {
-    a.grad_cs ? backward_step_impl<Bf16, true, true>(a, p, s)
-              : backward_step_impl<Bf16, false, true>(a, p, s);
-  } else {
-    a.grad_cs ? backward_step_impl<Bf16, true, false>(a, p, s)
-              : backward_step_impl<Bf16, false, false>(a, p, s);
-  }
+  a.amx ? backward_step_dispatch<Bf16, true>(a, p, s) : backward_step_dispatch<Bf16, false>(a, p, s);
 }
 
 #pragma GCC pop_options

@@ -224,11 +224,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
 Tensor weight_gradient(const Tensor& grad_xproj, const Tensor& h0, const Tensor& hs,
                        bool reverse) {
   const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
-  // h_{t-1} for every t, in time order, so the weight gradient is one GEMM over all steps.
-  const Tensor h0_row = h0.contiguous().unsqueeze(0);
-  const Tensor h_prev_all = S == 1 ? h0_row
-                            : reverse ? at::cat({hs.narrow(0, 1, S - 1), h0_row})
-                                      : at::cat({h0_row, hs.narrow(0, 0, S - 1)});
+  // h_{t-1} for every t, in time order, so the weight gradient is one GEMM over all steps
+  // (in a kept buffer, as the outputs: at::cat's fresh one cost 0.6 ms of page faults at
+  // 2 x 384, batch 64, 100 steps).
+  Tensor h_prev_all = S == 1 ? h0.contiguous() : kernel_output({S, B, H}, hs.options());
+  if (S > 1) {
+    h_prev_all[reverse ? S - 1 : 0].copy_(h0);
+    h_prev_all.narrow(0, reverse ? 0 : 1, S - 1).copy_(hs.narrow(0, reverse ? 1 : 0, S - 1));
+  }
   return at::mm(grad_xproj.reshape({S * B, 4 * H}).t(), h_prev_all.reshape({S * B, H}));
 }
 

@@ -195,11 +195,14 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
   }
 }
 
+// Backward into grad_xproj, grad_c (dL/dc0), grad_h0, and with grad_bias (a [4H] float
+// tensor) the sum of grad_xproj's rows, taken from the kernel's fp32 values (each worker sums
+// its own rows, then the workers' sums are added).
 template <typename T>
 void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, const Tensor& c0,
                   const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
                   const Tensor& grad_c, const Tensor& grad_xproj, const Tensor& grad_h0,
-                  bool reverse) {
+                  bool reverse, Tensor* grad_bias = nullptr) {
   const int64_t S = gates.size(0), B = gates.size(1), H = w_hh.size(1);
   Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
   at::parallel_for(0, fused::unit_groups(H), 1, [&](int64_t begin, int64_t end) {
@@ -212,8 +215,18 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
       S,                B,                  H,
       reverse};
   args.amx = use_amx<T>();
-  run_plan(plan_for(B, H), S + 1,
-           [&](const Part& p, int64_t s) { fused::backward_step(args, p, s); });
+  const Plan plan = plan_for(B, H);
+  const int64_t n = static_cast<int64_t>(plan.parts.size());
+  Tensor bias_parts;
+  std::vector<fused::FusedBackwardArgs<T>> part_args(n, args);
+  if (grad_bias != nullptr) {
+    bias_parts = at::zeros({n, 4 * H}, grad_bias->options());
+    for (int64_t k = 0; k < n; ++k) part_args[k].grad_bias = ptr<float>(bias_parts) + k * 4 * H;
+  }
+  run_plan(plan, S + 1, [&](const Part& p, int64_t s) {
+    fused::backward_step(part_args[&p - plan.parts.data()], p, s);
+  });
+  if (grad_bias != nullptr) at::sum_out(*grad_bias, bias_parts, 0);
 }
 
 // A stack's packed weights kept across calls, as inference_packs: per layer W_ih and W_hh
@@ -379,17 +392,20 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
   return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
 }
 
-std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
+namespace {
+
+// The recurrence's backward (cpu_fused_layer_backward's checks and kernel): grad_xproj
+// [S, B, 4H] in hs's dtype, grad_h0 [B, H] float, grad_c0 [B, H] float; with grad_bias
+// ([4H] float) also the sum of grad_xproj's rows.
+std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
     const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
-    const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs_in, const Tensor& cs_in,
-    const Tensor& gates_in, bool reverse) {
-  if (!applies(hs_in, hs_in.size(0))) return std::nullopt;
-  const c10::NoGradGuard no_grad;
-  const at::ScalarType dtype = hs_in.scalar_type();
+    const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs_in,
+    const Tensor& gates_in, bool reverse, Tensor* grad_bias) {
+  const at::ScalarType dtype = hs.scalar_type();
   check_layer_inputs(gates_in, dtype, h0_in, c0, w_hh_in);
   const int64_t S = gates_in.size(0), B = gates_in.size(1), H = w_hh_in.size(1);
-  FASTLSTM_CHECK(grad_hs_in.sizes() == hs_in.sizes() && hs_in.sizes() == cs_in.sizes() &&
-                     hs_in.size(0) == S && hs_in.size(1) == B && hs_in.size(2) == H,
+  FASTLSTM_CHECK(grad_hs_in.sizes() == hs.sizes() && hs.sizes() == cs_in.sizes() &&
+                     hs.size(0) == S && hs.size(1) == B && hs.size(2) == H,
                  "fastlstm: grad_hs, hs and cs must be [seq, batch, hidden] = [", S, ", ", B,
                  ", ", H, "]");
   FASTLSTM_CHECK(cs_in.scalar_type() == at::kFloat && gates_in.scalar_type() == at::kFloat,
@@ -400,7 +416,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
     FASTLSTM_CHECK(grad_cs_in->sizes() == cs_in.sizes(), "fastlstm: grad_cs must be shaped like cs");
     grad_cs = grad_cs_in->to(dtype).contiguous();
   }
-  const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous(), hs = hs_in.contiguous();
+  const Tensor w_hh = w_hh_in.contiguous();
   const Tensor cs = cs_in.contiguous(), gates = gates_in.contiguous();
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
   const auto acc = hs.options().dtype(at::kFloat);
@@ -409,13 +425,95 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
   Tensor grad_h0 = kernel_output({B, H}, acc);
   if (dtype == at::kFloat) {
     run_backward<float>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                        reverse);
+                        reverse, grad_bias);
   } else {
     run_backward<Bf16>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                       reverse);
+                       reverse, grad_bias);
   }
-  return std::make_tuple(grad_xproj, grad_h0.to(dtype), grad_c.to(c0.scalar_type()),
+  return {grad_xproj, grad_h0, grad_c};
+}
+
+// Training: the input projection inside each step where the products run on AMX tiles (bf16),
+// else as one GEMM first; FASTLSTM_TRAIN_PROJECTION=step|gemm overrides.
+bool train_projection_in_step(bool amx) {
+  if (const char* v = std::getenv("FASTLSTM_TRAIN_PROJECTION")) {
+    if (std::strcmp(v, "step") == 0) return true;
+    if (std::strcmp(v, "gemm") == 0) return false;
+  }
+  return amx;
+}
+
+}  // namespace
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0_in,
+    const Tensor& c0, const Tensor& w_hh, const Tensor& hs_in, const Tensor& cs,
+    const Tensor& gates, bool reverse) {
+  if (!applies(hs_in, hs_in.size(0))) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const Tensor h0 = h0_in.contiguous(), hs = hs_in.contiguous();
+  auto [grad_xproj, grad_h0, grad_c] =
+      recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, nullptr);
+  return std::make_tuple(grad_xproj, grad_h0.to(hs.scalar_type()), grad_c.to(c0.scalar_type()),
                          weight_gradient(grad_xproj, h0, hs, reverse));
+}
+
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
+    const Tensor& x, const Tensor& h0_in, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh_in, const std::optional<Tensor>& bias, bool reverse) {
+  if (!applies(x, x.size(0))) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh_in.size(1);
+  const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const auto acc = x.options().dtype(at::kFloat);
+  Tensor hs = kernel_output({S, B, H}, x.options());
+  Tensor cs = kernel_output({S, B, H}, acc);
+  Tensor gates = kernel_output({S, B, 4 * H}, acc);
+  const bool has_bias = bias.has_value() && bias->defined();
+  const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
+  if (train_projection_in_step(amx)) {
+    const Tensor x_rows = padded_columns(
+        x, x.scalar_type() == at::kBFloat16 ? fused::padded_width<Bf16>(I) : I);
+    const Tensor bias_acc = has_bias ? bias->to(at::kFloat).contiguous()
+                                     : at::zeros({4 * H}, acc);
+    run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse,
+                hs, cs, ptr<float>(gates), false);
+  } else {
+    // Into a kept buffer: fresh memory would cost a page fault per 4 KiB (layer.cpp).
+    Tensor xproj = kernel_output({S, B, 4 * H}, x.options());
+    Tensor flat = xproj.view({S * B, 4 * H});
+    const Tensor x_flat = x.reshape({S * B, I});
+    if (has_bias) {
+      at::addmm_out(flat, *bias, x_flat, w_ih.t());
+    } else {
+      at::mm_out(flat, x_flat, w_ih.t());
+    }
+    run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates),
+                false);
+  }
+  return std::make_tuple(hs, cs, gates);
+}
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
+cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+                               const Tensor& x_in, const Tensor& h0_in, const Tensor& c0,
+                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs_in,
+                               const Tensor& cs, const Tensor& gates, bool reverse) {
+  if (!applies(hs_in, hs_in.size(0))) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const Tensor h0 = h0_in.contiguous(), hs = hs_in.contiguous(), x = x_in.contiguous();
+  const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  Tensor grad_bias = at::empty({4 * H}, hs.options().dtype(at::kFloat));
+  auto [grad_xproj, grad_h0, grad_c] =
+      recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, &grad_bias);
+  const Tensor g = grad_xproj.view({S * B, 4 * H});
+  Tensor grad_x = kernel_output({S, B, I}, x.options());
+  Tensor grad_x_flat = grad_x.view({S * B, I});
+  at::mm_out(grad_x_flat, g, w_ih);
+  return std::make_tuple(grad_x, grad_h0.to(hs.scalar_type()), grad_c.to(c0.scalar_type()),
+                         at::mm(g.t(), x.view({S * B, I})),
+                         weight_gradient(grad_xproj, h0, hs, reverse),
+                         grad_bias.to(hs.scalar_type()));
 }
 
 #else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
@@ -443,6 +541,17 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
     const Tensor&, const Tensor&, const Tensor&, at::TensorList, at::TensorList, at::TensorList,
     at::TensorList, at::ScalarType) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, bool) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
+cpu_fused_layer_train_backward(const Tensor&, const std::optional<Tensor>&, const Tensor&,
+                               const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                               const Tensor&, const Tensor&, const Tensor&, bool) {
   return std::nullopt;
 }
 

@@ -43,6 +43,21 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
     const Tensor& x, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
     at::TensorList w_hh, at::TensorList b_ih, at::TensorList b_hh, at::ScalarType dtype);
 
+// Training from the layer input: x [S, B, I], w_ih [4H, I], bias [4H] (b_ih + b_hh) or none;
+// x W_ih^T + bias inside each step (bf16 on AMX tiles) or as one GEMM first. Returns what
+// cpu_fused_layer_forward does. Inputs checked by the caller (the op).
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& bias, bool reverse);
+
+// Its backward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias), the bias's
+// gradient summed by the backward kernel as it computes each row.
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
+cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+                               const Tensor& x, const Tensor& h0, const Tensor& c0,
+                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
+                               const Tensor& cs, const Tensor& gates, bool reverse);
+
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,

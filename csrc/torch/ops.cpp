@@ -128,10 +128,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_cpu(const Tensor& xproj, const Tensor& 
   return layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
 }
 
-std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& x, const Tensor& h0,
-                                               const Tensor& c0, const Tensor& w_ih,
-                                               const Tensor& w_hh,
-                                               const std::optional<Tensor>& bias, bool reverse) {
+// The checks of the ops that take the layer input x [S, B, I] and w_ih [4H, I].
+void check_input_layer(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                       const Tensor& w_hh, const std::optional<Tensor>& bias) {
   check_cpu(x);
   FASTLSTM_CHECK(x.dim() == 3 && w_ih.dim() == 2 && w_ih.size(1) == x.size(2) &&
                      w_ih.size(0) == w_hh.size(0),
@@ -148,10 +147,45 @@ std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& x, const Tensor& h0
   }
   FASTLSTM_CHECK(x.size(0) > 0, "fastlstm: the sequence must have at least one step");
   check_state_inputs(x.size(1), x.scalar_type(), x.device(), h0, c0, w_hh);
+}
+
+std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& x, const Tensor& h0,
+                                               const Tensor& c0, const Tensor& w_ih,
+                                               const Tensor& w_hh,
+                                               const std::optional<Tensor>& bias, bool reverse) {
+  check_input_layer(x, h0, c0, w_ih, w_hh, bias);
   if (auto fused = cpu_fused_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse)) return *fused;
-  const Tensor xproj = at::linear(x, w_ih, has_bias ? *bias : std::optional<Tensor>());
-  auto [hs, cs, gates] = layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
+  auto [hs, cs, gates] = layer_forward(at::linear(x, w_ih, bias), h0, c0, w_hh, reverse,
+                                       kCpuKernels);
   return {hs, cs[reverse ? 0 : cs.size(0) - 1].clone()};
+}
+
+std::tuple<Tensor, Tensor, Tensor> layer_train_cpu(const Tensor& x, const Tensor& h0,
+                                                   const Tensor& c0, const Tensor& w_ih,
+                                                   const Tensor& w_hh,
+                                                   const std::optional<Tensor>& bias,
+                                                   bool reverse) {
+  check_input_layer(x, h0, c0, w_ih, w_hh, bias);
+  if (auto fused = cpu_fused_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse)) return *fused;
+  return layer_forward(at::linear(x, w_ih, bias), h0, c0, w_hh, reverse, kCpuKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_train_backward_cpu(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& x,
+    const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
+    const Tensor& cs, const Tensor& gates, bool reverse) {
+  check_input_layer(x, h0, c0, w_ih, w_hh, std::nullopt);
+  FASTLSTM_CHECK(hs.scalar_type() == x.scalar_type() && hs.dim() == 3 &&
+                     hs.size(0) == x.size(0) && hs.size(1) == x.size(1),
+                 "fastlstm: hs must be [seq, batch, hidden] in x's dtype");
+  if (auto fused = cpu_fused_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs,
+                                                  cs, gates, reverse))
+    return *fused;
+  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] =
+      layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCpuKernels);
+  const Tensor g = grad_xproj.flatten(0, 1), x_flat = x.flatten(0, 1);
+  return {g.mm(w_ih).view(x.sizes()), grad_h0, grad_c0, g.t().mm(x_flat), grad_w_hh,
+          g.sum(0, false, cell_dtype(g.scalar_type())).to(g.scalar_type())};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward_cpu(
@@ -284,6 +318,16 @@ TORCH_LIBRARY(fastlstm, m) {
   // CPU only; FastLSTM calls it when no gradient is wanted. bias: b_ih + b_hh, [4H].
   m.def("lstm_layer_inference(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh,"
         " Tensor? bias, bool reverse) -> (Tensor hs, Tensor c_n)");
+  // lstm_layer's contract from the layer input x [S, B, I] (x W_ih^T + bias inside each step,
+  // or as one GEMM first), and its backward, which also returns the gradients of x, W_ih and
+  // the bias (the bias's summed as the kernel computes each row). CPU only; FastLSTM calls it
+  // when a gradient is wanted. bias: b_ih + b_hh, [4H].
+  m.def("lstm_layer_train(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias,"
+        " bool reverse) -> (Tensor hs, Tensor cs, Tensor gates)");
+  m.def("lstm_layer_train_backward(Tensor grad_hs, Tensor? grad_cs, Tensor x, Tensor h0,"
+        " Tensor c0, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor cs, Tensor gates, bool reverse)"
+        " -> (Tensor grad_x, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh,"
+        " Tensor grad_bias)");
   // lstm_layer's contract, computed by the persistent CUDA kernel (one launch for all steps;
   // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
@@ -322,6 +366,8 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("lstm_layer", &layer_cpu);
   m.impl("lstm_layer_backward", &layer_backward_cpu);
   m.impl("lstm_layer_inference", &layer_inference_cpu);
+  m.impl("lstm_layer_train", &layer_train_cpu);
+  m.impl("lstm_layer_train_backward", &layer_train_backward_cpu);
   m.impl("dropout", &dropout_cpu);
   m.impl("lstm_step", &step_cpu);
   m.impl("lstm_stack_inference", &stack_inference_cpu);

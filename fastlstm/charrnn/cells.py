@@ -24,9 +24,9 @@ def record(model: CharRNN, ids: torch.Tensor, symbols: list, k: int = 5) -> Reco
     """Read ids (1-D) through the model, one step at a time via FastLSTM.inspect()."""
     model.eval()
     device = next(model.parameters()).device
-    x = model.embed(ids.to(device).unsqueeze(0))
+    x = model.embed(ids.to(device).unsqueeze(1))  # [steps, 1, embed]: the LSTM is time-major
     out, _, states = model.lstm.inspect(x)
-    probs = torch.softmax(model.head(out[0]).float(), dim=-1)
+    probs = torch.softmax(model.head(out[:, 0]).float(), dim=-1)
     top_probs, top_ids = probs.topk(min(k, probs.size(-1)), dim=-1)
     return Recording(text=[symbols[i] for i in ids.tolist()], top_ids=top_ids.cpu(),
                      top_probs=top_probs.cpu(), cell=torch.tanh(states["c"][:, :, 0]).float().cpu(),
