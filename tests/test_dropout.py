@@ -47,6 +47,18 @@ def test_same_seed_same_mask_on_any_threads_other_seeds_independent():
     assert abs(adjacent) < 0.01
 
 
+@pytest.mark.parametrize("numel", [1, 15, 17, 1000, 65536 * 3 + 5])
+def test_every_dtype_draws_the_same_mask(numel, threads):
+    """float64 runs the portable loop; float32 and bfloat16 the AVX-512 one where the CPU
+    has it (16 elements a step, the rest by the portable loop): one mask for all."""
+    x = torch.ones(numel, dtype=torch.float64)
+    for seed in (0, 7, 2 ** 61 + 12345):
+        want = torch.ops.fastlstm.dropout(x, 0.3, seed) != 0
+        for dtype in (torch.float32, torch.bfloat16):
+            got = torch.ops.fastlstm.dropout(x.to(dtype), 0.3, seed) != 0
+            assert torch.equal(got, want), (dtype, seed)
+
+
 def test_ops_dropout_follows_torch_seed_and_training_flag():
     x = torch.randn(64, 100)
     torch.manual_seed(3)

@@ -275,6 +275,16 @@ Tensor dropout_cpu(const Tensor& x_in, double p, int64_t seed) {
     using Acc = typename CpuTypes<scalar_t>::Acc;
     const Acc scale = static_cast<Acc>(1.0 / (1.0 - p));
     at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__) && defined(__GNUC__)
+      if constexpr (!std::is_same_v<T, double>) {
+        static const bool avx512 = cpu_fused_supports(at::kBFloat16);  // F, DQ, BW, VL, BF16
+        if (avx512) {
+          dropout_range_avx512(ptr<T>(x), ptr<T>(out), begin, end, static_cast<uint64_t>(seed),
+                               threshold, scale);
+          return;
+        }
+      }
+#endif
       dropout_cpu_range(ptr<T>(x), ptr<T>(out), begin, end, static_cast<uint64_t>(seed),
                         threshold, scale);
     });
