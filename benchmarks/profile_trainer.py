@@ -23,6 +23,8 @@ from fastlstm.charrnn import train  # noqa: E402
 # are counted as GEMMs (self time).
 PHASES = [("LSTM recurrence bwd (ours)", ("fastlstm::lstm_layer_backward",
                                           "fastlstm::lstm_layer_train_backward",
+                                          "fastlstm::lstm_layer_embedded_backward",
+                                          "fastlstm_lstm_layer_embedded_defaultbackward",
                                           "fastlstm_lstm_layer_defaultbackward",
                                           "fastlstm_lstm_layer_train_defaultbackward")),
           ("LSTM recurrence fwd (ours)", ("fastlstm::lstm_layer",

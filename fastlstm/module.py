@@ -458,7 +458,42 @@ class FastLSTM(nn.Module):
         self._check_state(hx, batch)
         return x, hx, not batched
 
+    def forward_ids(self, ids, embedding, hx=None):
+        """``self(embedding(ids), hx)``: the same result, for an nn.Embedding (or its weight
+        [num_ids, input_size]) in front of this LSTM; ids [seq, batch] or [batch, seq] (as
+        batch_first) of int64. Where a backward will follow on the CPU's fused path, the
+        first layer reads its input projection from a table (embedding weight W_ih^T + b,
+        one row per id, computed each call) instead of projecting every step's input, and
+        its backward adds each row's gradient into its id's table row: no product over all
+        steps for W_ih's and the embedding's gradients (they come from the table's). Where
+        that does not apply (other paths, unbatched ids, more ids than tokens, an Embedding
+        with padding_idx, max_norm, scale_grad_by_freq or sparse) it runs exactly
+        ``self(embedding(ids), hx)``."""
+        weight = embedding.weight if isinstance(embedding, nn.Embedding) else embedding
+        if not self._fold_fits(ids, embedding, weight):
+            x = embedding(ids) if isinstance(embedding, nn.Embedding) else F.embedding(ids, weight)
+            return self(x, hx)
+        # weight's first row, expanded: stands in for the embedded input in the checks and the
+        # routing (shape, dtype, device, requires_grad) without gathering it.
+        x = weight[:1].expand(*ids.shape, weight.size(1))
+        return self._forward(x, hx, (ids, weight))
+
+    def _fold_fits(self, ids, embedding, weight):
+        if isinstance(embedding, nn.Embedding) and (
+                embedding.padding_idx is not None or embedding.max_norm is not None
+                or embedding.scale_grad_by_freq or embedding.sparse):
+            return False
+        return (ids.dim() == 2 and ids.dtype == torch.int64 and weight.dim() == 2
+                and ids.device.type == "cpu" and weight.device.type == "cpu"
+                and weight.size(0) <= ids.numel() and _extension.available()
+                and self._grad_wanted(weight))
+
     def forward(self, input, hx=None):
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx, embedded=None):
+        """forward; `embedded` (ids, weight): input stands in for F.embedding(ids, weight)
+        (forward_ids), which only the CPU training path's first layer does not gather."""
         if isinstance(input, PackedSequence):
             path = choose_path(self.backend, input.data,
                                _fused_unsupported(input.data, self.proj_size, packed=True),
@@ -474,6 +509,11 @@ class FastLSTM(nn.Module):
                      and self._stack_inference_fits(x, steps, dtype))
         path = choose_path(self.backend, x, _fused_unsupported(x, self.proj_size), batch,
                            self.hidden_size, steps, grad, streaming)
+        persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
+        if embedded is not None and (path != "fused" or streaming or persistent or not grad
+                                     or not ops._train_op_enabled()):
+            x = F.embedding(*embedded)  # a path that reads the input itself
+            embedded = None
         if path == "reference":
             out, (h_n, c_n) = reference_lstm(
                 x, state, dict(self.named_parameters()), num_layers=self.num_layers,
@@ -485,12 +525,12 @@ class FastLSTM(nn.Module):
         elif path == "fused" and streaming:
             out, h_n, c_n = self._forward_stack_inference(x, state, dtype)
         else:
-            persistent = path != "triton" and x.is_cuda and ops.persistent_enabled()
             stack = (persistent and ops.persistent_version() == 4
                      and self._stack_fits_one_launch())
             layer_op = (_triton_layer_op() if path == "triton"
                         else torch.ops.fastlstm.lstm_layer_persistent if persistent else None)
-            out, h_n, c_n = self._forward_fused(x, state, layer_op, stack=stack)
+            out, h_n, c_n = self._forward_fused(x, state, layer_op, stack=stack,
+                                                embedded=embedded)
         if unbatched:
             out = out.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
@@ -618,13 +658,16 @@ class FastLSTM(nn.Module):
             return ops.dropout(x.transpose(0, 1), self.dropout).transpose(0, 1)
         return ops.dropout(x, self.dropout)
 
-    def _forward_fused(self, x, state, layer_op=None, stack=False):
+    def _forward_fused(self, x, state, layer_op=None, stack=False, embedded=None):
         """Layer by layer, direction by direction, through the fastlstm ops, or with
         `stack` (see _stack_fits_one_launch) every layer in one persistent launch. x is
-        batched 3-D in the module's layout; returns (output, h_n, c_n) in the same layout."""
+        batched 3-D in the module's layout; returns (output, h_n, c_n) in the same layout.
+        embedded (ids, weight): the first layer reads its input projection from a table
+        per id (ops.lstm_layer_embedded; x then only stands in for the embedded input)."""
         dtype = compute_dtype(x)  # under autocast, everything runs in its dtype
         h0, c0 = (t.to(dtype) for t in state)
-        layer_in = (x.transpose(0, 1) if self.batch_first else x).to(dtype)  # ops: time-major
+        layer_in = None if embedded is not None else (  # ops: time-major
+            x.transpose(0, 1) if self.batch_first else x).to(dtype)
         if stack:
             params = lambda name: [  # noqa: E731
                 getattr(self, f"{name}_l{layer}").to(dtype) if self.bias or "weight" in name
@@ -641,9 +684,17 @@ class FastLSTM(nn.Module):
                 k = layer * dirs + d
                 w = lambda name: getattr(self, f"{name}_l{layer}{suffix}")  # noqa: E731
                 b_ih, b_hh = (w("bias_ih"), w("bias_hh")) if self.bias else (None, None)
-                hs, h, c = ops.lstm_layer(layer_in, h0[k], c0[k], *(
-                    _cast(p, dtype) for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)),
-                    reverse=d == 1, layer_op=layer_op)
+                if embedded is not None and layer == 0:
+                    ids, weight = embedded
+                    table = F.linear(_cast(weight, dtype), _cast(w("weight_ih"), dtype),
+                                     None if b_ih is None else _cast(b_ih + b_hh, dtype))
+                    hs, h, c = ops.lstm_layer_embedded(
+                        ids.t() if self.batch_first else ids, table, h0[k], c0[k],
+                        _cast(w("weight_hh"), dtype), reverse=d == 1)
+                else:
+                    hs, h, c = ops.lstm_layer(layer_in, h0[k], c0[k], *(
+                        _cast(p, dtype) for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)),
+                        reverse=d == 1, layer_op=layer_op)
                 outs.append(hs)
                 h_n.append(h)
                 c_n.append(c)

@@ -6,6 +6,14 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
       -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
   lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, c_n)
+  lstm_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, cs, gates)
+  lstm_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs, cs, gates, reverse)
+      -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias)
+      (CPU; lstm_layer with the input projection inside: FastLSTM's training path)
+  lstm_layer_embedded(ids, table, h0, c0, w_hh, reverse) -> (hs, cs, gates)
+  lstm_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0, c0, w_hh, hs, cs, gates,
+                               reverse) -> (grad_table, grad_h0, grad_c0, grad_w_hh)
+      (CPU; the input projection read from a table per id: FastLSTM.forward_ids)
       (CPU; x W_ih^T + bias inside each step or as one GEMM first; nothing saved for backward)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
   lstm_stack_inference(x, h0, c0, w_ih[], w_hh[], b_ih[], b_hh[], dtype) -> (out, h_n, c_n)
@@ -87,6 +95,42 @@ def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates):
                                                          w_hh, hs, cs, gates, ctx.reverse))
     return (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
             grad_bias if ctx.has_bias else None, None)
+
+
+def _fake_layer_embedded(ids, table, h0, c0, w_hh, reverse):
+    return _fake_layer(table.new_empty(ids.size(0), ids.size(1), table.size(1)), h0, c0, w_hh,
+                       reverse)
+
+
+def _fake_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0, c0, w_hh, hs, cs, gates,
+                                  reverse):
+    return (table.new_empty(table.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            w_hh.new_empty(w_hh.shape))
+
+
+def _layer_embedded_setup_context(ctx, inputs, output):
+    ids, table, h0, c0, w_hh, reverse = inputs
+    hs, cs, gates = output
+    ctx.save_for_backward(ids, table, h0, c0, w_hh, hs, cs, gates)
+    ctx.reverse = reverse
+    ctx.set_materialize_grads(False)
+
+
+def _layer_embedded_backward(ctx, grad_hs, grad_cs, grad_gates):
+    ids, table, h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
+    if _differentiable_backward_needed(grad_gates):
+        grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
+            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates, ctx.reverse)
+        grad_table = torch.zeros(table.shape, dtype=gates.dtype, device=table.device).index_add(
+            0, ids.flatten(), grad_xproj.flatten(0, 1).to(gates.dtype)).to(table.dtype)
+    else:
+        if grad_hs is None:
+            grad_hs = torch.zeros_like(hs)
+        grad_table, grad_h0, grad_c0, grad_w_hh = (
+            torch.ops.fastlstm.lstm_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0,
+                                                            c0, w_hh, hs, cs, gates,
+                                                            ctx.reverse))
+    return None, grad_table, grad_h0, grad_c0, grad_w_hh, None
 
 
 def _fake_step(xproj, h, c, w_hh):
@@ -320,6 +364,13 @@ if _extension.available():
                                     setup_context=_layer_train_setup_context)
     torch.library.register_autograd("fastlstm::lstm_layer_train_backward", _no_double_backward,
                                     setup_context=_no_setup)
+    torch.library.register_fake("fastlstm::lstm_layer_embedded")(_fake_layer_embedded)
+    torch.library.register_fake("fastlstm::lstm_layer_embedded_backward")(
+        _fake_layer_embedded_backward)
+    torch.library.register_autograd("fastlstm::lstm_layer_embedded", _layer_embedded_backward,
+                                    setup_context=_layer_embedded_setup_context)
+    torch.library.register_autograd("fastlstm::lstm_layer_embedded_backward",
+                                    _no_double_backward, setup_context=_no_setup)
     torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
     torch.library.register_fake("fastlstm::lstm_stack_inference")(_fake_stack_inference)
     torch.library.register_fake("fastlstm::lstm_layer_persistent")(_fake_layer)
@@ -408,6 +459,18 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
     layer_op = layer_op or torch.ops.fastlstm.lstm_layer
     hs, cs, _ = layer_op(xproj, h0, c0, w_hh, reverse)
     return hs, hs[last], cs[last].to(x.dtype)
+
+
+def lstm_layer_embedded(ids, table, h0, c0, w_hh, reverse=False):
+    """One layer whose input is an embedding (CPU): ids [S, B] int64, table [V, 4H] = the
+    embedding's weight W_ih^T + b_ih + b_hh (so step t's row b adds table[ids[t, b]] where
+    the layer would add x W_ih^T + b) -> (hs [S, B, H], h_n, c_n). Its backward adds each
+    row's gradient into its id's table row; the table's own graph (a [V, E] x [E, 4H]
+    product) carries it to the embedding, W_ih and the biases."""
+    hs, cs, _ = torch.ops.fastlstm.lstm_layer_embedded(ids.contiguous(), table, h0, c0, w_hh,
+                                                       reverse)
+    last = 0 if reverse else -1
+    return hs, hs[last], cs[last].to(table.dtype)
 
 
 def _train_op_enabled():

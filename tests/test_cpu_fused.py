@@ -142,6 +142,109 @@ def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads,
             assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name} bias={b is not None}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
+def test_embedded_op_matches_the_oracle(shape, reverse, dtype, threads, amx):
+    """The layer whose input projection is a table row per id against the float64 oracle fed
+    one-hot inputs (x W_ih^T = table[id] with W_ih = table^T): hs, cs and the gradients of the
+    table (each row's gradient added into its id's row by the backward kernel), h0, c0, W_hh."""
+    if dtype == torch.float32 and amx == "noamx":
+        pytest.skip("fp32 never runs on AMX")
+    steps, batch, hidden = shape
+    rows = 5
+    _, (_, h0, c0, w_hh) = layer_inputs(*shape, dtype, seed=17 + sum(shape))
+    ids = torch.randint(0, rows, (steps, batch), generator=torch.Generator().manual_seed(3))
+    ids[0, 0] = rows - 1  # the last row used at least once
+    table = randn(rows, 4 * hidden, seed=9).to(dtype)
+    up_h, up_c = randn(steps, batch, hidden, seed=3), randn(steps, batch, hidden, seed=4)
+
+    def loss_of(hs, cs):
+        return (hs.double() * up_h.double()).sum() + (cs.double() * up_c.double()).sum()
+
+    args = [t.clone().requires_grad_() for t in (table, h0, c0, w_hh)]
+    hs, cs, _ = torch.ops.fastlstm.lstm_layer_embedded(ids, args[0], *args[1:], reverse)
+    got = (hs, cs, *torch.autograd.grad(loss_of(hs, cs), args))
+    ref = [t.double().requires_grad_() for t in (table, h0, c0, w_hh)]
+    one_hot = torch.nn.functional.one_hot(ids, rows).double()
+    hs64, cs64 = oracle_layer(one_hot, ref[1], ref[2], ref[0].t(), ref[3], None, reverse)
+    want = (hs64, cs64, *torch.autograd.grad(loss_of(hs64, cs64), ref))
+    for name, g, w in zip(["hs", "cs", "grad_table", "grad_h0", "grad_c0", "grad_w_hh"],
+                          got, want):
+        assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name}")
+
+
+def test_embedded_op_rejects_bad_ids():
+    _, (_, h0, c0, w_hh) = layer_inputs(5, 3, 20, torch.float32, seed=1)
+    table = randn(4, 80, seed=2)
+    for ids, what in ((torch.full((5, 3), 4), "lie in"), (torch.full((5, 3), -1), "lie in"),
+                      (torch.zeros(5, 3, dtype=torch.int32), "int64"),
+                      (torch.zeros(5, 4, dtype=torch.int64), "h0 must be")):
+        with pytest.raises(RuntimeError, match=what):
+            torch.ops.fastlstm.lstm_layer_embedded(ids, table, h0, c0, w_hh, False)
+
+
+def test_embedded_opcheck():
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        _, (_, h0, c0, w_hh) = layer_inputs(5, 3, 20, dtype, seed=11)
+        ids = torch.randint(0, 7, (5, 3))
+        for reverse in (False, True):
+            args = [t.clone().requires_grad_() for t in (randn(7, 80, seed=1).to(dtype), h0, c0,
+                                                         w_hh)]
+            torch.library.opcheck(torch.ops.fastlstm.lstm_layer_embedded.default,
+                                  (ids, *args, reverse))
+            hs, cs, gates = torch.ops.fastlstm.lstm_layer_embedded(ids, *args, reverse)
+            torch.library.opcheck(
+                torch.ops.fastlstm.lstm_layer_embedded_backward.default,
+                (torch.randn_like(hs), torch.randn_like(cs), ids, *[a.detach() for a in args],
+                 hs.detach(), cs.detach(), gates.detach(), reverse))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["time-major", "batch_first", "bidirectional"])
+def test_forward_ids_is_the_module_on_embedded_input(dtype, layout, monkeypatch):
+    """FastLSTM.forward_ids(ids, embedding) against FastLSTM(embedding(ids)): outputs, states
+    and the gradients of the embedding and of every parameter; training on the CPU takes the
+    table op for the first layer (per direction), given states too."""
+    torch.manual_seed(0)
+    lstm = FastLSTM(13, 37, 2, backend="cpu", batch_first=layout == "batch_first",
+                    bidirectional=layout == "bidirectional")
+    emb = torch.nn.Embedding(11, 13)
+    ids = torch.randint(0, 11, (9, 5))
+    dirs = 2 if layout == "bidirectional" else 1
+    state = (torch.randn(2 * dirs, 9 if layout == "batch_first" else 5, 37),) * 2
+    calls = []
+    op = torch.ops.fastlstm.lstm_layer_embedded
+    monkeypatch.setattr(torch.ops.fastlstm, "lstm_layer_embedded",
+                        lambda *a: calls.append(1) or op(*a))
+
+    def run(fold):
+        lstm.zero_grad()
+        emb.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out, (h, c) = lstm.forward_ids(ids, emb, state) if fold else lstm(emb(ids), state)
+        (out.float().square().sum() + h.float().sum() + c.float().square().sum()).backward()
+        return [out, h, c, emb.weight.grad.clone(), *(p.grad.clone() for p in lstm.parameters())]
+
+    for got, want in zip(run(True), run(False)):
+        assert_close(got, want, TOLERANCE[dtype], f"{dtype} {layout}")
+    assert len(calls) == dirs
+
+
+def test_forward_ids_runs_the_module_where_the_table_does_not_apply():
+    """Inference, unbatched ids and an Embedding with padding_idx take embedding(ids) and the
+    module's usual path: exactly its result."""
+    torch.manual_seed(0)
+    lstm = FastLSTM(6, 10, 1, backend="cpu")
+    padded = torch.nn.Embedding(7, 6, padding_idx=0)
+    ids = torch.randint(0, 7, (8, 3))
+    out, _ = lstm.forward_ids(ids, padded)
+    assert torch.equal(out, lstm(padded(ids))[0])
+    with torch.no_grad():
+        assert torch.equal(lstm.forward_ids(ids, padded.weight)[0], lstm(padded(ids))[0])
+    assert torch.equal(lstm.forward_ids(ids[:, 0], padded.weight)[0], lstm(padded(ids[:, 0]))[0])
+
+
 def test_train_opcheck():
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         _, (_, h0, c0, w_hh) = layer_inputs(5, 3, 20, dtype, seed=11)

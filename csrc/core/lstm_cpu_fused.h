@@ -396,6 +396,8 @@ struct FusedForwardArgs {
   int64_t ld_hs = 0;   // row stride of hs: a stack's lower layer writes the rows its upper
                        // layer reads as x (padded_width(H), the padding zero)
   bool amx = false;    // bf16: the products on AMX tiles (only where amx_usable())
+  const int64_t* ids = nullptr;  // [S, B] or nullptr: xproj is a table [rows, 4H] whose row
+                                 // ids[t B + b] row b of step t adds (an embedding folded in)
 };
 
 // One row of one unit group after the product: the rest of the pre-activation added (X: the
@@ -470,7 +472,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
         for (int r = 0; r < rows; ++r) {
           const int64_t row = t_next * B + row0 + r;
           for (int q = 0; q < 4; ++q) {
-            if (!kInputFused) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
+            if (!kInputFused && !a.ids) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
             if (kSaveGates) __builtin_prefetch(a.gates + row * 4 * H + q * H + unit0, 1, 2);
           }
           __builtin_prefetch(a.hs + row * ld_hs + unit0, 1, 2);
@@ -490,7 +492,8 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
           if constexpr (kInputFused) {
             return a.bias + unit0;
           } else {
-            return a.xproj + (t * B + row) * 4 * H + unit0;
+            const int64_t x_row = a.ids ? a.ids[t * B + row] : t * B + row;
+            return a.xproj + x_row * 4 * H + unit0;
           }
         }();
         if (units == kLanes) {
@@ -521,7 +524,9 @@ struct FusedBackwardArgs {
   bool reverse;
   bool amx = false;     // bf16: the products on AMX tiles (only where amx_usable())
   float* grad_bias = nullptr;  // [4H] or nullptr: += the worker's rows' dL/d(pre-activations)
-                               // (each worker its own: workers that split rows share units)
+                               // (each worker its own: workers that split rows share units);
+  const int64_t* bias_ids = nullptr;  // with [S, B] ids, grad_bias is [rows, 4H] and row b of
+                                      // step t adds into its row ids[t B + b] (a table's gradient)
 };
 
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
@@ -582,7 +587,9 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
           const int64_t ti = t * B * H + idx, gate0 = (t * B + row) * 4 * H + unit0;
           const float* gate_in = a.gates + gate0;
           T* grad_pre = a.grad_xproj + gate0;
-          float* grad_bias = kBiasGrad ? a.grad_bias + unit0 : nullptr;
+          float* grad_bias =
+              kBiasGrad ? a.grad_bias + (a.bias_ids ? a.bias_ids[t * B + row] * 4 * H : 0) + unit0
+                        : nullptr;
           FASTLSTM_NO_ALIAS_LOOP
           for (int64_t u = 0; u < units; ++u) {
             const Gates<float> gate{gate_in[u], gate_in[H + u], gate_in[2 * H + u], gate_in[3 * H + u]};

@@ -153,9 +153,11 @@ bool applies(const Tensor& t, int64_t steps) {
 
 // What the forward adds to h_{t-1} W_hh^T: xproj, or x W_ih^T + bias computed in the step.
 struct StepInput {
-  Tensor xproj;        // [S, B, 4H], or undefined
+  Tensor xproj;        // [S, B, 4H], or with ids a table [rows, 4H]; or undefined
   Tensor x, w_ih;      // [S, B, padded_width(I)] (zero padding), [4H, I]
   Tensor bias;         // [4H] float
+  Tensor ids;          // [S, B] int64 (contiguous) or undefined: row b of step t adds xproj's
+                       // row ids[t, b]
 };
 
 // Forward into hs and cs ([S, B, H], or [2, B, H] with c_ring) and gates (or none).
@@ -182,6 +184,7 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
       ptr<T>(packed), ptr<float>(c0_acc), ptr<T>(ring), ptr<T>(hs), ptr<float>(cs), gates,
       S, B, H, reverse, c_ring};
   args.amx = use_amx<T>();
+  args.ids = in.ids.defined() ? in.ids.data_ptr<int64_t>() : nullptr;
   run_plan(plan_for(B, H), S, [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
 }
 
@@ -197,12 +200,13 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
 
 // Backward into grad_xproj, grad_c (dL/dc0), grad_h0, and with grad_bias (a [4H] float
 // tensor) the sum of grad_xproj's rows, taken from the kernel's fp32 values (each worker sums
-// its own rows, then the workers' sums are added).
+// its own rows, then the workers' sums are added); with ids ([S, B] int64) grad_bias is
+// [rows, 4H] and each row of grad_xproj is added into its id's row.
 template <typename T>
 void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, const Tensor& c0,
                   const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
                   const Tensor& grad_c, const Tensor& grad_xproj, const Tensor& grad_h0,
-                  bool reverse, Tensor* grad_bias = nullptr) {
+                  bool reverse, Tensor* grad_bias = nullptr, const Tensor* ids = nullptr) {
   const int64_t S = gates.size(0), B = gates.size(1), H = w_hh.size(1);
   Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
   at::parallel_for(0, fused::unit_groups(H), 1, [&](int64_t begin, int64_t end) {
@@ -220,13 +224,20 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
   Tensor bias_parts;
   std::vector<fused::FusedBackwardArgs<T>> part_args(n, args);
   if (grad_bias != nullptr) {
-    bias_parts = at::zeros({n, 4 * H}, grad_bias->options());
-    for (int64_t k = 0; k < n; ++k) part_args[k].grad_bias = ptr<float>(bias_parts) + k * 4 * H;
+    const int64_t size = grad_bias->numel();  // 4H, or rows x 4H
+    bias_parts = at::zeros({n, size}, grad_bias->options());
+    for (int64_t k = 0; k < n; ++k) {
+      part_args[k].grad_bias = ptr<float>(bias_parts) + k * size;
+      part_args[k].bias_ids = ids != nullptr ? ids->data_ptr<int64_t>() : nullptr;
+    }
   }
   run_plan(plan, S + 1, [&](const Part& p, int64_t s) {
     fused::backward_step(part_args[&p - plan.parts.data()], p, s);
   });
-  if (grad_bias != nullptr) at::sum_out(*grad_bias, bias_parts, 0);
+  if (grad_bias != nullptr) {
+    Tensor flat = grad_bias->view({-1});
+    at::sum_out(flat, bias_parts, 0);
+  }
 }
 
 // A stack's packed weights kept across calls, as inference_packs: per layer W_ih and W_hh
@@ -400,7 +411,7 @@ namespace {
 std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
     const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs_in,
-    const Tensor& gates_in, bool reverse, Tensor* grad_bias) {
+    const Tensor& gates_in, bool reverse, Tensor* grad_bias, const Tensor* ids = nullptr) {
   const at::ScalarType dtype = hs.scalar_type();
   check_layer_inputs(gates_in, dtype, h0_in, c0, w_hh_in);
   const int64_t S = gates_in.size(0), B = gates_in.size(1), H = w_hh_in.size(1);
@@ -425,10 +436,10 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
   Tensor grad_h0 = kernel_output({B, H}, acc);
   if (dtype == at::kFloat) {
     run_backward<float>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                        reverse, grad_bias);
+                        reverse, grad_bias, ids);
   } else {
     run_backward<Bf16>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                       reverse, grad_bias);
+                       reverse, grad_bias, ids);
   }
   return {grad_xproj, grad_h0, grad_c};
 }
@@ -518,6 +529,38 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
                          grad_bias.to(hs.scalar_type()));
 }
 
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
+    const Tensor& ids_in, const Tensor& table_in, const Tensor& h0_in, const Tensor& c0,
+    const Tensor& w_hh_in, bool reverse) {
+  if (!applies(table_in, ids_in.size(0))) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const int64_t S = ids_in.size(0), B = ids_in.size(1), H = w_hh_in.size(1);
+  const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const auto acc = table_in.options().dtype(at::kFloat);
+  Tensor hs = kernel_output({S, B, H}, table_in.options());
+  Tensor cs = kernel_output({S, B, H}, acc);
+  Tensor gates = kernel_output({S, B, 4 * H}, acc);
+  StepInput in{table_in.contiguous(), {}, {}, {}, ids_in.contiguous()};
+  run_forward(in, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates), false);
+  return std::make_tuple(hs, cs, gates);
+}
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedded_backward(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& ids_in,
+    int64_t rows, const Tensor& h0_in, const Tensor& c0, const Tensor& w_hh, const Tensor& hs_in,
+    const Tensor& cs, const Tensor& gates, bool reverse) {
+  if (!applies(hs_in, hs_in.size(0))) return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const Tensor h0 = h0_in.contiguous(), hs = hs_in.contiguous(), ids = ids_in.contiguous();
+  const int64_t H = w_hh.size(1);
+  Tensor grad_table = at::empty({rows, 4 * H}, hs.options().dtype(at::kFloat));
+  auto [grad_xproj, grad_h0, grad_c] = recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs,
+                                                           cs, gates, reverse, &grad_table, &ids);
+  return std::make_tuple(grad_table.to(hs.scalar_type()), grad_h0.to(hs.scalar_type()),
+                         grad_c.to(c0.scalar_type()),
+                         weight_gradient(grad_xproj, h0, hs, reverse));
+}
+
 #else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
 
 bool cpu_fused_supports(at::ScalarType) { return false; }
@@ -548,6 +591,15 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const std::optional<Tensor>&, bool) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedded_backward(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, int64_t, const Tensor&,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
   return std::nullopt;
 }
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>

@@ -58,6 +58,20 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
                                const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
                                const Tensor& cs, const Tensor& gates, bool reverse);
 
+// A first layer whose input is an embedding: ids [S, B] (int64, each in [0, rows)), table
+// [rows, 4H] = embedding W_ih^T + bias; step t's row b adds table row ids[t, b] as its input
+// projection. Returns what cpu_fused_layer_forward does. Inputs checked by the caller.
+std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
+    const Tensor& ids, const Tensor& table, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_hh, bool reverse);
+
+// Its backward: (grad_table [rows, 4H], grad_h0, grad_c0, grad_w_hh), each row's gradient
+// added into its id's table row by the backward kernel.
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedded_backward(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& ids,
+    int64_t rows, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const Tensor& hs,
+    const Tensor& cs, const Tensor& gates, bool reverse);
+
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,

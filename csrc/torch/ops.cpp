@@ -170,6 +170,51 @@ std::tuple<Tensor, Tensor, Tensor> layer_train_cpu(const Tensor& x, const Tensor
   return layer_forward(at::linear(x, w_ih, bias), h0, c0, w_hh, reverse, kCpuKernels);
 }
 
+// ids [S, B] int64 in [0, rows), table [rows, 4H] in the layer's dtype.
+void check_embedded(const Tensor& ids, const Tensor& table, const Tensor& h0, const Tensor& c0,
+                    const Tensor& w_hh) {
+  check_cpu(table);
+  FASTLSTM_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong,
+                 "fastlstm: ids must be [seq, batch] int64, got ", ids.sizes(), " ",
+                 ids.scalar_type());
+  FASTLSTM_CHECK(ids.size(0) > 0, "fastlstm: the sequence must have at least one step");
+  FASTLSTM_CHECK(table.dim() == 2 && table.size(1) == w_hh.size(0) && table.size(0) > 0,
+                 "fastlstm: table must be [rows, 4*hidden], got ", table.sizes());
+  FASTLSTM_CHECK(ids.device() == table.device(), "fastlstm: device mismatch: ", ids.device(),
+                 " vs ", table.device());
+  if (ids.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(ids);
+    FASTLSTM_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < table.size(0),
+                   "fastlstm: ids must lie in [0, ", table.size(0), ")");
+  }
+  check_state_inputs(ids.size(1), table.scalar_type(), table.device(), h0, c0, w_hh);
+}
+
+std::tuple<Tensor, Tensor, Tensor> layer_embedded_cpu(const Tensor& ids, const Tensor& table,
+                                                      const Tensor& h0, const Tensor& c0,
+                                                      const Tensor& w_hh, bool reverse) {
+  check_embedded(ids, table, h0, c0, w_hh);
+  if (auto fused = cpu_fused_layer_embedded(ids, table, h0, c0, w_hh, reverse)) return *fused;
+  const Tensor xproj = table.index_select(0, ids.flatten()).view({ids.size(0), ids.size(1), -1});
+  return layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_embedded_backward_cpu(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& ids,
+    const Tensor& table, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const Tensor& hs,
+    const Tensor& cs, const Tensor& gates, bool reverse) {
+  check_embedded(ids, table, h0, c0, w_hh);
+  if (auto fused = cpu_fused_layer_embedded_backward(grad_hs, grad_cs, ids, table.size(0), h0,
+                                                     c0, w_hh, hs, cs, gates, reverse))
+    return *fused;
+  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] =
+      layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCpuKernels);
+  const auto acc = cell_dtype(table.scalar_type());
+  Tensor grad_table = at::zeros(table.sizes(), table.options().dtype(acc));
+  grad_table.index_add_(0, ids.flatten(), grad_xproj.flatten(0, 1).to(acc));
+  return {grad_table.to(table.scalar_type()), grad_h0, grad_c0, grad_w_hh};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_train_backward_cpu(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& x,
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
@@ -338,6 +383,15 @@ TORCH_LIBRARY(fastlstm, m) {
         " Tensor c0, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_x, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh,"
         " Tensor grad_bias)");
+  // lstm_layer's contract for a layer whose input is an embedding: step t's row b takes
+  // table[ids[t, b]] as its input projection (ids [S, B] int64; table [rows, 4H] =
+  // embedding W_ih^T + bias, rows the vocabulary); the backward adds each row's gradient into
+  // its id's table row. CPU only; FastLSTM.forward_ids calls it.
+  m.def("lstm_layer_embedded(Tensor ids, Tensor table, Tensor h0, Tensor c0, Tensor w_hh,"
+        " bool reverse) -> (Tensor hs, Tensor cs, Tensor gates)");
+  m.def("lstm_layer_embedded_backward(Tensor grad_hs, Tensor? grad_cs, Tensor ids, Tensor table,"
+        " Tensor h0, Tensor c0, Tensor w_hh, Tensor hs, Tensor cs, Tensor gates, bool reverse)"
+        " -> (Tensor grad_table, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
   // lstm_layer's contract, computed by the persistent CUDA kernel (one launch for all steps;
   // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
@@ -377,6 +431,8 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("lstm_layer_backward", &layer_backward_cpu);
   m.impl("lstm_layer_inference", &layer_inference_cpu);
   m.impl("lstm_layer_train", &layer_train_cpu);
+  m.impl("lstm_layer_embedded", &layer_embedded_cpu);
+  m.impl("lstm_layer_embedded_backward", &layer_embedded_backward_cpu);
   m.impl("lstm_layer_train_backward", &layer_train_backward_cpu);
   m.impl("dropout", &dropout_cpu);
   m.impl("lstm_step", &step_cpu);

@@ -29,7 +29,9 @@ class CharRNN(nn.Module):
         LSTM's own layout: the activations are never copied from one layout to the other
         (batch-first, each [64, 100, 384] copy took ~1.5 ms of a training step, forward and
         backward); only the logits come back as a batch-first view."""
-        out, state = self.lstm(self.embed(ids.t()), state)
+        # forward_ids: on the CPU's training path the first layer reads x W_ih^T + b from a
+        # table per symbol (vocabulary x 4 hidden) rather than projecting all S x B inputs.
+        out, state = self.lstm.forward_ids(ids.t(), self.embed, state)
         # fastlstm's dropout, here and between the LSTM's layers: torch's draws its CPU masks
         # from one sequential generator (2 x 27 ms of a 190 ms CPU training step at the
         # default size).
