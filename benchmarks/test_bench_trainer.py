@@ -8,7 +8,16 @@ bf16 natively, else fp32).
 
   pytest benchmarks/test_bench_trainer.py --bench-device=cpu --benchmark-json=trainer.json
   python benchmarks/compare.py trainer.json
+
+pytest-benchmark times one backend's rounds after the other's, and this shared machine's
+speed drifts by up to 2x over minutes: as a script it interleaves them instead (each round
+one iteration of every run, in turn) and prints the median of the per-round ratios, and the
+iteration against its FLOP floor at a given rate:
+
+  python benchmarks/test_bench_trainer.py [--rounds 30] [--tflops 3.5] [--fp32-tflops 0.396]
 """
+import argparse
+import statistics
 import time
 
 import numpy as np
@@ -54,3 +63,47 @@ def test_trainer_iteration(benchmark, device, trainer_backend, trainer_dtype):
     benchmark.pedantic(lambda: train.step(run), rounds=5 if device == "cpu" else 20,
                        warmup_rounds=2, iterations=1)
     assert run.it > before and all(np.isfinite(r["loss"]) for r in run.history)
+
+
+def iteration_flops(cfg: dict, vocab: int = VOCAB) -> float:
+    """The products of one iteration (forward 1x, backward 2x): input projections,
+    recurrences and the head."""
+    rows, hidden = cfg["batch_size"] * cfg["seq_length"], cfg["rnn_size"]
+    inputs = [cfg["embed_size"]] + [hidden] * (cfg["num_layers"] - 1)
+    forward = sum(2 * rows * (i + hidden) * 4 * hidden for i in inputs) + 2 * rows * hidden * vocab
+    return 3.0 * forward
+
+
+def interleaved(rounds: int, rates: dict) -> None:
+    for dtype_flag in ("auto", "fp32"):
+        runs = {b: trainer_run("cpu", b, dtype_flag) for b in ("auto", "aten")}
+        for run in runs.values():
+            for _ in range(3):
+                train.step(run)
+        times = {b: [] for b in runs}
+        for _ in range(rounds):
+            for b, run in runs.items():
+                t = time.perf_counter()
+                train.step(run)
+                times[b].append(time.perf_counter() - t)
+        ratio = statistics.median(a / b for a, b in zip(times["auto"], times["aten"]))
+        tflops = rates[runs["auto"].dtype]
+        floor = iteration_flops(runs["auto"].cfg) / (tflops * 1e12)
+        med = {b: statistics.median(v) for b, v in times.items()}
+        print(f"trainer iteration {runs['auto'].dtype}, {torch.get_num_threads()} threads, "
+              f"{rounds} rounds: auto {med['auto'] * 1e3:.1f} ms, aten {med['aten'] * 1e3:.1f} ms, "
+              f"auto/aten {ratio:.3f} (per-round ratios: {min(a / b for a, b in zip(times['auto'], times['aten'])):.3f}"
+              f"-{max(a / b for a, b in zip(times['auto'], times['aten'])):.3f}); floor "
+              f"{floor * 1e3:.1f} ms at {tflops} TFLOP/s: auto {med['auto'] / floor:.1f}x it")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--tflops", type=float, default=3.5,
+                        help="the bf16 rate the floor assumes (default 3.5: oneDNN's best bf16 "
+                             "AMX GEMM measured on the AMX Xeon; benchmarks/NOTES.md)")
+    parser.add_argument("--fp32-tflops", type=float, default=0.396,
+                        help="the fp32 rate (default 0.396: the best fp32 GEMM measured there)")
+    args = parser.parse_args()
+    interleaved(args.rounds, {"bf16": args.tflops, "fp32": args.fp32_tflops})

@@ -136,7 +136,10 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
                       2 x 384 batch 64 seq 100 0.76): always ours.
     bf16 inference    0.35-0.97 at batch <= 8, and at hidden <= 256 for any batch (char-rnn
                       shape 0.92); hidden 384-512 at batch >= 16: 0.85-1.21: torch's there.
-    fp32 training     0.56-0.91 at hidden <= 128; 0.68-0.77 at batch <= 2.
+    fp32 training     (the training op: lstm_layer_train) 0.66-0.89 at hidden <= 256 (any
+                      batch 1-64), 0.69-0.78 at batch <= 4 (hidden up to 512), 0.83-0.92 at
+                      batch >= 32 (hidden 384-512); hidden 384-1024 at batch 8-16: 0.99-1.06:
+                      torch's there.
     fp32 inference    (the input projection as one GEMM first, where the op does so)
                       0.38-0.93 at batch <= 4 (hidden 64-1024), 0.69-0.89 at hidden 256,
                       batch <= 8, 0.66-0.85 at hidden <= 128, batch <= 16; 0.98-1.14 at
@@ -150,7 +153,7 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
         if dtype == torch.bfloat16:
             return grad or batch <= 8 or hidden <= 256
         if grad:
-            return hidden <= 128 or batch <= 2
+            return hidden <= 256 or batch <= 4 or batch >= 32
         return batch <= 4 or (hidden <= 256 and batch <= 8) or (hidden <= 128 and batch <= 16)
     return (dtype in (torch.float32, torch.bfloat16) and hidden >= CPU_FUSED_MIN_HIDDEN
             and batch <= CPU_FUSED_MAX_BATCH)
