@@ -476,6 +476,8 @@ class FastLSTM(nn.Module):
         if not self._fold_fits(ids, embedding, weight):
             x = embedding(ids) if isinstance(embedding, nn.Embedding) else F.embedding(ids, weight)
             return self(x, hx)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.size(0)):
+            raise IndexError("index out of range in self")  # as F.embedding says it
         # weight's first row, expanded: stands in for the embedded input in the checks and the
         # routing (shape, dtype, device, requires_grad) without gathering it.
         x = weight[:1].expand(*ids.shape, weight.size(1))

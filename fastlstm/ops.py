@@ -9,7 +9,8 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, cs, gates)
   lstm_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs, cs, gates, reverse)
       -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias)
-      (CPU; lstm_layer with the input projection inside: FastLSTM's training path)
+      (CPU; lstm_layer with the input projection inside: FastLSTM's training path; its
+      gates, and lstm_layer_embedded's, in the input's dtype: bf16 for bf16)
   lstm_layer_embedded(ids, table, h0, c0, w_hh, reverse) -> (hs, cs, gates)
   lstm_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0, c0, w_hh, hs, cs, gates,
                                reverse) -> (grad_table, grad_h0, grad_c0, grad_w_hh)
@@ -60,7 +61,9 @@ def _fake_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
 
 
 def _fake_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse):
-    return _fake_layer(x.new_empty(x.size(0), x.size(1), w_ih.size(0)), h0, c0, w_hh, reverse)
+    hs, cs, gates = _fake_layer(x.new_empty(x.size(0), x.size(1), w_ih.size(0)), h0, c0, w_hh,
+                                reverse)
+    return hs, cs, gates.to(x.dtype)  # gates in x's dtype (bf16 for bf16)
 
 
 def _fake_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs, cs, gates,
@@ -82,7 +85,7 @@ def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates):
     x, h0, c0, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
     if _differentiable_backward_needed(grad_gates):
         grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
-            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates, ctx.reverse)
+            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse)
         flat = grad_xproj.flatten(0, 1)
         grad_x = (flat @ w_ih).view(x.shape)
         grad_w_ih = flat.t() @ x.flatten(0, 1)
@@ -98,8 +101,9 @@ def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates):
 
 
 def _fake_layer_embedded(ids, table, h0, c0, w_hh, reverse):
-    return _fake_layer(table.new_empty(ids.size(0), ids.size(1), table.size(1)), h0, c0, w_hh,
-                       reverse)
+    hs, cs, gates = _fake_layer(table.new_empty(ids.size(0), ids.size(1), table.size(1)), h0, c0,
+                                w_hh, reverse)
+    return hs, cs, gates.to(table.dtype)
 
 
 def _fake_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0, c0, w_hh, hs, cs, gates,
@@ -120,9 +124,9 @@ def _layer_embedded_backward(ctx, grad_hs, grad_cs, grad_gates):
     ids, table, h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
     if _differentiable_backward_needed(grad_gates):
         grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
-            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates, ctx.reverse)
-        grad_table = torch.zeros(table.shape, dtype=gates.dtype, device=table.device).index_add(
-            0, ids.flatten(), grad_xproj.flatten(0, 1).to(gates.dtype)).to(table.dtype)
+            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse)
+        grad_table = torch.zeros(table.shape, dtype=cs.dtype, device=table.device).index_add(
+            0, ids.flatten(), grad_xproj.flatten(0, 1).to(cs.dtype)).to(table.dtype)
     else:
         if grad_hs is None:
             grad_hs = torch.zeros_like(hs)

@@ -245,6 +245,17 @@ def test_forward_ids_runs_the_module_where_the_table_does_not_apply():
     assert torch.equal(lstm.forward_ids(ids[:, 0], padded.weight)[0], lstm(padded(ids[:, 0]))[0])
 
 
+def test_forward_ids_rejects_ids_out_of_range_as_embedding_does():
+    lstm, emb = FastLSTM(6, 10, 1, backend="cpu"), torch.nn.Embedding(7, 6)
+    for bad in (7, -1):
+        ids = torch.zeros(8, 3, dtype=torch.int64)
+        ids[2, 1] = bad
+        with pytest.raises(IndexError, match="index out of range"):
+            emb(ids)
+        with pytest.raises(IndexError, match="index out of range"):
+            lstm.forward_ids(ids, emb)
+
+
 def test_train_opcheck():
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         _, (_, h0, c0, w_hh) = layer_inputs(5, 3, 20, dtype, seed=11)

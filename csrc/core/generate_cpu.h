@@ -88,9 +88,11 @@ __attribute__((always_inline)) inline void generate_layer(const GenerateArgs<T>&
         T* h = h_own + row * K + unit0;
         T* up = h_up ? h_up + row * 2 * P + unit0 : h;
         if (units == kLanes) {
-          forward_units<T, false, kLanes>(pre + r * 4 * kLanes, rest, H, c, c, h, up, nullptr, 0);
+          forward_units<T, false, kLanes>(pre + r * 4 * kLanes, rest, H, c, c, h, up,
+                                          static_cast<float*>(nullptr), 0);
         } else {
-          forward_units<T, false, 0>(pre + r * 4 * kLanes, rest, H, c, c, h, up, nullptr, units);
+          forward_units<T, false, 0>(pre + r * 4 * kLanes, rest, H, c, c, h, up,
+                                     static_cast<float*>(nullptr), units);
         }
       }
     }

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
+#include <type_traits>
 
 #include "lstm_step.h"
 
@@ -389,13 +390,15 @@ struct FusedForwardArgs {
                        // holds h0 at the start
   T* hs;               // [S, B, ld_hs] out: h_t (ld_hs 0: H)
   float* cs;           // [S, B, H] out: c_t; with c_ring [2, B, H], c of step s in slot s % 2
-  float* gates;        // [S, B, 4H] out: activated gates, or nullptr (inference: not saved)
+  void* gates;         // [S, B, 4H] out: activated gates (float, or T with gates_in_t), or
+                       // nullptr (inference: not saved)
   int64_t steps, batch, hidden;
   bool reverse;
   bool c_ring;
   int64_t ld_hs = 0;   // row stride of hs: a stack's lower layer writes the rows its upper
                        // layer reads as x (padded_width(H), the padding zero)
   bool amx = false;    // bf16: the products on AMX tiles (only where amx_usable())
+  bool gates_in_t = false;  // gates stored in T (bf16: half the bytes written and read back)
   const int64_t* ids = nullptr;  // [S, B] or nullptr: xproj is a table [rows, 4H] whose row
                                  // ids[t B + b] row b of step t adds (an embedding folded in)
 };
@@ -405,12 +408,13 @@ struct FusedForwardArgs {
 // [gate][lane]; x, gate_out: at the group's first unit (gate k at + k H). kUnits = kLanes for
 // a whole group: a fixed trip count, compiled to whole vectors with no remainder or alias
 // checks; 0 for the last, partial group (`units`).
-template <typename T, bool kSaveGates, int kUnits, typename X>
+template <typename T, bool kSaveGates, int kUnits, typename X, typename G>
 __attribute__((always_inline)) inline void forward_units(const float* p, const X* x, int64_t H,
                                                          const float* c_prev, float* c_out,
-                                                         T* h_out, T* h_next, float* gate_out,
+                                                         T* h_out, T* h_next, G* gate_out,
                                                          int64_t units) {
   using Cv = Convert<T, float>;
+  using CvG = Convert<G, float>;
   using CvX = Convert<X, float>;
   const int64_t n = kUnits ? kUnits : units;
   FASTLSTM_NO_ALIAS_LOOP
@@ -421,10 +425,10 @@ __attribute__((always_inline)) inline void forward_units(const float* p, const X
     float c, h;
     cell_forward(gate, c_prev[u], c, h);
     if (kSaveGates) {
-      gate_out[u] = gate.i;
-      gate_out[H + u] = gate.f;
-      gate_out[2 * H + u] = gate.g;
-      gate_out[3 * H + u] = gate.o;
+      gate_out[u] = CvG::store(gate.i);
+      gate_out[H + u] = CvG::store(gate.f);
+      gate_out[2 * H + u] = CvG::store(gate.g);
+      gate_out[3 * H + u] = CvG::store(gate.o);
     }
     c_out[u] = c;
     // Two conversions, not one copied: GCC does not vectorise a struct copied between
@@ -435,10 +439,11 @@ __attribute__((always_inline)) inline void forward_units(const float* p, const X
 }
 
 // Step s (in recurrence order) of the rows and units of `part`; kAmx: the products on AMX
-// tiles, 16 rows at a time.
-template <typename T, bool kSaveGates, bool kInputFused, bool kAmx>
+// tiles, 16 rows at a time; G: the saved gates' type.
+template <typename T, bool kSaveGates, bool kInputFused, bool kAmx, typename G = float>
 __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardArgs<T>& a,
                                                              const Part& part, int64_t s) {
+  G* const gates = static_cast<G*>(a.gates);
   constexpr int kRowBlock = kAmx ? kAmxRows : kMaxRows;
   constexpr bool kBf16 = KStep<T>::kPer == 2;
   constexpr int kPer = KStep<T>::kPer;
@@ -473,7 +478,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
           const int64_t row = t_next * B + row0 + r;
           for (int q = 0; q < 4; ++q) {
             if (!kInputFused && !a.ids) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
-            if (kSaveGates) __builtin_prefetch(a.gates + row * 4 * H + q * H + unit0, 1, 2);
+            if (kSaveGates) __builtin_prefetch(gates + row * 4 * H + q * H + unit0, 1, 2);
           }
           __builtin_prefetch(a.hs + row * ld_hs + unit0, 1, 2);
           if (!a.c_ring) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
@@ -487,7 +492,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
                                          w, 4 * kLanes, kLanes, pre);
       for (int r = 0; r < rows; ++r) {
         const int64_t row = row0 + r, ti = (t * B + row) * ld_hs + unit0, ci = row * H + unit0;
-        float* gate_out = kSaveGates ? a.gates + (t * B + row) * 4 * H + unit0 : nullptr;
+        G* gate_out = kSaveGates ? gates + (t * B + row) * 4 * H + unit0 : nullptr;
         const auto rest = [&] {  // of the pre-activation: the bias, or xproj (bias included)
           if constexpr (kInputFused) {
             return a.bias + unit0;
@@ -512,7 +517,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
 template <typename T>
 struct FusedBackwardArgs {
   const T* packed;      // [backward_packed_size] W_hh from pack_backward
-  const float* gates;   // [S, B, 4H] activated gates (forward)
+  const void* gates;    // [S, B, 4H] activated gates (forward): float, or T with gates_in_t
   const float* cs;      // [S, B, H] c_t (forward)
   const float* c0;      // [B, H]
   const T* grad_hs;     // [S, B, H] dL/dh_t from the layer output
@@ -523,6 +528,7 @@ struct FusedBackwardArgs {
   int64_t steps, batch, hidden;
   bool reverse;
   bool amx = false;     // bf16: the products on AMX tiles (only where amx_usable())
+  bool gates_in_t = false;
   float* grad_bias = nullptr;  // [4H] or nullptr: += the worker's rows' dL/d(pre-activations)
                                // (each worker its own: workers that split rows share units);
   const int64_t* bias_ids = nullptr;  // with [S, B] ids, grad_bias is [rows, 4H] and row b of
@@ -531,9 +537,11 @@ struct FusedBackwardArgs {
 
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
 // computes grad_h0 = grad_pre_first W_hh.
-template <typename T, bool kHasGradC, bool kAmx, bool kBiasGrad>
+template <typename T, bool kHasGradC, bool kAmx, bool kBiasGrad, typename G>
 __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwardArgs<T>& a,
                                                               const Part& part, int64_t s) {
+  using CvG = Convert<G, float>;
+  const G* const gates = static_cast<const G*>(a.gates);
   constexpr int kRowBlock = kAmx ? kAmxRows : kMaxRows;
   using Cv = Convert<T, float>;
   constexpr bool kBf16 = KStep<T>::kPer == 2;
@@ -558,7 +566,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
           for (int gi = 0; gi < groups; ++gi) {
             const int64_t unit0 = (g0 + gi) * kLanes;
             for (int q = 0; q < 4; ++q) {
-              __builtin_prefetch(a.gates + row * 4 * H + q * H + unit0, 0, 2);
+              __builtin_prefetch(gates + row * 4 * H + q * H + unit0, 0, 2);
               __builtin_prefetch(a.grad_xproj + row * 4 * H + q * H + unit0, 1, 2);
             }
             __builtin_prefetch(a.cs + row * H + unit0, 0, 2);
@@ -585,14 +593,15 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
             continue;
           }
           const int64_t ti = t * B * H + idx, gate0 = (t * B + row) * 4 * H + unit0;
-          const float* gate_in = a.gates + gate0;
+          const G* gate_in = gates + gate0;
           T* grad_pre = a.grad_xproj + gate0;
           float* grad_bias =
               kBiasGrad ? a.grad_bias + (a.bias_ids ? a.bias_ids[t * B + row] * 4 * H : 0) + unit0
                         : nullptr;
           FASTLSTM_NO_ALIAS_LOOP
           for (int64_t u = 0; u < units; ++u) {
-            const Gates<float> gate{gate_in[u], gate_in[H + u], gate_in[2 * H + u], gate_in[3 * H + u]};
+            const Gates<float> gate{CvG::load(gate_in[u]), CvG::load(gate_in[H + u]),
+                                    CvG::load(gate_in[2 * H + u]), CvG::load(gate_in[3 * H + u])};
             float dc_in = a.grad_c[idx + u];
             if (kHasGradC) dc_in += Cv::load(a.grad_cs[ti + u]);
             float dc_prev;
@@ -618,15 +627,17 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
 }
 
 // The entry points: call them only where cpu_supports<T>(). The gate math is inlined into them, so it is vectorised for AVX-512 too.
+template <typename T, bool kAmx, bool kInputFused>
+inline void forward_step_gates(const FusedForwardArgs<T>& a, const Part& p, int64_t s) {
+  if (!a.gates) return forward_step_impl<T, false, kInputFused, kAmx>(a, p, s);
+  if constexpr (!std::is_same_v<T, float>) {
+    if (a.gates_in_t) return forward_step_impl<T, true, kInputFused, kAmx, T>(a, p, s);
+  }
+  forward_step_impl<T, true, kInputFused, kAmx>(a, p, s);
+}
 template <typename T, bool kAmx>
 inline void forward_step_dispatch(const FusedForwardArgs<T>& a, const Part& p, int64_t s) {
-  if (a.xproj) {
-    a.gates ? forward_step_impl<T, true, false, kAmx>(a, p, s)
-            : forward_step_impl<T, false, false, kAmx>(a, p, s);
-  } else {
-    a.gates ? forward_step_impl<T, true, true, kAmx>(a, p, s)
-            : forward_step_impl<T, false, true, kAmx>(a, p, s);
-  }
+  a.xproj ? forward_step_gates<T, kAmx, false>(a, p, s) : forward_step_gates<T, kAmx, true>(a, p, s);
 }
 inline void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_t s) {
   forward_step_dispatch<float, false>(a, p, s);
@@ -635,15 +646,22 @@ inline void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_
 inline void forward_step(const FusedForwardArgs<Bf16>& a, const Part& p, int64_t s) {
   a.amx ? forward_step_dispatch<Bf16, true>(a, p, s) : forward_step_dispatch<Bf16, false>(a, p, s);
 }
+template <typename T, bool kAmx, typename G>
+inline void backward_step_gates(const FusedBackwardArgs<T>& a, const Part& p, int64_t s) {
+  if (a.grad_bias) {
+    a.grad_cs ? backward_step_impl<T, true, kAmx, true, G>(a, p, s)
+              : backward_step_impl<T, false, kAmx, true, G>(a, p, s);
+  } else {
+    a.grad_cs ? backward_step_impl<T, true, kAmx, false, G>(a, p, s)
+              : backward_step_impl<T, false, kAmx, false, G>(a, p, s);
+  }
+}
 template <typename T, bool kAmx>
 inline void backward_step_dispatch(const FusedBackwardArgs<T>& a, const Part& p, int64_t s) {
-  if (a.grad_bias) {
-    a.grad_cs ? backward_step_impl<T, true, kAmx, true>(a, p, s)
-              : backward_step_impl<T, false, kAmx, true>(a, p, s);
-  } else {
-    a.grad_cs ? backward_step_impl<T, true, kAmx, false>(a, p, s)
-              : backward_step_impl<T, false, kAmx, false>(a, p, s);
+  if constexpr (!std::is_same_v<T, float>) {
+    if (a.gates_in_t) return backward_step_gates<T, kAmx, T>(a, p, s);
   }
+  backward_step_gates<T, kAmx, float>(a, p, s);
 }
 inline void backward_step(const FusedBackwardArgs<float>& a, const Part& p, int64_t s) {
   backward_step_dispatch<float, false>(a, p, s);

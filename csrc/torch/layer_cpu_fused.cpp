@@ -160,10 +160,12 @@ struct StepInput {
                        // row ids[t, b]
 };
 
-// Forward into hs and cs ([S, B, H], or [2, B, H] with c_ring) and gates (or none).
+// Forward into hs and cs ([S, B, H], or [2, B, H] with c_ring) and gates (float, or hs's
+// dtype; undefined: not saved).
 template <typename T>
 void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                 bool reverse, const Tensor& hs, const Tensor& cs, float* gates, bool c_ring) {
+                 bool reverse, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+                 bool c_ring) {
   const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
   // Inference keeps its packed weights for the next call (inference_packs); training's change
@@ -181,15 +183,17 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
       maybe(in.xproj), maybe(in.x), maybe(packed_ih),
       in.bias.defined() ? ptr<float>(in.bias) : nullptr,
       in.w_ih.defined() ? in.w_ih.size(1) : 0,
-      ptr<T>(packed), ptr<float>(c0_acc), ptr<T>(ring), ptr<T>(hs), ptr<float>(cs), gates,
-      S, B, H, reverse, c_ring};
+      ptr<T>(packed), ptr<float>(c0_acc), ptr<T>(ring), ptr<T>(hs), ptr<float>(cs),
+      gates.defined() ? gates.data_ptr() : nullptr, S, B, H, reverse, c_ring};
   args.amx = use_amx<T>();
+  args.gates_in_t = gates.defined() && gates.scalar_type() != at::kFloat;
   args.ids = in.ids.defined() ? in.ids.data_ptr<int64_t>() : nullptr;
   run_plan(plan_for(B, H), S, [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
 }
 
 void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                 bool reverse, const Tensor& hs, const Tensor& cs, float* gates, bool c_ring) {
+                 bool reverse, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+                 bool c_ring) {
   // Storage float32 or bfloat16 (applies() checked); torch's BFloat16 has Bf16's bits.
   if (hs.scalar_type() == at::kFloat) {
     run_forward<float>(in, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
@@ -213,12 +217,13 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
     fused::pack_backward(ptr<T>(w_hh), H, ptr<T>(packed), begin, end);
   });
   fused::FusedBackwardArgs<T> args{
-      ptr<T>(packed),   ptr<float>(gates),  ptr<float>(cs),
+      ptr<T>(packed),   gates.data_ptr(), ptr<float>(cs),
       ptr<float>(c0),   ptr<T>(grad_hs),    grad_cs ? ptr<T>(*grad_cs) : nullptr,
       ptr<float>(grad_c), ptr<T>(grad_xproj), ptr<float>(grad_h0),
       S,                B,                  H,
       reverse};
   args.amx = use_amx<T>();
+  args.gates_in_t = gates.scalar_type() != at::kFloat;
   const Plan plan = plan_for(B, H);
   const int64_t n = static_cast<int64_t>(plan.parts.size());
   Tensor bias_parts;
@@ -372,8 +377,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_forward(
   Tensor hs = kernel_output({S, B, H}, xproj.options());
   Tensor cs = kernel_output({S, B, H}, acc);
   Tensor gates = kernel_output({S, B, 4 * H}, acc);
-  run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates),
-              false);
+  run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, cs, gates, false);
   return std::make_tuple(hs, cs, gates);
 }
 
@@ -389,7 +393,7 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
   const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
   if (projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx)) {
     run_forward(StepInput{at::linear(x, w_ih, bias), {}, {}, {}}, h0, c0, w_hh, reverse, hs,
-                c_ring, nullptr, true);
+                c_ring, Tensor(), true);
   } else {
     // The step reads x in whole k-steps: a bf16 row of odd length gets a zero pair partner.
     const Tensor x_rows = padded_columns(
@@ -398,7 +402,7 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
                                 ? bias->to(at::kFloat).contiguous()
                                 : at::zeros({4 * H}, x.options().dtype(at::kFloat));
     run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse,
-                hs, c_ring, nullptr, true);
+                hs, c_ring, Tensor(), true);
   }
   return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
 }
@@ -419,8 +423,9 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
                      hs.size(0) == S && hs.size(1) == B && hs.size(2) == H,
                  "fastlstm: grad_hs, hs and cs must be [seq, batch, hidden] = [", S, ", ", B,
                  ", ", H, "]");
-  FASTLSTM_CHECK(cs_in.scalar_type() == at::kFloat && gates_in.scalar_type() == at::kFloat,
-                 "fastlstm: cs and gates must be saved in ", at::kFloat);
+  FASTLSTM_CHECK(cs_in.scalar_type() == at::kFloat && (gates_in.scalar_type() == at::kFloat ||
+                                                        gates_in.scalar_type() == dtype),
+                 "fastlstm: cs must be saved in float32, gates in float32 or ", dtype);
   const Tensor grad_hs = grad_hs_in.to(dtype).contiguous();
   std::optional<Tensor> grad_cs;
   if (grad_cs_in.has_value() && grad_cs_in->defined()) {
@@ -481,7 +486,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
   const auto acc = x.options().dtype(at::kFloat);
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor cs = kernel_output({S, B, H}, acc);
-  Tensor gates = kernel_output({S, B, 4 * H}, acc);
+  Tensor gates = kernel_output({S, B, 4 * H}, x.options());  // bf16 for bf16: half the bytes
   const bool has_bias = bias.has_value() && bias->defined();
   const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
   if (train_projection_in_step(amx, I, H)) {
@@ -490,7 +495,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
     const Tensor bias_acc = has_bias ? bias->to(at::kFloat).contiguous()
                                      : at::zeros({4 * H}, acc);
     run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse,
-                hs, cs, ptr<float>(gates), false);
+                hs, cs, gates, false);
   } else {
     // Into a kept buffer: fresh memory would cost a page fault per 4 KiB (layer.cpp).
     Tensor xproj = kernel_output({S, B, 4 * H}, x.options());
@@ -501,8 +506,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
     } else {
       at::mm_out(flat, x_flat, w_ih.t());
     }
-    run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates),
-                false);
+    run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, cs, gates, false);
   }
   return std::make_tuple(hs, cs, gates);
 }
@@ -539,9 +543,9 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
   const auto acc = table_in.options().dtype(at::kFloat);
   Tensor hs = kernel_output({S, B, H}, table_in.options());
   Tensor cs = kernel_output({S, B, H}, acc);
-  Tensor gates = kernel_output({S, B, 4 * H}, acc);
+  Tensor gates = kernel_output({S, B, 4 * H}, table_in.options());
   StepInput in{table_in.contiguous(), {}, {}, {}, ids_in.contiguous()};
-  run_forward(in, h0, c0, w_hh, reverse, hs, cs, ptr<float>(gates), false);
+  run_forward(in, h0, c0, w_hh, reverse, hs, cs, gates, false);
   return std::make_tuple(hs, cs, gates);
 }
 

@@ -167,7 +167,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_train_cpu(const Tensor& x, const Tensor
                                                    bool reverse) {
   check_input_layer(x, h0, c0, w_ih, w_hh, bias);
   if (auto fused = cpu_fused_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse)) return *fused;
-  return layer_forward(at::linear(x, w_ih, bias), h0, c0, w_hh, reverse, kCpuKernels);
+  auto [hs, cs, gates] = layer_forward(at::linear(x, w_ih, bias), h0, c0, w_hh, reverse,
+                                       kCpuKernels);
+  return {hs, cs, gates.to(x.scalar_type())};  // the op's gates: in x's dtype
 }
 
 // ids [S, B] int64 in [0, rows), table [rows, 4H] in the layer's dtype.
@@ -196,7 +198,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_embedded_cpu(const Tensor& ids, const T
   check_embedded(ids, table, h0, c0, w_hh);
   if (auto fused = cpu_fused_layer_embedded(ids, table, h0, c0, w_hh, reverse)) return *fused;
   const Tensor xproj = table.index_select(0, ids.flatten()).view({ids.size(0), ids.size(1), -1});
-  return layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
+  auto [hs, cs, gates] = layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
+  return {hs, cs, gates.to(table.scalar_type())};  // the op's gates: in the table's dtype
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_embedded_backward_cpu(
@@ -207,8 +210,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_embedded_backward_cpu(
   if (auto fused = cpu_fused_layer_embedded_backward(grad_hs, grad_cs, ids, table.size(0), h0,
                                                      c0, w_hh, hs, cs, gates, reverse))
     return *fused;
-  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] =
-      layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCpuKernels);
+  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
+      grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
   const auto acc = cell_dtype(table.scalar_type());
   Tensor grad_table = at::zeros(table.sizes(), table.options().dtype(acc));
   grad_table.index_add_(0, ids.flatten(), grad_xproj.flatten(0, 1).to(acc));
@@ -226,8 +229,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_train_backward_
   if (auto fused = cpu_fused_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs,
                                                   cs, gates, reverse))
     return *fused;
-  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] =
-      layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, kCpuKernels);
+  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
+      grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
   const Tensor g = grad_xproj.flatten(0, 1), x_flat = x.flatten(0, 1);
   return {g.mm(w_ih).view(x.sizes()), grad_h0, grad_c0, g.t().mm(x_flat), grad_w_hh,
           g.sum(0, false, cell_dtype(g.scalar_type())).to(g.scalar_type())};
@@ -374,7 +377,7 @@ TORCH_LIBRARY(fastlstm, m) {
   m.def("lstm_layer_inference(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh,"
         " Tensor? bias, bool reverse) -> (Tensor hs, Tensor c_n)");
   // lstm_layer's contract from the layer input x [S, B, I] (x W_ih^T + bias inside each step,
-  // or as one GEMM first), and its backward, which also returns the gradients of x, W_ih and
+  // or as one GEMM first; the gates saved in x's dtype, bf16 for bf16), and its backward, which also returns the gradients of x, W_ih and
   // the bias (the bias's summed as the kernel computes each row). CPU only; FastLSTM calls it
   // when a gradient is wanted. bias: b_ih + b_hh, [4H].
   m.def("lstm_layer_train(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias,"
@@ -383,8 +386,8 @@ TORCH_LIBRARY(fastlstm, m) {
         " Tensor c0, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_x, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh,"
         " Tensor grad_bias)");
-  // lstm_layer's contract for a layer whose input is an embedding: step t's row b takes
-  // table[ids[t, b]] as its input projection (ids [S, B] int64; table [rows, 4H] =
+  // lstm_layer's contract for a layer whose input is an embedding (gates in the table's
+  // dtype): step t's row b takes table[ids[t, b]] as its input projection (ids [S, B] int64; table [rows, 4H] =
   // embedding W_ih^T + bias, rows the vocabulary); the backward adds each row's gradient into
   // its id's table row. CPU only; FastLSTM.forward_ids calls it.
   m.def("lstm_layer_embedded(Tensor ids, Tensor table, Tensor h0, Tensor c0, Tensor w_hh,"
