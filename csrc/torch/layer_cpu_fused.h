@@ -45,7 +45,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
 
 // Training from the layer input: x [S, B, I], w_ih [4H, I], bias [4H] (b_ih + b_hh) or none;
 // x W_ih^T + bias inside each step (bf16 on AMX tiles) or as one GEMM first. Returns what
-// cpu_fused_layer_forward does. Inputs checked by the caller (the op).
+// cpu_fused_layer_forward does, but the gates in x's dtype (bf16: half the bytes). Inputs
+// checked by the caller (the op).
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias, bool reverse);
@@ -60,7 +61,8 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
 
 // A first layer whose input is an embedding: ids [S, B] (int64, each in [0, rows)), table
 // [rows, 4H] = embedding W_ih^T + bias; step t's row b adds table row ids[t, b] as its input
-// projection. Returns what cpu_fused_layer_forward does. Inputs checked by the caller.
+// projection. Returns what cpu_fused_layer_train does (gates in the table's dtype). Inputs
+// checked by the caller.
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
     const Tensor& ids, const Tensor& table, const Tensor& h0, const Tensor& c0,
     const Tensor& w_hh, bool reverse);
