@@ -160,6 +160,32 @@ struct StepInput {
                        // row ids[t, b]
 };
 
+// For a layer given its input x [S, B, I]: x W_ih^T + bias computed inside each step (in_step:
+// x's rows padded to whole k-steps, a bf16 row of odd length getting a zero pair partner; the
+// bias in float), or as one GEMM first, into a kept buffer (fresh memory would cost a page
+// fault per 4 KiB: layer.cpp).
+StepInput input_projection(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias,
+                           int64_t H, bool in_step) {
+  const int64_t S = x.size(0), B = x.size(1), I = x.size(2);
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (in_step) {
+    const Tensor x_rows = padded_columns(
+        x, x.scalar_type() == at::kBFloat16 ? fused::padded_width<Bf16>(I) : I);
+    const Tensor bias_acc = has_bias ? bias->to(at::kFloat).contiguous()
+                                     : at::zeros({4 * H}, x.options().dtype(at::kFloat));
+    return StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc};
+  }
+  Tensor xproj = kernel_output({S, B, 4 * H}, x.options());
+  Tensor flat = xproj.view({S * B, 4 * H});
+  const Tensor x_flat = x.reshape({S * B, I});
+  if (has_bias) {
+    at::addmm_out(flat, *bias, x_flat, w_ih.t());
+  } else {
+    at::mm_out(flat, x_flat, w_ih.t());
+  }
+  return StepInput{xproj, {}, {}, {}};
+}
+
 // Forward into hs and cs ([S, B, H], or [2, B, H] with c_ring) and gates (float, or hs's
 // dtype; undefined: not saved).
 template <typename T>
@@ -386,24 +412,15 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
     const Tensor& w_hh_in, const std::optional<Tensor>& bias, bool reverse) {
   if (!applies(x, x.size(0))) return std::nullopt;
   const c10::NoGradGuard no_grad;
-  const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh_in.size(1);
+  const int64_t S = x.size(0), B = x.size(1), H = w_hh_in.size(1);
   const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor c_ring = kernel_output({2, B, H}, x.options().dtype(at::kFloat));
   const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
-  if (projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx)) {
-    run_forward(StepInput{at::linear(x, w_ih, bias), {}, {}, {}}, h0, c0, w_hh, reverse, hs,
-                c_ring, Tensor(), true);
-  } else {
-    // The step reads x in whole k-steps: a bf16 row of odd length gets a zero pair partner.
-    const Tensor x_rows = padded_columns(
-        x, x.scalar_type() == at::kBFloat16 ? fused::padded_width<Bf16>(I) : I);
-    const Tensor bias_acc = bias.has_value() && bias->defined()
-                                ? bias->to(at::kFloat).contiguous()
-                                : at::zeros({4 * H}, x.options().dtype(at::kFloat));
-    run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse,
-                hs, c_ring, Tensor(), true);
-  }
+  const bool first =
+      projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx);
+  run_forward(input_projection(x, w_ih, bias, H, !first), h0, c0, w_hh, reverse, hs, c_ring,
+              Tensor(), true);
   return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
 }
 
@@ -487,27 +504,9 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor cs = kernel_output({S, B, H}, acc);
   Tensor gates = kernel_output({S, B, 4 * H}, x.options());  // bf16 for bf16: half the bytes
-  const bool has_bias = bias.has_value() && bias->defined();
   const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
-  if (train_projection_in_step(amx, I, H)) {
-    const Tensor x_rows = padded_columns(
-        x, x.scalar_type() == at::kBFloat16 ? fused::padded_width<Bf16>(I) : I);
-    const Tensor bias_acc = has_bias ? bias->to(at::kFloat).contiguous()
-                                     : at::zeros({4 * H}, acc);
-    run_forward(StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc}, h0, c0, w_hh, reverse,
-                hs, cs, gates, false);
-  } else {
-    // Into a kept buffer: fresh memory would cost a page fault per 4 KiB (layer.cpp).
-    Tensor xproj = kernel_output({S, B, 4 * H}, x.options());
-    Tensor flat = xproj.view({S * B, 4 * H});
-    const Tensor x_flat = x.reshape({S * B, I});
-    if (has_bias) {
-      at::addmm_out(flat, *bias, x_flat, w_ih.t());
-    } else {
-      at::mm_out(flat, x_flat, w_ih.t());
-    }
-    run_forward(StepInput{xproj, {}, {}, {}}, h0, c0, w_hh, reverse, hs, cs, gates, false);
-  }
+  run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H)), h0, c0,
+              w_hh, reverse, hs, cs, gates, false);
   return std::make_tuple(hs, cs, gates);
 }
 
