@@ -389,18 +389,31 @@ struct FusedForwardArgs {
   T* h_ring;           // [2, B, padded_width(H)] h_{t-1} (slot s % 2), zero-padded rows; slot 0
                        // holds h0 at the start
   T* hs;               // [S, B, ld_hs] out: h_t (ld_hs 0: H)
-  float* cs;           // [S, B, H] out: c_t; with c_ring [2, B, H], c of step s in slot s % 2
+  float* cs;           // [S, B, H] out: c_t; with c_state [B, H]: c0 in, then c_t in place
   void* gates;         // [S, B, 4H] out: activated gates (float, or T with gates_in_t), or
                        // nullptr (inference: not saved)
   int64_t steps, batch, hidden;
   bool reverse;
-  bool c_ring;
+  bool c_state;        // cs is the cell state [B, H], updated in place (inference: no c_t kept)
   int64_t ld_hs = 0;   // row stride of hs: a stack's lower layer writes the rows its upper
                        // layer reads as x (padded_width(H), the padding zero)
   bool amx = false;    // bf16: the products on AMX tiles (only where amx_usable())
   bool gates_in_t = false;  // gates stored in T (bf16: half the bytes written and read back)
   const int64_t* ids = nullptr;  // [S, B] or nullptr: xproj is a table [rows, 4H] whose row
                                  // ids[t B + b] row b of step t adds (an embedding folded in)
+  const int64_t* offsets = nullptr;  // [S + 1] or nullptr: packed rows (see StepRows)
+};
+
+// Where step t's rows are. Dense: B rows at t B of every [S, B, ..] tensor. Packed (a
+// PackedSequence's data, `offsets` [S + 1]): step t has rows [offsets[t], offsets[t + 1]) of
+// every [N, ..] tensor, row b of the step being batch row b; the counts never grow with t
+// (sequences sorted by length, longest first), so a step's rows are the first of the batch,
+// and a sequence that has ended (forward) or not yet begun (reverse) simply is not computed.
+struct StepRows {
+  const int64_t* offsets;
+  int64_t batch;
+  int64_t count(int64_t t) const { return offsets ? offsets[t + 1] - offsets[t] : batch; }
+  int64_t first(int64_t t) const { return offsets ? offsets[t] : t * batch; }
 };
 
 // One row of one unit group after the product: the rest of the pre-activation added (X: the
@@ -452,21 +465,30 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   const int64_t ld_x = padded_width<T>(a.inputs), ksteps_x = forward_ksteps<T>(a.inputs);
   const int64_t ld_hs = a.ld_hs ? a.ld_hs : H;
   const int64_t t = time_index(s, a.steps, a.reverse);
+  const StepRows at{a.offsets, B};
+  const int64_t first = at.first(t), row_end = std::min(part.row_end, at.count(t));
+  // h_{t-1} from the ring (both slots hold h0 at the start: a sequence joining a reverse
+  // pass late finds it there); c_{t-1} from the step before, or c0 where the row was not in
+  // it (the first step, or a sequence joining late).
   const T* h_prev = a.h_ring + (s & 1) * B * ld;
   T* h_next = a.h_ring + ((s + 1) & 1) * B * ld;
-  const auto c_slot = [&](int64_t step) {
-    return a.c_ring ? (step & 1) : time_index(step, a.steps, a.reverse);
+  const int64_t t_prev = s == 0 ? -1 : time_index(s - 1, a.steps, a.reverse);
+  const auto c_prev_row = [&](int64_t row) -> const float* {
+    if (a.c_state) return a.cs + row * H;
+    return t_prev >= 0 && row < at.count(t_prev) ? a.cs + (at.first(t_prev) + row) * H
+                                                  : a.c0 + row * H;
   };
-  const float* c_prev = s == 0 ? a.c0 : a.cs + c_slot(s - 1) * B * H;
-  float* c_out = a.cs + c_slot(s) * B * H;
+  const auto c_out_row = [&](int64_t row) {
+    return a.cs + (a.c_state ? row : first + row) * H;
+  };
   float pre[kRowBlock * 4 * kLanes];  // [row][gate][lane]
   int configured = 0;  // rows the AMX tiles are configured for
   for (int64_t g = part.group_begin; g < part.group_end; ++g) {
     const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
     const uint32_t* w = as_ksteps(a.packed) + g * group_size;
     const uint32_t* w_ih = kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;
-    for (int64_t row0 = part.row_begin; row0 < part.row_end; row0 += kRowBlock) {
-      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, part.row_end - row0));
+    for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kRowBlock) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
       if (kAmx && rows != configured) amx_configure(configured = rows);
       // The epilogue's reads and writes would miss the cache (rows 2 KB and more apart, a
       // new region every step: the hardware prefetcher does not follow; the outputs are
@@ -474,39 +496,41 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       // use at the next step, a whole step ahead (a worker's share of a step fits in L2).
       if (s + 1 < a.steps) {
         const int64_t t_next = time_index(s + 1, a.steps, a.reverse);
-        for (int r = 0; r < rows; ++r) {
-          const int64_t row = t_next * B + row0 + r;
+        const int64_t next_rows = std::min<int64_t>(rows, at.count(t_next) - row0);
+        for (int64_t r = 0; r < next_rows; ++r) {
+          const int64_t row = at.first(t_next) + row0 + r;
           for (int q = 0; q < 4; ++q) {
             if (!kInputFused && !a.ids) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
             if (kSaveGates) __builtin_prefetch(gates + row * 4 * H + q * H + unit0, 1, 2);
           }
           __builtin_prefetch(a.hs + row * ld_hs + unit0, 1, 2);
-          if (!a.c_ring) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
+          if (!a.c_state) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
         }
       }
       if (kInputFused) {  // x_t W_ih^T first, then h_{t-1} W_hh^T added to it
-        row_block_product<kBf16, kAmx, false>(rows, 4, as_ksteps(a.x + (t * B + row0) * ld_x), ld_x / kPer,
+        row_block_product<kBf16, kAmx, false>(rows, 4, as_ksteps(a.x + (first + row0) * ld_x), ld_x / kPer,
                               ksteps_x, w_ih, 4 * kLanes, kLanes, pre);
       }
       row_block_product<kBf16, kAmx, kInputFused>(rows, 4, as_ksteps(h_prev + row0 * ld), ld / kPer, ksteps,
                                          w, 4 * kLanes, kLanes, pre);
       for (int r = 0; r < rows; ++r) {
-        const int64_t row = row0 + r, ti = (t * B + row) * ld_hs + unit0, ci = row * H + unit0;
-        G* gate_out = kSaveGates ? gates + (t * B + row) * 4 * H + unit0 : nullptr;
+        const int64_t row = row0 + r, ti = (first + row) * ld_hs + unit0;
+        G* gate_out = kSaveGates ? gates + (first + row) * 4 * H + unit0 : nullptr;
         const auto rest = [&] {  // of the pre-activation: the bias, or xproj (bias included)
           if constexpr (kInputFused) {
             return a.bias + unit0;
           } else {
-            const int64_t x_row = a.ids ? a.ids[t * B + row] : t * B + row;
+            const int64_t x_row = a.ids ? a.ids[first + row] : first + row;
             return a.xproj + x_row * 4 * H + unit0;
           }
         }();
+        const float* c_prev = c_prev_row(row) + unit0;
+        float* c_out = c_out_row(row) + unit0;
         if (units == kLanes) {
-          forward_units<T, kSaveGates, kLanes>(pre + r * 4 * kLanes, rest, H, c_prev + ci,
-                                               c_out + ci, a.hs + ti, h_next + row * ld + unit0,
-                                               gate_out, 0);
+          forward_units<T, kSaveGates, kLanes>(pre + r * 4 * kLanes, rest, H, c_prev, c_out,
+                                               a.hs + ti, h_next + row * ld + unit0, gate_out, 0);
         } else {
-          forward_units<T, kSaveGates, 0>(pre + r * 4 * kLanes, rest, H, c_prev + ci, c_out + ci,
+          forward_units<T, kSaveGates, 0>(pre + r * 4 * kLanes, rest, H, c_prev, c_out,
                                           a.hs + ti, h_next + row * ld + unit0, gate_out, units);
         }
       }
@@ -533,6 +557,9 @@ struct FusedBackwardArgs {
                                // (each worker its own: workers that split rows share units);
   const int64_t* bias_ids = nullptr;  // with [S, B] ids, grad_bias is [rows, 4H] and row b of
                                       // step t adds into its row ids[t B + b] (a table's gradient)
+  const int64_t* offsets = nullptr;   // [S + 1] or nullptr: packed rows (StepRows); grad_c may
+                                      // hold dL/dc_n in; grad_h0's row b is written at the step
+                                      // before the one that computes its sequence's first step
 };
 
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
@@ -546,23 +573,38 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
   using Cv = Convert<T, float>;
   constexpr bool kBf16 = KStep<T>::kPer == 2;
   const int64_t S = a.steps, B = a.batch, H = a.hidden, ksteps = backward_ksteps<T>(H);
+  const StepRows at{a.offsets, B};
   const int64_t fs = S - 1 - s;  // forward-order index of this step
   const int64_t t = s < S ? time_index(fs, S, a.reverse) : -1;
-  const T* grad_later = s == 0 ? nullptr : a.grad_xproj + time_index(fs + 1, S, a.reverse) * B * 4 * H;
-  const float* c_prev = fs <= 0 ? a.c0 : a.cs + time_index(fs - 1, S, a.reverse) * B * H;
+  // The step processed before this one (forward order: the next): its rows' dL/d(pre) times
+  // W_hh is dL/dh_{t-1} of those rows; rows it has that this step has not began there
+  // (packed, reverse: that product is their dL/dh0); rows this step has that it has not
+  // ended here (packed, forward: no recurrent gradient).
+  const int64_t t_later = s == 0 ? -1 : time_index(fs + 1, S, a.reverse);
+  const int64_t product_rows = t_later < 0 ? 0 : at.count(t_later);
+  const int64_t step_rows = t < 0 ? 0 : at.count(t), first = t < 0 ? 0 : at.first(t);
+  const int64_t row_end = std::min(part.row_end, std::max(product_rows, step_rows));
+  const T* grad_later = t_later < 0 ? nullptr : a.grad_xproj + at.first(t_later) * 4 * H;
+  const int64_t t_prev = fs <= 0 ? -1 : time_index(fs - 1, S, a.reverse);  // forward order
+  const auto c_prev_row = [&](int64_t row) -> const float* {
+    return t_prev >= 0 && row < at.count(t_prev) ? a.cs + (at.first(t_prev) + row) * H
+                                                  : a.c0 + row * H;
+  };
   float dh_rec[kRowBlock * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
   int configured = 0;  // rows the AMX tiles are configured for
   for (int64_t g0 = part.group_begin; g0 < part.group_end; g0 += kGroupsPerBackwardTile) {
     const int groups = static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, part.group_end - g0));
     const uint32_t* w = as_ksteps(a.packed) + g0 * ksteps * kLanes;
-    for (int64_t row0 = part.row_begin; row0 < part.row_end; row0 += kRowBlock) {
-      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, part.row_end - row0));
-      if (kAmx && grad_later && rows != configured) amx_configure(configured = rows);
+    for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kRowBlock) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
+      const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
+      if (kAmx && prows > 0 && prows != configured) amx_configure(configured = prows);
       // As in the forward: the lines the epilogue reads at the next step, a step ahead.
       if (s + 1 < S) {
         const int64_t t_next = time_index(fs - 1, S, a.reverse);
-        for (int r = 0; r < rows; ++r) {
-          const int64_t row = t_next * B + row0 + r;
+        const int64_t next_rows = std::min<int64_t>(rows, at.count(t_next) - row0);
+        for (int64_t r = 0; r < next_rows; ++r) {
+          const int64_t row = at.first(t_next) + row0 + r;
           for (int gi = 0; gi < groups; ++gi) {
             const int64_t unit0 = (g0 + gi) * kLanes;
             for (int q = 0; q < 4; ++q) {
@@ -575,28 +617,28 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
           }
         }
       }
-      if (grad_later) {
-        row_block_product<kBf16, kAmx, false>(rows, groups, as_ksteps(grad_later + row0 * 4 * H),
+      if (prows > 0) {
+        row_block_product<kBf16, kAmx, false>(prows, groups, as_ksteps(grad_later + row0 * 4 * H),
                                               4 * H / KStep<T>::kPer, ksteps, w, kLanes,
                                               ksteps * kLanes, dh_rec);
-      } else {
-        std::fill(dh_rec, dh_rec + rows * groups * kLanes, 0.f);
       }
+      std::fill(dh_rec + prows * groups * kLanes, dh_rec + rows * groups * kLanes, 0.f);
       for (int r = 0; r < rows; ++r) {
         const int64_t row = row0 + r;
         for (int gi = 0; gi < groups; ++gi) {
           const int64_t unit0 = (g0 + gi) * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
           const float* d_rec = dh_rec + (r * groups + gi) * kLanes;
           const int64_t idx = row * H + unit0;
-          if (s == S) {
+          if (row >= step_rows) {  // the row's first step was the one processed before
             for (int64_t u = 0; u < units; ++u) a.grad_h0[idx + u] = d_rec[u];
             continue;
           }
-          const int64_t ti = t * B * H + idx, gate0 = (t * B + row) * 4 * H + unit0;
+          const int64_t ti = (first + row) * H + unit0, gate0 = (first + row) * 4 * H + unit0;
+          const float* c_prev = c_prev_row(row) + unit0;
           const G* gate_in = gates + gate0;
           T* grad_pre = a.grad_xproj + gate0;
           float* grad_bias =
-              kBiasGrad ? a.grad_bias + (a.bias_ids ? a.bias_ids[t * B + row] * 4 * H : 0) + unit0
+              kBiasGrad ? a.grad_bias + (a.bias_ids ? a.bias_ids[first + row] * 4 * H : 0) + unit0
                         : nullptr;
           FASTLSTM_NO_ALIAS_LOOP
           for (int64_t u = 0; u < units; ++u) {
@@ -605,7 +647,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
             float dc_in = a.grad_c[idx + u];
             if (kHasGradC) dc_in += Cv::load(a.grad_cs[ti + u]);
             float dc_prev;
-            const Gates<float> d = cell_backward(gate, c_prev[idx + u], a.cs[ti + u],
+            const Gates<float> d = cell_backward(gate, c_prev[u], a.cs[ti + u],
                                                  Cv::load(a.grad_hs[ti + u]) + d_rec[u], dc_in,
                                                  dc_prev);
             a.grad_c[idx + u] = dc_prev;

@@ -44,16 +44,19 @@ struct Plan {
 // barrier than it saves (batch 1, hidden 128: 2.2 us a step on one thread, 2.7 on two).
 constexpr int64_t kMinSplitFlops = 500000;
 
-Plan plan_for(int64_t batch, int64_t hidden) {
+// Packed input (shrinking steps) splits the units where it can: split rows, the workers
+// with the short sequences would idle while the others finish the long ones.
+Plan plan_for(int64_t batch, int64_t hidden, bool packed = false) {
   const int64_t threads = at::in_parallel_region() || 8 * batch * hidden * hidden < kMinSplitFlops
                               ? 1
                               : at::get_num_threads();
   const int64_t groups = fused::unit_groups(hidden);
+  const bool units_fit = threads > 1 && AT_PARALLEL_OPENMP && groups >= 2 * threads;
   Plan plan{{}, false};
-  if (threads > 1 && batch >= 4 * threads) {
+  if (threads > 1 && batch >= 4 * threads && !(packed && units_fit)) {
     for (int64_t k = 0; k < threads; ++k)
       plan.parts.push_back({batch * k / threads, batch * (k + 1) / threads, 0, groups});
-  } else if (threads > 1 && AT_PARALLEL_OPENMP && groups >= 2 * threads) {
+  } else if (units_fit) {
     for (int64_t k = 0; k < threads; ++k)
       plan.parts.push_back({0, batch, groups * k / threads, groups * (k + 1) / threads});
     plan.barrier = true;
@@ -160,13 +163,13 @@ struct StepInput {
                        // row ids[t, b]
 };
 
-// For a layer given its input x [S, B, I]: x W_ih^T + bias computed inside each step (in_step:
+// For a layer given its input x [S, B, I] (or packed, [N, I]): x W_ih^T + bias computed inside each step (in_step:
 // x's rows padded to whole k-steps, a bf16 row of odd length getting a zero pair partner; the
 // bias in float), or as one GEMM first, into a kept buffer (fresh memory would cost a page
 // fault per 4 KiB: layer.cpp).
 StepInput input_projection(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias,
                            int64_t H, bool in_step) {
-  const int64_t S = x.size(0), B = x.size(1), I = x.size(2);
+  const int64_t I = x.size(-1);
   const bool has_bias = bias.has_value() && bias->defined();
   if (in_step) {
     const Tensor x_rows = padded_columns(
@@ -175,9 +178,11 @@ StepInput input_projection(const Tensor& x, const Tensor& w_ih, const std::optio
                                      : at::zeros({4 * H}, x.options().dtype(at::kFloat));
     return StepInput{Tensor(), x_rows, w_ih.contiguous(), bias_acc};
   }
-  Tensor xproj = kernel_output({S, B, 4 * H}, x.options());
-  Tensor flat = xproj.view({S * B, 4 * H});
-  const Tensor x_flat = x.reshape({S * B, I});
+  auto sizes = x.sizes().vec();  // [S, B, I], or packed [N, I]
+  sizes.back() = 4 * H;
+  Tensor xproj = kernel_output(sizes, x.options());
+  Tensor flat = xproj.view({-1, 4 * H});
+  const Tensor x_flat = x.reshape({-1, I});
   if (has_bias) {
     at::addmm_out(flat, *bias, x_flat, w_ih.t());
   } else {
@@ -186,45 +191,59 @@ StepInput input_projection(const Tensor& x, const Tensor& w_ih, const std::optio
   return StepInput{xproj, {}, {}, {}};
 }
 
-// Forward into hs and cs ([S, B, H], or [2, B, H] with c_ring) and gates (float, or hs's
-// dtype; undefined: not saved).
+// Packed input: offsets [S + 1] of each step's rows (fused::StepRows), from batch_sizes [S].
+std::vector<int64_t> packed_offsets(const Tensor& batch_sizes) {
+  const Tensor sizes = batch_sizes.contiguous();
+  const int64_t* n = sizes.data_ptr<int64_t>();
+  std::vector<int64_t> offsets(sizes.numel() + 1, 0);
+  for (int64_t t = 0; t < sizes.numel(); ++t) offsets[t + 1] = offsets[t] + n[t];
+  return offsets;
+}
+
+// Forward into hs ([S, B, H], or packed [N, H] with offsets), cs (c_t, like hs; or with
+// c_state the cell state [B, H], c0 in and c_n out) and gates (float, or hs's dtype;
+// undefined: not saved).
 template <typename T>
 void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                  bool reverse, const Tensor& hs, const Tensor& cs, const Tensor& gates,
-                 bool c_ring) {
-  const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
+                 bool c_state, const std::vector<int64_t>* offsets) {
+  const int64_t S = offsets ? int64_t(offsets->size()) - 1 : hs.size(0), B = h0.size(0);
+  const int64_t H = w_hh.size(1);
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
+  if (c_state) cs.copy_(c0);
   // Inference keeps its packed weights for the next call (inference_packs); training's change
   // every step.
   const auto pack = [&](const Tensor& w) {
     const auto fresh = [&] { return packed_forward<T>(w, H); };
-    return c_ring ? inference_packs().get({w}, 0, fresh) : fresh();
+    return c_state ? inference_packs().get({w}, 0, fresh) : fresh();
   };
   const Tensor packed = pack(w_hh);
   const Tensor packed_ih = in.xproj.defined() ? Tensor() : pack(in.w_ih);
   Tensor ring = at::zeros({2, B, fused::padded_width<T>(H)}, h0.options());
-  ring[0].narrow(1, 0, H).copy_(h0);
+  ring.narrow(2, 0, H).copy_(h0.unsqueeze(0).expand({2, B, H}));
   const auto maybe = [](const Tensor& t) { return t.defined() ? ptr<T>(t) : nullptr; };
   fused::FusedForwardArgs<T> args{
       maybe(in.xproj), maybe(in.x), maybe(packed_ih),
       in.bias.defined() ? ptr<float>(in.bias) : nullptr,
       in.w_ih.defined() ? in.w_ih.size(1) : 0,
       ptr<T>(packed), ptr<float>(c0_acc), ptr<T>(ring), ptr<T>(hs), ptr<float>(cs),
-      gates.defined() ? gates.data_ptr() : nullptr, S, B, H, reverse, c_ring};
+      gates.defined() ? gates.data_ptr() : nullptr, S, B, H, reverse, c_state};
   args.amx = use_amx<T>();
   args.gates_in_t = gates.defined() && gates.scalar_type() != at::kFloat;
   args.ids = in.ids.defined() ? in.ids.data_ptr<int64_t>() : nullptr;
-  run_plan(plan_for(B, H), S, [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
+  args.offsets = offsets ? offsets->data() : nullptr;
+  run_plan(plan_for(B, H, offsets != nullptr), S,
+           [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
 }
 
 void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                  bool reverse, const Tensor& hs, const Tensor& cs, const Tensor& gates,
-                 bool c_ring) {
+                 bool c_state, const std::vector<int64_t>* offsets = nullptr) {
   // Storage float32 or bfloat16 (applies() checked); torch's BFloat16 has Bf16's bits.
   if (hs.scalar_type() == at::kFloat) {
-    run_forward<float>(in, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
+    run_forward<float>(in, h0, c0, w_hh, reverse, hs, cs, gates, c_state, offsets);
   } else {
-    run_forward<Bf16>(in, h0, c0, w_hh, reverse, hs, cs, gates, c_ring);
+    run_forward<Bf16>(in, h0, c0, w_hh, reverse, hs, cs, gates, c_state, offsets);
   }
 }
 
@@ -232,12 +251,15 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
 // tensor) the sum of grad_xproj's rows, taken from the kernel's fp32 values (each worker sums
 // its own rows, then the workers' sums are added); with ids ([S, B] int64) grad_bias is
 // [rows, 4H] and each row of grad_xproj is added into its id's row.
+// Packed (offsets): gates, cs, grad_hs and grad_xproj [N, ..]; grad_c holds dL/dc_n in.
 template <typename T>
 void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, const Tensor& c0,
                   const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
                   const Tensor& grad_c, const Tensor& grad_xproj, const Tensor& grad_h0,
-                  bool reverse, Tensor* grad_bias = nullptr, const Tensor* ids = nullptr) {
-  const int64_t S = gates.size(0), B = gates.size(1), H = w_hh.size(1);
+                  bool reverse, Tensor* grad_bias = nullptr, const Tensor* ids = nullptr,
+                  const std::vector<int64_t>* offsets = nullptr) {
+  const int64_t S = offsets ? int64_t(offsets->size()) - 1 : gates.size(0), B = c0.size(0);
+  const int64_t H = w_hh.size(1);
   Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
   at::parallel_for(0, fused::unit_groups(H), 1, [&](int64_t begin, int64_t end) {
     fused::pack_backward(ptr<T>(w_hh), H, ptr<T>(packed), begin, end);
@@ -250,7 +272,8 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
       reverse};
   args.amx = use_amx<T>();
   args.gates_in_t = gates.scalar_type() != at::kFloat;
-  const Plan plan = plan_for(B, H);
+  args.offsets = offsets ? offsets->data() : nullptr;
+  const Plan plan = plan_for(B, H, offsets != nullptr);
   const int64_t n = static_cast<int64_t>(plan.parts.size());
   Tensor bias_parts;
   std::vector<fused::FusedBackwardArgs<T>> part_args(n, args);
@@ -312,16 +335,17 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
   const Tensor x_in = x.to(dtype).contiguous(), h0_in = h0.to(dtype).contiguous();
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
   // One workspace: x's rows padded to whole k-steps (where I is not), the h rings [L, 2, B, P],
-  // the lower layers' outputs [L - 1, S, B, P] (the next layer's x), then the c rings
-  // [L, 2, B, H] in float (at a 4-byte boundary: P and PI are even for bf16). Padding is
+  // the lower layers' outputs [L - 1, S, B, P] (the next layer's x), then the cell states
+  // [L, B, H] in float (at a 4-byte boundary: P and PI are even for bf16). Padding is
   // zero: the products read it.
   const int64_t PI = fused::padded_width<T>(I), x_size = PI == I ? 0 : S * B * PI;
   const int64_t ring_size = 2 * B * P, lower_size = S * B * P;
   const int64_t t_size = x_size + L * ring_size + (L - 1) * lower_size;
-  Tensor work = at::empty({t_size * int64_t(sizeof(T)) + L * 2 * B * H * int64_t(sizeof(float))},
+  Tensor work = at::empty({t_size * int64_t(sizeof(T)) + L * B * H * int64_t(sizeof(float))},
                           x.options().dtype(at::kByte));
   T* const ws = ptr<T>(work);
-  float* const c_rings = reinterpret_cast<float*>(ws + t_size);
+  float* const c_states = reinterpret_cast<float*>(ws + t_size);
+  std::copy_n(ptr<float>(c0_acc), L * B * H, c_states);
   if (x_size > 0 || P != H) std::fill(ws, ws + t_size, Cv::store(0.f));
   const T* x_rows = ptr<T>(x_in);
   if (x_size > 0) {
@@ -332,7 +356,8 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
   const auto lower = [&](int64_t l) { return ws + x_size + L * ring_size + l * lower_size; };
   for (int64_t l = 0; l < L; ++l)
     for (int64_t b = 0; b < B; ++b)
-      std::copy_n(ptr<T>(h0_in) + (l * B + b) * H, H, ring(l) + b * P);
+      for (int64_t slot = 0; slot < 2; ++slot)
+        std::copy_n(ptr<T>(h0_in) + (l * B + b) * H, H, ring(l) + (slot * B + b) * P);
   Tensor out = kernel_output({S, B, H}, opts);
   std::vector<fused::FusedForwardArgs<T>> args;
   const bool amx = use_amx<T>();
@@ -342,7 +367,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
         nullptr, l == 0 ? x_rows : lower(l - 1), ptr<T>(packs.w_ih[l]),
         ptr<float>(packs.bias[l]), l == 0 ? I : H, ptr<T>(packs.w_hh[l]),
         ptr<float>(c0_acc) + l * B * H, ring(l), top ? ptr<T>(out) : lower(l),
-        c_rings + l * 2 * B * H, nullptr, S, B, H, false, true};
+        c_states + l * B * H, nullptr, S, B, H, false, true};
     a.ld_hs = top ? 0 : P;
     a.amx = amx;
     args.push_back(a);
@@ -354,7 +379,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
   for (int64_t l = 0; l < L; ++l)
     for (int64_t b = 0; b < B; ++b) {
       const T* h = ring(l) + ((S & 1) * B + b) * P;
-      const float* c = c_rings + (l * 2 + ((S - 1) & 1)) * B * H + b * H;
+      const float* c = c_states + (l * B + b) * H;
       T* h_out = ptr<T>(h_n) + (l * B + b) * H;
       T* c_out = ptr<T>(c_n) + (l * B + b) * H;
       for (int64_t u = 0; u < H; ++u) {
@@ -415,13 +440,13 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
   const int64_t S = x.size(0), B = x.size(1), H = w_hh_in.size(1);
   const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   Tensor hs = kernel_output({S, B, H}, x.options());
-  Tensor c_ring = kernel_output({2, B, H}, x.options().dtype(at::kFloat));
+  Tensor c_state = kernel_output({B, H}, x.options().dtype(at::kFloat));
   const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
   const bool first =
       projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx);
-  run_forward(input_projection(x, w_ih, bias, H, !first), h0, c0, w_hh, reverse, hs, c_ring,
+  run_forward(input_projection(x, w_ih, bias, H, !first), h0, c0, w_hh, reverse, hs, c_state,
               Tensor(), true);
-  return std::make_tuple(hs, c_ring[(S - 1) & 1].clone());
+  return std::make_tuple(hs, c_state);
 }
 
 namespace {
@@ -564,6 +589,123 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedd
                          weight_gradient(grad_xproj, h0, hs, reverse));
 }
 
+namespace {
+
+// Each sequence's last row in packed hs / cs: forward, its last step's; reverse, step 0's.
+Tensor last_rows(const std::vector<int64_t>& offsets, int64_t batch, bool reverse) {
+  Tensor rows = at::empty({batch}, at::TensorOptions().dtype(at::kLong));
+  int64_t* r = rows.data_ptr<int64_t>();
+  const int64_t S = int64_t(offsets.size()) - 1;
+  for (int64_t t = reverse ? 0 : S - 1, b = 0; b < batch; ++b) {
+    if (!reverse)
+      while (offsets[t + 1] - offsets[t] <= b) --t;  // the last step that has row b
+    r[b] = offsets[t] + b;
+  }
+  return rows;
+}
+
+// h_{t-1} of every packed row (h0's row where the sequence starts there), so that W_hh's
+// gradient is one GEMM over all rows.
+template <typename T>
+Tensor packed_h_prev(const Tensor& hs, const Tensor& h0, const std::vector<int64_t>& offsets,
+                     bool reverse) {
+  const int64_t S = int64_t(offsets.size()) - 1, H = hs.size(1);
+  Tensor out = kernel_output(hs.sizes(), hs.options());
+  const T *src = ptr<T>(hs), *init = ptr<T>(h0);
+  T* dst = ptr<T>(out);
+  at::parallel_for(0, S, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t rows = offsets[t + 1] - offsets[t], tp = reverse ? t + 1 : t - 1;
+      const int64_t from_hs = tp < 0 || tp >= S ? 0 : std::min(rows, offsets[tp + 1] - offsets[tp]);
+      T* d = dst + offsets[t] * H;
+      if (from_hs > 0) std::memcpy(d, src + offsets[tp] * H, from_hs * H * sizeof(T));
+      std::memcpy(d + from_hs * H, init + from_hs * H, (rows - from_hs) * H * sizeof(T));
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_packed(
+    const Tensor& x_in, const Tensor& batch_sizes, const Tensor& h0_in, const Tensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh_in, const std::optional<Tensor>& bias, bool reverse,
+    bool train) {
+  if (!enabled_by_env() || !x_in.device().is_cpu() || !cpu_fused_supports(x_in.scalar_type()))
+    return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const std::vector<int64_t> offsets = packed_offsets(batch_sizes);
+  const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t N = x.size(0), I = x.size(1), B = h0.size(0), H = w_hh.size(1);
+  const auto acc = x.options().dtype(at::kFloat);
+  const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
+  const Tensor last = last_rows(offsets, B, reverse);
+  Tensor hs = kernel_output({N, H}, x.options());
+  if (train) {
+    Tensor cs = kernel_output({N, H}, acc);
+    Tensor gates = kernel_output({N, 4 * H}, x.options());  // bf16 for bf16, as the train op
+    run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H)), h0, c0,
+                w_hh, reverse, hs, cs, gates, false, &offsets);
+    return std::make_tuple(hs, hs.index_select(0, last), cs.index_select(0, last), cs, gates);
+  }
+  Tensor c_state = kernel_output({B, H}, acc);
+  const bool first = projection_first(N, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx);
+  run_forward(input_projection(x, w_ih, bias, H, !first), h0, c0, w_hh, reverse, hs, c_state,
+              Tensor(), true, &offsets);
+  const Tensor none = at::empty({0}, acc);
+  return std::make_tuple(hs, hs.index_select(0, last), c_state, none, none.to(x.scalar_type()));
+}
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
+cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_h_n,
+                                const std::optional<Tensor>& grad_c_n, const Tensor& x_in,
+                                const Tensor& batch_sizes, const Tensor& h0_in, const Tensor& c0,
+                                const Tensor& w_ih, const Tensor& w_hh_in, const Tensor& hs_in,
+                                const Tensor& cs_in, const Tensor& gates_in, bool reverse) {
+  if (!enabled_by_env() || !x_in.device().is_cpu() || !cpu_fused_supports(x_in.scalar_type()))
+    return std::nullopt;
+  const c10::NoGradGuard no_grad;
+  const std::vector<int64_t> offsets = packed_offsets(batch_sizes);
+  const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor hs = hs_in.contiguous(), cs = cs_in.contiguous(), gates = gates_in.contiguous();
+  const int64_t N = x.size(0), B = h0.size(0), H = w_hh.size(1);
+  const at::ScalarType dtype = x.scalar_type();
+  const auto acc = x.options().dtype(at::kFloat);
+  FASTLSTM_CHECK(hs.sizes() == at::IntArrayRef({N, H}) && cs.sizes() == hs.sizes() &&
+                     gates.sizes() == at::IntArrayRef({N, 4 * H}) && grad_hs.sizes() == hs.sizes(),
+                 "fastlstm packed backward: grad_hs, hs and cs must be [", N, ", ", H,
+                 "] and gates [", N, ", ", 4 * H, "] (what the forward returned with train)");
+  FASTLSTM_CHECK(hs.scalar_type() == dtype && cs.scalar_type() == at::kFloat &&
+                     gates.scalar_type() == dtype,
+                 "fastlstm packed backward: hs and gates in x's dtype, cs in float32");
+  Tensor g = grad_hs.to(dtype).contiguous();
+  if (grad_h_n.has_value() && grad_h_n->defined())  // h_n: each sequence's last row of hs
+    g = g.index_add(0, last_rows(offsets, B, reverse), grad_h_n->to(dtype));
+  Tensor grad_c = grad_c_n.has_value() && grad_c_n->defined()
+                      ? grad_c_n->to(at::kFloat).contiguous().clone()
+                      : at::zeros({B, H}, acc);
+  const Tensor c0_acc = c0.to(at::kFloat).contiguous();
+  Tensor grad_xproj = kernel_output({N, 4 * H}, x.options());
+  Tensor grad_h0 = kernel_output({B, H}, acc);
+  Tensor grad_bias = at::empty({4 * H}, acc);
+  Tensor h_prev;
+  if (dtype == at::kFloat) {
+    run_backward<float>(w_hh, gates, cs, c0_acc, g, std::nullopt, grad_c, grad_xproj, grad_h0,
+                        reverse, &grad_bias, nullptr, &offsets);
+    h_prev = packed_h_prev<float>(hs, h0, offsets, reverse);
+  } else {
+    run_backward<Bf16>(w_hh, gates, cs, c0_acc, g, std::nullopt, grad_c, grad_xproj, grad_h0,
+                       reverse, &grad_bias, nullptr, &offsets);
+    h_prev = packed_h_prev<Bf16>(hs, h0, offsets, reverse);
+  }
+  Tensor grad_x = kernel_output(x.sizes(), x.options());
+  at::mm_out(grad_x, grad_xproj, w_ih);
+  const Tensor grad_xproj_t = grad_xproj.t();
+  return std::make_tuple(grad_x, grad_h0.to(dtype), grad_c.to(c0.scalar_type()),
+                         at::mm(grad_xproj_t, x), at::mm(grad_xproj_t, h_prev),
+                         grad_bias.to(dtype));
+}
+
 #else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
 
 bool cpu_fused_supports(at::ScalarType) { return false; }
@@ -609,6 +751,19 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
 cpu_fused_layer_train_backward(const Tensor&, const std::optional<Tensor>&, const Tensor&,
                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                const Tensor&, const Tensor&, const Tensor&, bool) {
+  return std::nullopt;
+}
+
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_packed(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, bool, bool) {
+  return std::nullopt;
+}
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
+cpu_fused_layer_packed_backward(const Tensor&, const std::optional<Tensor>&,
+                                const std::optional<Tensor>&, const Tensor&, const Tensor&,
+                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, const Tensor&, const Tensor&, bool) {
   return std::nullopt;
 }
 

@@ -79,4 +79,25 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
     bool reverse);
 
+// A layer over packed sequences (a PackedSequence's data): x [N, I] with step t's rows
+// [sum(batch_sizes[:t]), + batch_sizes[t]), batch_sizes [S] int64 non-increasing, its first
+// the batch B; h0, c0 [B, H]; at step t only the first batch_sizes[t] sequences are computed
+// (forward: a sequence that ended keeps its state; reverse: a sequence starts at its own
+// last element from h0, c0). Returns (hs [N, H], h_n [B, H] each sequence's own last
+// state, c_n [B, H] float, cs [N, H] float, gates [N, 4H] in x's dtype); cs and gates empty
+// without `train`. Inputs checked by the caller (the op).
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_packed(
+    const Tensor& x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& bias, bool reverse,
+    bool train);
+
+// Its backward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_h_n and
+// grad_c_n (each [B, H], or none) on the forward's h_n and c_n.
+std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
+cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_h_n,
+                                const std::optional<Tensor>& grad_c_n, const Tensor& x,
+                                const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+                                const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
+                                const Tensor& cs, const Tensor& gates, bool reverse);
+
 }  // namespace fastlstm

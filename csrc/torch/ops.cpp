@@ -172,6 +172,57 @@ std::tuple<Tensor, Tensor, Tensor> layer_train_cpu(const Tensor& x, const Tensor
   return {hs, cs, gates.to(x.scalar_type())};  // the op's gates: in x's dtype
 }
 
+// The packed layer's inputs: x [N, I] (a PackedSequence's data), batch_sizes [S] (int64 on
+// the CPU, each in [1, B], never growing, their sum N; B = batch_sizes[0] = h0's rows).
+void check_packed(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+                  const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& bias) {
+  FASTLSTM_CHECK(x.dim() == 2, "fastlstm packed layer: x must be [rows, input] (packed data), "
+                 "got ", x.sizes());
+  check_input_layer(x.unsqueeze(0), h0, c0, w_ih, w_hh, bias);  // as one step of N rows
+  FASTLSTM_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
+                     batch_sizes.device().is_cpu() && batch_sizes.numel() > 0,
+                 "fastlstm packed layer: batch_sizes must be a non-empty 1-D int64 CPU tensor");
+  const Tensor sizes = batch_sizes.contiguous();
+  const int64_t* n = sizes.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t t = 0; t < sizes.numel(); ++t) {
+    FASTLSTM_CHECK(n[t] >= 1 && n[t] <= (t == 0 ? n[0] : n[t - 1]),
+                   "fastlstm packed layer: batch_sizes must be >= 1 and never grow, got ",
+                   n[t], " at step ", t);
+    total += n[t];
+  }
+  FASTLSTM_CHECK(n[0] == h0.size(0) && total == x.size(0),
+                 "fastlstm packed layer: batch_sizes must start at the batch (", h0.size(0),
+                 ") and sum to x's rows (", x.size(0), "), got ", n[0], " and ", total);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_packed_cpu(
+    const Tensor& x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& bias, bool reverse,
+    bool train) {
+  check_packed(x, batch_sizes, h0, c0, w_ih, w_hh, bias);
+  auto fused = cpu_fused_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train);
+  FASTLSTM_CHECK(fused, "fastlstm packed layer: runs on the fused CPU layer only (float32 or "
+                 "bfloat16 on x86-64 with AVX-512, bfloat16 with AVX512-BF16; not with "
+                 "FASTLSTM_CPU_FUSED=0), got ", x.scalar_type());
+  return *fused;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_packed_backward_cpu(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_h_n,
+    const std::optional<Tensor>& grad_c_n, const Tensor& x, const Tensor& batch_sizes,
+    const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
+    const Tensor& cs, const Tensor& gates, bool reverse) {
+  check_packed(x, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt);
+  for (const auto* g : {&grad_h_n, &grad_c_n})
+    FASTLSTM_CHECK(!g->has_value() || !(*g)->defined() || (*g)->sizes() == h0.sizes(),
+                   "fastlstm packed backward: grad_h_n and grad_c_n must be shaped like h0");
+  auto fused = cpu_fused_layer_packed_backward(grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0,
+                                               c0, w_ih, w_hh, hs, cs, gates, reverse);
+  FASTLSTM_CHECK(fused, "fastlstm packed layer: runs on the fused CPU layer only");
+  return *fused;
+}
+
 // ids [S, B] int64 in [0, rows), table [rows, 4H] in the layer's dtype.
 void check_embedded(const Tensor& ids, const Tensor& table, const Tensor& h0, const Tensor& c0,
                     const Tensor& w_hh) {
@@ -395,6 +446,18 @@ TORCH_LIBRARY(fastlstm, m) {
   m.def("lstm_layer_embedded_backward(Tensor grad_hs, Tensor? grad_cs, Tensor ids, Tensor table,"
         " Tensor h0, Tensor c0, Tensor w_hh, Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_table, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
+  // One layer over packed sequences (a PackedSequence's data x [N, I] and its batch_sizes
+  // [S]): at step t only the first batch_sizes[t] sequences (layer_cpu_fused.h). Returns hs
+  // [N, H], each sequence's own last h_n and c_n [B, H] (c_n in float), and with `train` what
+  // the backward needs (cs [N, H] float, gates [N, 4H] in x's dtype; else both empty). The
+  // backward takes the gradients of hs, h_n and c_n. CPU (the fused layer) only.
+  m.def("lstm_layer_packed(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih,"
+        " Tensor w_hh, Tensor? bias, bool reverse, bool train)"
+        " -> (Tensor hs, Tensor h_n, Tensor c_n, Tensor cs, Tensor gates)");
+  m.def("lstm_layer_packed_backward(Tensor grad_hs, Tensor? grad_h_n, Tensor? grad_c_n,"
+        " Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh,"
+        " Tensor hs, Tensor cs, Tensor gates, bool reverse) -> (Tensor grad_x, Tensor grad_h0,"
+        " Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
   // lstm_layer's contract, computed by the persistent CUDA kernel (one launch for all steps;
   // the step loop where it does not fit). CUDA only; opt-in (fastlstm.set_persistent).
   m.def("lstm_layer_persistent(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, bool reverse)"
@@ -437,6 +500,8 @@ TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   m.impl("lstm_layer_embedded", &layer_embedded_cpu);
   m.impl("lstm_layer_embedded_backward", &layer_embedded_backward_cpu);
   m.impl("lstm_layer_train_backward", &layer_train_backward_cpu);
+  m.impl("lstm_layer_packed", &layer_packed_cpu);
+  m.impl("lstm_layer_packed_backward", &layer_packed_backward_cpu);
   m.impl("dropout", &dropout_cpu);
   m.impl("lstm_step", &step_cpu);
   m.impl("lstm_stack_inference", &stack_inference_cpu);
