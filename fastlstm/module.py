@@ -8,8 +8,8 @@ weights load both ways; forward has the same contract and error types. backend=
   "cuda"       the fused CUDA op on CUDA tensors
   "triton"     the Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
   "cudnn"/"aten"  torch's own nn.LSTM (cuDNN on GPU, ATen/oneDNN on CPU), for comparisons
-What the fused op does not support (proj_size, PackedSequence, a dtype the device's op
-lacks) goes to torch's own LSTM, never to a wrong answer.
+What the fused op does not support (proj_size, a dtype the device's op lacks, PackedSequence
+input outside the fused CPU layer) goes to torch's own LSTM, never to a wrong answer.
 """
 from __future__ import annotations
 
@@ -90,8 +90,10 @@ def _fused_unsupported(data, proj_size=0, packed=False, dtypes_by_device=None):
     """Why the fused op (or the Triton one, given its dtypes) cannot take this input."""
     if proj_size > 0:
         return "proj_size > 0"
-    if packed:
-        return "PackedSequence input"
+    if packed and (data.device.type != "cpu" or not _extension.cpu_fused(compute_dtype(data))):
+        # Packed input runs on the fused CPU layer only (cuDNN runs it natively on GPUs).
+        return (f"PackedSequence input in {compute_dtype(data)} on "
+                f"{'this CPU' if data.device.type == 'cpu' else data.device.type}")
     dtypes = (dtypes_by_device or FUSED_DTYPES).get(data.device.type)
     if dtypes is None:
         return f"{data.device.type} tensors"
@@ -188,11 +190,25 @@ CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx, "avx2":
 STREAMING_RULES = {"amx": _streaming_rule_amx}
 
 
-def _cpu_auto_fused(dtype, grad, steps, batch, hidden, streaming=False):
+def _packed_rule_amx(dtype, grad, steps, batch, hidden):
+    """PackedSequence input (ops.lstm_layer_packed against torch's packed LSTM); measured on
+    the AMX Xeon above: NOT YET MEASURED."""
+    return False
+
+
+# Rules for PackedSequence input; a class without one keeps torch's packed LSTM.
+PACKED_RULES = {"amx": _packed_rule_amx}
+
+
+def _cpu_auto_fused(dtype, grad, steps, batch, hidden, streaming=False, packed=False):
     """Whether auto takes our op for CPU tensors of this compute dtype and shape; `grad`:
     whether a backward will follow (training); `streaming`: a short call without gradient
-    that ops.stack_inference runs (a class's rule may weigh it apart)."""
+    that ops.stack_inference runs (a class's rule may weigh it apart); `packed`: a
+    PackedSequence (batch its largest batch, steps its length)."""
     cls = _extension.cpu_class()
+    if packed:
+        rule = PACKED_RULES.get(cls)
+        return rule is not None and rule(dtype, grad, steps, batch, hidden)
     if streaming and cls in STREAMING_RULES:
         return STREAMING_RULES[cls](dtype, steps, batch, hidden)
     rule = CPU_RULES.get(cls)
@@ -208,7 +224,7 @@ CUDA_FUSED_DTYPES = (torch.bfloat16,)
 CUDA_FUSED_MAX_HIDDEN = 512
 
 
-def _auto_path(data, unsupported, batch, hidden, steps, grad, streaming=False):
+def _auto_path(data, unsupported, batch, hidden, steps, grad, streaming=False, packed=False):
     if not _extension.available():
         _extension.warn_unavailable()
         return "aten"
@@ -219,7 +235,7 @@ def _auto_path(data, unsupported, batch, hidden, steps, grad, streaming=False):
                 and hidden <= CUDA_FUSED_MAX_HIDDEN):
             return "fused"
         return "aten"
-    if _cpu_auto_fused(compute_dtype(data), grad, steps, batch, hidden, streaming):
+    if _cpu_auto_fused(compute_dtype(data), grad, steps, batch, hidden, streaming, packed):
         return "fused"
     if torch.compiler.is_compiling():
         # torch.compile cannot trace torch's CPU LSTM at every input (its oneDNN layer op
@@ -229,10 +245,11 @@ def _auto_path(data, unsupported, batch, hidden, steps, grad, streaming=False):
 
 
 def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False,
-                streaming=False):
+                streaming=False, packed=False):
     """'fused' (our op), 'reference' or 'aten' for this input under `backend`: `steps` long,
     `grad` whether a backward will follow, `streaming` whether it is a short call without
-    gradient that ops.stack_inference runs (auto on the CPU weighs all three)."""
+    gradient that ops.stack_inference runs, `packed` a PackedSequence's data (auto on the
+    CPU weighs them all)."""
     if backend in ("cudnn", "aten"):
         return "aten"
     if backend == "reference":
@@ -244,7 +261,7 @@ def choose_path(backend, data, unsupported, batch, hidden, steps=1, grad=False,
     if backend == "triton":
         return _triton_path(data, unsupported)
     if backend == "auto":
-        return _auto_path(data, unsupported, batch, hidden, steps, grad, streaming)
+        return _auto_path(data, unsupported, batch, hidden, steps, grad, streaming, packed)
     _extension.require(backend)
     if data.device.type != backend:
         raise ValueError(f'FastLSTM backend="{backend}" needs {backend} tensors, got input on '
@@ -500,10 +517,13 @@ class FastLSTM(nn.Module):
         """forward; `embedded` (ids, weight): input stands in for F.embedding(ids, weight)
         (forward_ids), which only the CPU training path's first layer does not gather."""
         if isinstance(input, PackedSequence):
-            path = choose_path(self.backend, input.data,
-                               _fused_unsupported(input.data, self.proj_size, packed=True),
+            unsupported = _fused_unsupported(input.data, self.proj_size, packed=True)
+            if self.backend == "triton":
+                unsupported = unsupported or "PackedSequence input"
+            path = choose_path(self.backend, input.data, unsupported,
                                int(input.batch_sizes[0]), self.hidden_size,
-                               len(input.batch_sizes), self._grad_wanted(input.data))
+                               len(input.batch_sizes), self._grad_wanted(input.data),
+                               packed=True)
             return self._forward_packed(input, hx, path)
         x, state, unbatched = self._validate(input, hx)
         steps, batch = (x.size(1), x.size(0)) if self.batch_first else (x.size(0), x.size(1))
@@ -579,6 +599,11 @@ class FastLSTM(nn.Module):
                                   bidirectional=self.bidirectional, proj_size=self.proj_size)
         data, batch_sizes, sorted_idx, unsorted_idx = input
         batch = int(batch_sizes[0])
+        if path == "fused":  # (torch's LSTM checks these itself)
+            _check_same_device_dtype(self, [data], "Input")
+            if data.dim() != 2 or data.size(-1) != self.input_size:
+                raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
+                                   f"{self.input_size}, got {data.size(-1)}")
         if hx is None:
             hx = self._zero_state(batch, data)
         else:
@@ -586,12 +611,43 @@ class FastLSTM(nn.Module):
             self._check_state(hx, batch)
             if sorted_idx is not None:  # states come in the caller's batch order
                 hx = tuple(t.index_select(1, sorted_idx) for t in hx)
-        out, h_n, c_n = torch._VF.lstm(data, batch_sizes, hx, self._weights(), self.bias,
-                                       self.num_layers, self.dropout, self.training,
-                                       self.bidirectional)
+        if path == "fused":
+            out, h_n, c_n = self._forward_fused_packed(data, batch_sizes, hx)
+        else:
+            out, h_n, c_n = torch._VF.lstm(data, batch_sizes, hx, self._weights(), self.bias,
+                                           self.num_layers, self.dropout, self.training,
+                                           self.bidirectional)
         if unsorted_idx is not None:
             h_n, c_n = h_n.index_select(1, unsorted_idx), c_n.index_select(1, unsorted_idx)
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
+
+    def _forward_fused_packed(self, data, batch_sizes, state):
+        """Layer by layer, direction by direction, through ops.lstm_layer_packed: data [N, F]
+        a PackedSequence's data, state (h0, c0) in its sorted order -> (out data, h_n, c_n).
+        Both directions write in the data's own layout, so a bidirectional layer's output
+        is the two side by side, and the dropout between layers is over that packed data
+        (as torch's LSTM draws it)."""
+        dtype = compute_dtype(data)  # under autocast, everything runs in its dtype
+        h0, c0 = (t.to(dtype) for t in state)
+        layer_in = data.to(dtype)
+        dirs = 2 if self.bidirectional else 1
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d, suffix in enumerate(["", "_reverse"][:dirs]):
+                k = layer * dirs + d
+                w = lambda name: getattr(self, f"{name}_l{layer}{suffix}")  # noqa: E731
+                b_ih, b_hh = (w("bias_ih"), w("bias_hh")) if self.bias else (None, None)
+                hs, h, c = ops.lstm_layer_packed(layer_in, batch_sizes, h0[k], c0[k], *(
+                    _cast(p, dtype) for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)),
+                    reverse=d == 1)
+                outs.append(hs)
+                h_n.append(h)
+                c_n.append(c)
+            layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_in = self._between_layers(layer_in, batch_first=False)
+        return layer_in, torch.stack(h_n), torch.stack(c_n)
 
     def _stack_inference_fits(self, x, steps, dtype):
         """Whether ops.stack_inference (every layer of each step in one call, packed weights

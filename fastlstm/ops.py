@@ -16,6 +16,14 @@ Op contract (shapes in csrc/torch/layer.h):
                                reverse) -> (grad_table, grad_h0, grad_c0, grad_w_hh)
       (CPU; the input projection read from a table per id: FastLSTM.forward_ids)
       (CPU; x W_ih^T + bias inside each step or as one GEMM first; nothing saved for backward)
+  lstm_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train)
+      -> (hs, h_n, c_n, cs, gates)
+  lstm_layer_packed_backward(grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
+                             hs, cs, gates, reverse)
+      -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias)
+      (CPU, the fused layer; a PackedSequence's data x [N, I]: at step t only the first
+      batch_sizes[t] sequences; h_n, c_n each sequence's own last state; cs and gates saved
+      only with train)
   lstm_step(xproj, h, c, w_hh) -> (h_new, c_new, gates)
   lstm_stack_inference(x, h0, c0, w_ih[], w_hh[], b_ih[], b_hh[], dtype) -> (out, h_n, c_n)
       (CPU, no gradient; a unidirectional stack, every layer of each step in one pass)
@@ -137,6 +145,55 @@ def _layer_embedded_backward(ctx, grad_hs, grad_cs, grad_gates):
     return None, grad_table, grad_h0, grad_c0, grad_w_hh, None
 
 
+def _fake_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train):
+    rows, batch, hidden = x.size(0), h0.size(0), w_hh.size(1)
+    return (x.new_empty(rows, hidden), x.new_empty(batch, hidden),
+            x.new_empty((batch, hidden), dtype=torch.float32),
+            x.new_empty((rows, hidden) if train else (0,), dtype=torch.float32),
+            x.new_empty((rows, 4 * hidden) if train else (0,)))
+
+
+def _fake_layer_packed_backward(grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih,
+                                w_hh, hs, cs, gates, reverse):
+    return (x.new_empty(x.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.size(0)))
+
+
+def _layer_packed_setup_context(ctx, inputs, output):
+    x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train = inputs
+    _, _, _, cs, gates = output
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, output[0], cs, gates)
+    ctx.reverse, ctx.has_bias, ctx.train = reverse, bias is not None, train
+    ctx.set_materialize_grads(False)
+
+
+def _layer_packed_backward(ctx, grad_hs, grad_h_n, grad_c_n, grad_cs, grad_gates):
+    if not ctx.train:
+        raise RuntimeError("fastlstm: lstm_layer_packed ran with train=False (nothing saved "
+                           "for a backward); call it with train=True where a gradient is wanted")
+    x, batch_sizes, h0, c0, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
+    if grad_cs is not None or _differentiable_backward_needed(grad_gates):
+        sizes = batch_sizes.tolist()
+        steps = lambda t: None if t is None else t.split(sizes)  # noqa: E731
+        grad_pre, grad_h0, grad_c0, grad_w_hh = _backward_steps(
+            steps(grad_hs), steps(grad_cs), steps(grad_gates), h0, c0, w_hh, steps(hs),
+            steps(cs), steps(gates.to(cs.dtype)), ctx.reverse, grad_h_n, grad_c_n)
+        grad_pre = torch.cat(grad_pre)
+        grad_x, grad_w_ih = (grad_pre @ w_ih.to(grad_pre.dtype)).to(x.dtype), grad_pre.t() @ x
+        grad_bias = grad_pre.sum(0).to(x.dtype)
+        grad_h0, grad_c0 = grad_h0.to(h0.dtype), grad_c0.to(c0.dtype)
+        grad_w_ih, grad_w_hh = grad_w_ih.to(w_ih.dtype), grad_w_hh.to(w_hh.dtype)
+    else:
+        if grad_hs is None:
+            grad_hs = torch.zeros_like(hs)
+        grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = (
+            torch.ops.fastlstm.lstm_layer_packed_backward(
+                grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh, hs, cs, gates,
+                ctx.reverse))
+    return (grad_x, None, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
+            grad_bias if ctx.has_bias else None, None, None)
+
+
 def _fake_step(xproj, h, c, w_hh):
     batch, hidden = xproj.size(0), w_hh.size(1)
     return (xproj.new_empty(batch, hidden),
@@ -152,34 +209,50 @@ def layer_backward_composite(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs,
     penalties, Hessian-vector products), and when a gradient arrives on `gates`, as it does
     in a double backward. Built from the op's saved inputs and outputs, so differentiating
     it reaches the inputs through the op's own backward again, at any order."""
-    acc = gates.dtype
-    steps = hs.size(0)
+    steps = lambda t: None if t is None else t.unbind(0)  # noqa: E731
+    grad_pre, grad_h0, grad_c0, grad_w = _backward_steps(
+        steps(grad_hs), steps(grad_cs), steps(grad_gates), h0, c0, w_hh, steps(hs), steps(cs),
+        steps(gates), reverse)
+    return (torch.stack(grad_pre).to(hs.dtype), grad_h0.to(h0.dtype), grad_c0.to(c0.dtype),
+            grad_w.to(w_hh.dtype))
+
+
+def _backward_steps(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates, reverse,
+                    grad_h_n=None, grad_c_n=None):
+    """The composite backward over per-step lists (index = time; grad_* lists or None), step
+    t holding the first n_t rows of the batch, n_t never growing with t (dense: all B; packed:
+    a PackedSequence's batch_sizes). A row absent from the step before starts from h0, c0
+    there; grad_h_n, grad_c_n [B, H] (or None) reach each row at its own last step. Returns
+    (grad_pre per step, grad_h0, grad_c0, grad_w_hh) in the gates' dtype."""
+    acc = gates[0].dtype
     w = w_hh.to(acc)
-    dh_rec = h0.new_zeros(h0.shape, dtype=acc)
-    dc_carry = c0.new_zeros(c0.shape, dtype=acc)
-    grad_pre, h_prevs = [None] * steps, [None] * steps
-    for t in (range(steps) if reverse else range(steps - 1, -1, -1)):
+    # The carried gradients of every row of the batch; a row not in this step keeps its own
+    # (forward: dL/dh_n, dL/dc_n until its last step; reverse: dL/dh0, dL/dc0 after its first).
+    dh_rec = (h0.new_zeros(h0.shape, dtype=acc) if grad_h_n is None else grad_h_n.to(acc))
+    dc_carry = (c0.new_zeros(c0.shape, dtype=acc) if grad_c_n is None else grad_c_n.to(acc))
+    count = len(hs)
+    grad_pre, h_prevs = [None] * count, [None] * count
+    for t in (range(count) if reverse else range(count - 1, -1, -1)):
+        n = hs[t].size(0)
         prev = t + 1 if reverse else t - 1
-        first = prev < 0 or prev >= steps
-        h_prevs[t] = (h0 if first else hs[prev]).to(acc)
-        c_prev = (c0 if first else cs[prev]).to(acc)
-        i, f, g, o = gates[t].chunk(4, dim=-1)
+        k = min(n, hs[prev].size(0)) if 0 <= prev < count else 0  # rows with a previous step
+        h_prevs[t] = torch.cat([hs[prev][:k], h0[k:n]]).to(acc) if k else h0[:n].to(acc)
+        c_prev = torch.cat([cs[prev][:k], c0[k:n]]).to(acc) if k else c0[:n].to(acc)
+        i, f, g, o = gates[t].to(acc).chunk(4, dim=-1)
         act_grad = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], dim=-1)
-        tanh_c = torch.tanh(cs[t])
-        dh = dh_rec if grad_hs is None else dh_rec + grad_hs[t].to(acc)
-        dc = dc_carry + dh * o * (1 - tanh_c * tanh_c)
+        tanh_c = torch.tanh(cs[t].to(acc))
+        dh = dh_rec[:n] if grad_hs is None else dh_rec[:n] + grad_hs[t].to(acc)
+        dc = dc_carry[:n] + dh * o * (1 - tanh_c * tanh_c)
         if grad_cs is not None:
             dc = dc + grad_cs[t].to(acc)
         d_gates = torch.cat([dc * g, dc * c_prev, dc * i, dh * tanh_c], dim=-1)
         if grad_gates is not None:
             d_gates = d_gates + grad_gates[t].to(acc)
         grad_pre[t] = d_gates * act_grad
-        dh_rec = grad_pre[t] @ w
-        dc_carry = dc * f
-    grad_pre = torch.stack(grad_pre)
-    grad_w = grad_pre.flatten(0, 1).t() @ torch.stack(h_prevs).flatten(0, 1)  # one GEMM
-    return (grad_pre.to(hs.dtype), dh_rec.to(h0.dtype), dc_carry.to(c0.dtype),
-            grad_w.to(w_hh.dtype))
+        dh_rec = torch.cat([grad_pre[t] @ w, dh_rec[n:]])
+        dc_carry = torch.cat([dc * f, dc_carry[n:]])
+    grad_w = torch.cat(grad_pre).t() @ torch.cat(h_prevs)  # one GEMM
+    return grad_pre, dh_rec, dc_carry, grad_w
 
 
 def _differentiable_backward_needed(grad_gates):
@@ -375,6 +448,13 @@ if _extension.available():
                                     setup_context=_layer_embedded_setup_context)
     torch.library.register_autograd("fastlstm::lstm_layer_embedded_backward",
                                     _no_double_backward, setup_context=_no_setup)
+    torch.library.register_fake("fastlstm::lstm_layer_packed")(_fake_layer_packed)
+    torch.library.register_fake("fastlstm::lstm_layer_packed_backward")(
+        _fake_layer_packed_backward)
+    torch.library.register_autograd("fastlstm::lstm_layer_packed", _layer_packed_backward,
+                                    setup_context=_layer_packed_setup_context)
+    torch.library.register_autograd("fastlstm::lstm_layer_packed_backward", _no_double_backward,
+                                    setup_context=_no_setup)
     torch.library.register_fake("fastlstm::lstm_step")(_fake_step)
     torch.library.register_fake("fastlstm::lstm_stack_inference")(_fake_stack_inference)
     torch.library.register_fake("fastlstm::lstm_layer_persistent")(_fake_layer)
@@ -475,6 +555,18 @@ def lstm_layer_embedded(ids, table, h0, c0, w_hh, reverse=False):
                                                        reverse)
     last = 0 if reverse else -1
     return hs, hs[last], cs[last].to(table.dtype)
+
+
+def lstm_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False):
+    """One layer, one direction, over packed sequences (CPU, the fused layer): x [N, F] a
+    PackedSequence's data, batch_sizes [S] its batch sizes, h0, c0 [B, H] in its (sorted)
+    order -> (hs [N, H] packed alike, h_n, c_n [B, H]: each sequence's own last state). What
+    a backward needs is saved only where a gradient is wanted."""
+    bias = None if b_ih is None else b_ih + b_hh
+    train = _grad_wanted(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    hs, h_n, c_n, _, _ = torch.ops.fastlstm.lstm_layer_packed(x.contiguous(), batch_sizes, h0,
+                                                             c0, w_ih, w_hh, bias, reverse, train)
+    return hs, h_n, c_n.to(x.dtype)
 
 
 def _train_op_enabled():

@@ -128,9 +128,11 @@ std::tuple<Tensor, Tensor, Tensor> layer_cpu(const Tensor& xproj, const Tensor& 
   return layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
 }
 
-// The checks of the ops that take the layer input x [S, B, I] and w_ih [4H, I].
+// The checks of the ops that take the layer input x [S, B, I] and w_ih [4H, I]; `batch`: the
+// states' rows where they are not x's (packed input).
 void check_input_layer(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-                       const Tensor& w_hh, const std::optional<Tensor>& bias) {
+                       const Tensor& w_hh, const std::optional<Tensor>& bias,
+                       int64_t batch = -1) {
   check_cpu(x);
   FASTLSTM_CHECK(x.dim() == 3 && w_ih.dim() == 2 && w_ih.size(1) == x.size(2) &&
                      w_ih.size(0) == w_hh.size(0),
@@ -146,7 +148,7 @@ void check_input_layer(const Tensor& x, const Tensor& h0, const Tensor& c0, cons
                    " vs the input's ", x.device());
   }
   FASTLSTM_CHECK(x.size(0) > 0, "fastlstm: the sequence must have at least one step");
-  check_state_inputs(x.size(1), x.scalar_type(), x.device(), h0, c0, w_hh);
+  check_state_inputs(batch < 0 ? x.size(1) : batch, x.scalar_type(), x.device(), h0, c0, w_hh);
 }
 
 std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& x, const Tensor& h0,
@@ -178,7 +180,7 @@ void check_packed(const Tensor& x, const Tensor& batch_sizes, const Tensor& h0, 
                   const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& bias) {
   FASTLSTM_CHECK(x.dim() == 2, "fastlstm packed layer: x must be [rows, input] (packed data), "
                  "got ", x.sizes());
-  check_input_layer(x.unsqueeze(0), h0, c0, w_ih, w_hh, bias);  // as one step of N rows
+  check_input_layer(x.unsqueeze(0), h0, c0, w_ih, w_hh, bias, h0.size(0));  // x: N rows
   FASTLSTM_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
                      batch_sizes.device().is_cpu() && batch_sizes.numel() > 0,
                  "fastlstm packed layer: batch_sizes must be a non-empty 1-D int64 CPU tensor");
