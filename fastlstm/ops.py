@@ -18,8 +18,8 @@ Op contract (shapes in csrc/torch/layer.h):
       (CPU; x W_ih^T + bias inside each step or as one GEMM first; nothing saved for backward)
   lstm_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train)
       -> (hs, h_n, c_n, cs, gates)
-  lstm_layer_packed_backward(grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                             hs, cs, gates, reverse)
+  lstm_layer_packed_backward(grad_hs, grad_cs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0,
+                             w_ih, w_hh, hs, cs, gates, reverse)
       -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias)
       (CPU, the fused layer; a PackedSequence's data x [N, I]: at step t only the first
       batch_sizes[t] sequences; h_n, c_n each sequence's own last state; cs and gates saved
@@ -153,31 +153,51 @@ def _fake_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train)
             x.new_empty((rows, 4 * hidden) if train else (0,)))
 
 
-def _fake_layer_packed_backward(grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih,
-                                w_hh, hs, cs, gates, reverse):
+def _fake_layer_packed_backward(grad_hs, grad_cs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0,
+                                w_ih, w_hh, hs, cs, gates, reverse):
     return (x.new_empty(x.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
             w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.size(0)))
+
+
+def _traced(t):
+    """Whether t is a tracing stand-in (torch.compile, opcheck), not data."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+    return isinstance(t, (FakeTensor, FunctionalTensor))
 
 
 def _layer_packed_setup_context(ctx, inputs, output):
     x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train = inputs
     _, _, _, cs, gates = output
-    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, output[0], cs, gates)
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, bias, output[0], cs, gates)
     ctx.reverse, ctx.has_bias, ctx.train = reverse, bias is not None, train
+    # The gates are what the backward op reads, not a result: the composite backward
+    # recomputes them (differentiably) where the backward itself is differentiated.
+    ctx.mark_non_differentiable(gates)
     ctx.set_materialize_grads(False)
 
 
-def _layer_packed_backward(ctx, grad_hs, grad_h_n, grad_c_n, grad_cs, grad_gates):
+def _layer_packed_backward(ctx, grad_hs, grad_h_n, grad_c_n, grad_cs, _grad_gates):
     if not ctx.train:
         raise RuntimeError("fastlstm: lstm_layer_packed ran with train=False (nothing saved "
                            "for a backward); call it with train=True where a gradient is wanted")
-    x, batch_sizes, h0, c0, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
-    if grad_cs is not None or _differentiable_backward_needed(grad_gates):
+    x, batch_sizes, h0, c0, w_ih, w_hh, bias, hs, cs, gates = ctx.saved_tensors
+    # (The composite splits the steps by batch_sizes' values, which a trace does not have;
+    # torch.compile has no double backward.)
+    if torch.is_grad_enabled() and not _traced(batch_sizes):
         sizes = batch_sizes.tolist()
         steps = lambda t: None if t is None else t.split(sizes)  # noqa: E731
+        acc = cs.dtype
+        xproj = F.linear(x.to(acc), w_ih.to(acc), None if bias is None else bias.to(acc))
+        xproj, w = xproj.split(sizes), w_hh.to(acc)
+
+        def gates_of(t, h_prev):
+            i, f, g, o = (xproj[t] + h_prev @ w.t()).chunk(4, dim=-1)
+            return torch.cat([i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()], dim=-1)
+
         grad_pre, grad_h0, grad_c0, grad_w_hh = _backward_steps(
-            steps(grad_hs), steps(grad_cs), steps(grad_gates), h0, c0, w_hh, steps(hs),
-            steps(cs), steps(gates.to(cs.dtype)), ctx.reverse, grad_h_n, grad_c_n)
+            steps(grad_hs), steps(grad_cs), None, h0, c0, w_hh, steps(hs), steps(cs),
+            gates_of, ctx.reverse, grad_h_n, grad_c_n)
         grad_pre = torch.cat(grad_pre)
         grad_x, grad_w_ih = (grad_pre @ w_ih.to(grad_pre.dtype)).to(x.dtype), grad_pre.t() @ x
         grad_bias = grad_pre.sum(0).to(x.dtype)
@@ -188,8 +208,8 @@ def _layer_packed_backward(ctx, grad_hs, grad_h_n, grad_c_n, grad_cs, grad_gates
             grad_hs = torch.zeros_like(hs)
         grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = (
             torch.ops.fastlstm.lstm_layer_packed_backward(
-                grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh, hs, cs, gates,
-                ctx.reverse))
+                grad_hs, grad_cs, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh, hs,
+                cs, gates, ctx.reverse))
     return (grad_x, None, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
             grad_bias if ctx.has_bias else None, None, None)
 
@@ -222,9 +242,11 @@ def _backward_steps(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates, r
     """The composite backward over per-step lists (index = time; grad_* lists or None), step
     t holding the first n_t rows of the batch, n_t never growing with t (dense: all B; packed:
     a PackedSequence's batch_sizes). A row absent from the step before starts from h0, c0
-    there; grad_h_n, grad_c_n [B, H] (or None) reach each row at its own last step. Returns
-    (grad_pre per step, grad_h0, grad_c0, grad_w_hh) in the gates' dtype."""
-    acc = gates[0].dtype
+    there; grad_h_n, grad_c_n [B, H] (or None) reach each row at its own last step. `gates`:
+    the saved activated gates per step, or a function (t, h_prev) -> them (recomputed, where
+    the op's gates are not differentiable). Returns (grad_pre per step, grad_h0, grad_c0,
+    grad_w_hh) in the cell states' dtype."""
+    acc = cs[0].dtype
     w = w_hh.to(acc)
     # The carried gradients of every row of the batch; a row not in this step keeps its own
     # (forward: dL/dh_n, dL/dc_n until its last step; reverse: dL/dh0, dL/dc0 after its first).
@@ -238,7 +260,8 @@ def _backward_steps(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates, r
         k = min(n, hs[prev].size(0)) if 0 <= prev < count else 0  # rows with a previous step
         h_prevs[t] = torch.cat([hs[prev][:k], h0[k:n]]).to(acc) if k else h0[:n].to(acc)
         c_prev = torch.cat([cs[prev][:k], c0[k:n]]).to(acc) if k else c0[:n].to(acc)
-        i, f, g, o = gates[t].to(acc).chunk(4, dim=-1)
+        gates_t = gates(t, h_prevs[t]) if callable(gates) else gates[t].to(acc)
+        i, f, g, o = gates_t.chunk(4, dim=-1)
         act_grad = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], dim=-1)
         tanh_c = torch.tanh(cs[t].to(acc))
         dh = dh_rec[:n] if grad_hs is None else dh_rec[:n] + grad_hs[t].to(acc)

@@ -140,7 +140,7 @@ def compare_to_oracle(case, device, backend, dtype, seed):
     unsupported = _fused_unsupported(data, case.kwargs.get("proj_size", 0), bool(case.lengths))
     batch = 1 if case.unbatched else case.batch
     uses_torch_lstm = choose_path(backend, data, unsupported, batch, case.hidden,
-                                  steps=case.seq, grad=True) == "aten"
+                                  steps=case.seq, grad=True, packed=bool(case.lengths)) == "aten"
     tol = (TORCH_LSTM_TOLERANCE if uses_torch_lstm else TOLERANCE)[dtype]
     assert set(got) == set(want)
     for key in want:

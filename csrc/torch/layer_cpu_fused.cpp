@@ -652,12 +652,13 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_laye
   const bool first = projection_first(N, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx);
   run_forward(input_projection(x, w_ih, bias, H, !first), h0, c0, w_hh, reverse, hs, c_state,
               Tensor(), true, &offsets);
-  const Tensor none = at::empty({0}, acc);
-  return std::make_tuple(hs, hs.index_select(0, last), c_state, none, none.to(x.scalar_type()));
+  return std::make_tuple(hs, hs.index_select(0, last), c_state, at::empty({0}, acc),
+                         at::empty({0}, x.options()));
 }
 
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
-cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_h_n,
+cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_cs_in,
+                                const std::optional<Tensor>& grad_h_n,
                                 const std::optional<Tensor>& grad_c_n, const Tensor& x_in,
                                 const Tensor& batch_sizes, const Tensor& h0_in, const Tensor& c0,
                                 const Tensor& w_ih, const Tensor& w_hh_in, const Tensor& hs_in,
@@ -678,6 +679,11 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
   FASTLSTM_CHECK(hs.scalar_type() == dtype && cs.scalar_type() == at::kFloat &&
                      gates.scalar_type() == dtype,
                  "fastlstm packed backward: hs and gates in x's dtype, cs in float32");
+  std::optional<Tensor> grad_cs;
+  if (grad_cs_in.has_value() && grad_cs_in->defined()) {
+    FASTLSTM_CHECK(grad_cs_in->sizes() == cs.sizes(), "fastlstm: grad_cs must be shaped like cs");
+    grad_cs = grad_cs_in->to(dtype).contiguous();
+  }
   Tensor g = grad_hs.to(dtype).contiguous();
   if (grad_h_n.has_value() && grad_h_n->defined())  // h_n: each sequence's last row of hs
     g = g.index_add(0, last_rows(offsets, B, reverse), grad_h_n->to(dtype));
@@ -690,11 +696,11 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
   Tensor grad_bias = at::empty({4 * H}, acc);
   Tensor h_prev;
   if (dtype == at::kFloat) {
-    run_backward<float>(w_hh, gates, cs, c0_acc, g, std::nullopt, grad_c, grad_xproj, grad_h0,
+    run_backward<float>(w_hh, gates, cs, c0_acc, g, grad_cs, grad_c, grad_xproj, grad_h0,
                         reverse, &grad_bias, nullptr, &offsets);
     h_prev = packed_h_prev<float>(hs, h0, offsets, reverse);
   } else {
-    run_backward<Bf16>(w_hh, gates, cs, c0_acc, g, std::nullopt, grad_c, grad_xproj, grad_h0,
+    run_backward<Bf16>(w_hh, gates, cs, c0_acc, g, grad_cs, grad_c, grad_xproj, grad_h0,
                        reverse, &grad_bias, nullptr, &offsets);
     h_prev = packed_h_prev<Bf16>(hs, h0, offsets, reverse);
   }
@@ -761,6 +767,7 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_laye
 }
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
 cpu_fused_layer_packed_backward(const Tensor&, const std::optional<Tensor>&,
+                                const std::optional<Tensor>&,
                                 const std::optional<Tensor>&, const Tensor&, const Tensor&,
                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, const Tensor&, const Tensor&, bool) {

@@ -91,10 +91,11 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_laye
     const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& bias, bool reverse,
     bool train);
 
-// Its backward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_h_n and
-// grad_c_n (each [B, H], or none) on the forward's h_n and c_n.
+// Its backward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_cs [N, H],
+// grad_h_n and grad_c_n ([B, H]), each or none, on the forward's cs, h_n and c_n.
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
-cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_h_n,
+cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+                                const std::optional<Tensor>& grad_h_n,
                                 const std::optional<Tensor>& grad_c_n, const Tensor& x,
                                 const Tensor& batch_sizes, const Tensor& h0, const Tensor& c0,
                                 const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,

@@ -211,7 +211,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_packed_cpu(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_packed_backward_cpu(
-    const Tensor& grad_hs, const std::optional<Tensor>& grad_h_n,
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const std::optional<Tensor>& grad_h_n,
     const std::optional<Tensor>& grad_c_n, const Tensor& x, const Tensor& batch_sizes,
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
     const Tensor& cs, const Tensor& gates, bool reverse) {
@@ -219,7 +219,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_packed_backward
   for (const auto* g : {&grad_h_n, &grad_c_n})
     FASTLSTM_CHECK(!g->has_value() || !(*g)->defined() || (*g)->sizes() == h0.sizes(),
                    "fastlstm packed backward: grad_h_n and grad_c_n must be shaped like h0");
-  auto fused = cpu_fused_layer_packed_backward(grad_hs, grad_h_n, grad_c_n, x, batch_sizes, h0,
+  auto fused = cpu_fused_layer_packed_backward(grad_hs, grad_cs, grad_h_n, grad_c_n, x, batch_sizes, h0,
                                                c0, w_ih, w_hh, hs, cs, gates, reverse);
   FASTLSTM_CHECK(fused, "fastlstm packed layer: runs on the fused CPU layer only");
   return *fused;
@@ -452,11 +452,12 @@ TORCH_LIBRARY(fastlstm, m) {
   // [S]): at step t only the first batch_sizes[t] sequences (layer_cpu_fused.h). Returns hs
   // [N, H], each sequence's own last h_n and c_n [B, H] (c_n in float), and with `train` what
   // the backward needs (cs [N, H] float, gates [N, 4H] in x's dtype; else both empty). The
-  // backward takes the gradients of hs, h_n and c_n. CPU (the fused layer) only.
+  // backward takes the gradients of hs, cs, h_n and c_n. CPU (the fused layer) only.
   m.def("lstm_layer_packed(Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih,"
         " Tensor w_hh, Tensor? bias, bool reverse, bool train)"
         " -> (Tensor hs, Tensor h_n, Tensor c_n, Tensor cs, Tensor gates)");
-  m.def("lstm_layer_packed_backward(Tensor grad_hs, Tensor? grad_h_n, Tensor? grad_c_n,"
+  m.def("lstm_layer_packed_backward(Tensor grad_hs, Tensor? grad_cs, Tensor? grad_h_n,"
+        " Tensor? grad_c_n,"
         " Tensor x, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh,"
         " Tensor hs, Tensor cs, Tensor gates, bool reverse) -> (Tensor grad_x, Tensor grad_h0,"
         " Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
