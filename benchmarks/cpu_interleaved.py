@@ -11,6 +11,7 @@ unless given, fp32 and bf16 (autocast over an fp32 module, as the trainer runs i
   python benchmarks/cpu_interleaved.py --passes fwd --rounds 41       # inference only
   ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FASTLSTM_CPU_FUSED=0 \
       python benchmarks/cpu_interleaved.py --loop --dtypes fp32   # an AVX2-only CPU, imitated
+  python benchmarks/cpu_interleaved.py --packed --shapes P1,P2    # PackedSequence input
 """
 import argparse
 import os
@@ -18,12 +19,20 @@ import statistics
 import time
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from fastlstm import FastLSTM
 
 # name: (layers, hidden, batch, seq, input size)
 NAMED = {"S1": (2, 512, 64, 100, 512), "S3": (2, 128, 50, 50, 128),
-         "charrnn": (2, 256, 64, 100, 64), "B8": (2, 256, 8, 50, 256), "step": (2, 512, 1, 1, 512)}
+         "charrnn": (2, 256, 64, 100, 64), "B8": (2, 256, 8, 50, 256), "step": (2, 512, 1, 1, 512),
+         "P1": (2, 256, 32, 100, 256), "P2": (2, 128, 8, 60, 128)}  # (P: issue 27's packed)
+
+
+def packed_lengths(batch, seq):
+    """Lengths uniform in [seq / 5, seq], the same for every variant (a fixed seed)."""
+    g = torch.Generator().manual_seed(batch * 1000 + seq)
+    return torch.randint(max(1, seq // 5), seq + 1, (batch,), generator=g)
 
 
 def shape_of(name):
@@ -35,30 +44,38 @@ def shape_of(name):
     return 2, int(hidden), int(batch), int(seq or 50), int(hidden)
 
 
-def make(shape, backend, dtype, pass_, fused_layer=True):
+def make(shape, backend, dtype, pass_, fused_layer=True, packed=False, bidirectional=False):
     layers, hidden, batch, seq, inputs = shape
     torch.manual_seed(0)
-    lstm = FastLSTM(inputs, hidden, layers, backend=backend)
+    lstm = FastLSTM(inputs, hidden, layers, backend=backend, bidirectional=bidirectional)
+    dirs = 2 if bidirectional else 1
     x = torch.randn(seq, batch, inputs, requires_grad=pass_ == "train")
-    h0, c0 = torch.randn(layers, batch, hidden), torch.randn(layers, batch, hidden)
+    inp, leaf = x, x
+    if packed:  # unsorted lengths, as pack_padded_sequence(enforce_sorted=False) gives them
+        data, sizes, sorted_idx, unsorted_idx = pack_padded_sequence(
+            x.detach(), packed_lengths(batch, seq), enforce_sorted=False)
+        leaf = data.requires_grad_(pass_ == "train")
+        inp = PackedSequence(leaf, sizes, sorted_idx, unsorted_idx)
+    h0, c0 = (torch.randn(layers * dirs, batch, hidden) for _ in range(2))
     params = list(lstm.parameters())
     amp = dtype == "bf16"
+    data_of = lambda out: out.data if packed else out  # noqa: E731
 
     def run():
         os.environ["FASTLSTM_CPU_FUSED"] = "1" if fused_layer else "0"
         if pass_ == "fwd":
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                lstm(x, (h0, c0))
+                lstm(inp, (h0, c0))
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                out, (h, c) = lstm(x, (h0, c0))
-            torch.autograd.grad(out.float().sum() + h.float().sum(), [x, *params])
+                out, (h, c) = lstm(inp, (h0, c0))
+            torch.autograd.grad(data_of(out).float().sum() + h.float().sum(), [leaf, *params])
     return run
 
 
-def compare(name, dtype, pass_, variants, rounds):
-    runs = {k: make(shape_of(name), *v, dtype, pass_) if len(v) == 1
-            else make(shape_of(name), v[0], dtype, pass_, v[1]) for k, v in variants.items()}
+def compare(name, dtype, pass_, variants, rounds, **kwargs):
+    runs = {k: make(shape_of(name), v[0], dtype, pass_, *v[1:], **kwargs)
+            for k, v in variants.items()}
     for run in runs.values():
         run()
         run()
@@ -89,6 +106,9 @@ def main():
                    "train (default both)")
     p.add_argument("--loop", action="store_true",
                    help="also the C++ op with its fused layer off (FASTLSTM_CPU_FUSED=0)")
+    p.add_argument("--packed", action="store_true",
+                   help="PackedSequence input, lengths uniform in [seq / 5, seq], unsorted")
+    p.add_argument("--bidirectional", action="store_true")
     args = p.parse_args()
     variants = {"cpu": ("cpu", True)}
     if args.loop:
@@ -96,11 +116,13 @@ def main():
     variants["auto"] = ("auto", True)
     variants["aten"] = ("aten", True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ratio = median of "
-          "per-round time / aten's")
+          f"per-round time / aten's{'; packed input' if args.packed else ''}"
+          f"{'; bidirectional' if args.bidirectional else ''}")
     for name in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
             for pass_ in args.passes.split(","):
-                compare(name, dtype, pass_, variants, args.rounds)
+                compare(name, dtype, pass_, variants, args.rounds, packed=args.packed,
+                        bidirectional=args.bidirectional)
 
 
 if __name__ == "__main__":

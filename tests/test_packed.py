@@ -141,15 +141,21 @@ def amx(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
 @pytest.mark.parametrize("grad", [True, False], ids=["train", "no_grad"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_packed_matches_oracle_and_nn_lstm(case, dtype, grad, threads, amx):
+def test_packed_matches_oracle_and_nn_lstm(case, dtype, grad, backend, threads, amx,
+                                           monkeypatch):
     if dtype == torch.float32 and amx == "noamx":
         pytest.skip("fp32 never runs on AMX")
     if dtype == torch.bfloat16 and not _extension.cpu_fused(dtype):
         pytest.skip("no AVX512-BF16 here")
-    compare(case, dtype, grad, seed=len(case.name))
+    if backend == "auto":  # as on the CPU class measured (elsewhere it is torch's LSTM)
+        if amx == "noamx" or threads == 1:
+            pytest.skip("auto: the class's rule, tested once per dtype")
+        monkeypatch.setattr(_extension, "cpu_class", lambda: "amx")
+    compare(case, dtype, grad, backend=backend, seed=len(case.name))
 
 
 @pytest.mark.parametrize("projection", ["step", "gemm"])
@@ -286,13 +292,18 @@ def test_module_rejects_packed_input_of_the_wrong_size():
         fast(pack_padded_sequence(x, torch.tensor([5, 3])))
 
 
-def test_packed_routing():
-    """auto keeps torch's packed LSTM where no measured rule takes ours; CUDA tensors,
-    float64 and the Triton backend keep it with their reason."""
+def test_packed_routing(monkeypatch):
+    """auto takes ours on the CPU classes with a measured packed rule and keeps torch's
+    packed LSTM on the others; float64 keeps it with its reason."""
     data = torch.randn(10, 4)
     assert _fused_unsupported(data, packed=True) is None
     assert "float64" in _fused_unsupported(data.double(), packed=True)
     assert choose_path("cpu", data, None, 4, 32, steps=5, grad=True, packed=True) == "fused"
+    for cls, want in (("amx", "fused"), ("avx512_bf16", "aten"), ("avx2", "aten")):
+        monkeypatch.setattr(_extension, "cpu_class", lambda cls=cls: cls)
+        for grad in (False, True):
+            assert choose_path("auto", data, None, 4, 32, steps=5, grad=grad,
+                               packed=True) == want, cls
     with pytest.warns(UserWarning, match="PackedSequence input in torch.float64"):
         assert choose_path("cpu", data.double(), _fused_unsupported(data.double(), packed=True),
                            4, 32, packed=True) == "aten"
