@@ -67,7 +67,14 @@ def report() -> list[tuple[str, str]]:
     rows.append(("auto on CUDA tensors",
                  f"CUDA op for bf16 at hidden <= {module.CUDA_FUSED_MAX_HIDDEN}, else cuDNN "
                  "(benchmarks/NOTES.md)"))
-    rows.append(("always torch's own LSTM", "proj_size > 0, PackedSequence input"))
+    if _extension.available():
+        packed_rule = module.PACKED_RULES.get(_extension.cpu_class())
+        rows.append(("auto on PackedSequence input",
+                     "the fused CPU layer (" + " ".join(packed_rule.__doc__.split()) + ")"
+                     if packed_rule and _extension.cpu_fused(torch.float32)
+                     else "torch's own LSTM (this class of CPU not measured)"))
+    rows.append(("always torch's own LSTM", "proj_size > 0; PackedSequence input on CUDA "
+                 "tensors, in float64, or where the fused CPU layer does not run"))
     return rows
 
 

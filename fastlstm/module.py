@@ -192,8 +192,9 @@ STREAMING_RULES = {"amx": _streaming_rule_amx}
 
 def _packed_rule_amx(dtype, grad, steps, batch, hidden):
     """PackedSequence input (ops.lstm_layer_packed against torch's packed LSTM), measured on
-    the AMX Xeon above (2026-12-06; 2 layers, hidden 64-512, batch 1-64, seq 50 and issue
-    27's 2 x 256 b32 s100, 2 x 128 b8 s60; lengths uniform in [seq / 5, seq]):
+    an Intel Xeon with AMX-BF16, family 6 model 207 (2 cores, 2026-12-06; 2 layers, hidden
+    64-512, batch 1-64, seq 50, and 2 x 256 b32 s100, 2 x 128 b8 s60; lengths uniform in
+    [seq / 5, seq]), ours/torch's:
     training   0.10-0.31 at batch >= 4, 0.51-0.80 at batch 1 (fp32 and bf16).
     inference  bf16 0.10-0.40 at batch >= 4; fp32 0.30-0.70; batch 1 0.59-0.94.
     Always ours (the dtypes the fused layer runs here)."""
