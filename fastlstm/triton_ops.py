@@ -11,7 +11,8 @@ is fused into the next step's kernel instead of being a launch of its own.
 Same contract as the C++/CUDA op (csrc/torch/layer.h): xproj [S,B,4H] (x W_ih^T + biases),
 h0, c0 [B,H], w_hh [4H,H] -> hs [S,B,H], cs [S,B,H] (fp32, fp64 for fp64), gates [S,B,4H];
 backward -> grad_xproj, grad_h0, grad_c0, grad_w_hh (one matmul over all steps).
-Registered as torch.library.triton_op so torch.compile sees the kernels.
+Registered as torch.library.triton_op so torch.compile sees the kernels (under the CPU
+interpreter, as an opaque custom op: tracing there cannot run the interpreted kernels).
 
 Under TRITON_INTERPRET=1 (set before triton is imported) the kernels run on CPU tensors:
 fp32 only, tanh written through sigmoid (no libdevice), IEEE fp32 dots, one fixed tile
@@ -249,15 +250,25 @@ if triton is not None:
 
     from .ops import layer_autograd
 
-    @torch.library.triton_op("fastlstm_triton::lstm_layer", mutates_args=())
+    # On a GPU a triton_op: torch.compile traces into it and sees the kernels. Under the CPU
+    # interpreter tracing cannot (the interpreter would run the kernels on the trace's fake
+    # tensors): there an opaque custom op with its shapes said by the C++ op's fakes.
+    _define = torch.library.custom_op if INTERPRET else torch.library.triton_op
+
+    @_define("fastlstm_triton::lstm_layer", mutates_args=())
     def lstm_layer(xproj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
                    reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
         return layer_forward(xproj, h0, c0, w_hh, reverse)
 
-    @torch.library.triton_op("fastlstm_triton::lstm_layer_backward", mutates_args=())
+    @_define("fastlstm_triton::lstm_layer_backward", mutates_args=())
     def lstm_layer_backward(grad_hs: Tensor, grad_cs: Tensor | None, h0: Tensor, c0: Tensor,
                             w_hh: Tensor, hs: Tensor, cs: Tensor, gates: Tensor,
                             reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
 
     layer_autograd("fastlstm_triton::lstm_layer", lambda *a: lstm_layer_backward(*a))
+
+    if INTERPRET:
+        from .ops import _fake_layer, _fake_layer_backward
+        lstm_layer.register_fake(_fake_layer)
+        lstm_layer_backward.register_fake(_fake_layer_backward)

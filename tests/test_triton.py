@@ -81,3 +81,34 @@ def test_unsupported_inputs_are_refused_or_rerouted():
     else:
         with pytest.raises(ValueError, match="needs CUDA tensors"):
             lstm(torch.randn(2, 1, 3, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(), reason="needs a GPU or "
+                    "TRITON_INTERPRET=1")
+@pytest.mark.parametrize("module", ["lstm_bias_bidirectional_hx", "cell_hx"])
+def test_compiled_matches_eager(module):
+    """torch.compile of the Triton backend with given states (torch's module_db samples
+    "LSTM bias + bidirectional + hx" and "LSTMCell + hx", which once failed to trace): the
+    output, the input's and the parameters' gradients, and no_grad, against eager."""
+    torch.manual_seed(0)
+    if module == "cell_hx":
+        net = FastLSTMCell(4, 6, backend="triton").to(DEVICE)
+        x = torch.randn(3, 4, device=DEVICE)
+        hx = (torch.randn(3, 6, device=DEVICE), torch.randn(3, 6, device=DEVICE))
+        first = lambda out: out[0]  # noqa: E731
+    else:
+        net = FastLSTM(4, 6, num_layers=2, bidirectional=True, backend="triton").to(DEVICE)
+        x = torch.randn(5, 3, 4, device=DEVICE)
+        hx = (torch.randn(4, 3, 6, device=DEVICE), torch.randn(4, 3, 6, device=DEVICE))
+        first = lambda out: out[0]  # noqa: E731
+    compiled = torch.compile(net, fullgraph=True)
+    results = []
+    for fn in (net, compiled):
+        xi = x.clone().requires_grad_()
+        out = first(fn(xi, hx))
+        grads = torch.autograd.grad(out.square().sum(), [xi, *net.parameters()])
+        with torch.no_grad():
+            no_grad = first(fn(x, hx))
+        results.append((out, *grads, no_grad))
+    for got, want in zip(results[1], results[0], strict=True):
+        assert_close(got, want, 1e-5, "compiled vs eager")
