@@ -307,3 +307,18 @@ def test_packed_routing(monkeypatch):
     with pytest.warns(UserWarning, match="PackedSequence input in torch.float64"):
         assert choose_path("cpu", data.double(), _fused_unsupported(data.double(), packed=True),
                            4, 32, packed=True) == "aten"
+
+
+def test_compiled_matches_eager():
+    """torch.compile of a module fed packed input (a graph break at the batch sizes' values):
+    output, states and the input's gradient as eager."""
+    fast = FastLSTM(4, 20, 2, bidirectional=True, backend="cpu")
+    compiled = torch.compile(fast)
+    x = torch.randn(6, 3, 4, requires_grad=True)
+    results = []
+    for fn in (fast, compiled):
+        out, (h, c) = fn(pack_padded_sequence(x, torch.tensor([6, 2, 4]), enforce_sorted=False))
+        grad, = torch.autograd.grad(out.data.square().sum() + h.sum() + c.sum(), x)
+        results.append((out.data, h, c, grad))
+    for got, want in zip(results[1], results[0]):
+        assert_close(got, want, 1e-6)
