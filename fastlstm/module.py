@@ -90,10 +90,14 @@ def _fused_unsupported(data, proj_size=0, packed=False, dtypes_by_device=None):
     """Why the fused op (or the Triton one, given its dtypes) cannot take this input."""
     if proj_size > 0:
         return "proj_size > 0"
-    if packed and (data.device.type != "cpu" or not _extension.cpu_fused(compute_dtype(data))):
-        # Packed input runs on the fused CPU layer only (cuDNN runs it natively on GPUs).
-        return (f"PackedSequence input in {compute_dtype(data)} on "
-                f"{'this CPU' if data.device.type == 'cpu' else data.device.type}")
+    if packed:  # the fused CPU layer only (cuDNN runs packed input natively on GPUs)
+        dtype = compute_dtype(data)
+        if data.device.type != "cpu":
+            return f"PackedSequence input on {data.device.type} tensors"
+        if dtype not in (torch.float32, torch.bfloat16):
+            return f"PackedSequence input in {dtype}"
+        if not _extension.cpu_fused(dtype):
+            return f"PackedSequence input in {dtype} on this CPU (the fused layer needs AVX-512)"
     dtypes = (dtypes_by_device or FUSED_DTYPES).get(data.device.type)
     if dtypes is None:
         return f"{data.device.type} tensors"
