@@ -398,6 +398,7 @@ struct FusedForwardArgs {
   int64_t ld_hs = 0;   // row stride of hs: a stack's lower layer writes the rows its upper
                        // layer reads as x (padded_width(H), the padding zero)
   bool amx = false;    // bf16: the products on AMX tiles (only where amx_usable())
+  int amx_min_rows = 1;  // with amx: row blocks of fewer rows on the register tile instead
   bool gates_in_t = false;  // gates stored in T (bf16: half the bytes written and read back)
   const int64_t* ids = nullptr;  // [S, B] or nullptr: xproj is a table [rows, 4H] whose row
                                  // ids[t B + b] row b of step t adds (an embedding folded in)
@@ -489,7 +490,8 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     const uint32_t* w_ih = kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;
     for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kRowBlock) {
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
-      if (kAmx && rows != configured) amx_configure(configured = rows);
+      const bool amx = kAmx && rows >= a.amx_min_rows;
+      if (amx && rows != configured) amx_configure(configured = rows);
       // The epilogue's reads and writes would miss the cache (rows 2 KB and more apart, a
       // new region every step: the hardware prefetcher does not follow; the outputs are
       // fresh memory, each store first fetching its line): fetch the lines this tile will
@@ -508,11 +510,17 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
         }
       }
       if (kInputFused) {  // x_t W_ih^T first, then h_{t-1} W_hh^T added to it
-        row_block_product<kBf16, kAmx, false>(rows, 4, as_ksteps(a.x + (first + row0) * ld_x), ld_x / kPer,
-                              ksteps_x, w_ih, 4 * kLanes, kLanes, pre);
+        const uint32_t* x_rows = as_ksteps(a.x + (first + row0) * ld_x);
+        amx ? row_block_product<kBf16, kAmx, false>(rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
+                                                    4 * kLanes, kLanes, pre)
+            : row_block_product<kBf16, false, false>(rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
+                                                     4 * kLanes, kLanes, pre);
       }
-      row_block_product<kBf16, kAmx, kInputFused>(rows, 4, as_ksteps(h_prev + row0 * ld), ld / kPer, ksteps,
-                                         w, 4 * kLanes, kLanes, pre);
+      const uint32_t* h_rows = as_ksteps(h_prev + row0 * ld);
+      amx ? row_block_product<kBf16, kAmx, kInputFused>(rows, 4, h_rows, ld / kPer, ksteps, w,
+                                                        4 * kLanes, kLanes, pre)
+          : row_block_product<kBf16, false, kInputFused>(rows, 4, h_rows, ld / kPer, ksteps, w,
+                                                         4 * kLanes, kLanes, pre);
       for (int r = 0; r < rows; ++r) {
         const int64_t row = row0 + r, ti = (first + row) * ld_hs + unit0;
         G* gate_out = kSaveGates ? gates + (first + row) * 4 * H + unit0 : nullptr;
@@ -552,6 +560,7 @@ struct FusedBackwardArgs {
   int64_t steps, batch, hidden;
   bool reverse;
   bool amx = false;     // bf16: the products on AMX tiles (only where amx_usable())
+  int amx_min_rows = 1;  // as the forward's
   bool gates_in_t = false;
   float* grad_bias = nullptr;  // [4H] or nullptr: += the worker's rows' dL/d(pre-activations)
                                // (each worker its own: workers that split rows share units);
@@ -598,7 +607,8 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
     for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kRowBlock) {
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
       const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
-      if (kAmx && prows > 0 && prows != configured) amx_configure(configured = prows);
+      const bool amx = kAmx && prows >= a.amx_min_rows;
+      if (amx && prows != configured) amx_configure(configured = prows);
       // As in the forward: the lines the epilogue reads at the next step, a step ahead.
       if (s + 1 < S) {
         const int64_t t_next = time_index(fs - 1, S, a.reverse);
@@ -618,9 +628,12 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
         }
       }
       if (prows > 0) {
-        row_block_product<kBf16, kAmx, false>(prows, groups, as_ksteps(grad_later + row0 * 4 * H),
-                                              4 * H / KStep<T>::kPer, ksteps, w, kLanes,
-                                              ksteps * kLanes, dh_rec);
+        const uint32_t* g_rows = as_ksteps(grad_later + row0 * 4 * H);
+        const int64_t ld_g = 4 * H / KStep<T>::kPer;
+        amx ? row_block_product<kBf16, kAmx, false>(prows, groups, g_rows, ld_g, ksteps, w, kLanes,
+                                                    ksteps * kLanes, dh_rec)
+            : row_block_product<kBf16, false, false>(prows, groups, g_rows, ld_g, ksteps, w, kLanes,
+                                                     ksteps * kLanes, dh_rec);
       }
       std::fill(dh_rec + prows * groups * kLanes, dh_rec + rows * groups * kLanes, 0.f);
       for (int r = 0; r < rows; ++r) {

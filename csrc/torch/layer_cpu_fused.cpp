@@ -118,6 +118,17 @@ constexpr int64_t kMinSteps = 4;
 
 // bf16 products on AMX tiles where the CPU has them (fused::amx_usable);
 // FASTLSTM_CPU_AMX=0 keeps the AVX-512 register tile (read at each call: benchmarks).
+// With AMX: a row block of one row runs on the register tile instead (a 1-row tile product
+// streams as many weight bytes through tile loads as 16 rows do). Measured on the AMX Xeon,
+// bf16, interleaved: one streaming step (2 layers, batch 1) 0.79x the AMX time at hidden
+// 256, 0.98x at 512; the layer's inference at batch 1, 50 steps 0.73-0.80x (hidden
+// 128-512); training level; at 2 rows AMX is already level or faster (1.01-1.08x), at 3+
+// faster (1.1-2.1x). FASTLSTM_AMX_MIN_ROWS=n overrides (benchmarks).
+int amx_min_rows() {
+  if (const char* v = std::getenv("FASTLSTM_AMX_MIN_ROWS")) return std::max(1, std::atoi(v));
+  return 2;
+}
+
 template <typename T>
 bool use_amx() {
   if constexpr (std::is_same_v<T, Bf16>) {
@@ -229,6 +240,7 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
       ptr<T>(packed), ptr<float>(c0_acc), ptr<T>(ring), ptr<T>(hs), ptr<float>(cs),
       gates.defined() ? gates.data_ptr() : nullptr, S, B, H, reverse, c_state};
   args.amx = use_amx<T>();
+  args.amx_min_rows = amx_min_rows();
   args.gates_in_t = gates.defined() && gates.scalar_type() != at::kFloat;
   args.ids = in.ids.defined() ? in.ids.data_ptr<int64_t>() : nullptr;
   args.offsets = offsets ? offsets->data() : nullptr;
@@ -271,6 +283,7 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
       S,                B,                  H,
       reverse};
   args.amx = use_amx<T>();
+  args.amx_min_rows = amx_min_rows();
   args.gates_in_t = gates.scalar_type() != at::kFloat;
   args.offsets = offsets ? offsets->data() : nullptr;
   const Plan plan = plan_for(B, H, offsets != nullptr);
@@ -370,6 +383,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
         c_states + l * B * H, nullptr, S, B, H, false, true};
     a.ld_hs = top ? 0 : P;
     a.amx = amx;
+    a.amx_min_rows = amx_min_rows();
     args.push_back(a);
   }
   run_plan(plan_for(B, H), S * L, [&](const Part& p, int64_t k) {
