@@ -520,7 +520,47 @@ class FastLSTM(nn.Module):
                 and self._grad_wanted(weight))
 
     def forward(self, input, hx=None):
+        if not torch.is_grad_enabled():  # a streaming call, routed in few steps, if it is one
+            out = self._streaming_call(input, hx)
+            if out is not None:
+                return out
         return self._forward(input, hx)
+
+    def _streaming_call(self, input, hx):
+        """forward for what a deployed model calls again and again, without gradient: a
+        plain batched CPU tensor of under 4 steps in the weights' dtype (or autocast's), given
+        or zero states, that the stack op runs (_stack_inference_fits and auto's rule).
+        _forward's routing and checks in few operations (where the weights stream from L3 at
+        every call, the interpreter's own code and data are cold at every call too); None for
+        anything else, which _forward then routes and checks as usual."""
+        if type(input) is not torch.Tensor or input.dim() != 3 or not input.is_cpu \
+                or self.backend not in ("auto", "cpu") or self.bidirectional or self.proj_size:
+            return None
+        steps, batch = input.shape[:2] if not self.batch_first else input.shape[1::-1]
+        if steps >= CPU_FUSED_MIN_STEPS or input.size(2) != self.input_size:
+            return None
+        weight = self._parameters[self._weight_names[0]]
+        autocast = torch.is_autocast_enabled("cpu")
+        if not weight.is_cpu or (input.dtype != weight.dtype and not autocast):
+            return None
+        dtype = torch.get_autocast_dtype("cpu") if autocast else input.dtype
+        if hx is None:
+            state = self._zero_state(batch, input)
+        else:
+            shape = (self.num_layers, batch, self.hidden_size)
+            if len(hx) != 2 or any(type(t) is not torch.Tensor or t.shape != shape
+                                   or not t.is_cpu or (t.dtype != weight.dtype and not autocast)
+                                   for t in hx):
+                return None
+            state = hx
+        if not _extension.cpu_fused(dtype) or _onnx_exporting() \
+                or torch.compiler.is_compiling() or not _extension.available():
+            return None
+        if self.backend == "auto" and not _cpu_auto_fused(dtype, False, steps, batch,
+                                                          self.hidden_size, streaming=True):
+            return None
+        out, h_n, c_n = self._forward_stack_inference(input, state, dtype)
+        return out, (h_n, c_n)
 
     def _forward(self, input, hx, embedded=None):
         """forward; `embedded` (ids, weight): input stands in for F.embedding(ids, weight)
