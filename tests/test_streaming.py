@@ -261,3 +261,23 @@ def test_cell_without_gradient_takes_the_stack_op(dtype, monkeypatch, threads):
         if dtype == torch.float32:
             assert_close(h_new, want_h, TOLERANCE[dtype], f"H{hidden} h after update")
     assert len(calls) == 6
+
+
+def test_module_short_calls_without_gradient_check_as_nn_lstm():
+    """A short call without gradient takes a quicker route (FastLSTM._streaming_call); what
+    it does not take (wrong sizes, dtypes, states) still raises nn.LSTM's errors."""
+    lstm = FastLSTM(8, 16, 2, backend="cpu").eval()
+    theirs = torch.nn.LSTM(8, 16, 2).eval()
+    x = torch.randn(1, 3, 8)
+    bad = [(torch.randn(1, 3, 9), None),
+           (x, (torch.randn(2, 4, 16), torch.randn(2, 3, 16))),
+           (x, (torch.randn(1, 3, 16), torch.randn(1, 3, 16))),
+           (x, (torch.randn(2, 3, 16).double(), torch.randn(2, 3, 16))),
+           (x.double(), None),
+           (torch.randn(1, 1, 3, 8), None)]
+    with torch.no_grad():
+        for inp, hx in bad:
+            with pytest.raises(Exception) as want:
+                theirs(inp, hx)
+            with pytest.raises(type(want.value)):
+                lstm(inp, hx)
