@@ -553,9 +553,8 @@ class FastLSTM(nn.Module):
                                    for t in hx):
                 return None
             state = hx
-        if not _extension.cpu_fused(dtype) or _onnx_exporting() \
-                or torch.compiler.is_compiling() or not _extension.available():
-            return None
+        if not _extension.cpu_fused(dtype) or _onnx_exporting() or torch.compiler.is_compiling():
+            return None  # (cpu_fused: also whether the extension is there)
         if self.backend == "auto" and not _cpu_auto_fused(dtype, False, steps, batch,
                                                           self.hidden_size, streaming=True):
             return None
