@@ -81,6 +81,18 @@ def test_unsupported_inputs_are_refused_or_rerouted():
     else:
         with pytest.raises(ValueError, match="needs CUDA tensors"):
             lstm(torch.randn(2, 1, 3, dtype=torch.float64))
+    # Packed input: torch's own packed LSTM, with the warning, even where the fused CPU
+    # layer would take it.
+    from torch.nn.utils.rnn import pack_padded_sequence
+    lstm = FastLSTM(3, 4, bidirectional=True, backend="triton").to(DEVICE)
+    theirs = torch.nn.LSTM(3, 4, bidirectional=True).to(DEVICE)
+    theirs.load_state_dict(lstm.state_dict())
+    packed = pack_padded_sequence(torch.randn(5, 2, 3, device=DEVICE), torch.tensor([5, 2]))
+    with pytest.warns(UserWarning, match="does not support PackedSequence input"):
+        out, (h, c) = lstm(packed)
+    want, (want_h, _) = theirs(packed)
+    assert_close(out.data, want.data, 1e-6)
+    assert_close(h, want_h, 1e-6)
 
 
 @pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(), reason="needs a GPU or "
