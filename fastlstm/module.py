@@ -194,19 +194,23 @@ CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx, "avx2":
 STREAMING_RULES = {"amx": _streaming_rule_amx}
 
 
-def _packed_rule_amx(dtype, grad, steps, batch, hidden):
+def _packed_rule(dtype, grad, steps, batch, hidden):
     """PackedSequence input (ops.lstm_layer_packed against torch's packed LSTM), measured on
     an Intel Xeon with AMX-BF16, family 6 model 207 (2 cores, 2026-12-06; 2 layers, hidden
     64-512, batch 1-64, seq 50, and 2 x 256 b32 s100, 2 x 128 b8 s60; lengths uniform in
     [seq / 5, seq]), ours/torch's:
-    training   0.10-0.31 at batch >= 4, 0.51-0.80 at batch 1 (fp32 and bf16).
-    inference  bf16 0.10-0.40 at batch >= 4; fp32 0.30-0.70; batch 1 0.59-0.94.
+    AMX        training 0.10-0.31 at batch >= 4, 0.51-0.80 at batch 1 (fp32 and bf16);
+               inference bf16 0.10-0.40 at batch >= 4, fp32 0.30-0.70, batch 1 0.59-0.94.
+    AVX-512 (+BF16) without AMX, imitated there (oneDNN held to AVX512_CORE_BF16, our AMX
+               off; our bf16 register tile is 5x slower on that Xeon than on a Zen 4, so
+               this is ours at its worst): 0.15-0.85 everywhere, fp32 0.17-0.81.
     Always ours (the dtypes the fused layer runs here)."""
     return True
 
 
-# Rules for PackedSequence input; a class without one keeps torch's packed LSTM.
-PACKED_RULES = {"amx": _packed_rule_amx}
+# Rules for PackedSequence input; a class without one (AVX2 and older: no fused layer) keeps
+# torch's packed LSTM.
+PACKED_RULES = {"amx": _packed_rule, "avx512_bf16": _packed_rule, "avx512": _packed_rule}
 
 
 def _cpu_auto_fused(dtype, grad, steps, batch, hidden, streaming=False, packed=False):

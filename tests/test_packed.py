@@ -293,13 +293,15 @@ def test_module_rejects_packed_input_of_the_wrong_size():
 
 
 def test_packed_routing(monkeypatch):
-    """auto takes ours on the CPU classes with a measured packed rule and keeps torch's
-    packed LSTM on the others; float64 keeps it with its reason."""
+    """auto takes ours on the CPU classes with a measured packed rule (AVX-512, with or
+    without BF16 and AMX) and keeps torch's packed LSTM on the others; float64 keeps it
+    with its reason."""
     data = torch.randn(10, 4)
     assert _fused_unsupported(data, packed=True) is None
     assert "float64" in _fused_unsupported(data.double(), packed=True)
     assert choose_path("cpu", data, None, 4, 32, steps=5, grad=True, packed=True) == "fused"
-    for cls, want in (("amx", "fused"), ("avx512_bf16", "aten"), ("avx2", "aten")):
+    for cls, want in (("amx", "fused"), ("avx512_bf16", "fused"), ("avx2", "aten"),
+                      ("other", "aten")):
         monkeypatch.setattr(_extension, "cpu_class", lambda cls=cls: cls)
         for grad in (False, True):
             assert choose_path("auto", data, None, 4, 32, steps=5, grad=grad,
