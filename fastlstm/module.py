@@ -674,32 +674,17 @@ class FastLSTM(nn.Module):
         return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
 
     def _forward_fused_packed(self, data, batch_sizes, state):
-        """Layer by layer, direction by direction, through ops.lstm_layer_packed: data [N, F]
-        a PackedSequence's data, state (h0, c0) in its sorted order -> (out data, h_n, c_n).
-        Both directions write in the data's own layout, so a bidirectional layer's output
-        is the two side by side, and the dropout between layers is over that packed data
-        (as torch's LSTM draws it)."""
+        """Through ops.lstm_layer_packed: data [N, F] a PackedSequence's data, state (h0, c0)
+        in its sorted order -> (out data, h_n, c_n). Both directions write in the data's own
+        layout, so _layer_loop's side by side output and dropout over the packed data are
+        what torch's LSTM computes (and its dropout masks)."""
         dtype = compute_dtype(data)  # under autocast, everything runs in its dtype
         h0, c0 = (t.to(dtype) for t in state)
-        layer_in = data.to(dtype)
-        dirs = 2 if self.bidirectional else 1
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            outs = []
-            for d, suffix in enumerate(["", "_reverse"][:dirs]):
-                k = layer * dirs + d
-                w = lambda name: getattr(self, f"{name}_l{layer}{suffix}")  # noqa: E731
-                b_ih, b_hh = (w("bias_ih"), w("bias_hh")) if self.bias else (None, None)
-                hs, h, c = ops.lstm_layer_packed(layer_in, batch_sizes, h0[k], c0[k], *(
-                    _cast(p, dtype) for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)),
-                    reverse=d == 1)
-                outs.append(hs)
-                h_n.append(h)
-                c_n.append(c)
-            layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_in = self._between_layers(layer_in, batch_first=False)
-        return layer_in, torch.stack(h_n), torch.stack(c_n)
+
+        def layer_fn(layer, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
+            return ops.lstm_layer_packed(x, batch_sizes, h, c, *(
+                _cast(p, dtype) for p in (w_ih, w_hh, b_ih, b_hh)), reverse=reverse)
+        return self._layer_loop(data.to(dtype), h0, c0, layer_fn)
 
     def _stack_inference_fits(self, x, steps, dtype):
         """Whether ops.stack_inference (every layer of each step in one call, packed weights
@@ -789,6 +774,26 @@ class FastLSTM(nn.Module):
                                            params("weight_hh"), params("bias_ih"),
                                            params("bias_hh"))
             return (out.transpose(0, 1) if self.batch_first else out), h_n, c_n
+
+        def layer_fn(layer, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse):
+            if embedded is not None and layer == 0:
+                ids, weight = embedded
+                table = F.linear(_cast(weight, dtype), _cast(w_ih, dtype),
+                                 None if b_ih is None else _cast(b_ih + b_hh, dtype))
+                return ops.lstm_layer_embedded(ids.t() if self.batch_first else ids, table, h,
+                                               c, _cast(w_hh, dtype), reverse=reverse)
+            return ops.lstm_layer(x, h, c, *(_cast(p, dtype) for p in (w_ih, w_hh, b_ih, b_hh)),
+                                  reverse=reverse, layer_op=layer_op)
+        out, h_n, c_n = self._layer_loop(layer_in, h0, c0, layer_fn)
+        return (out.transpose(0, 1) if self.batch_first else out), h_n, c_n
+
+    def _layer_loop(self, layer_in, h0, c0, layer_fn):
+        """Layer by layer, direction by direction: layer_fn(layer, layer_in, h0[k], c0[k],
+        w_ih, w_hh, b_ih, b_hh, reverse) -> (hs, h_n, c_n) with the direction's parameters
+        as they are (b_* None without bias), k = layer * directions + direction. The
+        directions' outputs side by side along the last dim are the next layer's input, with
+        the dropout between layers in training; layer_in time-major [S, B, F] or packed data
+        [N, F] alike. Returns (the last layer's output, h_n, c_n stacked)."""
         dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         for layer in range(self.num_layers):
@@ -797,25 +802,15 @@ class FastLSTM(nn.Module):
                 k = layer * dirs + d
                 w = lambda name: getattr(self, f"{name}_l{layer}{suffix}")  # noqa: E731
                 b_ih, b_hh = (w("bias_ih"), w("bias_hh")) if self.bias else (None, None)
-                if embedded is not None and layer == 0:
-                    ids, weight = embedded
-                    table = F.linear(_cast(weight, dtype), _cast(w("weight_ih"), dtype),
-                                     None if b_ih is None else _cast(b_ih + b_hh, dtype))
-                    hs, h, c = ops.lstm_layer_embedded(
-                        ids.t() if self.batch_first else ids, table, h0[k], c0[k],
-                        _cast(w("weight_hh"), dtype), reverse=d == 1)
-                else:
-                    hs, h, c = ops.lstm_layer(layer_in, h0[k], c0[k], *(
-                        _cast(p, dtype) for p in (w("weight_ih"), w("weight_hh"), b_ih, b_hh)),
-                        reverse=d == 1, layer_op=layer_op)
+                hs, h, c = layer_fn(layer, layer_in, h0[k], c0[k], w("weight_ih"),
+                                    w("weight_hh"), b_ih, b_hh, d == 1)
                 outs.append(hs)
                 h_n.append(h)
                 c_n.append(c)
             layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_in = self._between_layers(layer_in, batch_first=False)
-        out = layer_in.transpose(0, 1) if self.batch_first else layer_in
-        return out, torch.stack(h_n), torch.stack(c_n)
+        return layer_in, torch.stack(h_n), torch.stack(c_n)
 
 
 class FastLSTMCell(nn.LSTMCell):

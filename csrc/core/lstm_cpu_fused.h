@@ -466,8 +466,8 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   const int64_t ld_x = padded_width<T>(a.inputs), ksteps_x = forward_ksteps<T>(a.inputs);
   const int64_t ld_hs = a.ld_hs ? a.ld_hs : H;
   const int64_t t = time_index(s, a.steps, a.reverse);
-  const StepRows at{a.offsets, B};
-  const int64_t first = at.first(t), row_end = std::min(part.row_end, at.count(t));
+  const StepRows layout{a.offsets, B};
+  const int64_t first = layout.first(t), row_end = std::min(part.row_end, layout.count(t));
   // h_{t-1} from the ring (both slots hold h0 at the start: a sequence joining a reverse
   // pass late finds it there); c_{t-1} from the step before, or c0 where the row was not in
   // it (the first step, or a sequence joining late).
@@ -476,7 +476,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   const int64_t t_prev = s == 0 ? -1 : time_index(s - 1, a.steps, a.reverse);
   const auto c_prev_row = [&](int64_t row) -> const float* {
     if (a.c_state) return a.cs + row * H;
-    return t_prev >= 0 && row < at.count(t_prev) ? a.cs + (at.first(t_prev) + row) * H
+    return t_prev >= 0 && row < layout.count(t_prev) ? a.cs + (layout.first(t_prev) + row) * H
                                                   : a.c0 + row * H;
   };
   const auto c_out_row = [&](int64_t row) {
@@ -498,9 +498,9 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       // use at the next step, a whole step ahead (a worker's share of a step fits in L2).
       if (s + 1 < a.steps) {
         const int64_t t_next = time_index(s + 1, a.steps, a.reverse);
-        const int64_t next_rows = std::min<int64_t>(rows, at.count(t_next) - row0);
+        const int64_t next_rows = std::min<int64_t>(rows, layout.count(t_next) - row0);
         for (int64_t r = 0; r < next_rows; ++r) {
-          const int64_t row = at.first(t_next) + row0 + r;
+          const int64_t row = layout.first(t_next) + row0 + r;
           for (int q = 0; q < 4; ++q) {
             if (!kInputFused && !a.ids) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
             if (kSaveGates) __builtin_prefetch(gates + row * 4 * H + q * H + unit0, 1, 2);
@@ -582,7 +582,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
   using Cv = Convert<T, float>;
   constexpr bool kBf16 = KStep<T>::kPer == 2;
   const int64_t S = a.steps, B = a.batch, H = a.hidden, ksteps = backward_ksteps<T>(H);
-  const StepRows at{a.offsets, B};
+  const StepRows layout{a.offsets, B};
   const int64_t fs = S - 1 - s;  // forward-order index of this step
   const int64_t t = s < S ? time_index(fs, S, a.reverse) : -1;
   // The step processed before this one (forward order: the next): its rows' dL/d(pre) times
@@ -590,13 +590,13 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
   // (packed, reverse: that product is their dL/dh0); rows this step has that it has not
   // ended here (packed, forward: no recurrent gradient).
   const int64_t t_later = s == 0 ? -1 : time_index(fs + 1, S, a.reverse);
-  const int64_t product_rows = t_later < 0 ? 0 : at.count(t_later);
-  const int64_t step_rows = t < 0 ? 0 : at.count(t), first = t < 0 ? 0 : at.first(t);
+  const int64_t product_rows = t_later < 0 ? 0 : layout.count(t_later);
+  const int64_t step_rows = t < 0 ? 0 : layout.count(t), first = t < 0 ? 0 : layout.first(t);
   const int64_t row_end = std::min(part.row_end, std::max(product_rows, step_rows));
-  const T* grad_later = t_later < 0 ? nullptr : a.grad_xproj + at.first(t_later) * 4 * H;
+  const T* grad_later = t_later < 0 ? nullptr : a.grad_xproj + layout.first(t_later) * 4 * H;
   const int64_t t_prev = fs <= 0 ? -1 : time_index(fs - 1, S, a.reverse);  // forward order
   const auto c_prev_row = [&](int64_t row) -> const float* {
-    return t_prev >= 0 && row < at.count(t_prev) ? a.cs + (at.first(t_prev) + row) * H
+    return t_prev >= 0 && row < layout.count(t_prev) ? a.cs + (layout.first(t_prev) + row) * H
                                                   : a.c0 + row * H;
   };
   float dh_rec[kRowBlock * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
@@ -612,9 +612,9 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
       // As in the forward: the lines the epilogue reads at the next step, a step ahead.
       if (s + 1 < S) {
         const int64_t t_next = time_index(fs - 1, S, a.reverse);
-        const int64_t next_rows = std::min<int64_t>(rows, at.count(t_next) - row0);
+        const int64_t next_rows = std::min<int64_t>(rows, layout.count(t_next) - row0);
         for (int64_t r = 0; r < next_rows; ++r) {
-          const int64_t row = at.first(t_next) + row0 + r;
+          const int64_t row = layout.first(t_next) + row0 + r;
           for (int gi = 0; gi < groups; ++gi) {
             const int64_t unit0 = (g0 + gi) * kLanes;
             for (int q = 0; q < 4; ++q) {

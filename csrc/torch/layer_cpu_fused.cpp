@@ -701,9 +701,8 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
   Tensor g = grad_hs.to(dtype).contiguous();
   if (grad_h_n.has_value() && grad_h_n->defined())  // h_n: each sequence's last row of hs
     g = g.index_add(0, last_rows(offsets, B, reverse), grad_h_n->to(dtype));
-  Tensor grad_c = grad_c_n.has_value() && grad_c_n->defined()
-                      ? grad_c_n->to(at::kFloat).contiguous().clone()
-                      : at::zeros({B, H}, acc);
+  Tensor grad_c = at::zeros({B, H}, acc);  // the carried dL/dc, dL/dc_n in
+  if (grad_c_n.has_value() && grad_c_n->defined()) grad_c.copy_(*grad_c_n);
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
   Tensor grad_xproj = kernel_output({N, 4 * H}, x.options());
   Tensor grad_h0 = kernel_output({B, H}, acc);
