@@ -524,46 +524,53 @@ class FastLSTM(nn.Module):
                 and self._grad_wanted(weight))
 
     def forward(self, input, hx=None):
-        if not torch.is_grad_enabled():  # a streaming call, routed in few steps, if it is one
-            out = self._streaming_call(input, hx)
-            if out is not None:
-                return out
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # a streaming call, checked and run in C++ if it is one
+            route = self.__dict__.get("_streaming_route", False)
+            if route is False:
+                route = self._streaming_route()
+            if route is not None and not _onnx_exporting():
+                out = _extension._C.streaming_call(route, self._parameters, input, hx)
+                if out is not None:
+                    return out
         return self._forward(input, hx)
 
-    def _streaming_call(self, input, hx):
-        """forward for what a deployed model calls again and again, without gradient: a
-        plain batched CPU tensor of under 4 steps in the weights' dtype (or autocast's), given
-        or zero states, that the stack op runs (_stack_inference_fits and auto's rule).
-        _forward's routing and checks in few operations (where the weights stream from L3 at
-        every call, the interpreter's own code and data are cold at every call too); None for
-        anything else, which _forward then routes and checks as usual."""
-        if type(input) is not torch.Tensor or input.dim() != 3 or not input.is_cpu \
-                or self.backend not in ("auto", "cpu") or self.bidirectional or self.proj_size:
-            return None
-        steps, batch = input.shape[:2] if not self.batch_first else input.shape[1::-1]
-        if steps >= CPU_FUSED_MIN_STEPS or input.size(2) != self.input_size:
-            return None
-        weight = self._parameters[self._weight_names[0]]
-        autocast = torch.is_autocast_enabled("cpu")
-        if not weight.is_cpu or (input.dtype != weight.dtype and not autocast):
-            return None
-        dtype = torch.get_autocast_dtype("cpu") if autocast else input.dtype
-        if hx is None:
-            state = self._zero_state(batch, input)
-        else:
-            shape = (self.num_layers, batch, self.hidden_size)
-            if len(hx) != 2 or any(type(t) is not torch.Tensor or t.shape != shape
-                                   or not t.is_cpu or (t.dtype != weight.dtype and not autocast)
-                                   for t in hx):
-                return None
-            state = hx
-        if not _extension.cpu_fused(dtype) or _onnx_exporting() or torch.compiler.is_compiling():
-            return None  # (cpu_fused: also whether the extension is there)
-        if self.backend == "auto" and not _cpu_auto_fused(dtype, False, steps, batch,
-                                                          self.hidden_size, streaming=True):
-            return None
-        out, h_n, c_n = self._forward_stack_inference(input, state, dtype)
-        return out, (h_n, c_n)
+    def _streaming_route(self):
+        """What fastlstm._C.streaming_call needs to run this module's short calls without
+        gradient (a plain batched CPU tensor of under CPU_FUSED_MIN_STEPS steps in the
+        weights' dtype or autocast's, given or zero states; the stack op, as _forward would
+        route them): the parameters' names, the sizes, and the largest batch auto's rule takes
+        at each number of steps for float32 and bfloat16; None where this module's calls never
+        go that way. Kept until an attribute is set (__setattr__)."""
+        route = None
+        if (_extension.available() and self.backend in ("auto", "cpu") and not self.bidirectional
+                and not self.proj_size
+                and not (self.training and self.dropout > 0 and self.num_layers > 1)):
+            def largest_batch(dtype, steps):  # a prefix of batches the rule takes, up to 256
+                if self.backend == "cpu":
+                    return 1 << 62
+                batch = 0
+                while batch < 256 and _cpu_auto_fused(dtype, False, steps, batch + 1,
+                                                      self.hidden_size, streaming=True):
+                    batch += 1
+                return batch
+
+            limits = tuple(tuple(largest_batch(dtype, steps)
+                                 for steps in range(1, CPU_FUSED_MIN_STEPS))
+                           for dtype in (torch.float32, torch.bfloat16))
+            names = tuple(tuple(column) for column in self._layer_param_names())
+            route = (names, self.input_size, self.hidden_size, bool(self.batch_first), limits)
+        self.__dict__["_streaming_route"] = route
+        return route
+
+    def __setattr__(self, name, value):
+        self.__dict__.pop("_streaming_route", None)  # made again at the next call
+        super().__setattr__(name, value)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        # (what auto's rule takes is this CPU's: made again where the module is loaded)
+        return {k: v for k, v in state.items() if k != "_streaming_route"}
 
     def _forward(self, input, hx, embedded=None):
         """forward; `embedded` (ids, weight): input stands in for F.embedding(ids, weight)
@@ -691,9 +698,11 @@ class FastLSTM(nn.Module):
         kept across calls) runs this call without gradient: CPU tensors, one direction, no
         projection, a dtype the fused layer runs here, and a short sequence (under the fused
         layer's minimum: longer ones run layer by layer, each layer's weights staying in
-        cache for all its steps; benchmarks/NOTES.md, "Streaming")."""
+        cache for all its steps; benchmarks/NOTES.md, "Streaming"). Not in training mode with
+        dropout between layers: nn.LSTM drops out there without gradient too."""
         return (steps < CPU_FUSED_MIN_STEPS and not self.bidirectional and not x.is_cuda
-                and self.proj_size == 0 and _extension.cpu_fused(dtype))
+                and self.proj_size == 0 and _extension.cpu_fused(dtype)
+                and not (self.training and self.dropout > 0 and self.num_layers > 1))
 
     def _forward_stack_inference(self, x, state, dtype):
         params = self._layer_params()
@@ -704,14 +713,14 @@ class FastLSTM(nn.Module):
     def _layer_params(self):
         """(w_ih, w_hh, b_ih, b_hh) lists, one entry per layer (a unidirectional stack); the
         bias lists empty without bias."""
-        names = self.__dict__.get("_layer_param_names")
-        if names is None:  # once per module (and for modules pickled before this existed)
-            per = len(self._weight_names) // self.num_layers
-            names = [self._weight_names[k::per] for k in range(4 if self.bias else 2)]
-            self._layer_param_names = names
         params = self._parameters
-        columns = [[params[name] for name in column] for column in names]
-        return columns if self.bias else columns + [[], []]
+        return [[params[name] for name in column] for column in self._layer_param_names()]
+
+    def _layer_param_names(self):
+        """The names of _layer_params' parameters, in its lists."""
+        per = len(self._weight_names) // self.num_layers
+        names = [self._weight_names[k::per] for k in range(4 if self.bias else 2)]
+        return names if self.bias else names + [[], []]
 
     def _stack_fits_one_launch(self):
         """Whether the persistent stack op (p4) can run this module: one direction, no

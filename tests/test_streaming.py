@@ -1,6 +1,9 @@
 """The short-call path (streaming inference): ops.stack_inference, every layer of each step
 in one call over packed weights kept across calls, against the float64 oracle; FastLSTM and
 FastLSTMCell taking it without gradient; its weight cache noticing every kind of change."""
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +12,7 @@ import fastlstm  # noqa: F401  (registers fake impls)
 from fastlstm import FastLSTM, FastLSTMCell, _extension, ops
 from fastlstm.reference import lstm_cell_reference, reference_lstm
 from helpers import TOLERANCE, assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 pytestmark = pytest.mark.skipif(not _extension.cpu_fused(torch.float32),
                                 reason="needs the fused CPU layer (x86-64 with AVX-512)")
@@ -131,15 +135,18 @@ def test_stack_inference_rejects_bad_input():
         ops.stack_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, torch.float16)
 
 
-def count_stack_calls(monkeypatch):
-    calls = []
-    real = ops.stack_inference
+class StackCalls(TorchDispatchMode):
+    """The stack op's calls while active (the dtype each computes in), however they are
+    made: ops.stack_inference from Python or fastlstm._C.streaming_call from C++."""
 
-    def spy(*args):
-        calls.append(args[-1])
-        return real(*args)
-    monkeypatch.setattr(ops, "stack_inference", spy)
-    return calls
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.fastlstm.lstm_stack_inference.default:
+            self.dtypes.append(args[-1])
+        return func(*args, **(kwargs or {}))
 
 
 def module_oracle(module, x, hx):
@@ -152,11 +159,10 @@ def module_oracle(module, x, hx):
 @pytest.mark.parametrize("backend", ["auto", "cpu"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_module_short_calls_take_the_stack_op(dtype, batch_first, backend, monkeypatch):
+def test_module_short_calls_take_the_stack_op(dtype, batch_first, backend):
     """FastLSTM without gradient on 1-3 steps: the stack op, with nn.LSTM's outputs (bf16:
     autocast over an fp32 module, as a CPU user runs it); given and zero states, unbatched
     input. auto at hidden 256 and at most 16 rows (batch x steps: its rules take our op there)."""
-    calls = count_stack_calls(monkeypatch)
     torch.manual_seed(0)
     lstm = FastLSTM(20, 256, 2, batch_first=batch_first, backend=backend).eval()
     autocast = dtype == torch.bfloat16
@@ -166,42 +172,45 @@ def test_module_short_calls_take_the_stack_op(dtype, batch_first, backend, monke
         x = torch.randn(*shape)
         state_shape = (2, 256) if batch is None else (2, batch, 256)
         hx = (torch.randn(state_shape), torch.randn(state_shape)) if given else None
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast), \
+                StackCalls() as calls:
             out, (h_n, c_n) = lstm(x, hx)
+        assert calls.dtypes == [dtype], f"{steps} steps"
         want_out, (want_h, want_c) = module_oracle(lstm, x, hx)
         for name, g, w in (("out", out, want_out), ("h_n", h_n, want_h), ("c_n", c_n, want_c)):
             assert g.dtype == dtype, name
             assert_close(g, w, TOLERANCE[dtype], f"{steps} steps {name}")
-    assert calls == [dtype] * 4
 
 
-def test_module_keeps_other_paths_for_what_the_stack_op_does_not_run(monkeypatch):
-    """Gradient wanted, 4+ steps, bidirectional: not the stack op."""
-    calls = count_stack_calls(monkeypatch)
+def test_module_keeps_other_paths_for_what_the_stack_op_does_not_run():
+    """Gradient wanted, 4+ steps, bidirectional, training mode with dropout between layers
+    (nn.LSTM drops out there without gradient too): not the stack op."""
     torch.manual_seed(0)
     lstm = FastLSTM(8, 32, 2, backend="cpu")
-    lstm(torch.randn(2, 3, 8))  # training: gradients wanted
-    with torch.no_grad():
-        lstm(torch.randn(4, 3, 8))
-        FastLSTM(8, 32, 2, bidirectional=True, backend="cpu")(torch.randn(2, 3, 8))
-    assert calls == []
+    with StackCalls() as calls:
+        lstm(torch.randn(2, 3, 8))  # training: gradients wanted
+        with torch.no_grad():
+            lstm(torch.randn(4, 3, 8))
+            FastLSTM(8, 32, 2, bidirectional=True, backend="cpu")(torch.randn(2, 3, 8))
+            FastLSTM(8, 32, 2, dropout=0.5, backend="cpu")(torch.randn(2, 3, 8))
+    assert calls.dtypes == []
 
 
-def test_gradient_to_a_given_state_of_a_frozen_model(monkeypatch):
+def test_gradient_to_a_given_state_of_a_frozen_model():
     """Frozen parameters and input, a state that wants a gradient: not the stack op (it has
     no backward), and the gradient reaches the state as the oracle's does."""
-    calls = count_stack_calls(monkeypatch)
     torch.manual_seed(0)
     lstm = FastLSTM(8, 32, 2, backend="cpu").requires_grad_(False)
     x = torch.randn(1, 3, 8)
     h0 = torch.randn(2, 3, 32, requires_grad=True)
     c0 = torch.randn(2, 3, 32, requires_grad=True)
-    out, (h_n, c_n) = lstm(x, (h0, c0))
+    with StackCalls() as calls:
+        out, (h_n, c_n) = lstm(x, (h0, c0))
     (out.sum() + c_n.sum()).backward()
     h064, c064 = (t.detach().double().requires_grad_() for t in (h0, c0))
     want, (_, want_c) = module_oracle(lstm, x, (h064, c064))
     (want.sum() + want_c.sum()).backward()
-    assert calls == []
+    assert calls.dtypes == []
     assert_close(h0.grad, h064.grad, TOLERANCE[torch.float32], "grad h0")
     assert_close(c0.grad, c064.grad, TOLERANCE[torch.float32], "grad c0")
 
@@ -239,14 +248,14 @@ def test_module_stack_cache_notices_weight_changes():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cell_without_gradient_takes_the_stack_op(dtype, monkeypatch, threads):
-    calls = count_stack_calls(monkeypatch)
+def test_cell_without_gradient_takes_the_stack_op(dtype, threads):
+    calls = StackCalls()
     torch.manual_seed(0)
     autocast = dtype == torch.bfloat16
     for hidden, batch, bias in ((512, 1, True), (37, 3, False), (256, 9, True)):
         cell = FastLSTMCell(24, hidden, bias=bias, backend="cpu")
         x, h, c = torch.randn(batch, 24), torch.randn(batch, hidden), torch.randn(batch, hidden)
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast), calls:
             h_new, c_new = cell(x, (h, c))
         params = [p.detach().double() for p in cell.parameters()]
         want_h, want_c = lstm_cell_reference(x.double(), h.double(), c.double(), *params)
@@ -255,12 +264,13 @@ def test_cell_without_gradient_takes_the_stack_op(dtype, monkeypatch, threads):
         assert_close(c_new, want_c, TOLERANCE[dtype], f"H{hidden} c")
         with torch.no_grad():  # an in-place update must be seen
             cell.weight_hh.mul_(0.5)
-            h_new, _ = cell(x, (h, c))
+            with calls:
+                h_new, _ = cell(x, (h, c))
         want_h, _ = lstm_cell_reference(x.double(), h.double(), c.double(),
                                         *[p.detach().double() for p in cell.parameters()])
         if dtype == torch.float32:
             assert_close(h_new, want_h, TOLERANCE[dtype], f"H{hidden} h after update")
-    assert len(calls) == 6
+    assert len(calls.dtypes) == 6
 
 
 def test_module_short_calls_without_gradient_check_as_nn_lstm():
@@ -281,3 +291,53 @@ def test_module_short_calls_without_gradient_check_as_nn_lstm():
                 theirs(inp, hx)
             with pytest.raises(type(want.value)):
                 lstm(inp, hx)
+
+
+def test_module_short_calls_run_in_cpp_and_follow_the_module(monkeypatch):
+    """fastlstm._C.streaming_call runs a short call without gradient (the module's Python
+    route, FastLSTM._forward, not called), and follows what changes between calls: an
+    attribute set (batch_first, backend, train mode with dropout), parameters swapped in
+    the module's dict (torch.func.functional_call), a copied or unpickled module."""
+    torch.manual_seed(0)
+    lstm = FastLSTM(8, 32, 2, dropout=0.3, backend="cpu").eval()
+    x = torch.randn(2, 3, 8)
+    python_route = []
+    real = FastLSTM._forward
+
+    def spy(self, *args, **kwargs):
+        python_route.append(1)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(FastLSTM, "_forward", spy)
+
+    def check(module, x, what, params=None):
+        with torch.no_grad():
+            out, (h_n, c_n) = (module(x) if params is None else
+                               torch.func.functional_call(module, params, (x,)))
+        if params is not None:
+            module = copy.deepcopy(module)
+            module.load_state_dict(params)
+        want, (want_h, want_c) = module_oracle(module, x, None)
+        for name, got, w in (("out", out, want), ("h_n", h_n, want_h), ("c_n", c_n, want_c)):
+            assert_close(got, w, TOLERANCE[torch.float32], f"{what}: {name}")
+
+    check(lstm, x, "first call")
+    lstm.batch_first = True
+    check(lstm, x.transpose(0, 1), "batch_first set")
+    lstm.batch_first = False
+    swapped = {k: torch.randn_like(v) * 0.3 for k, v in lstm.named_parameters()}
+    check(lstm, x, "functional_call", swapped)
+    check(lstm, x, "after functional_call")
+    assert python_route == []
+    lstm.train()  # dropout between the layers, as nn.LSTM's: the Python route
+    with torch.no_grad():
+        lstm(x)
+    assert len(python_route) == 1
+    lstm.eval()
+    lstm.backend = "aten"
+    check(lstm, x, "backend aten")
+    assert len(python_route) == 2
+    lstm.backend = "cpu"
+    for other in (copy.deepcopy(lstm), pickle.loads(pickle.dumps(lstm))):
+        check(other, x, "a copy")
+    assert len(python_route) == 2
+    assert "_streaming_route" not in pickle.loads(pickle.dumps(lstm)).__dict__

@@ -12,6 +12,7 @@
 #include "layer.h"
 #include "layer_cpu_fused.h"
 #include "stack.h"
+#include "streaming_call.h"
 
 #ifdef FASTLSTM_WITH_CUDA
 #include "../core/lstm_step_cuda.h"
@@ -539,6 +540,11 @@ static PyMethodDef fastlstm_methods[] = {
     {"cpu_amx", cpu_amx, METH_NOARGS,
      "Whether the bf16 products can run on AMX tiles here (the CPU has them and the kernel "
      "lets this process use them); FASTLSTM_CPU_AMX=0 turns them off at each call."},
+    {"streaming_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+                           fastlstm::streaming_call)),
+     METH_FASTCALL,
+     "streaming_call(route, params, input, hx): FastLSTM's short call without gradient "
+     "(FastLSTM._streaming_route), or None where it does not take it."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef fastlstm_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
