@@ -364,7 +364,54 @@ def _check_lstm_args(input_size, hidden_size, num_layers, bias, batch_first, dro
         raise ValueError("proj_size has to be smaller than hidden_size")
 
 
-class FastLSTM(nn.Module):
+class _StreamingCalls:
+    """What FastLSTM and FastLSTMCell share for their short calls without gradient, the calls
+    a deployed model makes again and again: fastlstm._C.streaming_call checks and runs them
+    in C++ (the stack op, as the module's Python route would), with a route kept on the
+    module until one of its attributes is set; anything it does not take (errors included)
+    goes the Python route."""
+
+    def _streaming_call(self, input, hx):
+        """(the forward's result) or None (not taken). Without gradient only."""
+        if torch.compiler.is_compiling():
+            return None
+        route = self.__dict__.get("_streaming_route", False)
+        if route is False:
+            route = self.__dict__["_streaming_route"] = (
+                self._streaming_route()
+                if _extension.available() and self.backend in ("auto", "cpu") else None)
+        if route is None or _onnx_exporting():
+            return None
+        return _extension._C.streaming_call(route, self._parameters, input, hx)
+
+    def _route(self, names, max_steps, batch_first, cell):
+        """streaming_call's route: the parameters' names (w_ih, w_hh, b_ih, b_hh tuples, one
+        name a layer), the sizes, the input's layout, and the largest batch auto's rule takes
+        at each number of steps up to max_steps, for float32 and for bfloat16 (a prefix of
+        the batches, at most 256; backend "cpu": every batch)."""
+        def largest_batch(dtype, steps):
+            if self.backend == "cpu":
+                return 1 << 62
+            batch = 0
+            while batch < 256 and _cpu_auto_fused(dtype, False, steps, batch + 1,
+                                                  self.hidden_size, streaming=True):
+                batch += 1
+            return batch
+
+        limits = tuple(tuple(largest_batch(dtype, steps) for steps in range(1, max_steps + 1))
+                       for dtype in (torch.float32, torch.bfloat16))
+        return (names, self.input_size, self.hidden_size, bool(batch_first), limits, cell)
+
+    def __setattr__(self, name, value):
+        self.__dict__.pop("_streaming_route", None)  # made again at the next call
+        super().__setattr__(name, value)
+
+    def __getstate__(self):
+        # (auto's limits are this CPU's: made again where the module is loaded)
+        return {k: v for k, v in super().__getstate__().items() if k != "_streaming_route"}
+
+
+class FastLSTM(_StreamingCalls, nn.Module):
     """nn.LSTM with fused kernels. Same arguments, parameters and forward contract, plus
     keywords ``backend`` and ``dropout_masks``: "torch" (default) draws the between-layer
     dropout masks as nn.LSTM does (the same masks for the same seed); "counter" draws them
@@ -524,53 +571,18 @@ class FastLSTM(nn.Module):
                 and self._grad_wanted(weight))
 
     def forward(self, input, hx=None):
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # a streaming call, checked and run in C++ if it is one
-            route = self.__dict__.get("_streaming_route", False)
-            if route is False:
-                route = self._streaming_route()
-            if route is not None and not _onnx_exporting():
-                out = _extension._C.streaming_call(route, self._parameters, input, hx)
-                if out is not None:
-                    return out
+        if not torch.is_grad_enabled():
+            out = self._streaming_call(input, hx)
+            if out is not None:
+                return out
         return self._forward(input, hx)
 
     def _streaming_route(self):
-        """What fastlstm._C.streaming_call needs to run this module's short calls without
-        gradient (a plain batched CPU tensor of under CPU_FUSED_MIN_STEPS steps in the
-        weights' dtype or autocast's, given or zero states; the stack op, as _forward would
-        route them): the parameters' names, the sizes, and the largest batch auto's rule takes
-        at each number of steps for float32 and bfloat16; None where this module's calls never
-        go that way. Kept until an attribute is set (__setattr__)."""
-        route = None
-        if (_extension.available() and self.backend in ("auto", "cpu") and not self.bidirectional
-                and not self.proj_size
-                and not (self.training and self.dropout > 0 and self.num_layers > 1)):
-            def largest_batch(dtype, steps):  # a prefix of batches the rule takes, up to 256
-                if self.backend == "cpu":
-                    return 1 << 62
-                batch = 0
-                while batch < 256 and _cpu_auto_fused(dtype, False, steps, batch + 1,
-                                                      self.hidden_size, streaming=True):
-                    batch += 1
-                return batch
-
-            limits = tuple(tuple(largest_batch(dtype, steps)
-                                 for steps in range(1, CPU_FUSED_MIN_STEPS))
-                           for dtype in (torch.float32, torch.bfloat16))
-            names = tuple(tuple(column) for column in self._layer_param_names())
-            route = (names, self.input_size, self.hidden_size, bool(self.batch_first), limits)
-        self.__dict__["_streaming_route"] = route
-        return route
-
-    def __setattr__(self, name, value):
-        self.__dict__.pop("_streaming_route", None)  # made again at the next call
-        super().__setattr__(name, value)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        # (what auto's rule takes is this CPU's: made again where the module is loaded)
-        return {k: v for k, v in state.items() if k != "_streaming_route"}
+        if (self.bidirectional or self.proj_size
+                or (self.training and self.dropout > 0 and self.num_layers > 1)):
+            return None
+        names = tuple(tuple(column) for column in self._layer_param_names())
+        return self._route(names, CPU_FUSED_MIN_STEPS - 1, self.batch_first, cell=False)
 
     def _forward(self, input, hx, embedded=None):
         """forward; `embedded` (ids, weight): input stands in for F.embedding(ids, weight)
@@ -822,7 +834,7 @@ class FastLSTM(nn.Module):
         return layer_in, torch.stack(h_n), torch.stack(c_n)
 
 
-class FastLSTMCell(nn.LSTMCell):
+class FastLSTMCell(_StreamingCalls, nn.LSTMCell):
     """nn.LSTMCell on the fused step op. Same arguments, plus keyword ``backend``."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
@@ -858,7 +870,16 @@ class FastLSTMCell(nn.LSTMCell):
                 raise RuntimeError(f"LSTMCell: {what} and weights must have the same dtype, but "
                                    f"got {t.dtype} and {weight.dtype}")
 
+    def _streaming_route(self):
+        names = (("weight_ih",), ("weight_hh",)) + ((("bias_ih",), ("bias_hh",)) if self.bias
+                                                   else ((), ()))
+        return self._route(names, 1, False, cell=True)
+
     def forward(self, input, hx=None):
+        if not torch.is_grad_enabled():
+            out = self._streaming_call(input, hx)
+            if out is not None:
+                return out
         # nn.LSTMCell's checks, in its order, with its exception types and messages.
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")

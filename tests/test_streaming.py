@@ -341,3 +341,42 @@ def test_module_short_calls_run_in_cpp_and_follow_the_module(monkeypatch):
         check(other, x, "a copy")
     assert len(python_route) == 2
     assert "_streaming_route" not in pickle.loads(pickle.dumps(lstm)).__dict__
+
+
+def test_cell_short_calls_run_in_cpp(monkeypatch):
+    """FastLSTMCell without gradient: batched calls through fastlstm._C.streaming_call (its
+    Python route, which calls ops.stack_inference, not taken), with and without a state;
+    unbatched ones through the Python route; what neither takes raises nn.LSTMCell's
+    errors."""
+    python_route = []
+    real = ops.stack_inference
+
+    def spy(*args):
+        python_route.append(1)
+        return real(*args)
+    monkeypatch.setattr(ops, "stack_inference", spy)
+    torch.manual_seed(0)
+    cell = FastLSTMCell(24, 40, backend="cpu")
+    theirs = nn.LSTMCell(24, 40)
+    theirs.load_state_dict(cell.state_dict())
+    x, h, c = torch.randn(3, 24), torch.randn(3, 40), torch.randn(3, 40)
+    params = [p.detach().double() for p in cell.parameters()]
+    zeros = torch.zeros(3, 40, dtype=torch.float64)
+    with torch.no_grad(), StackCalls() as calls:
+        got = [cell(x, (h, c)), cell(x), cell(x[1], (h[1], c[1]))]
+    assert calls.dtypes == [torch.float32] * 3 and len(python_route) == 1
+    wants = [lstm_cell_reference(x.double(), h.double(), c.double(), *params),
+             lstm_cell_reference(x.double(), zeros, zeros, *params),
+             [t[1] for t in lstm_cell_reference(x.double(), h.double(), c.double(), *params)]]
+    for k, (g, w) in enumerate(zip(got, wants)):
+        assert g[0].shape == w[0].shape and g[1].shape == w[1].shape, k
+        assert_close(g[0], w[0], TOLERANCE[torch.float32], f"call {k}: h'")
+        assert_close(g[1], w[1], TOLERANCE[torch.float32], f"call {k}: c'")
+    bad = [(torch.randn(3, 25), None), (x, (torch.randn(3, 41), c)), (x, (h[:2], c[:2])),
+           (x.double(), None), (x, (h.double(), c))]
+    with torch.no_grad():
+        for inp, hx in bad:
+            with pytest.raises(Exception) as want:
+                theirs(inp, hx)
+            with pytest.raises(type(want.value)):
+                cell(inp, hx)

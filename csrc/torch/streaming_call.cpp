@@ -1,4 +1,5 @@
-// FastLSTM's streaming call in C++ (fastlstm._C.streaming_call; module.py, FastLSTM.forward):
+// FastLSTM's and FastLSTMCell's streaming calls in C++ (fastlstm._C.streaming_call;
+// module.py, _StreamingCalls):
 // a deployed model calls a one-step forward again and again, and the Python that checked and
 // routed such a call cost 12-18 us of a ~65 us call at 2 x 256 (batch 1, fp32), most of it
 // cache misses: the weights' stream evicts the interpreter's data at every call. Here the
@@ -51,8 +52,8 @@ bool lookup(PyObject* params, PyObject* names, std::vector<Tensor>& out) {
   return true;
 }
 
-// A state given to the call: a tuple or list of two tensors [L, B, H], on the CPU, in the
-// weights' dtype (or any, under autocast).
+// A state given to the call: a tuple or list of two tensors shaped `shape` ([L, B, H], or a
+// cell's [B, H]), on the CPU, in the weights' dtype (or any, under autocast).
 bool given_state(PyObject* hx, at::IntArrayRef shape, at::ScalarType weight_dtype,
                  bool autocast, Tensor& h0, Tensor& c0) {
   if (!(PyTuple_CheckExact(hx) || PyList_CheckExact(hx)) || PySequence_Fast_GET_SIZE(hx) != 2)
@@ -72,10 +73,13 @@ bool given_state(PyObject* hx, at::IntArrayRef shape, at::ScalarType weight_dtyp
 }  // namespace
 
 // streaming_call(route, params, input, hx): route = (names, input_size, hidden, batch_first,
-// max_batch) from FastLSTM._streaming_route: names four tuples of parameter names, one name
-// a layer (w_ih, w_hh, b_ih, b_hh; the biases' empty without bias); max_batch two tuples,
-// float32's and bfloat16's, whose entry s - 1 is the largest batch taken at s steps (as
-// many entries as the short calls have steps). Returns (out, (h_n, c_n)) or None.
+// max_batch, cell) from _StreamingCalls._route (module.py): names four tuples of parameter
+// names, one name a layer (w_ih, w_hh, b_ih, b_hh; the biases' empty without bias);
+// max_batch two tuples, float32's and bfloat16's, whose entry s - 1 is the largest batch
+// taken at s steps (as many entries as the short calls have steps). A module: input
+// [S, B, I] (or [B, S, I]), hx None or (h0, c0) [L, B, H]; returns (out, (h_n, c_n)). A
+// cell (one layer, one step): input [B, I], hx None or (h, c) [B, H]; returns (h', c').
+// None where it does not take the call.
 PyObject* streaming_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 4) {
@@ -83,8 +87,8 @@ PyObject* streaming_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   PyObject *route = args[0], *params = args[1], *input = args[2], *hx = args[3];
-  if (!PyTuple_CheckExact(route) || PyTuple_GET_SIZE(route) != 5 || !PyDict_Check(params)) {
-    PyErr_SetString(PyExc_TypeError, "streaming_call: route must be a 5-tuple, params a dict");
+  if (!PyTuple_CheckExact(route) || PyTuple_GET_SIZE(route) != 6 || !PyDict_Check(params)) {
+    PyErr_SetString(PyExc_TypeError, "streaming_call: route must be a 6-tuple, params a dict");
     return nullptr;
   }
   if (!THPVariable_CheckExact(input)) Py_RETURN_NONE;
@@ -93,9 +97,11 @@ PyObject* streaming_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const int64_t input_size = PyLong_AsLongLong(PyTuple_GET_ITEM(route, 1));
   const int64_t hidden = PyLong_AsLongLong(PyTuple_GET_ITEM(route, 2));
   const bool batch_first = PyTuple_GET_ITEM(route, 3) == Py_True;
+  const bool cell = PyTuple_GET_ITEM(route, 5) == Py_True;
   if (PyErr_Occurred()) return nullptr;
-  if (x.dim() != 3 || !plain_cpu(x) || x.size(2) != input_size) Py_RETURN_NONE;
-  const int64_t steps = x.size(batch_first ? 1 : 0), batch = x.size(batch_first ? 0 : 1);
+  if (x.dim() != (cell ? 2 : 3) || !plain_cpu(x) || x.size(-1) != input_size) Py_RETURN_NONE;
+  const int64_t steps = cell ? 1 : x.size(batch_first ? 1 : 0);
+  const int64_t batch = x.size(cell || batch_first ? 0 : 1);
 
   std::vector<Tensor> w[4];
   for (int k = 0; k < 4; ++k)
@@ -123,6 +129,10 @@ PyObject* streaming_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (hx == Py_None) {
     h0 = at::zeros({layers, batch, hidden}, x.options());
     c0 = at::zeros({layers, batch, hidden}, x.options());
+  } else if (cell) {
+    if (!given_state(hx, {batch, hidden}, weight.scalar_type(), autocast, h0, c0))
+      Py_RETURN_NONE;
+    h0 = h0.unsqueeze(0), c0 = c0.unsqueeze(0);
   } else if (!given_state(hx, {layers, batch, hidden}, weight.scalar_type(), autocast, h0, c0)) {
     Py_RETURN_NONE;
   }
@@ -133,9 +143,12 @@ PyObject* streaming_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   std::tuple<Tensor, Tensor, Tensor> result;
   {
     const ReleasedGil released;
-    result = op.call(batch_first ? x.transpose(0, 1) : x, h0, c0, w[0], w[1], w[2], w[3], dtype);
+    result = op.call(cell ? x.unsqueeze(0) : batch_first ? x.transpose(0, 1) : x, h0, c0, w[0],
+                     w[1], w[2], w[3], dtype);
   }
   auto& [out, h_n, c_n] = result;
+  if (cell)
+    return Py_BuildValue("NN", THPVariable_Wrap(h_n.squeeze(0)), THPVariable_Wrap(c_n.squeeze(0)));
   return Py_BuildValue("N(NN)", THPVariable_Wrap(batch_first ? out.transpose(0, 1) : out),
                        THPVariable_Wrap(h_n), THPVariable_Wrap(c_n));
   END_HANDLE_TH_ERRORS
