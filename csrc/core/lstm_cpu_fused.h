@@ -417,6 +417,20 @@ struct StepRows {
   int64_t first(int64_t t) const { return offsets ? offsets[t] : t * batch; }
 };
 
+// n <= 16 bf16 values to float (exact) and back (round to nearest even, as
+// Convert<Bf16>::store; vcvtneps2bf16 keeps a NaN a NaN too, and flushes denormals to zero).
+// AVX512-BF16: call the second only from bf16 code.
+inline void widen(const Bf16* in, float* out, int64_t n) {
+  const __mmask16 m = static_cast<__mmask16>(n >= kLanes ? 0xFFFFu : (1u << n) - 1u);
+  const __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, in));
+  _mm512_mask_storeu_ps(out, m, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+}
+inline void narrow(const float* in, Bf16* out, int64_t n) {
+  const __mmask16 m = static_cast<__mmask16>(n >= kLanes ? 0xFFFFu : (1u << n) - 1u);
+  const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, in));
+  _mm256_mask_storeu_epi16(out, m, reinterpret_cast<__m256i>(v));
+}
+
 // One row of one unit group after the product: the rest of the pre-activation added (X: the
 // row's xproj, storage type; or the bias, float), the gate math, the outputs. p: the products
 // [gate][lane]; x, gate_out: at the group's first unit (gate k at + k H). kUnits = kLanes for
@@ -427,28 +441,54 @@ __attribute__((always_inline)) inline void forward_units(const float* p, const X
                                                          const float* c_prev, float* c_out,
                                                          T* h_out, T* h_next, G* gate_out,
                                                          int64_t units) {
-  using Cv = Convert<T, float>;
-  using CvG = Convert<G, float>;
-  using CvX = Convert<X, float>;
   const int64_t n = kUnits ? kUnits : units;
+  // The gate math in a loop of 32-bit types only: GCC vectorises a loop at the width of its
+  // narrowest type, so a bf16 load or store in it (16 lanes in 256 bits) would run the float
+  // math on 8-lane halves (seen: the whole epilogue in ymm registers). bf16 operands are
+  // widened before it, bf16 outputs narrowed after it.
+  constexpr bool kWideX = !std::is_same_v<X, float>, kNarrowH = !std::is_same_v<T, float>,
+                 kNarrowG = kSaveGates && !std::is_same_v<G, float>;
+  float x_wide[kWideX ? 4 * kLanes : 1], h_wide[kNarrowH ? kLanes : 1],
+      gates_wide[kNarrowG ? 4 * kLanes : 1];
+  if constexpr (kWideX) {
+    for (int q = 0; q < 4; ++q) widen(x + q * H, x_wide + q * kLanes, n);
+  }
+  const auto rest = [&](int q, int64_t u) {
+    if constexpr (kWideX) return x_wide[q * kLanes + u];
+    else return x[q * H + u];
+  };
   FASTLSTM_NO_ALIAS_LOOP
   for (int64_t u = 0; u < n; ++u) {
     const Gates<float> gate = activate_gates(
-        p[u] + CvX::load(x[u]), p[kLanes + u] + CvX::load(x[H + u]),
-        p[2 * kLanes + u] + CvX::load(x[2 * H + u]), p[3 * kLanes + u] + CvX::load(x[3 * H + u]));
+        p[u] + rest(0, u), p[kLanes + u] + rest(1, u), p[2 * kLanes + u] + rest(2, u),
+        p[3 * kLanes + u] + rest(3, u));
     float c, h;
     cell_forward(gate, c_prev[u], c, h);
-    if (kSaveGates) {
-      gate_out[u] = CvG::store(gate.i);
-      gate_out[H + u] = CvG::store(gate.f);
-      gate_out[2 * H + u] = CvG::store(gate.g);
-      gate_out[3 * H + u] = CvG::store(gate.o);
+    if constexpr (kNarrowG) {
+      gates_wide[u] = gate.i;
+      gates_wide[kLanes + u] = gate.f;
+      gates_wide[2 * kLanes + u] = gate.g;
+      gates_wide[3 * kLanes + u] = gate.o;
+    } else if constexpr (kSaveGates) {
+      gate_out[u] = gate.i;
+      gate_out[H + u] = gate.f;
+      gate_out[2 * H + u] = gate.g;
+      gate_out[3 * H + u] = gate.o;
     }
     c_out[u] = c;
-    // Two conversions, not one copied: GCC does not vectorise a struct copied between
-    // memory locations (Bf16).
-    h_out[u] = Cv::store(h);
-    h_next[u] = Cv::store(h);
+    if constexpr (kNarrowH) {
+      h_wide[u] = h;
+    } else {
+      h_out[u] = h;
+      h_next[u] = h;
+    }
+  }
+  if constexpr (kNarrowG) {
+    for (int q = 0; q < 4; ++q) narrow(gates_wide + q * kLanes, gate_out + q * H, n);
+  }
+  if constexpr (kNarrowH) {
+    narrow(h_wide, h_out, n);
+    narrow(h_wide, h_next, n);
   }
 }
 
