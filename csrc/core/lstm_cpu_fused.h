@@ -616,11 +616,9 @@ struct FusedBackwardArgs {
 template <typename T, bool kHasGradC, bool kAmx, bool kBiasGrad, typename G>
 __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwardArgs<T>& a,
                                                               const Part& part, int64_t s) {
-  using CvG = Convert<G, float>;
   const G* const gates = static_cast<const G*>(a.gates);
   constexpr int kRowBlock = kAmx ? kAmxRows : kMaxRows;
-  using Cv = Convert<T, float>;
-  constexpr bool kBf16 = KStep<T>::kPer == 2;
+  constexpr bool kBf16 = KStep<T>::kPer == 2, kWideG = !std::is_same_v<G, float>;
   const int64_t S = a.steps, B = a.batch, H = a.hidden, ksteps = backward_ksteps<T>(H);
   const StepRows layout{a.offsets, B};
   const int64_t fs = S - 1 - s;  // forward-order index of this step
@@ -693,27 +691,53 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
           float* grad_bias =
               kBiasGrad ? a.grad_bias + (a.bias_ids ? a.bias_ids[first + row] * 4 * H : 0) + unit0
                         : nullptr;
+          // As forward_units: the gate math in a loop of float types only (bf16 operands
+          // widened before it, its bf16 outputs narrowed after it).
+          float gates_wide[kWideG ? 4 * kLanes : 1], grad_h_wide[kBf16 ? kLanes : 1],
+              grad_c_wide[kBf16 && kHasGradC ? kLanes : 1], pre_wide[kBf16 ? 4 * kLanes : 1];
+          if constexpr (kWideG) {
+            for (int q = 0; q < 4; ++q) widen(gate_in + q * H, gates_wide + q * kLanes, units);
+          }
+          if constexpr (kBf16) {
+            widen(a.grad_hs + ti, grad_h_wide, units);
+            if constexpr (kHasGradC) widen(a.grad_cs + ti, grad_c_wide, units);
+          }
+          const auto gate_at = [&](int q, int64_t u) -> float {
+            if constexpr (kWideG) return gates_wide[q * kLanes + u];
+            else return gate_in[q * H + u];
+          };
+          const auto grad_h_at = [&](int64_t u) -> float {
+            if constexpr (kBf16) return grad_h_wide[u];
+            else return a.grad_hs[ti + u];
+          };
+          const auto grad_c_at = [&](int64_t u) -> float {
+            if constexpr (kBf16) return grad_c_wide[u];
+            else return a.grad_cs[ti + u];
+          };
+          float* const pre_out = kBf16 ? pre_wide : reinterpret_cast<float*>(grad_pre);
+          const int64_t ld_pre = kBf16 ? kLanes : H;
           FASTLSTM_NO_ALIAS_LOOP
           for (int64_t u = 0; u < units; ++u) {
-            const Gates<float> gate{CvG::load(gate_in[u]), CvG::load(gate_in[H + u]),
-                                    CvG::load(gate_in[2 * H + u]), CvG::load(gate_in[3 * H + u])};
+            const Gates<float> gate{gate_at(0, u), gate_at(1, u), gate_at(2, u), gate_at(3, u)};
             float dc_in = a.grad_c[idx + u];
-            if (kHasGradC) dc_in += Cv::load(a.grad_cs[ti + u]);
+            if (kHasGradC) dc_in += grad_c_at(u);
             float dc_prev;
             const Gates<float> d = cell_backward(gate, c_prev[u], a.cs[ti + u],
-                                                 Cv::load(a.grad_hs[ti + u]) + d_rec[u], dc_in,
-                                                 dc_prev);
+                                                 grad_h_at(u) + d_rec[u], dc_in, dc_prev);
             a.grad_c[idx + u] = dc_prev;
-            grad_pre[u] = Cv::store(d.i);
-            grad_pre[H + u] = Cv::store(d.f);
-            grad_pre[2 * H + u] = Cv::store(d.g);
-            grad_pre[3 * H + u] = Cv::store(d.o);
+            pre_out[u] = d.i;
+            pre_out[ld_pre + u] = d.f;
+            pre_out[2 * ld_pre + u] = d.g;
+            pre_out[3 * ld_pre + u] = d.o;
             if (kBiasGrad) {
               grad_bias[u] += d.i;
               grad_bias[H + u] += d.f;
               grad_bias[2 * H + u] += d.g;
               grad_bias[3 * H + u] += d.o;
             }
+          }
+          if constexpr (kBf16) {
+            for (int q = 0; q < 4; ++q) narrow(pre_wide + q * kLanes, grad_pre + q * H, units);
           }
         }
       }
