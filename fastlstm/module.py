@@ -578,8 +578,8 @@ class FastLSTM(_StreamingCalls, nn.Module):
         return self._forward(input, hx)
 
     def _streaming_route(self):
-        if (self.bidirectional or self.proj_size
-                or (self.training and self.dropout > 0 and self.num_layers > 1)):
+        """(_StreamingCalls) None where the stack op never runs this module's short calls."""
+        if self.bidirectional or self.proj_size or self._drops_out_between_layers():
             return None
         names = tuple(tuple(column) for column in self._layer_param_names())
         return self._route(names, CPU_FUSED_MIN_STEPS - 1, self.batch_first, cell=False)
@@ -714,7 +714,12 @@ class FastLSTM(_StreamingCalls, nn.Module):
         dropout between layers: nn.LSTM drops out there without gradient too."""
         return (steps < CPU_FUSED_MIN_STEPS and not self.bidirectional and not x.is_cuda
                 and self.proj_size == 0 and _extension.cpu_fused(dtype)
-                and not (self.training and self.dropout > 0 and self.num_layers > 1))
+                and not self._drops_out_between_layers())
+
+    def _drops_out_between_layers(self):
+        """Whether a forward applies dropout between the layers, as nn.LSTM's does in training
+        mode, with or without gradient."""
+        return self.training and self.dropout > 0 and self.num_layers > 1
 
     def _forward_stack_inference(self, x, state, dtype):
         params = self._layer_params()
@@ -871,6 +876,7 @@ class FastLSTMCell(_StreamingCalls, nn.LSTMCell):
                                    f"got {t.dtype} and {weight.dtype}")
 
     def _streaming_route(self):
+        """(_StreamingCalls) a cell: one layer, one step."""
         names = (("weight_ih",), ("weight_hh",)) + ((("bias_ih",), ("bias_hh",)) if self.bias
                                                    else ((), ()))
         return self._route(names, 1, False, cell=True)
