@@ -377,6 +377,15 @@ inline int64_t time_index(int64_t s, int64_t steps, bool reverse) {
   return reverse ? steps - 1 - s : s;
 }
 
+// The k-th of the items [begin, end) a worker visits at step s: in order at even steps,
+// backwards at odd ones. A step reads its share of the weights item by item; where that share
+// is a little larger than the core's cache, a walk in the same order every step misses on
+// every line (the least recently used line is always the next one wanted), while a walk back
+// starts on the lines the last step read last, still in cache.
+inline int64_t snake_order(int64_t k, int64_t begin, int64_t end, int64_t s) {
+  return s & 1 ? end - 1 - k : begin + k;
+}
+
 template <typename T>
 struct FusedForwardArgs {
   const T* xproj;      // [S, B, 4H] x_t W_ih^T + biases; or nullptr: the step computes it from
@@ -524,7 +533,9 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   };
   float pre[kRowBlock * 4 * kLanes];  // [row][gate][lane]
   int configured = 0;  // rows the AMX tiles are configured for
-  for (int64_t g = part.group_begin; g < part.group_end; ++g) {
+  // Odd steps walk the unit groups backwards (snake_order).
+  for (int64_t k = 0; k < part.group_end - part.group_begin; ++k) {
+    const int64_t g = snake_order(k, part.group_begin, part.group_end, s);
     const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
     const uint32_t* w = as_ksteps(a.packed) + g * group_size;
     const uint32_t* w_ih = kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;
@@ -639,7 +650,10 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
   };
   float dh_rec[kRowBlock * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
   int configured = 0;  // rows the AMX tiles are configured for
-  for (int64_t g0 = part.group_begin; g0 < part.group_end; g0 += kGroupsPerBackwardTile) {
+  const int64_t tiles = (part.group_end - part.group_begin + kGroupsPerBackwardTile - 1) /
+                        kGroupsPerBackwardTile;
+  for (int64_t k = 0; k < tiles; ++k) {  // odd steps backwards, as the forward's groups
+    const int64_t g0 = part.group_begin + snake_order(k, 0, tiles, s) * kGroupsPerBackwardTile;
     const int groups = static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, part.group_end - g0));
     const uint32_t* w = as_ksteps(a.packed) + g0 * ksteps * kLanes;
     for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kRowBlock) {
