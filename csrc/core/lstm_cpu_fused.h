@@ -412,6 +412,8 @@ struct FusedForwardArgs {
   const int64_t* ids = nullptr;  // [S, B] or nullptr: xproj is a table [rows, 4H] whose row
                                  // ids[t B + b] row b of step t adds (an embedding folded in)
   const int64_t* offsets = nullptr;  // [S + 1] or nullptr: packed rows (see StepRows)
+  int64_t walk_offset = 0;  // added to the step for snake_order: a caller making one-step
+                            // calls again and again alternates the walk between calls
 };
 
 // Where step t's rows are. Dense: B rows at t B of every [S, B, ..] tensor. Packed (a
@@ -535,7 +537,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   int configured = 0;  // rows the AMX tiles are configured for
   // Odd steps walk the unit groups backwards (snake_order).
   for (int64_t k = 0; k < part.group_end - part.group_begin; ++k) {
-    const int64_t g = snake_order(k, part.group_begin, part.group_end, s);
+    const int64_t g = snake_order(k, part.group_begin, part.group_end, s + a.walk_offset);
     const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
     const uint32_t* w = as_ksteps(a.packed) + g * group_size;
     const uint32_t* w_ih = kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -372,6 +373,10 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
       for (int64_t slot = 0; slot < 2; ++slot)
         std::copy_n(ptr<T>(h0_in) + (l * B + b) * H, H, ring(l) + (slot * B + b) * P);
   Tensor out = kernel_output({S, B, H}, opts);
+  // Streaming calls are mostly one step: alternate the unit groups' walk between calls too
+  // (core/lstm_cpu_fused.h, snake_order).
+  static std::atomic<int64_t> calls{0};
+  const int64_t walk_offset = calls.fetch_add(1, std::memory_order_relaxed) & 1;
   std::vector<fused::FusedForwardArgs<T>> args;
   const bool amx = use_amx<T>();
   for (int64_t l = 0; l < L; ++l) {
@@ -384,6 +389,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
     a.ld_hs = top ? 0 : P;
     a.amx = amx;
     a.amx_min_rows = amx_min_rows();
+    a.walk_offset = walk_offset;
     args.push_back(a);
   }
   run_plan(plan_for(B, H), S * L, [&](const Part& p, int64_t k) {
