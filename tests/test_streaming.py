@@ -149,6 +149,27 @@ class StackCalls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def count_calls(monkeypatch, owner, name):
+    """A list that grows by one at each call of owner.name (which still runs)."""
+    calls, real = [], getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def raises_as(theirs, ours, bad):
+    """Without gradient, each (input, hx) of `bad` raises in `ours` what it raises in torch's."""
+    with torch.no_grad():
+        for inp, hx in bad:
+            with pytest.raises(Exception) as want:
+                theirs(inp, hx)
+            with pytest.raises(type(want.value)):
+                ours(inp, hx)
+
+
 def module_oracle(module, x, hx):
     params = {k: v.detach().double() for k, v in module.named_parameters()}
     return reference_lstm(x.double(), None if hx is None else tuple(t.double() for t in hx),
@@ -285,12 +306,7 @@ def test_module_short_calls_without_gradient_check_as_nn_lstm():
            (x, (torch.randn(2, 3, 16).double(), torch.randn(2, 3, 16))),
            (x.double(), None),
            (torch.randn(1, 1, 3, 8), None)]
-    with torch.no_grad():
-        for inp, hx in bad:
-            with pytest.raises(Exception) as want:
-                theirs(inp, hx)
-            with pytest.raises(type(want.value)):
-                lstm(inp, hx)
+    raises_as(theirs, lstm, bad)
 
 
 def test_module_short_calls_run_in_cpp_and_follow_the_module(monkeypatch):
@@ -301,13 +317,7 @@ def test_module_short_calls_run_in_cpp_and_follow_the_module(monkeypatch):
     torch.manual_seed(0)
     lstm = FastLSTM(8, 32, 2, dropout=0.3, backend="cpu").eval()
     x = torch.randn(2, 3, 8)
-    python_route = []
-    real = FastLSTM._forward
-
-    def spy(self, *args, **kwargs):
-        python_route.append(1)
-        return real(self, *args, **kwargs)
-    monkeypatch.setattr(FastLSTM, "_forward", spy)
+    python_route = count_calls(monkeypatch, FastLSTM, "_forward")
 
     def check(module, x, what, params=None):
         with torch.no_grad():
@@ -348,13 +358,7 @@ def test_cell_short_calls_run_in_cpp(monkeypatch):
     Python route, which calls ops.stack_inference, not taken), with and without a state;
     unbatched ones through the Python route; what neither takes raises nn.LSTMCell's
     errors."""
-    python_route = []
-    real = ops.stack_inference
-
-    def spy(*args):
-        python_route.append(1)
-        return real(*args)
-    monkeypatch.setattr(ops, "stack_inference", spy)
+    python_route = count_calls(monkeypatch, ops, "stack_inference")
     torch.manual_seed(0)
     cell = FastLSTMCell(24, 40, backend="cpu")
     theirs = nn.LSTMCell(24, 40)
@@ -374,9 +378,4 @@ def test_cell_short_calls_run_in_cpp(monkeypatch):
         assert_close(g[1], w[1], TOLERANCE[torch.float32], f"call {k}: c'")
     bad = [(torch.randn(3, 25), None), (x, (torch.randn(3, 41), c)), (x, (h[:2], c[:2])),
            (x.double(), None), (x, (h.double(), c))]
-    with torch.no_grad():
-        for inp, hx in bad:
-            with pytest.raises(Exception) as want:
-                theirs(inp, hx)
-            with pytest.raises(type(want.value)):
-                cell(inp, hx)
+    raises_as(theirs, cell, bad)

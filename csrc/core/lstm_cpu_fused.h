@@ -288,17 +288,21 @@ inline int64_t amx_product(int nv, const uint32_t* a, int64_t lda, int64_t kstep
 #pragma GCC pop_options
 
 // The product of `rows` rows (up to 16 with kAmx, else up to kMaxRows): AMX for whole blocks
-// of 16 k-steps where kAmx (tiles configured for `rows`), then the register tile, 6 rows at a
-// time, for the rest; the arguments of tile_product_n.
+// of 16 k-steps where kAmx and `amx` (tiles configured for `rows`; the caller's choice for
+// this block, amx_min_rows), then the register tile, 6 rows at a time, for the rest; the
+// arguments of tile_product_n.
 template <bool kBf16, bool kAmx, bool kAccumulate>
-__attribute__((always_inline)) inline void row_block_product(int rows, int nv, const uint32_t* a,
+__attribute__((always_inline)) inline void row_block_product(bool amx, int rows, int nv,
+                                                             const uint32_t* a,
                                                              int64_t lda, int64_t ksteps,
                                                              const uint32_t* b, int64_t ks_stride,
                                                              int64_t v_stride, float* out) {
   int64_t done = 0;
   if constexpr (kAmx) {
-    done = amx_product<kAccumulate>(nv, a, lda, ksteps, b, ks_stride, v_stride, out);
-    if (done == ksteps) return;
+    if (amx) {
+      done = amx_product<kAccumulate>(nv, a, lda, ksteps, b, ks_stride, v_stride, out);
+      if (done == ksteps) return;
+    }
   }
   for (int r0 = 0; r0 < rows; r0 += kMaxRows) {
     const int mb = std::min(kMaxRows, rows - r0);
@@ -564,16 +568,12 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       }
       if (kInputFused) {  // x_t W_ih^T first, then h_{t-1} W_hh^T added to it
         const uint32_t* x_rows = as_ksteps(a.x + (first + row0) * ld_x);
-        amx ? row_block_product<kBf16, kAmx, false>(rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
-                                                    4 * kLanes, kLanes, pre)
-            : row_block_product<kBf16, false, false>(rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
-                                                     4 * kLanes, kLanes, pre);
+        row_block_product<kBf16, kAmx, false>(amx, rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
+                                              4 * kLanes, kLanes, pre);
       }
       const uint32_t* h_rows = as_ksteps(h_prev + row0 * ld);
-      amx ? row_block_product<kBf16, kAmx, kInputFused>(rows, 4, h_rows, ld / kPer, ksteps, w,
-                                                        4 * kLanes, kLanes, pre)
-          : row_block_product<kBf16, false, kInputFused>(rows, 4, h_rows, ld / kPer, ksteps, w,
-                                                         4 * kLanes, kLanes, pre);
+      row_block_product<kBf16, kAmx, kInputFused>(amx, rows, 4, h_rows, ld / kPer, ksteps, w,
+                                                  4 * kLanes, kLanes, pre);
       for (int r = 0; r < rows; ++r) {
         const int64_t row = row0 + r, ti = (first + row) * ld_hs + unit0;
         G* gate_out = kSaveGates ? gates + (first + row) * 4 * H + unit0 : nullptr;
@@ -684,10 +684,8 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
       if (prows > 0) {
         const uint32_t* g_rows = as_ksteps(grad_later + row0 * 4 * H);
         const int64_t ld_g = 4 * H / KStep<T>::kPer;
-        amx ? row_block_product<kBf16, kAmx, false>(prows, groups, g_rows, ld_g, ksteps, w, kLanes,
-                                                    ksteps * kLanes, dh_rec)
-            : row_block_product<kBf16, false, false>(prows, groups, g_rows, ld_g, ksteps, w, kLanes,
-                                                     ksteps * kLanes, dh_rec);
+        row_block_product<kBf16, kAmx, false>(amx, prows, groups, g_rows, ld_g, ksteps, w, kLanes,
+                                              ksteps * kLanes, dh_rec);
       }
       std::fill(dh_rec + prows * groups * kLanes, dh_rec + rows * groups * kLanes, 0.f);
       for (int r = 0; r < rows; ++r) {

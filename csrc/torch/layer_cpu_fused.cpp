@@ -415,7 +415,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
     const Tensor& x, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
     at::TensorList w_hh, at::TensorList b_ih, at::TensorList b_hh, at::ScalarType dtype) {
-  if (!enabled_by_env() || !x.device().is_cpu() || !cpu_fused_supports(dtype)) return std::nullopt;
+  if (!x.device().is_cpu() || !cpu_fused_enabled(dtype)) return std::nullopt;
   const c10::NoGradGuard no_grad;
   return dtype == at::kFloat ? run_stack<float>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype)
                              : run_stack<Bf16>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype);
@@ -427,6 +427,10 @@ bool cpu_fused_supports(at::ScalarType dtype) {
   if (dtype == at::kFloat) return fused::cpu_supports<float>();
   if (dtype == at::kBFloat16) return fused::cpu_supports<Bf16>();
   return false;
+}
+
+bool cpu_fused_enabled(at::ScalarType dtype) {
+  return enabled_by_env() && cpu_fused_supports(dtype);
 }
 
 Tensor cpu_fused_pack(const Tensor& w, int64_t outputs, int gates) {
@@ -734,6 +738,7 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
 #else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
 
 bool cpu_fused_supports(at::ScalarType) { return false; }
+bool cpu_fused_enabled(at::ScalarType) { return false; }
 bool cpu_fused_amx() { return false; }
 Tensor cpu_fused_pack(const Tensor&, int64_t, int) {
   FASTLSTM_CHECK(false, "fastlstm: the fused layer needs x86-64 with AVX-512");

@@ -14,6 +14,8 @@ using at::Tensor;
 
 // Whether the fused layer runs tensors of this dtype here.
 bool cpu_fused_supports(at::ScalarType dtype);
+// ... and is not turned off (FASTLSTM_CPU_FUSED=0, read at each call).
+bool cpu_fused_enabled(at::ScalarType dtype);
 
 // Whether its bf16 products can run on AMX tiles here.
 bool cpu_fused_amx();

@@ -16,8 +16,6 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "layer_cpu_fused.h"
@@ -115,9 +113,7 @@ PyObject* streaming_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
   const at::ScalarType dtype = autocast ? at::autocast::get_autocast_dtype(at::kCPU)
                                         : x.scalar_type();
-  const char* fused_env = std::getenv("FASTLSTM_CPU_FUSED");
-  if (!cpu_fused_supports(dtype) || (fused_env != nullptr && std::strcmp(fused_env, "0") == 0))
-    Py_RETURN_NONE;
+  if (!cpu_fused_enabled(dtype)) Py_RETURN_NONE;
   // auto's rule (or "cpu": every batch) for this dtype and number of steps
   PyObject* limits = PyTuple_GET_ITEM(PyTuple_GET_ITEM(route, 4), dtype == at::kFloat ? 0 : 1);
   if (steps < 1 || steps > PyTuple_GET_SIZE(limits) ||
