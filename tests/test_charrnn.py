@@ -111,9 +111,10 @@ def losses(path):
     return [h["loss"] for h in payload["history"] if "loss" in h], payload
 
 
-def test_resume_equals_uninterrupted(tmp_path, corpus):
+@pytest.mark.parametrize("weight_drop", ["0", "0.3"])
+def test_resume_equals_uninterrupted(tmp_path, corpus, weight_drop):
     # charrnn decay: cosine's schedule depends on --max-iters, which the resume changes
-    sched = ("--lr-decay", "charrnn")
+    sched = ("--lr-decay", "charrnn", "--weight-drop", weight_drop)
     cli("train", corpus, *TINY, *sched, "--max-iters", "7", "--out", "whole", cwd=tmp_path)
     cli("train", corpus, *TINY, *sched, "--max-iters", "3", "--out", "split", cwd=tmp_path)
     cli("train", "--resume", "split", "--max-iters", "7", cwd=tmp_path)
@@ -183,7 +184,7 @@ def test_bad_inputs(tmp_path, corpus):
           expect="--dtype fp16 needs --device cuda")
     for flag, value in (("--rnn-size", "-3"), ("--num-layers", "0"), ("--dropout", "1"),
                         ("--batch-size", "0"), ("--lr", "-1"), ("--lr", "inf"),
-                        ("--lr", "1e38"), ("--val-frac", "1.5")):
+                        ("--lr", "1e38"), ("--val-frac", "1.5"), ("--weight-drop", "1")):
         fails("train", corpus, flag, value, cwd=tmp_path, expect=flag)
     fails("sample", "run", "--temperature", "-0.5", cwd=tmp_path, expect="--temperature")
     fails("sample", "run", "--top-p", "0", cwd=tmp_path, expect="--top-p")
@@ -263,7 +264,7 @@ def test_help_explains_the_flags(tmp_path):
                  "--lr", "--max-iters", "--max-epochs", "--eval-every", "--out", "--resume",
                  "--init-from", "--seed", "--device", "--backend", "--dtype", "--encoding",
                  "--train-frac", "--val-frac", "--lr-decay", "--grad-clip", "--compile",
-                 "--weight-decay"):
+                 "--weight-decay", "--weight-drop"):
         assert flag in out, flag
     assert "--prime" in cli("sample", "--help", cwd=tmp_path).stdout
     assert "--split" in cli("eval", "--help", cwd=tmp_path).stdout
@@ -345,3 +346,55 @@ def test_resume_of_a_run_saved_before_weight_decay(tmp_path, corpus):
     assert resumed["progress"]["iter"] == 3
     assert resumed["settings"]["weight_decay"] == 0.0
     assert [g["weight_decay"] for g in resumed["optimizer"]["param_groups"]] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "aten"])
+def test_weight_drop_masks_the_recurrent_weights_in_training_only(backend):
+    """--weight-drop: in training the LSTM runs with each W_hh through a dropout mask (drawn
+    per forward from torch's generator), so the output is the one of a copy holding the masked
+    weights, and W_hh's gradient is zero where the mask dropped; the parameters themselves
+    stay untouched. In eval the weights are used as they are."""
+    from fastlstm import ops
+    from fastlstm.charrnn.model import CharRNN
+    torch.manual_seed(0)
+    model = CharRNN(13, rnn_size=24, num_layers=2, dropout=0.0, embed_size=8, backend=backend,
+                    weight_drop=0.4)
+    plain = CharRNN(13, rnn_size=24, num_layers=2, dropout=0.0, embed_size=8, backend=backend)
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(13, (3, 9))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(5)
+    logits, _ = model(ids)
+    logits.logsumexp(-1).sum().backward()
+    torch.manual_seed(5)  # the same draws: one seed per layer, in layer order
+    masked = [ops.dropout(model.lstm.get_parameter(f"weight_hh_l{k}").detach(), 0.4)
+              for k in range(2)]
+    with torch.no_grad():
+        for k in range(2):
+            plain.lstm.get_parameter(f"weight_hh_l{k}").copy_(masked[k])
+    expected, _ = plain(ids)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    for k in range(2):
+        w = model.lstm.get_parameter(f"weight_hh_l{k}")
+        assert isinstance(w, torch.nn.Parameter) and torch.equal(w, before[f"lstm.weight_hh_l{k}"])
+        dropped = masked[k] == 0
+        assert 0.25 < dropped.float().mean() < 0.55
+        assert (w.grad[dropped] == 0).all() and (w.grad[~dropped] != 0).float().mean() > 0.9
+    model.eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(ids)[0], plain.eval()(ids)[0], atol=0, rtol=0)
+
+
+def test_run_saved_before_weight_drop_resumes_and_samples(tmp_path, corpus):
+    """A checkpoint whose config has no weight_drop (saved before it) samples and resumes, as
+    it was trained: without it."""
+    cli("train", corpus, *TINY, "--max-iters", "2", "--out", "run", cwd=tmp_path)
+    path = tmp_path / "run" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["weight_drop"]
+    torch.save(payload, path)
+    cli("sample", path, "--length", "10", cwd=tmp_path)
+    cli("train", "--resume", "run", "--max-iters", "3", cwd=tmp_path)
+    fails("train", "--resume", "run", "--max-iters", "4", "--weight-drop", "0.2", cwd=tmp_path,
+          expect="has --weight-drop 0.0, but --weight-drop 0.2 was given")
+    assert torch.load(path, weights_only=True)["progress"]["iter"] == 3

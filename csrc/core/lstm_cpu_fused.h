@@ -219,7 +219,8 @@ __attribute__((always_inline)) inline void tile_product_n(int mb, int nv, const 
 // [1024, 2048]: 110 / 202 / 339 G products/s at 4 / 8 / 16 rows against 44-47 for the
 // register tile. Our packed bf16 weights are already what the instruction reads as its
 // second operand: one k-step of 16 lanes (pairs) a 64-byte row, the next k-step a fixed
-// stride further. Tiles 0-3: the four outputs; 4: the rows of the left operand; 5: weights.
+// stride further. Tiles 0-3: the four outputs; 4 and 7: the rows of the left operand; 5 and 6:
+// weights.
 constexpr int kAmxRows = 16;     // rows of a tile
 constexpr int kAmxKsteps = 16;   // k-steps (bf16 pairs) of a tile: 64 bytes a row
 
@@ -235,12 +236,10 @@ inline void amx_configure(int rows) {
   AmxTileConfig c;
   memset(&c, 0, sizeof c);
   c.palette = 1;
-  for (int t = 0; t < 5; ++t) {
-    c.rows[t] = static_cast<uint8_t>(rows);
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = static_cast<uint8_t>(t == 5 || t == 6 ? kAmxKsteps : rows);
     c.colsb[t] = 64;
   }
-  c.rows[5] = kAmxKsteps;
-  c.colsb[5] = 64;
   // Not _tile_loadconfig: GCC 12 does not see that it reads the struct, and drops the stores.
   __asm__ __volatile__("ldtilecfg %0" : : "m"(c));
 }
@@ -248,10 +247,15 @@ inline void amx_configure(int rows) {
 // out[r][v][0..16) (+)= sum over the first (ksteps / 16) * 16 k-steps of a[r lda + ks] times
 // b[ks ks_stride + v v_stride] (32-bit k-steps, as tile_product), for the configured rows
 // and nv <= 4 vectors; out's rows 64 nv bytes apart. Returns the k-steps done (the caller
-// does the rest with tile_product_n, accumulating).
-template <bool kAccumulate>
+// does the rest with tile_product_n, accumulating). between() runs after each block of 16
+// k-steps is issued: vector work placed there runs while the tiles multiply.
+struct NothingBetween {
+  void operator()() const {}
+};
+template <bool kAccumulate, typename Between = NothingBetween>
 inline int64_t amx_product(int nv, const uint32_t* a, int64_t lda, int64_t ksteps,
-                           const uint32_t* b, int64_t ks_stride, int64_t v_stride, float* out) {
+                           const uint32_t* b, int64_t ks_stride, int64_t v_stride, float* out,
+                           Between&& between = {}) {
   const int64_t done = ksteps / kAmxKsteps * kAmxKsteps;
   if (done == 0) return 0;
   const int64_t out_stride = nv * kLanes * 4, a_stride = lda * 4, b_stride = ks_stride * 4;
@@ -268,18 +272,39 @@ inline int64_t amx_product(int nv, const uint32_t* a, int64_t lda, int64_t kstep
     _tile_zero(v);                                               \
   }
   FASTLSTM_AMX_EACH(FASTLSTM_AMX_INIT)
-  for (int64_t ks = 0; ks < done; ks += kAmxKsteps) {
-    _tile_loadd(4, a + ks, a_stride);
-    const uint32_t* w = b + ks * ks_stride;
-#define FASTLSTM_AMX_STEP(v)                           \
-  _tile_loadd(5, w + (v) * v_stride, b_stride);        \
-  _tile_dpbf16ps(v, 4, 5);
-    FASTLSTM_AMX_EACH(FASTLSTM_AMX_STEP)
+  // Tile registers are not renamed: a load into a tile waits until the product reading it is
+  // done. So the weights alternate between tiles 5 and 6, and the rows between 4 and 7 from
+  // one block of k-steps to the next: each load overlaps the product before it.
+#define FASTLSTM_AMX_KBLOCK(A, ks)                               \
+  {                                                              \
+    _tile_loadd(A, a + (ks), a_stride);                          \
+    const uint32_t* w = b + (ks) * ks_stride;                    \
+    _tile_loadd(5, w, b_stride);                                 \
+    _tile_dpbf16ps(0, A, 5);                                     \
+    if (nv > 1) {                                                \
+      _tile_loadd(6, w + v_stride, b_stride);                    \
+      _tile_dpbf16ps(1, A, 6);                                   \
+    }                                                            \
+    if (nv > 2) {                                                \
+      _tile_loadd(5, w + 2 * v_stride, b_stride);                \
+      _tile_dpbf16ps(2, A, 5);                                   \
+    }                                                            \
+    if (nv > 3) {                                                \
+      _tile_loadd(6, w + 3 * v_stride, b_stride);                \
+      _tile_dpbf16ps(3, A, 6);                                   \
+    }                                                            \
+    between();                                                   \
   }
+  int64_t ks = 0;
+  for (; ks + 2 * kAmxKsteps <= done; ks += 2 * kAmxKsteps) {
+    FASTLSTM_AMX_KBLOCK(4, ks)
+    FASTLSTM_AMX_KBLOCK(7, ks + kAmxKsteps)
+  }
+  if (ks < done) FASTLSTM_AMX_KBLOCK(4, ks)
 #define FASTLSTM_AMX_STORE(v) _tile_stored(v, out + (v) * kLanes, out_stride);
   FASTLSTM_AMX_EACH(FASTLSTM_AMX_STORE)
 #undef FASTLSTM_AMX_STORE
-#undef FASTLSTM_AMX_STEP
+#undef FASTLSTM_AMX_KBLOCK
 #undef FASTLSTM_AMX_INIT
 #undef FASTLSTM_AMX_EACH
   return done;
@@ -291,16 +316,17 @@ inline int64_t amx_product(int nv, const uint32_t* a, int64_t lda, int64_t kstep
 // of 16 k-steps where kAmx and `amx` (tiles configured for `rows`; the caller's choice for
 // this block, amx_min_rows), then the register tile, 6 rows at a time, for the rest; the
 // arguments of tile_product_n.
-template <bool kBf16, bool kAmx, bool kAccumulate>
+template <bool kBf16, bool kAmx, bool kAccumulate, typename Between = NothingBetween>
 __attribute__((always_inline)) inline void row_block_product(bool amx, int rows, int nv,
                                                              const uint32_t* a,
                                                              int64_t lda, int64_t ksteps,
                                                              const uint32_t* b, int64_t ks_stride,
-                                                             int64_t v_stride, float* out) {
+                                                             int64_t v_stride, float* out,
+                                                             Between&& between = {}) {
   int64_t done = 0;
   if constexpr (kAmx) {
     if (amx) {
-      done = amx_product<kAccumulate>(nv, a, lda, ksteps, b, ks_stride, v_stride, out);
+      done = amx_product<kAccumulate>(nv, a, lda, ksteps, b, ks_stride, v_stride, out, between);
       if (done == ksteps) return;
     }
   }
@@ -537,7 +563,43 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   const auto c_out_row = [&](int64_t row) {
     return a.cs + (a.c_state ? row : first + row) * H;
   };
-  float pre[kRowBlock * 4 * kLanes];  // [row][gate][lane]
+  // A block: one unit group x one row block. With AMX, the epilogue of one block runs a row
+  // or two at a time between the k-blocks of the next block's product: the vector units do
+  // the gate math while the tiles multiply. pre: the products [row][gate][lane], two buffers
+  // (the block being multiplied, the block whose epilogue is running).
+  struct Block {
+    int64_t unit0, units, row0;
+    int rows;
+  };
+  float pre[2][kRowBlock * 4 * kLanes];
+  int buf = 0;              // pre[buf]: the block being multiplied
+  Block pending{0, 0, 0, 0};  // the block before it, its epilogue from row pending_row on
+  int pending_row = 0;
+  const auto epilogue_row = [&](const Block& blk, const float* p, int r) __attribute__((always_inline)) {
+    const int64_t row = blk.row0 + r, unit0 = blk.unit0, ti = (first + row) * ld_hs + unit0;
+    G* gate_out = kSaveGates ? gates + (first + row) * 4 * H + unit0 : nullptr;
+    const auto rest = [&] {  // of the pre-activation: the bias, or xproj (bias included)
+      if constexpr (kInputFused) {
+        return a.bias + unit0;
+      } else {
+        const int64_t x_row = a.ids ? a.ids[first + row] : first + row;
+        return a.xproj + x_row * 4 * H + unit0;
+      }
+    }();
+    const float* c_prev = c_prev_row(row) + unit0;
+    float* c_out = c_out_row(row) + unit0;
+    if (blk.units == kLanes) {
+      forward_units<T, kSaveGates, kLanes>(p + r * 4 * kLanes, rest, H, c_prev, c_out,
+                                           a.hs + ti, h_next + row * ld + unit0, gate_out, 0);
+    } else {
+      forward_units<T, kSaveGates, 0>(p + r * 4 * kLanes, rest, H, c_prev, c_out, a.hs + ti,
+                                      h_next + row * ld + unit0, gate_out, blk.units);
+    }
+  };
+  const auto run_pending = [&](int n) {
+    for (; n > 0 && pending_row < pending.rows; --n, ++pending_row)
+      epilogue_row(pending, pre[buf ^ 1], pending_row);
+  };
   int configured = 0;  // rows the AMX tiles are configured for
   // Odd steps walk the unit groups backwards (snake_order).
   for (int64_t k = 0; k < part.group_end - part.group_begin; ++k) {
@@ -566,37 +628,27 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
           if (!a.c_state) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
         }
       }
+      // The pending epilogue's rows spread over this product's k-blocks.
+      const int64_t kblocks = amx ? (kInputFused ? ksteps_x / kAmxKsteps : 0) + ksteps / kAmxKsteps : 0;
+      const int per_kblock =
+          kblocks ? static_cast<int>((pending.rows - pending_row + kblocks - 1) / kblocks) : 0;
+      const auto between = [&] { run_pending(per_kblock); };
       if (kInputFused) {  // x_t W_ih^T first, then h_{t-1} W_hh^T added to it
         const uint32_t* x_rows = as_ksteps(a.x + (first + row0) * ld_x);
         row_block_product<kBf16, kAmx, false>(amx, rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
-                                              4 * kLanes, kLanes, pre);
+                                              4 * kLanes, kLanes, pre[buf], between);
       }
       const uint32_t* h_rows = as_ksteps(h_prev + row0 * ld);
       row_block_product<kBf16, kAmx, kInputFused>(amx, rows, 4, h_rows, ld / kPer, ksteps, w,
-                                                  4 * kLanes, kLanes, pre);
-      for (int r = 0; r < rows; ++r) {
-        const int64_t row = row0 + r, ti = (first + row) * ld_hs + unit0;
-        G* gate_out = kSaveGates ? gates + (first + row) * 4 * H + unit0 : nullptr;
-        const auto rest = [&] {  // of the pre-activation: the bias, or xproj (bias included)
-          if constexpr (kInputFused) {
-            return a.bias + unit0;
-          } else {
-            const int64_t x_row = a.ids ? a.ids[first + row] : first + row;
-            return a.xproj + x_row * 4 * H + unit0;
-          }
-        }();
-        const float* c_prev = c_prev_row(row) + unit0;
-        float* c_out = c_out_row(row) + unit0;
-        if (units == kLanes) {
-          forward_units<T, kSaveGates, kLanes>(pre + r * 4 * kLanes, rest, H, c_prev, c_out,
-                                               a.hs + ti, h_next + row * ld + unit0, gate_out, 0);
-        } else {
-          forward_units<T, kSaveGates, 0>(pre + r * 4 * kLanes, rest, H, c_prev, c_out,
-                                          a.hs + ti, h_next + row * ld + unit0, gate_out, units);
-        }
-      }
+                                                  4 * kLanes, kLanes, pre[buf], between);
+      run_pending(kRowBlock);  // what the k-blocks left
+      pending = Block{unit0, units, row0, rows};
+      pending_row = 0;
+      buf ^= 1;
+      if (!amx) run_pending(kRowBlock);  // nothing to run beside: at once, as it is hot
     }
   }
+  run_pending(kRowBlock);
 }
 
 template <typename T>

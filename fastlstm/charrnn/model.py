@@ -3,6 +3,8 @@ and generation: on the CPU through the fused op (ops.generate), elsewhere one st
 time through the model."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,10 +15,12 @@ from ..module import FastLSTM
 
 class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, rnn_size: int = 256, num_layers: int = 2,
-                 dropout: float = 0.2, embed_size: int = 64, backend: str = "auto"):
+                 dropout: float = 0.2, embed_size: int = 64, backend: str = "auto",
+                 weight_drop: float = 0.0):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, rnn_size=rnn_size, num_layers=num_layers,
-                           dropout=dropout, embed_size=embed_size)
+                           dropout=dropout, embed_size=embed_size, weight_drop=weight_drop)
+        self.weight_drop = weight_drop
         self.embed = nn.Embedding(vocab_size, embed_size)
         self.lstm = FastLSTM(embed_size, rnn_size, num_layers, batch_first=False,
                              dropout=dropout if num_layers > 1 else 0.0, backend=backend,
@@ -31,11 +35,30 @@ class CharRNN(nn.Module):
         backward); only the logits come back as a batch-first view."""
         # forward_ids: on the CPU's training path the first layer reads x W_ih^T + b from a
         # table per symbol (vocabulary x 4 hidden) rather than projecting all S x B inputs.
-        out, state = self.lstm.forward_ids(ids.t(), self.embed, state)
+        with self._recurrent_weights_dropped():
+            out, state = self.lstm.forward_ids(ids.t(), self.embed, state)
         # fastlstm's dropout, here and between the LSTM's layers: torch's draws its CPU masks
         # from one sequential generator (2 x 27 ms of a 190 ms CPU training step at the
         # default size).
         return self.head(ops.dropout(out, self.dropout, self.training)).transpose(0, 1), state
+
+    @contextlib.contextmanager
+    def _recurrent_weights_dropped(self):
+        """In training with weight_drop > 0, each layer's W_hh seen through a dropout mask
+        (DropConnect, as AWD-LSTM): one mask per forward, the same at every step, so the
+        recurrence itself is regularised; the parameters stay as they are."""
+        if not (self.training and self.weight_drop > 0):
+            yield
+            return
+        params = self.lstm._parameters
+        names = [f"weight_hh_l{k}" for k in range(self.lstm.num_layers)]
+        kept = {name: params[name] for name in names}
+        try:
+            for name in names:
+                params[name] = ops.dropout(kept[name], self.weight_drop)
+            yield
+        finally:
+            params.update(kept)
 
 
 def next_ids(logits, temperature: float, top_k: int | None, generator=None,

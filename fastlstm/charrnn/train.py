@@ -32,7 +32,7 @@ from .model import CharRNN, generate
 # 2 x 384 with dropout 0.3, cosine decay and lr 3e-3 reached 1.4331 nats/char (lr 2e-3:
 # 1.4505, 4e-3: 1.4385); 2 x 256 1.4586-1.4643, 2 x 512 1.4789 (fewer iterations in the
 # time); with weight decay 0.1 on the matrices 1.4282 (0.2: 1.4284). benchmarks/NOTES.md.
-ARCH = {"num_layers": 2, "rnn_size": 384, "embed_size": 64, "dropout": 0.3}
+ARCH = {"num_layers": 2, "rnn_size": 384, "embed_size": 64, "dropout": 0.3, "weight_drop": 0.0}
 TRAINING = {"batch_size": 64, "seq_length": 100, "optimizer": "adam", "lr": 3e-3,
             "lr_decay": "cosine", "lr_decay_after": 10, "lr_decay_rate": 0.97,
             "min_lr": 1e-4, "weight_decay": 0.1, "grad_clip": 5.0, "max_iters": None,
@@ -95,6 +95,9 @@ def add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
                    "(default 64)")
     m.add_argument("--dropout", type=probability, help="dropout between layers and before "
                    "the decoder, in [0, 1) (default 0.3)")
+    m.add_argument("--weight-drop", type=probability, help="dropout on the recurrent "
+                   "weights W_hh (DropConnect: one mask per iteration, the same at every "
+                   "step), in [0, 1) (default 0: off)")
 
 
 def add_optimisation_flags(p: argparse.ArgumentParser) -> None:
@@ -161,9 +164,10 @@ def settings(args, saved: dict | None) -> dict:
 def check_arch(args, config: dict, what: str) -> None:
     for name in ARCH:
         given = getattr(args, name)
-        if given is not None and given != config[name]:
+        saved = config.get(name, 0.0)  # (weight_drop: absent in runs saved before it)
+        if given is not None and given != saved:
             flag = "--" + name.replace("_", "-")
-            raise CliError(f"{what} has {flag} {config[name]}, but {flag} {given} was given; "
+            raise CliError(f"{what} has {flag} {saved}, but {flag} {given} was given; "
                            f"drop the flag or start a new --out")
 
 
