@@ -1,7 +1,7 @@
 """The char-rnn trainer's whole iteration side by side (pytest-benchmark): `python -m
 fastlstm.train`'s own step (fastlstm.charrnn.train.step: learning rate, forward under
-autocast, cross-entropy, backward, gradient clipping, AdamW) at its default size (2 x 384,
-embedding 64, batch 64 x seq 100, dropout 0.3) on random text of 65 symbols, with the model's
+autocast, cross-entropy, backward, gradient clipping, AdamW) at its default size (2 x 512,
+embedding 64, batch 64 x seq 100, dropout 0.3, weight drop 0.3) on random text of 65 symbols, with the model's
 LSTM on `--backend auto` against `--backend aten` (torch's LSTM, the baseline compare.py
 divides by). dtype "auto" is the trainer's default (bf16 autocast where the device computes
 bf16 natively, else fp32).

@@ -40,18 +40,18 @@ _CASTS = WeakIdKeyDictionary()
 
 def _cast(p, dtype):
     """Parameter p in the compute dtype. Without autograd the cast is kept until p changes
-    (an in-place update, as an optimizer step, bumps its version): an inference loop under
-    autocast then casts each weight once, and the CPU op, which keeps what it packed for the
-    very tensor it was given, packs each once."""
+    (its version, or its fingerprint: ops.weight_fingerprint, as after a fused optimizer's
+    step): an inference loop under autocast then casts each weight once, and the CPU op,
+    which keeps what it packed for the very tensor it was given, packs each once."""
     if p is None or p.dtype == dtype:
         return p
     if (torch.is_grad_enabled() and p.requires_grad) or torch.compiler.is_compiling():
         return p.to(dtype)
-    kept = _CASTS.get(p)
-    if kept is not None and kept[0] == p._version and kept[1] == dtype:
-        return kept[2]
+    kept, key = _CASTS.get(p), (p._version, dtype, ops.weight_fingerprint(p))
+    if kept is not None and kept[0] == key:
+        return kept[1]
     cast = p.to(dtype)
-    _CASTS[p] = (p._version, dtype, cast)
+    _CASTS[p] = (key, cast)
     return cast
 
 
@@ -141,7 +141,9 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
     bf16 training     0.24-0.81 at every batch 1-64 and hidden 128-512 (char-rnn shape 0.81,
                       2 x 384 batch 64 seq 100 0.76): always ours.
     bf16 inference    0.35-0.97 at batch <= 8, and at hidden <= 256 for any batch (char-rnn
-                      shape 0.92); hidden 384-512 at batch >= 16: 0.85-1.21: torch's there.
+                      shape 0.92); since the epilogue runs beside the tiles (2026-12-06):
+                      char-rnn shape 0.67-0.69, hidden 384-1024 at batch 16-64 0.58-0.95
+                      (it was 0.85-1.21 there): always ours.
     fp32 training     (the training op: lstm_layer_train) 0.66-0.89 at hidden <= 256 (any
                       batch 1-64), 0.69-0.78 at batch <= 4 (hidden up to 512), 0.83-0.92 at
                       batch >= 32 (hidden 384-512); hidden 384-1024 at batch 8-16: 0.99-1.06:
@@ -157,7 +159,7 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
         if not _extension.cpu_fused(dtype):
             return False
         if dtype == torch.bfloat16:
-            return grad or batch <= 8 or hidden <= 256
+            return True
         if grad:
             return hidden <= 256 or batch <= 4 or batch >= 32
         return batch <= 4 or (hidden <= 256 and batch <= 8) or (hidden <= 128 and batch <= 16)

@@ -41,6 +41,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import _extension
 
@@ -394,6 +395,30 @@ def _dropout_setup_context(ctx, inputs, output):
 def _dropout_backward(ctx, grad):
     # The same mask on the gradient: dropout is linear in x.
     return torch.ops.fastlstm.dropout(grad, ctx.p, ctx.seed), None, None
+
+
+_weights_generation = 0  # without the extension: optimizer steps only
+
+
+def _weights_changed(optimizer, args, kwargs):
+    """A post-step hook of every torch optimizer: what was cast or packed from weights is
+    stale (fused optimizers update them in place without bumping their version counters)."""
+    global _weights_generation
+    _weights_generation += 1
+    if _extension.available():
+        _extension._C.weights_changed()
+
+
+register_optimizer_step_post_hook(_weights_changed)
+
+
+def weight_fingerprint(p) -> int:
+    """What changes when p's values do, beyond its version counter: the generation (bumped
+    by every optimizer step) mixed with a hash of 32 of p's elements on the CPU
+    (csrc/torch/weight_cache.h). The caches of casts and packed weights compare it."""
+    if _extension.available():
+        return _extension._C.weight_fingerprint(p)
+    return _weights_generation
 
 
 def dropout(x, p: float, training: bool = True, generator=None):

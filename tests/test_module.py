@@ -101,14 +101,14 @@ RULE_CASES = {
         (FP32, 1, 512, False, 3, "fused"),  # the loop's rule
         (BF16, 1, 512, False, 3, "aten"),  # no bf16 loop
     ],
-    "amx": [  # bf16 training always (AMX tiles); the loop for short fp32 and bf16 sequences
+    "amx": [  # bf16 always (AMX tiles); the loop for short fp32 and bf16 sequences
         (BF16, 8, 512, True, 50, "fused"),
         (BF16, 16, 128, True, 50, "fused"),
-        (BF16, 64, 384, True, 50, "fused"),  # the char-rnn trainer's default
+        (BF16, 64, 512, True, 50, "fused"),  # the char-rnn trainer's default
         (BF16, 64, 256, False, 50, "fused"),
         (BF16, 8, 512, False, 50, "fused"),
-        (BF16, 16, 384, False, 50, "aten"),
-        (BF16, 64, 512, False, 50, "aten"),
+        (BF16, 16, 384, False, 50, "fused"),
+        (BF16, 64, 1024, False, 50, "fused"),
         (FP32, 64, 128, True, 50, "fused"),
         (FP32, 2, 512, True, 50, "fused"),
         (FP32, 8, 256, True, 50, "fused"),

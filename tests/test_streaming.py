@@ -268,6 +268,47 @@ def test_module_stack_cache_notices_weight_changes():
     check("after .data set")
 
 
+def _fused_adam_step(module):
+    torch.optim.Adam(module.parameters(), lr=0.05, fused=True).step()
+
+
+def _write_through_data(module):
+    for p in module.parameters():
+        p.data.mul_(-0.75)
+
+
+@pytest.mark.parametrize("change", [_fused_adam_step, _write_through_data],
+                         ids=["fused Adam step", "write through .data"])
+@pytest.mark.parametrize("steps", [1, 20])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_caches_notice_writes_that_bump_no_version(change, steps, dtype):
+    """torch's fused optimizers and writes through .data change parameters in place without
+    bumping their version counters: the casts and packed weights kept across no_grad calls
+    (module.py's _cast, the ops' weight caches) must notice them all the same. After such a
+    change every call (the stack op for a step, the layer op for 20; the cell) equals a fresh
+    copy's, which shares no cache entry."""
+    torch.manual_seed(0)
+    lstm = FastLSTM(16, 64, 2, backend="cpu").eval()
+    cell = FastLSTMCell(16, 64, backend="cpu")
+    x = torch.randn(steps, 32, 16)
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    def outputs(lstm, cell):
+        with torch.no_grad(), autocast:
+            return lstm(x)[0], cell(x[0])[0]
+
+    before = outputs(lstm, cell)
+    for module in (lstm, cell):
+        for p in module.parameters():
+            p.grad = torch.randn_like(p)
+        change(module)
+    after = outputs(lstm, cell)
+    fresh = outputs(copy.deepcopy(lstm), copy.deepcopy(cell))
+    for got, want, old in zip(after, fresh, before):
+        assert torch.equal(got, want)
+        assert not torch.equal(got, old)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cell_without_gradient_takes_the_stack_op(dtype, threads):
     calls = StackCalls()

@@ -310,6 +310,48 @@ inline int64_t amx_product(int nv, const uint32_t* a, int64_t lda, int64_t kstep
   return done;
 }
 
+// Two row blocks of 16 rows at once (rows a .. a + 32 lda): out[r][v][0..16) for r < 32 and the
+// four vectors v = the sum of two products as amx_product's (a1 x b1, if a1 is not null, plus
+// a2 x b2; whole blocks of 16 k-steps only); out's rows 4 x 64 bytes apart. Two vectors at a
+// time, both row blocks: each weight tile feeds two products, half the weight loads of two
+// amx_product calls (the weights stream from L2 at every step; the rows stay in L1).
+// Tiles configured for 16 rows. between() as amx_product's, after each block of k-steps.
+template <typename Between>
+inline void amx_product_pair(const uint32_t* a1, int64_t lda1, int64_t ksteps1, const uint32_t* b1,
+                             const uint32_t* a2, int64_t lda2, int64_t ksteps2, const uint32_t* b2,
+                             int64_t ks_stride, int64_t v_stride, float* out, Between&& between) {
+  const int64_t out_stride = 4 * kLanes * 4, b_stride = ks_stride * 4;
+  float* const out_low = out + kAmxRows * 4 * kLanes;  // rows 16-31
+  for (int v = 0; v < 4; v += 2) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const auto run = [&](const uint32_t* a, int64_t lda, int64_t ksteps, const uint32_t* b) {
+      const int64_t a_stride = lda * 4;
+      const uint32_t* a_low = a + kAmxRows * lda;
+      for (int64_t ks = 0; ks < ksteps; ks += kAmxKsteps) {
+        const uint32_t* w = b + ks * ks_stride + v * v_stride;
+        _tile_loadd(4, a + ks, a_stride);
+        _tile_loadd(7, a_low + ks, a_stride);
+        _tile_loadd(5, w, b_stride);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(2, 7, 5);
+        _tile_loadd(6, w + v_stride, b_stride);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_dpbf16ps(3, 7, 6);
+        between();
+      }
+    };
+    if (a1 != nullptr) run(a1, lda1, ksteps1, b1);
+    run(a2, lda2, ksteps2, b2);
+    _tile_stored(0, out + v * kLanes, out_stride);
+    _tile_stored(1, out + (v + 1) * kLanes, out_stride);
+    _tile_stored(2, out_low + v * kLanes, out_stride);
+    _tile_stored(3, out_low + (v + 1) * kLanes, out_stride);
+  }
+}
+
 #pragma GCC pop_options
 
 // The product of `rows` rows (up to 16 with kAmx, else up to kMaxRows): AMX for whole blocks
@@ -571,7 +613,12 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     int64_t unit0, units, row0;
     int rows;
   };
-  float pre[2][kRowBlock * 4 * kLanes];
+  // With AMX two whole row blocks go together where the k-steps are whole tile blocks
+  // (amx_product_pair: half the weight loads).
+  constexpr int kMaxBlockRows = kAmx ? 2 * kAmxRows : kRowBlock;
+  const bool pairs = kAmx && a.amx && ksteps % kAmxKsteps == 0 &&
+                     (!kInputFused || ksteps_x % kAmxKsteps == 0);
+  float pre[2][kMaxBlockRows * 4 * kLanes];
   int buf = 0;              // pre[buf]: the block being multiplied
   Block pending{0, 0, 0, 0};  // the block before it, its epilogue from row pending_row on
   int pending_row = 0;
@@ -607,10 +654,12 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
     const uint32_t* w = as_ksteps(a.packed) + g * group_size;
     const uint32_t* w_ih = kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;
-    for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kRowBlock) {
-      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
-      const bool amx = kAmx && rows >= a.amx_min_rows;
-      if (amx && rows != configured) amx_configure(configured = rows);
+    for (int64_t row0 = part.row_begin, rows = 0; row0 < row_end; row0 += rows) {
+      const bool pair = pairs && row_end - row0 >= 2 * kAmxRows;
+      rows = pair ? 2 * kAmxRows : std::min<int64_t>(kRowBlock, row_end - row0);
+      const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
+      const int tile_rows = pair ? kAmxRows : static_cast<int>(rows);
+      if (amx && tile_rows != configured) amx_configure(configured = tile_rows);
       // The epilogue's reads and writes would miss the cache (rows 2 KB and more apart, a
       // new region every step: the hardware prefetcher does not follow; the outputs are
       // fresh memory, each store first fetching its line): fetch the lines this tile will
@@ -629,26 +678,36 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
         }
       }
       // The pending epilogue's rows spread over this product's k-blocks.
-      const int64_t kblocks = amx ? (kInputFused ? ksteps_x / kAmxKsteps : 0) + ksteps / kAmxKsteps : 0;
+      const int64_t kblocks = !amx ? 0
+                              : ((kInputFused ? ksteps_x / kAmxKsteps : 0) + ksteps / kAmxKsteps) *
+                                    (pair ? 2 : 1);
       const int per_kblock =
           kblocks ? static_cast<int>((pending.rows - pending_row + kblocks - 1) / kblocks) : 0;
       const auto between = [&] { run_pending(per_kblock); };
-      if (kInputFused) {  // x_t W_ih^T first, then h_{t-1} W_hh^T added to it
-        const uint32_t* x_rows = as_ksteps(a.x + (first + row0) * ld_x);
-        row_block_product<kBf16, kAmx, false>(amx, rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
-                                              4 * kLanes, kLanes, pre[buf], between);
-      }
+      const uint32_t* x_rows = kInputFused ? as_ksteps(a.x + (first + row0) * ld_x) : nullptr;
       const uint32_t* h_rows = as_ksteps(h_prev + row0 * ld);
-      row_block_product<kBf16, kAmx, kInputFused>(amx, rows, 4, h_rows, ld / kPer, ksteps, w,
-                                                  4 * kLanes, kLanes, pre[buf], between);
-      run_pending(kRowBlock);  // what the k-blocks left
-      pending = Block{unit0, units, row0, rows};
+      if constexpr (kAmx) {
+        if (pair) {
+          amx_product_pair(x_rows, ld_x / kPer, ksteps_x, w_ih, h_rows, ld / kPer, ksteps, w,
+                           4 * kLanes, kLanes, pre[buf], between);
+        }
+      }
+      if (!pair) {
+        if (kInputFused) {  // x_t W_ih^T first, then h_{t-1} W_hh^T added to it
+          row_block_product<kBf16, kAmx, false>(amx, rows, 4, x_rows, ld_x / kPer, ksteps_x, w_ih,
+                                                4 * kLanes, kLanes, pre[buf], between);
+        }
+        row_block_product<kBf16, kAmx, kInputFused>(amx, rows, 4, h_rows, ld / kPer, ksteps, w,
+                                                    4 * kLanes, kLanes, pre[buf], between);
+      }
+      run_pending(kMaxBlockRows);  // what the k-blocks left
+      pending = Block{unit0, units, row0, static_cast<int>(rows)};
       pending_row = 0;
       buf ^= 1;
-      if (!amx) run_pending(kRowBlock);  // nothing to run beside: at once, as it is hot
+      if (!amx) run_pending(kMaxBlockRows);  // nothing to run beside: at once, as it is hot
     }
   }
-  run_pending(kRowBlock);
+  run_pending(kMaxBlockRows);
 }
 
 template <typename T>

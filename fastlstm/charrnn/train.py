@@ -30,9 +30,12 @@ from .model import CharRNN, generate
 
 # Defaults measured with benchmarks/quality.py (600 s on the 2-core CPU, tinyshakespeare):
 # 2 x 384 with dropout 0.3, cosine decay and lr 3e-3 reached 1.4331 nats/char (lr 2e-3:
-# 1.4505, 4e-3: 1.4385); 2 x 256 1.4586-1.4643, 2 x 512 1.4789 (fewer iterations in the
-# time); with weight decay 0.1 on the matrices 1.4282 (0.2: 1.4284). benchmarks/NOTES.md.
-ARCH = {"num_layers": 2, "rnn_size": 384, "embed_size": 64, "dropout": 0.3, "weight_drop": 0.0}
+# 1.4505, 4e-3: 1.4385); 2 x 256 1.4586-1.4643; with weight decay 0.1 on the matrices 1.4282
+# (0.2: 1.4284). On the AMX Xeon (~5000 iterations in the time) those overfit from ~2000
+# iterations on; 2 x 512 with --weight-drop 0.3 (DropConnect on W_hh): 1.3887.
+# benchmarks/NOTES.md.
+ARCH = {"num_layers": 2, "rnn_size": 512, "embed_size": 64, "dropout": 0.3,
+        "weight_drop": 0.3}
 TRAINING = {"batch_size": 64, "seq_length": 100, "optimizer": "adam", "lr": 3e-3,
             "lr_decay": "cosine", "lr_decay_after": 10, "lr_decay_rate": 0.97,
             "min_lr": 1e-4, "weight_decay": 0.1, "grad_clip": 5.0, "max_iters": None,
@@ -90,14 +93,14 @@ def add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (fixed by a checkpoint when resuming)")
     m.add_argument("--model", choices=["lstm"], default="lstm", help="the cell (lstm)")
     m.add_argument("--num-layers", type=positive_int, help="LSTM layers (default 2)")
-    m.add_argument("--rnn-size", type=positive_int, help="hidden units per layer (default 384)")
+    m.add_argument("--rnn-size", type=positive_int, help="hidden units per layer (default 512)")
     m.add_argument("--embed-size", type=positive_int, help="character embedding size "
                    "(default 64)")
     m.add_argument("--dropout", type=probability, help="dropout between layers and before "
                    "the decoder, in [0, 1) (default 0.3)")
     m.add_argument("--weight-drop", type=probability, help="dropout on the recurrent "
                    "weights W_hh (DropConnect: one mask per iteration, the same at every "
-                   "step), in [0, 1) (default 0: off)")
+                   "step), in [0, 1); 0 = off (default 0.3)")
 
 
 def add_optimisation_flags(p: argparse.ArgumentParser) -> None:

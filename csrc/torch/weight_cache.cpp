@@ -1,0 +1,28 @@
+// The weight cache's Python side (weight_cache.h): the fingerprint module.py's cast cache
+// keys on, and the hook every torch optimizer step calls.
+#include "weight_cache.h"
+
+#include <Python.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+namespace fastlstm {
+
+PyObject* py_weight_fingerprint(PyObject*, PyObject* tensor) {
+  if (!THPVariable_Check(tensor)) {
+    PyErr_SetString(PyExc_TypeError, "weight_fingerprint: expected a tensor");
+    return nullptr;
+  }
+  const at::Tensor& w = THPVariable_Unpack(tensor);
+  // Elsewhere (a GPU, meta, a tensor subclass as a trace's fakes) no element is read.
+  if (w.device().type() != at::kCPU || !w.has_storage() ||
+      w.unsafeGetTensorImpl()->is_python_dispatch())
+    return PyLong_FromUnsignedLongLong(weights_generation().load());
+  return PyLong_FromUnsignedLongLong(weight_fingerprint(w));
+}
+
+PyObject* py_weights_changed(PyObject*, PyObject*) {
+  weights_generation().fetch_add(1, std::memory_order_relaxed);
+  Py_RETURN_NONE;
+}
+
+}  // namespace fastlstm
