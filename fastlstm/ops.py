@@ -414,7 +414,7 @@ register_optimizer_step_post_hook(_weights_changed)
 
 def weight_fingerprint(p) -> int:
     """What changes when p's values do, beyond its version counter: the generation (bumped
-    by every optimizer step) mixed with a hash of 32 of p's elements on the CPU
+    by every optimizer step) mixed with a hash of 16 of p's elements on the CPU
     (csrc/torch/weight_cache.h). The caches of casts and packed weights compare it."""
     if _extension.available():
         return _extension._C.weight_fingerprint(p)

@@ -542,7 +542,7 @@ static PyMethodDef fastlstm_methods[] = {
      "Whether the bf16 products can run on AMX tiles here (the CPU has them and the kernel "
      "lets this process use them); FASTLSTM_CPU_AMX=0 turns them off at each call."},
     {"weight_fingerprint", fastlstm::py_weight_fingerprint, METH_O,
-     "weight_fingerprint(tensor) -> int: the weights' generation and a hash of 32 of the "
+     "weight_fingerprint(tensor) -> int: the weights' generation and a hash of 16 of the "
      "tensor's elements (CPU; elsewhere the generation): what the weight caches compare."},
     {"weights_changed", fastlstm::py_weights_changed, METH_NOARGS,
      "Every cached packing and cast is stale (a post-step hook of every torch optimizer)."},

@@ -29,17 +29,20 @@ inline std::atomic<uint64_t>& weights_generation() {
   return generation;
 }
 
-// The generation mixed with a hash of 32 elements spread evenly over w (any layout).
+// The generation mixed with a hash of 16 elements spread evenly over w (any layout). A
+// streaming call looks up every layer's weights: 16 loads each, most of them cache misses,
+// ~0.3 us a tensor (32 samples with a stride walk per sample cost 2-5 us a call).
 inline uint64_t weight_fingerprint(const at::Tensor& w) {
-  constexpr int64_t kSamples = 32;
+  constexpr int64_t kSamples = 16;
   uint64_t hash = 1469598103934665603ull ^ weights_generation().load(std::memory_order_relaxed);
   const int64_t n = w.numel();
   const auto* base = static_cast<const uint8_t*>(w.data_ptr());
   const size_t bytes = std::min<size_t>(w.element_size(), 8);
+  const bool contiguous = w.is_contiguous();
   for (int64_t k = 0; k < kSamples && n > 0; ++k) {
     int64_t index = static_cast<int64_t>(static_cast<double>(k) * (n - 1) / (kSamples - 1));
-    int64_t offset = 0;  // of the element at row-major index `index`, with w's strides
-    for (int64_t d = w.dim() - 1; d >= 0; --d) {
+    int64_t offset = contiguous ? index : 0;  // of the element at row-major index `index`
+    for (int64_t d = w.dim() - 1; d >= 0 && !contiguous; --d) {
       offset += index % w.size(d) * w.stride(d);
       index /= w.size(d);
     }
