@@ -1,11 +1,15 @@
 // The fused CPU layer's time loops alone (core/lstm_cpu_fused.h), without torch: forward and
 // backward of one layer, per step, and the rate of the step's products, for a work split
-// over threads (rows or units); bf16 also on AMX tiles where the CPU has them ("bf16-amx").
-// What NOTES.md's CPU section compares with torch's GEMMs.
+// over threads (rows or units); bf16 also on AMX tiles where the CPU has them ("bf16-amx");
+// and the inference step (x W_ih^T inside it, nothing saved: "infer"). What NOTES.md's CPU
+// section compares with torch's GEMMs.
 //   g++ -O3 -std=c++17 -fno-trapping-math -pthread -Icsrc/core \
 //       benchmarks/cpu_fused_bench.cpp -o /tmp/cpu_fused_bench && /tmp/cpu_fused_bench
+//   /tmp/cpu_fused_bench infer B H I [REPS]    # bf16 inference on AMX at one shape only
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -63,7 +67,41 @@ void bench(const char* type, int64_t B, int64_t H, int64_t S, bool amx = false) 
     }
 }
 
-int main() {
+// One layer's bf16 inference on AMX (as lstm_layer_inference runs it where the weights stay
+// in L2): x W_ih^T and h W_hh^T in the step, the cell state updated in place, no gates.
+void bench_inference(int64_t B, int64_t H, int64_t I, int64_t S, int reps) {
+  using T = Bf16;
+  std::vector<T> w(4 * H * H), wi(4 * H * I), fw(forward_packed_size<T>(H, H)),
+      fi(forward_packed_size<T>(H, I));
+  for (size_t k = 0; k < w.size(); ++k) w[k] = Convert<T, float>::store(((k * 7919) % 200) / 2000.f - 0.05f);
+  for (size_t k = 0; k < wi.size(); ++k) wi[k] = Convert<T, float>::store(((k * 7907) % 200) / 2000.f - 0.05f);
+  pack_forward(w.data(), H, H, fw.data(), 0, unit_groups(H));
+  pack_forward(wi.data(), H, I, fi.data(), 0, unit_groups(H));
+  const int64_t ld = padded_width<T>(H), ldx = padded_width<T>(I);
+  std::vector<T> x(S * B * ldx, Convert<T, float>::store(0.1f)), ring(2 * B * ld, T{}), hs(S * B * H);
+  std::vector<float> bias(4 * H, 0.01f), c0(B * H, 0.f), c(B * H, 0.f);
+  FusedForwardArgs<T> fa{nullptr, x.data(), fi.data(), bias.data(), I, fw.data(), c0.data(),
+                         ring.data(), hs.data(), c.data(), nullptr, S, B, H, false, true};
+  fa.amx = true;
+  fa.amx_min_rows = 2;
+  const double flop = 2.0 * B * (H + I) * 4 * H * S;
+  for (bool units : {false, true}) {
+    double best = 1e9;
+    for (int rep = 0; rep < reps; ++rep)
+      best = std::min(best, run(2, units, B, H, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); }));
+    std::printf("infer B%-3lld H%-4lld I%-4lld 2 threads %-5s  %7.1f us/step (%5.0f GFLOP/s)\n",
+                (long long)B, (long long)H, (long long)I, units ? "units" : "rows", best / S * 1e6,
+                flop / best / 1e9);
+  }
+}
+
+int main(int argc, char** argv) {
+  if (argc >= 5 && std::string(argv[1]) == "infer") {
+    if (!amx_usable()) return std::puts("no AMX here"), 1;
+    bench_inference(std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), 100,
+                    argc > 5 ? std::atoi(argv[5]) : 20);
+    return 0;
+  }
   const int64_t shapes[][3] = {{64, 256, 100}, {64, 384, 100}, {64, 512, 50}, {50, 128, 50},
                                {8, 256, 50}, {1, 512, 50}, {1, 128, 50}};
   for (auto& s : shapes) {
@@ -71,4 +109,5 @@ int main() {
     if (cpu_supports<Bf16>()) bench<Bf16>("bf16", s[0], s[1], s[2]);
     if (amx_usable()) bench<Bf16>("bf16-amx", s[0], s[1], s[2], true);
   }
+  if (amx_usable()) bench_inference(64, 256, 64, 100, 5);  // the char-rnn shape's first layer
 }
