@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../core/lstm_cpu_fused.h"
+#include "../core/transpose.h"
 #include "check.h"
 #include "layer.h"
 #include "weight_cache.h"
@@ -515,6 +516,83 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
   return {grad_xproj, grad_h0, grad_c};
 }
 
+// src [rows, cols] (2-byte elements, rows `ld` apart) transposed into dst at dst_row, dst_col
+// (dst 2-D contiguous): dst[dst_row + c][dst_col + r] = src[r][c]. Blocks of 32 source rows
+// to each thread.
+void transpose_into(const Tensor& src, int64_t ld, int64_t rows, int64_t cols, Tensor& dst,
+                    int64_t dst_row, int64_t dst_col) {
+  const auto* from = static_cast<const uint16_t*>(src.data_ptr());
+  const int64_t ld_dst = dst.size(1);
+  auto* to = static_cast<uint16_t*>(dst.data_ptr()) + dst_row * ld_dst + dst_col;
+  at::parallel_for(0, (rows + 31) / 32, 1, [&](int64_t begin, int64_t end) {
+    const int64_t r0 = begin * 32, r1 = std::min(rows, end * 32);
+    fused::transpose_2byte(from + r0 * ld, ld, r1 - r0, cols, to + r0, ld_dst);
+  });
+}
+
+// Rows of an operand of the forward's products: `rows` [n, K] (rows contiguous) are its rows
+// [at, at + n).
+struct RowsAt {
+  Tensor rows;
+  int64_t at;
+};
+using Operand = std::vector<RowsAt>;
+
+// h_{t-1} for every row of a dense [S, B, H] layer in time order: h0 and hs shifted a step.
+Operand h_prev_rows(const Tensor& h0, const Tensor& hs, bool reverse) {
+  const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
+  Operand op{{h0.view({B, H}), reverse ? (S - 1) * B : 0}};
+  if (S > 1)
+    op.push_back({hs.narrow(0, reverse ? 1 : 0, S - 1).reshape({(S - 1) * B, H}), reverse ? 0 : B});
+  return op;
+}
+
+// The weight gradients g^T x, [4H, K] each, of the products x W^T that made the
+// pre-activations whose gradient is g [N, 4H], one per operand x [N, K]. bf16 on AMX: as one
+// GEMM [x_1 | x_2 ..]^T g with the operands transposed first and the product after, by our
+// transposes: oneDNN's GEMM reads g^T (a transposed view) at half its rate. Measured on the
+// AMX Xeon, interleaved, per product: [2048, 6400] x [6400, 512] 8.2 ms as g^T x, 4.8 ms this
+// way; 2 x 256 b64 s100 2.2 -> 1.2 ms; 2 x 128 b50 s50 0.29 -> 0.16 ms (benchmarks/NOTES.md).
+// Elsewhere (fp32: the same speed either way; bf16 without AMX: not measured) g^T x.
+// FASTLSTM_WEIGHT_GRAD=view forces g^T x (read at each call: benchmarks).
+std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>& operands) {
+  const int64_t N = g.size(0), G = g.size(1);
+  const char* env = std::getenv("FASTLSTM_WEIGHT_GRAD");
+  const bool transposed = g.scalar_type() == at::kBFloat16 && use_amx<Bf16>() &&
+                          !(env != nullptr && std::strcmp(env, "view") == 0);
+  std::vector<Tensor> out;
+  if (!transposed) {
+    for (const Operand& op : operands) {
+      Tensor x = op[0].rows;
+      if (op.size() > 1 || op[0].at != 0) {
+        x = kernel_output({N, op[0].rows.size(1)}, g.options());
+        for (const RowsAt& p : op) x.narrow(0, p.at, p.rows.size(0)).copy_(p.rows);
+      }
+      out.push_back(at::mm(g.t(), x));
+    }
+    return out;
+  }
+  int64_t width = 0;
+  for (const Operand& op : operands) width += op[0].rows.size(1);
+  Tensor xt = kernel_output({width, N}, g.options());
+  int64_t k0 = 0;
+  for (const Operand& op : operands) {
+    for (const RowsAt& p : op)
+      transpose_into(p.rows, p.rows.stride(0), p.rows.size(0), p.rows.size(1), xt, k0, p.at);
+    k0 += op[0].rows.size(1);
+  }
+  const Tensor wt = at::mm(xt, g);  // [width, 4H]
+  k0 = 0;
+  for (const Operand& op : operands) {
+    const int64_t K = op[0].rows.size(1);
+    Tensor w = kernel_output({G, K}, g.options());
+    transpose_into(wt.narrow(0, k0, K), G, K, G, w, 0, 0);
+    out.push_back(w);
+    k0 += K;
+  }
+  return out;
+}
+
 // Training: the input projection inside each step where the products run on AMX tiles (bf16)
 // and the input is at most half the hidden size, else as one GEMM first (oneDNN's);
 // FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. Measured on the AMX Xeon, bf16, hidden 384,
@@ -538,8 +616,9 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
   const Tensor h0 = h0_in.contiguous(), hs = hs_in.contiguous();
   auto [grad_xproj, grad_h0, grad_c] =
       recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, nullptr);
+  const Tensor g = grad_xproj.view({-1, grad_xproj.size(2)});
   return std::make_tuple(grad_xproj, grad_h0.to(hs.scalar_type()), grad_c.to(c0.scalar_type()),
-                         weight_gradient(grad_xproj, h0, hs, reverse));
+                         weight_gradients(g, {h_prev_rows(h0, hs, reverse)})[0]);
 }
 
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
@@ -575,10 +654,9 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
   Tensor grad_x = kernel_output({S, B, I}, x.options());
   Tensor grad_x_flat = grad_x.view({S * B, I});
   at::mm_out(grad_x_flat, g, w_ih);
+  auto grad_w = weight_gradients(g, {{{x.view({S * B, I}), 0}}, h_prev_rows(h0, hs, reverse)});
   return std::make_tuple(grad_x, grad_h0.to(hs.scalar_type()), grad_c.to(c0.scalar_type()),
-                         at::mm(g.t(), x.view({S * B, I})),
-                         weight_gradient(grad_xproj, h0, hs, reverse),
-                         grad_bias.to(hs.scalar_type()));
+                         grad_w[0], grad_w[1], grad_bias.to(hs.scalar_type()));
 }
 
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
@@ -608,9 +686,10 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedd
   Tensor grad_table = at::empty({rows, 4 * H}, hs.options().dtype(at::kFloat));
   auto [grad_xproj, grad_h0, grad_c] = recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs,
                                                            cs, gates, reverse, &grad_table, &ids);
+  const Tensor g = grad_xproj.view({-1, 4 * H});
   return std::make_tuple(grad_table.to(hs.scalar_type()), grad_h0.to(hs.scalar_type()),
                          grad_c.to(c0.scalar_type()),
-                         weight_gradient(grad_xproj, h0, hs, reverse));
+                         weight_gradients(g, {h_prev_rows(h0, hs, reverse)})[0]);
 }
 
 namespace {
@@ -729,10 +808,9 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
   }
   Tensor grad_x = kernel_output(x.sizes(), x.options());
   at::mm_out(grad_x, grad_xproj, w_ih);
-  const Tensor grad_xproj_t = grad_xproj.t();
-  return std::make_tuple(grad_x, grad_h0.to(dtype), grad_c.to(c0.scalar_type()),
-                         at::mm(grad_xproj_t, x), at::mm(grad_xproj_t, h_prev),
-                         grad_bias.to(dtype));
+  auto grad_w = weight_gradients(grad_xproj, {{{x, 0}}, {{h_prev, 0}}});
+  return std::make_tuple(grad_x, grad_h0.to(dtype), grad_c.to(c0.scalar_type()), grad_w[0],
+                         grad_w[1], grad_bias.to(dtype));
 }
 
 #else  // not x86-64 GCC/Clang: the per-step GEMM loop everywhere
