@@ -6,6 +6,7 @@
 //   g++ -O3 -std=c++17 -fno-trapping-math -pthread -Icsrc/core \
 //       benchmarks/cpu_fused_bench.cpp -o /tmp/cpu_fused_bench && /tmp/cpu_fused_bench
 //   /tmp/cpu_fused_bench infer B H I [REPS]    # bf16 inference on AMX at one shape only
+//   /tmp/cpu_fused_bench train B H S [REPS]    # bf16 training steps on AMX at one shape
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -38,7 +39,7 @@ double run(int threads, bool split_units, int64_t B, int64_t H, int64_t steps, S
 }
 
 template <typename T>
-void bench(const char* type, int64_t B, int64_t H, int64_t S, bool amx = false) {
+void bench(const char* type, int64_t B, int64_t H, int64_t S, bool amx = false, int reps = 5) {
   std::vector<T> w(4 * H * H), fw(forward_packed_size<T>(H, H)), bw(backward_packed_size<T>(H));
   for (size_t k = 0; k < w.size(); ++k) w[k] = Convert<T, float>::store(((k * 7919) % 200) / 2000.f - 0.05f);
   pack_forward(w.data(), H, H, fw.data(), 0, unit_groups(H));
@@ -57,7 +58,7 @@ void bench(const char* type, int64_t B, int64_t H, int64_t S, bool amx = false) 
     for (bool units : {false, true}) {
       if (threads == 1 && units) continue;
       double best_f = 1e9, best_b = 1e9;
-      for (int rep = 0; rep < 5; ++rep) {
+      for (int rep = 0; rep < reps; ++rep) {
         best_f = std::min(best_f, run(threads, units, B, H, S, [&](const Part& p, int64_t s) { forward_step(fa, p, s); }));
         best_b = std::min(best_b, run(threads, units, B, H, S + 1, [&](const Part& p, int64_t s) { backward_step(ba, p, s); }));
       }
@@ -100,6 +101,12 @@ int main(int argc, char** argv) {
     if (!amx_usable()) return std::puts("no AMX here"), 1;
     bench_inference(std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), 100,
                     argc > 5 ? std::atoi(argv[5]) : 20);
+    return 0;
+  }
+  if (argc >= 5 && std::string(argv[1]) == "train") {
+    if (!amx_usable()) return std::puts("no AMX here"), 1;
+    bench<Bf16>("bf16-amx", std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), true,
+                argc > 5 ? std::atoi(argv[5]) : 20);
     return 0;
   }
   const int64_t shapes[][3] = {{64, 256, 100}, {64, 384, 100}, {64, 512, 50}, {50, 128, 50},

@@ -575,6 +575,16 @@ __attribute__((always_inline)) inline void forward_units(const float* p, const X
   }
 }
 
+// The cache lines that begin in [p, p + bytes) into L2, for reading (kWrite 0) or writing (1):
+// called for each group of a row, every line once (a bf16 group is half a line; prefetching
+// both halves' line stalls on the full fill buffers, as in the backward).
+template <int kWrite>
+inline void prefetch_line_starts(const void* p, int64_t bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  for (uintptr_t line = (begin + 63) & ~uintptr_t{63}; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), kWrite, 2);
+}
+
 // Step s (in recurrence order) of the rows and units of `part`; kAmx: the products on AMX
 // tiles, 16 rows at a time; G: the saved gates' type.
 template <typename T, bool kSaveGates, bool kInputFused, bool kAmx, typename G = float>
@@ -670,11 +680,13 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
         for (int64_t r = 0; r < next_rows; ++r) {
           const int64_t row = layout.first(t_next) + row0 + r;
           for (int q = 0; q < 4; ++q) {
-            if (!kInputFused && !a.ids) __builtin_prefetch(a.xproj + row * 4 * H + q * H + unit0, 0, 2);
-            if (kSaveGates) __builtin_prefetch(gates + row * 4 * H + q * H + unit0, 1, 2);
+            if (!kInputFused && !a.ids)
+              prefetch_line_starts<0>(a.xproj + row * 4 * H + q * H + unit0, units * sizeof(T));
+            if (kSaveGates)
+              prefetch_line_starts<1>(gates + row * 4 * H + q * H + unit0, units * sizeof(G));
           }
-          __builtin_prefetch(a.hs + row * ld_hs + unit0, 1, 2);
-          if (!a.c_state) __builtin_prefetch(a.cs + row * H + unit0, 1, 2);
+          prefetch_line_starts<1>(a.hs + row * ld_hs + unit0, units * sizeof(T));
+          if (!a.c_state) prefetch_line_starts<1>(a.cs + row * H + unit0, units * sizeof(float));
         }
       }
       // The pending epilogue's rows spread over this product's k-blocks.
