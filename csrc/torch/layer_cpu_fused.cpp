@@ -140,6 +140,15 @@ bool use_amx() {
   return false;
 }
 
+// One core's L2 (1 MiB where the system does not say).
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(1) << 20;
+  }();
+  return bytes;
+}
+
 // Inference: x W_ih^T + bias for all steps as one GEMM before the recurrence (ATen's: oneDNN,
 // on AMX tiles for bf16 where the CPU has them), or inside each step from packed W_ih. Inside
 // the step pays where the layer's weights stay in each core's L2 from step to step and the
@@ -154,10 +163,7 @@ bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t
     if (std::strcmp(v, "gemm") == 0) return true;
     if (std::strcmp(v, "step") == 0) return false;
   }
-  static const int64_t l2_bytes = [] {
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v > 0 ? static_cast<int64_t>(v) : int64_t(1) << 20;
-  }();
+  const int64_t l2_bytes = l2_cache_bytes();
   const int64_t threads = plan_for(batch, hidden).parts.size();
   return (rows >= 48 && !amx) || 2 * weight_bytes >= l2_bytes * threads;
 }
@@ -594,15 +600,20 @@ std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>
 }
 
 // Training: the input projection inside each step where the products run on AMX tiles (bf16)
-// and the input is at most half the hidden size, else as one GEMM first (oneDNN's);
-// FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. Measured on the AMX Xeon, bf16, hidden 384,
-// batch 64, 100 steps, forward: input 64 0.86x the GEMM first's time, input 384 1.05x.
-bool train_projection_in_step(bool amx, int64_t inputs, int64_t hidden) {
+// and both weights fit in the threads' L2s (1.5x: level there), else as one GEMM first
+// (oneDNN's); FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. Measured on the AMX Xeon (2 MiB
+// L2 a core), bf16 training step (forward + backward), 2 layers, input = hidden, in the step /
+// GEMM first: hidden 128-512, batch 4-256, weights up to 4 MiB: 0.75-0.98x; hidden 640 (6.5
+// MiB) 0.99x; 768 (9.4 MiB) 1.13x; 1024 1.02x (benchmarks/NOTES.md).
+bool train_projection_in_step(bool amx, int64_t inputs, int64_t hidden, int64_t batch) {
   if (const char* v = std::getenv("FASTLSTM_TRAIN_PROJECTION")) {
     if (std::strcmp(v, "step") == 0) return true;
     if (std::strcmp(v, "gemm") == 0) return false;
   }
-  return amx && 2 * inputs <= hidden;
+  const int64_t l2_bytes = l2_cache_bytes();
+  const int64_t threads = plan_for(batch, hidden).parts.size();
+  const int64_t weight_bytes = (inputs + hidden) * 4 * hidden * 2;
+  return amx && 2 * weight_bytes <= 3 * l2_bytes * threads;
 }
 
 }  // namespace
@@ -633,8 +644,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
   Tensor cs = kernel_output({S, B, H}, acc);
   Tensor gates = kernel_output({S, B, 4 * H}, x.options());  // bf16 for bf16: half the bytes
   const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
-  run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H)), h0, c0,
-              w_hh, reverse, hs, cs, gates, false);
+  run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H, B)),
+              h0, c0, w_hh, reverse, hs, cs, gates, false);
   return std::make_tuple(hs, cs, gates);
 }
 
@@ -747,8 +758,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_laye
   if (train) {
     Tensor cs = kernel_output({N, H}, acc);
     Tensor gates = kernel_output({N, 4 * H}, x.options());  // bf16 for bf16, as the train op
-    run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H)), h0, c0,
-                w_hh, reverse, hs, cs, gates, false, &offsets);
+    run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H, B)),
+                h0, c0, w_hh, reverse, hs, cs, gates, false, &offsets);
     return std::make_tuple(hs, hs.index_select(0, last), cs.index_select(0, last), cs, gates);
   }
   Tensor c_state = kernel_output({B, H}, acc);
