@@ -599,12 +599,14 @@ std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>
   return out;
 }
 
-// Training: the input projection inside each step where the products run on AMX tiles (bf16)
-// and both weights fit in the threads' L2s (1.5x: level there), else as one GEMM first
-// (oneDNN's); FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. Measured on the AMX Xeon (2 MiB
-// L2 a core), bf16 training step (forward + backward), 2 layers, input = hidden, in the step /
-// GEMM first: hidden 128-512, batch 4-256, weights up to 4 MiB: 0.75-0.98x; hidden 640 (6.5
-// MiB) 0.99x; 768 (9.4 MiB) 1.13x; 1024 1.02x (benchmarks/NOTES.md).
+// Training: the input projection inside each step where the products run on AMX tiles (bf16),
+// both weights fit in the threads' L2s (1.5x: level there) and the batch has the rows to
+// repay reading W_ih at every step (at most 96 KiB of weights a row); else as one GEMM first
+// (oneDNN's). FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. Measured on the AMX Xeon (2 MiB L2
+// a core), bf16 training step (forward + backward), 2 layers, input = hidden, time in the step
+// / GEMM first: up to 4 MiB of weights and 74 KiB a row (hidden 128-512, batch 8-256):
+// 0.75-0.97x; 128-147 KiB a row (hidden 256-512, batch 8-32) 1.02-1.05x, 295-512 KiB (384-512,
+// batch 8) 1.10-1.19x; hidden 640 batch 64 (6.5 MiB, 102 KiB a row) 0.99x; 768 (9.4 MiB) 1.13x.
 bool train_projection_in_step(bool amx, int64_t inputs, int64_t hidden, int64_t batch) {
   if (const char* v = std::getenv("FASTLSTM_TRAIN_PROJECTION")) {
     if (std::strcmp(v, "step") == 0) return true;
@@ -613,7 +615,7 @@ bool train_projection_in_step(bool amx, int64_t inputs, int64_t hidden, int64_t 
   const int64_t l2_bytes = l2_cache_bytes();
   const int64_t threads = plan_for(batch, hidden).parts.size();
   const int64_t weight_bytes = (inputs + hidden) * 4 * hidden * 2;
-  return amx && 2 * weight_bytes <= 3 * l2_bytes * threads;
+  return amx && 2 * weight_bytes <= 3 * l2_bytes * threads && weight_bytes <= 96 * 1024 * batch;
 }
 
 }  // namespace
