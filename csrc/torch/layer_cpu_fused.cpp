@@ -603,10 +603,11 @@ std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>
 // both weights fit in the threads' L2s (1.5x: level there) and the batch has the rows to
 // repay reading W_ih at every step (at most 96 KiB of weights a row); else as one GEMM first
 // (oneDNN's). FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. Measured on the AMX Xeon (2 MiB L2
-// a core), bf16 training step (forward + backward), 2 layers, input = hidden, time in the step
-// / GEMM first: up to 4 MiB of weights and 74 KiB a row (hidden 128-512, batch 8-256):
-// 0.75-0.97x; 128-147 KiB a row (hidden 256-512, batch 8-32) 1.02-1.05x, 295-512 KiB (384-512,
-// batch 8) 1.10-1.19x; hidden 640 batch 64 (6.5 MiB, 102 KiB a row) 0.99x; 768 (9.4 MiB) 1.13x.
+// a core), bf16 training step (forward + backward), 2 layers, input = hidden, two runs, time
+// in the step / GEMM first: up to 74 KiB of weights a row (hidden 128-512, batch 8-256)
+// 0.75-0.97x; 102-147 KiB (hidden 256-640, batch 8-64) 0.99-1.07x; 256-1024 KiB (batch 2-16)
+// 0.90-1.00x at hidden 256, 1.04-1.25x at 384-512; hidden 768 (9.4 MiB) 1.10-1.13x
+// (benchmarks/NOTES.md).
 bool train_projection_in_step(bool amx, int64_t inputs, int64_t hidden, int64_t batch) {
   if (const char* v = std::getenv("FASTLSTM_TRAIN_PROJECTION")) {
     if (std::strcmp(v, "step") == 0) return true;
