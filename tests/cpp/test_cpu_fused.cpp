@@ -9,6 +9,7 @@
 
 #include "lstm_cpu_fused.h"
 #include "reference_step.h"
+#include "transpose.h"
 
 #ifndef FASTLSTM_CPU_FUSED
 int main() {
@@ -300,6 +301,25 @@ void check_input_fused(ref::Checks& checks, const char* type, const Shape& sh, d
   }
 }
 
+// transpose_2byte against the element-wise definition: whole 32 x 16 blocks and the rest
+// (rows past 32k, columns past 16k), source and destination rows longer than the matrix; the
+// destination starts as a marker, so a skipped element or one written outside shows.
+void check_transpose(ref::Checks& checks) {
+  const int64_t shapes[][4] = {{64, 32, 40, 70}, {37, 21, 21, 37}, {5, 3, 9, 5}, {96, 48, 48, 100},
+                               {32, 16, 16, 32}};
+  bool ok = true;
+  for (const auto& sh : shapes) {
+    const int64_t rows = sh[0], cols = sh[1], ld_src = sh[2], ld_dst = sh[3];
+    std::vector<uint16_t> src(rows * ld_src), dst(cols * ld_dst, 0xBEEF);
+    for (size_t k = 0; k < src.size(); ++k) src[k] = static_cast<uint16_t>(k * 40503u + 7);
+    transpose_2byte(src.data(), ld_src, rows, cols, dst.data(), ld_dst);
+    for (int64_t c = 0; c < cols; ++c)
+      for (int64_t r = 0; r < ld_dst; ++r)
+        ok &= dst[c * ld_dst + r] == (r < rows ? src[r * ld_src + c] : 0xBEEF);
+  }
+  checks.expect(ok, "transpose_2byte: every element, nothing outside", ok ? 0 : 1);
+}
+
 }  // namespace
 
 int main() {
@@ -308,6 +328,7 @@ int main() {
     return 77;
   }
   ref::Checks checks;
+  check_transpose(checks);
   // H = 37: neither the 16-unit groups nor (bf16) the k pairs divide it; B = 7: a partial
   // 6-row tile; H = 80: 5 groups, so a backward tile of 4 groups and one of 1.
   // I = 5 and 21: odd input sizes (a zero-padded last pair in bf16). On AMX tiles (16 rows,
