@@ -1,6 +1,6 @@
 """Quality benchmark (not a timed test): train char-rnn with the default settings on
 tinyshakespeare (90/10 train/val split) for a fixed wall-clock budget; print the best
-validation loss. Targets: <= 1.41 nats/char in 10 minutes on the 2-core CPU machine (1.3878
+validation loss. Targets: <= 1.41 nats/char in 10 minutes on the 2-core CPU machine (1.3862
 measured on the AMX Xeon with the defaults of 2026-12-06, 2 x 512 with weight drop 0.3:
 benchmarks/NOTES.md), <= 1.40 in 5 minutes on a GPU.
 

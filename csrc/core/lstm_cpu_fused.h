@@ -575,11 +575,12 @@ __attribute__((always_inline)) inline void forward_units(const float* p, const X
   }
 }
 
-// The cache lines that begin in [p, p + bytes) into L2, for reading (kWrite 0) or writing (1):
-// called for each group of a row, every line once (a bf16 group is half a line; prefetching
-// both halves' line stalls on the full fill buffers, as in the backward).
+// The cache lines that begin in [p, p + bytes) into L2, for reading (kWrite 0) or writing (1).
+// Called for consecutive pieces of a row (a unit group, a backward tile), it fetches each line
+// once, by the piece it begins in: a bf16 group is half a line, and a prefetch per group and
+// array stalled on the full fill buffers (~25 % of the backward's own time, before).
 template <int kWrite>
-inline void prefetch_line_starts(const void* p, int64_t bytes) {
+inline void prefetch_lines(const void* p, int64_t bytes) {
   const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
   for (uintptr_t line = (begin + 63) & ~uintptr_t{63}; line < end; line += 64)
     __builtin_prefetch(reinterpret_cast<const void*>(line), kWrite, 2);
@@ -681,12 +682,12 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
           const int64_t row = layout.first(t_next) + row0 + r;
           for (int q = 0; q < 4; ++q) {
             if (!kInputFused && !a.ids)
-              prefetch_line_starts<0>(a.xproj + row * 4 * H + q * H + unit0, units * sizeof(T));
+              prefetch_lines<0>(a.xproj + row * 4 * H + q * H + unit0, units * sizeof(T));
             if (kSaveGates)
-              prefetch_line_starts<1>(gates + row * 4 * H + q * H + unit0, units * sizeof(G));
+              prefetch_lines<1>(gates + row * 4 * H + q * H + unit0, units * sizeof(G));
           }
-          prefetch_line_starts<1>(a.hs + row * ld_hs + unit0, units * sizeof(T));
-          if (!a.c_state) prefetch_line_starts<1>(a.cs + row * H + unit0, units * sizeof(float));
+          prefetch_lines<1>(a.hs + row * ld_hs + unit0, units * sizeof(T));
+          if (!a.c_state) prefetch_lines<1>(a.cs + row * H + unit0, units * sizeof(float));
         }
       }
       // The pending epilogue's rows spread over this product's k-blocks.
@@ -747,14 +748,6 @@ struct FusedBackwardArgs {
                                       // before the one that computes its sequence's first step
 };
 
-// Every cache line of [p, p + bytes) into L2, for reading (kWrite 0) or writing (1).
-template <int kWrite>
-inline void prefetch_lines(const void* p, int64_t bytes) {
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
-  for (uintptr_t line = begin & ~uintptr_t{63}; line < end; line += 64)
-    __builtin_prefetch(reinterpret_cast<const void*>(line), kWrite, 2);
-}
-
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
 // computes grad_h0 = grad_pre_first W_hh.
 template <typename T, bool kHasGradC, bool kAmx, bool kBiasGrad, typename G>
@@ -795,8 +788,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
       const bool amx = kAmx && prows >= a.amx_min_rows;
       if (amx && prows != configured) amx_configure(configured = prows);
       // As in the forward: the lines the epilogue reads at the next step, a step ahead, each
-      // line once (a bf16 group is half a line: one prefetch per group and array stalled on
-      // the full fill buffers, ~25 % of the backward's own time).
+      // line once.
       if (s + 1 < S) {
         const int64_t t_next = time_index(fs - 1, S, a.reverse);
         const int64_t next_rows = std::min<int64_t>(rows, layout.count(t_next) - row0);

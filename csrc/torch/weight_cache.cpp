@@ -12,12 +12,7 @@ PyObject* py_weight_fingerprint(PyObject*, PyObject* tensor) {
     PyErr_SetString(PyExc_TypeError, "weight_fingerprint: expected a tensor");
     return nullptr;
   }
-  const at::Tensor& w = THPVariable_Unpack(tensor);
-  // Elsewhere (a GPU, meta, a tensor subclass as a trace's fakes) no element is read.
-  if (w.device().type() != at::kCPU || !w.has_storage() ||
-      w.unsafeGetTensorImpl()->is_python_dispatch())
-    return PyLong_FromUnsignedLongLong(weights_generation().load());
-  return PyLong_FromUnsignedLongLong(weight_fingerprint(w));
+  return PyLong_FromUnsignedLongLong(weight_fingerprint(THPVariable_Unpack(tensor)));
 }
 
 PyObject* py_weights_changed(PyObject*, PyObject*) {

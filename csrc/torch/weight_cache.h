@@ -31,10 +31,16 @@ inline std::atomic<uint64_t>& weights_generation() {
 
 // The generation mixed with a hash of 16 elements spread evenly over w (any layout). A
 // streaming call looks up every layer's weights: 16 loads each, most of them cache misses,
-// ~0.3 us a tensor (32 samples with a stride walk per sample cost 2-5 us a call).
+// ~0.3 us a tensor (32 samples with a stride walk per sample cost 2-5 us a call). Elsewhere
+// than in CPU memory (a GPU, meta, a tensor subclass as a trace's fakes) the generation alone:
+// no element is read.
 inline uint64_t weight_fingerprint(const at::Tensor& w) {
   constexpr int64_t kSamples = 16;
-  uint64_t hash = 1469598103934665603ull ^ weights_generation().load(std::memory_order_relaxed);
+  const uint64_t generation = weights_generation().load(std::memory_order_relaxed);
+  if (w.device().type() != at::kCPU || !w.has_storage() ||
+      w.unsafeGetTensorImpl()->is_python_dispatch())
+    return generation;
+  uint64_t hash = 1469598103934665603ull ^ generation;
   const int64_t n = w.numel();
   const auto* base = static_cast<const uint8_t*>(w.data_ptr());
   const size_t bytes = std::min<size_t>(w.element_size(), 8);

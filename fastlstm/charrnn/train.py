@@ -32,7 +32,7 @@ from .model import CharRNN, generate
 # 2 x 384 with dropout 0.3, cosine decay and lr 3e-3 reached 1.4331 nats/char (lr 2e-3:
 # 1.4505, 4e-3: 1.4385); 2 x 256 1.4586-1.4643; with weight decay 0.1 on the matrices 1.4282
 # (0.2: 1.4284). On the AMX Xeon (~5000 iterations in the time) those overfit from ~2000
-# iterations on; 2 x 512 with --weight-drop 0.3 (DropConnect on W_hh): 1.3878.
+# iterations on; 2 x 512 with --weight-drop 0.3 (DropConnect on W_hh): 1.3862-1.3878.
 # benchmarks/NOTES.md.
 ARCH = {"num_layers": 2, "rnn_size": 512, "embed_size": 64, "dropout": 0.3,
         "weight_drop": 0.3}
