@@ -12,6 +12,13 @@ unless given, fp32 and bf16 (autocast over an fp32 module, as the trainer runs i
   ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FASTLSTM_CPU_FUSED=0 \
       python benchmarks/cpu_interleaved.py --loop --dtypes fp32   # an AVX2-only CPU, imitated
   python benchmarks/cpu_interleaved.py --packed --shapes P1,P2    # PackedSequence input
+  python benchmarks/cpu_interleaved.py --malloc keep              # glibc keeping freed memory
+
+torch's LSTM depends on the process's malloc: under glibc's defaults it faults its workspace
+in afresh at most calls (the kernel zeroing every page), and how many depends on what the
+process freed before; with freed memory kept for reuse (`--malloc keep`, as the trainer runs,
+or GLIBC_TUNABLES raising glibc.malloc.mmap_threshold and trim_threshold) it does not. Ours
+faults little either way. benchmarks/NOTES.md gives both.
 """
 import argparse
 import os
@@ -22,6 +29,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from fastlstm import FastLSTM
+from fastlstm.charrnn.cli import keep_freed_memory
 
 # name: (layers, hidden, batch, seq, input size)
 NAMED = {"S1": (2, 512, 64, 100, 512), "S3": (2, 128, 50, 50, 128),
@@ -109,14 +117,19 @@ def main():
     p.add_argument("--packed", action="store_true",
                    help="PackedSequence input, lengths uniform in [seq / 5, seq], unsorted")
     p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--malloc", choices=["default", "keep"], default="default",
+                   help="default: glibc's own thresholds; keep: glibc keeps freed memory for "
+                   "reuse (fastlstm.charrnn.cli.keep_freed_memory, as the trainer runs)")
     args = p.parse_args()
+    if args.malloc == "keep" and not keep_freed_memory():
+        p.error("--malloc keep: not glibc here")
     variants = {"cpu": ("cpu", True)}
     if args.loop:
         variants["cpu_loop"] = ("cpu", False)
     variants["auto"] = ("auto", True)
     variants["aten"] = ("aten", True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ratio = median of "
-          f"per-round time / aten's{'; packed input' if args.packed else ''}"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; malloc {args.malloc}; "
+          f"ratio = median of per-round time / aten's{'; packed input' if args.packed else ''}"
           f"{'; bidirectional' if args.bidirectional else ''}")
     for name in args.shapes.split(","):
         for dtype in args.dtypes.split(","):

@@ -9,6 +9,11 @@ bf16 natively, else fp32).
   pytest benchmarks/test_bench_trainer.py --bench-device=cpu --benchmark-json=trainer.json
   python benchmarks/compare.py trainer.json
 
+On the CPU the trainer has glibc's malloc keep freed memory for reuse
+(fastlstm.charrnn.cli.keep_freed_memory; `--return-freed-memory` turns it off): so does this
+benchmark, process-wide, from its first test on. `--malloc default` (script mode) measures
+glibc's default instead, where torch's LSTM faults its workspace in at every call.
+
 pytest-benchmark times one backend's rounds after the other's, and this shared machine's
 speed drifts by up to 2x over minutes: as a script it interleaves them instead (each round
 one iteration of every run, in turn) and prints the median of the per-round ratios, and the
@@ -25,6 +30,7 @@ import pytest
 import torch
 
 from fastlstm.charrnn import data, train
+from fastlstm.charrnn.cli import keep_freed_memory
 from fastlstm.charrnn.distributed import Ranks
 
 VOCAB = 65
@@ -55,6 +61,8 @@ def trainer_run(device: str, backend: str, dtype_flag: str) -> train.Run:
 @pytest.mark.parametrize("trainer_backend", ["auto", "aten"])
 @pytest.mark.parametrize("trainer_dtype", ["auto", "fp32"])
 def test_trainer_iteration(benchmark, device, trainer_backend, trainer_dtype):
+    if device == "cpu":
+        keep_freed_memory()  # as python -m fastlstm.train does
     run = trainer_run(device, trainer_backend, trainer_dtype)
     benchmark.group = f"trainer iter {run.dtype} {device}"
     benchmark.extra_info.update(shape="trainer", backend=trainer_backend, dtype=run.dtype,
@@ -105,5 +113,11 @@ if __name__ == "__main__":
                              "AMX GEMM measured on the AMX Xeon; benchmarks/NOTES.md)")
     parser.add_argument("--fp32-tflops", type=float, default=0.396,
                         help="the fp32 rate (default 0.396: the best fp32 GEMM measured there)")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep (the trainer's way): glibc keeps freed memory for reuse; "
+                             "default: glibc's own thresholds (torch's LSTM then faults its "
+                             "workspace in at every call)")
     args = parser.parse_args()
+    if args.malloc == "keep":
+        print(f"malloc keeps freed memory: {keep_freed_memory()}")
     interleaved(args.rounds, {"bf16": args.tflops, "fp32": args.fp32_tflops})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import sys
@@ -94,3 +95,21 @@ def pick_device(name: str):
     if name == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA GPU is visible to torch")
     return torch.device(name)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next allocation instead of handing it
+    back to the system. By default it maps every block over a moving threshold afresh and
+    trims the heap's free top, so each training iteration faults its large buffers in again,
+    page by page, and the kernel zeroes every page: torch's own LSTM on the CPU faulted in
+    ~270 MB an iteration of the trainer's default model, 214 ms against 160 ms without
+    (benchmarks/NOTES.md, "malloc"). The trainer's process holds its peak memory anyway.
+    Process-wide; returns whether it applied (glibc only: elsewhere nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
