@@ -12,7 +12,7 @@ unless given, fp32 and bf16 (autocast over an fp32 module, as the trainer runs i
   ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FASTLSTM_CPU_FUSED=0 \
       python benchmarks/cpu_interleaved.py --loop --dtypes fp32   # an AVX2-only CPU, imitated
   python benchmarks/cpu_interleaved.py --packed --shapes P1,P2    # PackedSequence input
-  python benchmarks/cpu_interleaved.py --malloc keep              # glibc keeping freed memory
+  python benchmarks/cpu_interleaved.py --malloc keep --faults     # glibc keeping freed memory
 
 torch's LSTM depends on the process's malloc: under glibc's defaults it faults its workspace
 in afresh at most calls (the kernel zeroing every page), and how many depends on what the
@@ -22,6 +22,7 @@ faults little either way. benchmarks/NOTES.md gives both.
 """
 import argparse
 import os
+import resource
 import statistics
 import time
 
@@ -81,22 +82,30 @@ def make(shape, backend, dtype, pass_, fused_layer=True, packed=False, bidirecti
     return run
 
 
-def compare(name, dtype, pass_, variants, rounds, **kwargs):
+def minor_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def compare(name, dtype, pass_, variants, rounds, faults=False, **kwargs):
     runs = {k: make(shape_of(name), v[0], dtype, pass_, *v[1:], **kwargs)
             for k, v in variants.items()}
     for run in runs.values():
         run()
         run()
     times = {k: [] for k in runs}
+    faulted = dict.fromkeys(runs, 0)
     for _ in range(rounds):
         for k, run in runs.items():
+            before = minor_faults()
             start = time.perf_counter()
             run()
             times[k].append(time.perf_counter() - start)
+            faulted[k] += minor_faults() - before
     cells = []
     for k in runs:
         ratio = statistics.median(a / b for a, b in zip(times[k], times["aten"]))
-        cells.append(f"{k} {statistics.median(times[k]) * 1e3:8.2f} ms ({ratio:.2f})")
+        cells.append(f"{k} {statistics.median(times[k]) * 1e3:8.2f} ms ({ratio:.2f})"
+                     + (f" {faulted[k] / rounds:7.0f} faults" if faults else ""))
     print(f"{name:8s} {dtype} {pass_:5s}: " + "  ".join(cells), flush=True)
 
 
@@ -120,6 +129,8 @@ def main():
     p.add_argument("--malloc", choices=["default", "keep"], default="default",
                    help="default: glibc's own thresholds; keep: glibc keeps freed memory for "
                    "reuse (fastlstm.charrnn.cli.keep_freed_memory, as the trainer runs)")
+    p.add_argument("--faults", action="store_true",
+                   help="also the minor page faults a call took (4 KiB each, zeroed by the kernel)")
     args = p.parse_args()
     if args.malloc == "keep" and not keep_freed_memory():
         p.error("--malloc keep: not glibc here")
@@ -134,8 +145,8 @@ def main():
     for name in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
             for pass_ in args.passes.split(","):
-                compare(name, dtype, pass_, variants, args.rounds, packed=args.packed,
-                        bidirectional=args.bidirectional)
+                compare(name, dtype, pass_, variants, args.rounds, faults=args.faults,
+                        packed=args.packed, bidirectional=args.bidirectional)
 
 
 if __name__ == "__main__":
