@@ -147,7 +147,10 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
     fp32 training     (the training op: lstm_layer_train) 0.66-0.89 at hidden <= 256 (any
                       batch 1-64), 0.69-0.78 at batch <= 4 (hidden up to 512), 0.83-0.92 at
                       batch >= 32 (hidden 384-512); hidden 384-1024 at batch 8-16: 0.99-1.06:
-                      torch's there.
+                      torch's there. Those figures are under glibc's default malloc, where
+                      torch's LSTM faults its workspace in at every call; with freed memory
+                      kept (2026-12-06) the char-rnn shape is 1.00-1.06 and 2 x 512 b64 s100
+                      1.04-1.06, the grid's cases 0.58-0.97 (benchmarks/NOTES.md, "malloc").
     fp32 inference    (the input projection as one GEMM first, where the op does so)
                       0.38-0.93 at batch <= 4 (hidden 64-1024), 0.69-0.89 at hidden 256,
                       batch <= 8, 0.66-0.85 at hidden <= 128, batch <= 16; 0.98-1.14 at
