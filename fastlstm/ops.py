@@ -6,14 +6,17 @@ Op contract (shapes in csrc/torch/layer.h):
   lstm_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
       -> (grad_xproj, grad_h0, grad_c0, grad_w_hh)
   lstm_layer_inference(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, c_n)
-  lstm_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, cs, gates)
-  lstm_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs, cs, gates, reverse)
+  lstm_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse) -> (hs, cs, gates, h_n, c_n)
+  lstm_layer_train_backward(grad_hs, grad_cs, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, hs,
+                            cs, gates, reverse)
       -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias)
       (CPU; lstm_layer with the input projection inside: FastLSTM's training path; its
-      gates, and lstm_layer_embedded's, in the input's dtype: bf16 for bf16)
-  lstm_layer_embedded(ids, table, h0, c0, w_hh, reverse) -> (hs, cs, gates)
-  lstm_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0, c0, w_hh, hs, cs, gates,
-                               reverse) -> (grad_table, grad_h0, grad_c0, grad_w_hh)
+      gates, and lstm_layer_embedded's, in the input's dtype: bf16 for bf16; h_n, c_n the
+      final state as outputs of their own, c_n in float, so that a loss on them costs the
+      backward no [S, B, H] gradient)
+  lstm_layer_embedded(ids, table, h0, c0, w_hh, reverse) -> (hs, cs, gates, h_n, c_n)
+  lstm_layer_embedded_backward(grad_hs, grad_cs, grad_h_n, grad_c_n, ids, table, h0, c0, w_hh,
+                               hs, cs, gates, reverse) -> (grad_table, grad_h0, grad_c0, grad_w_hh)
       (CPU; the input projection read from a table per id: FastLSTM.forward_ids)
       (CPU; x W_ih^T + bias inside each step or as one GEMM first; nothing saved for backward)
   lstm_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, bias, reverse, train)
@@ -69,14 +72,19 @@ def _fake_layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse)
             torch.empty_like(w_hh))
 
 
+def _with_final_state(hs, cs, gates):
+    """(hs, cs, gates) and the final state h_n, c_n [B, H], as the ops return them."""
+    return hs, cs, gates, hs.new_empty(hs.shape[1:]), cs.new_empty(cs.shape[1:])
+
+
 def _fake_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse):
     hs, cs, gates = _fake_layer(x.new_empty(x.size(0), x.size(1), w_ih.size(0)), h0, c0, w_hh,
                                 reverse)
-    return hs, cs, gates.to(x.dtype)  # gates in x's dtype (bf16 for bf16)
+    return _with_final_state(hs, cs, gates.to(x.dtype))  # gates in x's dtype (bf16 for bf16)
 
 
-def _fake_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs, cs, gates,
-                               reverse):
+def _fake_layer_train_backward(grad_hs, grad_cs, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, hs,
+                               cs, gates, reverse):
     # The op's outputs are contiguous whatever its inputs' strides.
     return (x.new_empty(x.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
             w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.size(0)))
@@ -84,15 +92,30 @@ def _fake_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs, cs, 
 
 def _layer_train_setup_context(ctx, inputs, output):
     x, h0, c0, w_ih, w_hh, bias, reverse = inputs
-    hs, cs, gates = output
+    hs, cs, gates, _, _ = output
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, hs, cs, gates)
     ctx.reverse, ctx.has_bias = reverse, bias is not None
     ctx.set_materialize_grads(False)
 
 
-def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates):
+def _fold_final_state(grad_hs, grad_cs, grad_h_n, grad_c_n, hs, cs, reverse):
+    """grad_hs and grad_cs with the final state's gradients added at the last step (for the
+    differentiable composite backward; the ops add them inside)."""
+    last = 0 if reverse else -1
+    if grad_h_n is not None:
+        grad_hs = torch.zeros_like(hs) if grad_hs is None else grad_hs.clone()
+        grad_hs[last] += grad_h_n
+    if grad_c_n is not None:
+        grad_cs = torch.zeros_like(cs) if grad_cs is None else grad_cs.clone()
+        grad_cs[last] += grad_c_n
+    return grad_hs, grad_cs
+
+
+def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates, grad_h_n, grad_c_n):
     x, h0, c0, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
     if _differentiable_backward_needed(grad_gates):
+        grad_hs, grad_cs = _fold_final_state(grad_hs, grad_cs, grad_h_n, grad_c_n, hs, cs,
+                                             ctx.reverse)
         grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
             grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse)
         flat = grad_xproj.flatten(0, 1)
@@ -103,8 +126,9 @@ def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates):
         if grad_hs is None:
             grad_hs = torch.zeros_like(hs)
         grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = (
-            torch.ops.fastlstm.lstm_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih,
-                                                         w_hh, hs, cs, gates, ctx.reverse))
+            torch.ops.fastlstm.lstm_layer_train_backward(grad_hs, grad_cs, grad_h_n, grad_c_n,
+                                                         x, h0, c0, w_ih, w_hh, hs, cs, gates,
+                                                         ctx.reverse))
     return (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
             grad_bias if ctx.has_bias else None, None)
 
@@ -112,26 +136,28 @@ def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates):
 def _fake_layer_embedded(ids, table, h0, c0, w_hh, reverse):
     hs, cs, gates = _fake_layer(table.new_empty(ids.size(0), ids.size(1), table.size(1)), h0, c0,
                                 w_hh, reverse)
-    return hs, cs, gates.to(table.dtype)
+    return _with_final_state(hs, cs, gates.to(table.dtype))
 
 
-def _fake_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0, c0, w_hh, hs, cs, gates,
-                                  reverse):
+def _fake_layer_embedded_backward(grad_hs, grad_cs, grad_h_n, grad_c_n, ids, table, h0, c0,
+                                  w_hh, hs, cs, gates, reverse):
     return (table.new_empty(table.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
             w_hh.new_empty(w_hh.shape))
 
 
 def _layer_embedded_setup_context(ctx, inputs, output):
     ids, table, h0, c0, w_hh, reverse = inputs
-    hs, cs, gates = output
+    hs, cs, gates, _, _ = output
     ctx.save_for_backward(ids, table, h0, c0, w_hh, hs, cs, gates)
     ctx.reverse = reverse
     ctx.set_materialize_grads(False)
 
 
-def _layer_embedded_backward(ctx, grad_hs, grad_cs, grad_gates):
+def _layer_embedded_backward(ctx, grad_hs, grad_cs, grad_gates, grad_h_n, grad_c_n):
     ids, table, h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
     if _differentiable_backward_needed(grad_gates):
+        grad_hs, grad_cs = _fold_final_state(grad_hs, grad_cs, grad_h_n, grad_c_n, hs, cs,
+                                             ctx.reverse)
         grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
             grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse)
         grad_table = torch.zeros(table.shape, dtype=cs.dtype, device=table.device).index_add(
@@ -140,9 +166,9 @@ def _layer_embedded_backward(ctx, grad_hs, grad_cs, grad_gates):
         if grad_hs is None:
             grad_hs = torch.zeros_like(hs)
         grad_table, grad_h0, grad_c0, grad_w_hh = (
-            torch.ops.fastlstm.lstm_layer_embedded_backward(grad_hs, grad_cs, ids, table, h0,
-                                                            c0, w_hh, hs, cs, gates,
-                                                            ctx.reverse))
+            torch.ops.fastlstm.lstm_layer_embedded_backward(grad_hs, grad_cs, grad_h_n,
+                                                            grad_c_n, ids, table, h0, c0, w_hh,
+                                                            hs, cs, gates, ctx.reverse))
     return None, grad_table, grad_h0, grad_c0, grad_w_hh, None
 
 
@@ -584,9 +610,9 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False, layer_op=None):
         # x contiguous here (the op reads it so anyway): its gradient is then laid out as x,
         # which torch.compile assumes of an input's gradient.
         bias = None if b_ih is None else b_ih + b_hh
-        hs, cs, _ = torch.ops.fastlstm.lstm_layer_train(x.contiguous(), h0, c0, w_ih, w_hh,
-                                                        bias, reverse)
-        return hs, hs[last], cs[last].to(x.dtype)
+        hs, _, _, h_n, c_n = torch.ops.fastlstm.lstm_layer_train(x.contiguous(), h0, c0, w_ih,
+                                                                 w_hh, bias, reverse)
+        return hs, h_n, c_n.to(x.dtype)
     xproj = input_projection(x, w_ih, b_ih, b_hh)
     layer_op = layer_op or torch.ops.fastlstm.lstm_layer
     hs, cs, _ = layer_op(xproj, h0, c0, w_hh, reverse)
@@ -599,10 +625,9 @@ def lstm_layer_embedded(ids, table, h0, c0, w_hh, reverse=False):
     the layer would add x W_ih^T + b) -> (hs [S, B, H], h_n, c_n). Its backward adds each
     row's gradient into its id's table row; the table's own graph (a [V, E] x [E, 4H]
     product) carries it to the embedding, W_ih and the biases."""
-    hs, cs, _ = torch.ops.fastlstm.lstm_layer_embedded(ids.contiguous(), table, h0, c0, w_hh,
-                                                       reverse)
-    last = 0 if reverse else -1
-    return hs, hs[last], cs[last].to(table.dtype)
+    hs, _, _, h_n, c_n = torch.ops.fastlstm.lstm_layer_embedded(ids.contiguous(), table, h0, c0,
+                                                                w_hh, reverse)
+    return hs, h_n, c_n.to(table.dtype)
 
 
 def lstm_layer_packed(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False):

@@ -107,6 +107,23 @@ def oracle_layer(x, h0, c0, w_ih, w_hh, bias, reverse):
     return torch.stack(hs), torch.stack(cs)
 
 
+def with_final_state(hs, cs, reverse):
+    """The oracle's (hs, cs) and the final state taken from them, as the ops return it."""
+    last = 0 if reverse else -1
+    return hs, cs, hs[last], cs[last]
+
+
+def loss_on_layer(hs, cs, up_h, up_c):
+    return (hs.double() * up_h.double()).sum() + (cs.double() * up_c.double()).sum()
+
+
+def loss_on_final_state(h_n, c_n, up_h, up_c):
+    """Weights of their own (up_h's and up_c's first step, reversed), so that the final
+    state's gradients differ from what hs's and cs's last step receive."""
+    return ((h_n.double() * up_h[0].flip(-1).double()).sum()
+            + (c_n.double() * up_c[0].flip(-1).double()).sum())
+
+
 @pytest.mark.parametrize("projection", ["step", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
@@ -114,9 +131,10 @@ def oracle_layer(x, h0, c0, w_ih, w_hh, bias, reverse):
 def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads, amx,
                                      monkeypatch):
     """The training op (x W_ih^T + bias inside each step, or one GEMM first:
-    FASTLSTM_TRAIN_PROJECTION) against the float64 oracle: hs, cs and the gradients of x,
-    h0, c0, W_ih, W_hh and the bias (summed inside the backward kernel), with and without a
-    bias. I = 7 (an odd bf16 row) at odd batch sizes, else 32."""
+    FASTLSTM_TRAIN_PROJECTION) against the float64 oracle: hs, cs, the final state h_n, c_n
+    (outputs of their own) and the gradients of x, h0, c0, W_ih, W_hh and the bias (summed
+    inside the backward kernel) under a loss on all four outputs, with and without a bias.
+    I = 7 (an odd bf16 row) at odd batch sizes, else 32."""
     if dtype == torch.float32 and amx == "noamx":
         pytest.skip("fp32 never runs on AMX")
     monkeypatch.setenv("FASTLSTM_TRAIN_PROJECTION", projection)
@@ -127,17 +145,24 @@ def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads,
     w_ih = randn(4 * hidden, inputs, seed=6, scale=inputs ** -0.5).to(dtype)
     bias = randn(4 * hidden, seed=8).to(dtype)
     up_h, up_c = randn(steps, batch, hidden, seed=3), randn(steps, batch, hidden, seed=4)
-    names = ["hs", "cs", "grad_x", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias"]
+    names = ["hs", "cs", "h_n", "c_n", "grad_x", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh",
+             "grad_bias"]
     for b in (bias, None):
         def run(op, cast):
             args = [cast(a).requires_grad_() for a in (x, h0, c0, w_ih, w_hh)]
             bb = None if b is None else cast(b).requires_grad_()
-            hs, cs = op(*args, bb, reverse)
-            loss = (hs.double() * up_h.double()).sum() + (cs.double() * up_c.double()).sum()
-            return (hs, cs, *torch.autograd.grad(loss, args + ([] if bb is None else [bb])))
+            hs, cs, h_n, c_n = op(*args, bb, reverse)
+            loss = (loss_on_layer(hs, cs, up_h, up_c)
+                    + loss_on_final_state(h_n, c_n, up_h, up_c))
+            return (hs, cs, h_n, c_n,
+                    *torch.autograd.grad(loss, args + ([] if bb is None else [bb])))
 
-        got = run(lambda *a: torch.ops.fastlstm.lstm_layer_train(*a)[:2], lambda t: t.clone())
-        want = run(oracle_layer, lambda t: t.double())
+        def op(*a):
+            hs, cs, _, h_n, c_n = torch.ops.fastlstm.lstm_layer_train(*a)
+            return hs, cs, h_n, c_n
+
+        got = run(op, lambda t: t.clone())
+        want = run(lambda *a: with_final_state(*oracle_layer(*a), a[-1]), lambda t: t.double())
         for name, g, w in zip(names, got, want):
             assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name} bias={b is not None}")
 
@@ -147,8 +172,9 @@ def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads,
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
 def test_embedded_op_matches_the_oracle(shape, reverse, dtype, threads, amx):
     """The layer whose input projection is a table row per id against the float64 oracle fed
-    one-hot inputs (x W_ih^T = table[id] with W_ih = table^T): hs, cs and the gradients of the
-    table (each row's gradient added into its id's row by the backward kernel), h0, c0, W_hh."""
+    one-hot inputs (x W_ih^T = table[id] with W_ih = table^T): hs, cs, the final state h_n,
+    c_n and, under a loss on all four, the gradients of the table (each row's gradient added
+    into its id's row by the backward kernel), h0, c0, W_hh."""
     if dtype == torch.float32 and amx == "noamx":
         pytest.skip("fp32 never runs on AMX")
     steps, batch, hidden = shape
@@ -159,18 +185,19 @@ def test_embedded_op_matches_the_oracle(shape, reverse, dtype, threads, amx):
     table = randn(rows, 4 * hidden, seed=9).to(dtype)
     up_h, up_c = randn(steps, batch, hidden, seed=3), randn(steps, batch, hidden, seed=4)
 
-    def loss_of(hs, cs):
-        return (hs.double() * up_h.double()).sum() + (cs.double() * up_c.double()).sum()
+    def loss_of(hs, cs, h_n, c_n):
+        return loss_on_layer(hs, cs, up_h, up_c) + loss_on_final_state(h_n, c_n, up_h, up_c)
 
     args = [t.clone().requires_grad_() for t in (table, h0, c0, w_hh)]
-    hs, cs, _ = torch.ops.fastlstm.lstm_layer_embedded(ids, args[0], *args[1:], reverse)
-    got = (hs, cs, *torch.autograd.grad(loss_of(hs, cs), args))
+    hs, cs, _, h_n, c_n = torch.ops.fastlstm.lstm_layer_embedded(ids, args[0], *args[1:], reverse)
+    got = (hs, cs, h_n, c_n, *torch.autograd.grad(loss_of(hs, cs, h_n, c_n), args))
     ref = [t.double().requires_grad_() for t in (table, h0, c0, w_hh)]
     one_hot = torch.nn.functional.one_hot(ids, rows).double()
-    hs64, cs64 = oracle_layer(one_hot, ref[1], ref[2], ref[0].t(), ref[3], None, reverse)
-    want = (hs64, cs64, *torch.autograd.grad(loss_of(hs64, cs64), ref))
-    for name, g, w in zip(["hs", "cs", "grad_table", "grad_h0", "grad_c0", "grad_w_hh"],
-                          got, want):
+    out64 = with_final_state(*oracle_layer(one_hot, ref[1], ref[2], ref[0].t(), ref[3], None,
+                                           reverse), reverse)
+    want = (*out64, *torch.autograd.grad(loss_of(*out64), ref))
+    for name, g, w in zip(["hs", "cs", "h_n", "c_n", "grad_table", "grad_h0", "grad_c0",
+                           "grad_w_hh"], got, want):
         assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name}")
 
 
@@ -193,11 +220,13 @@ def test_embedded_opcheck():
                                                          w_hh)]
             torch.library.opcheck(torch.ops.fastlstm.lstm_layer_embedded.default,
                                   (ids, *args, reverse))
-            hs, cs, gates = torch.ops.fastlstm.lstm_layer_embedded(ids, *args, reverse)
-            torch.library.opcheck(
-                torch.ops.fastlstm.lstm_layer_embedded_backward.default,
-                (torch.randn_like(hs), torch.randn_like(cs), ids, *[a.detach() for a in args],
-                 hs.detach(), cs.detach(), gates.detach(), reverse))
+            hs, cs, gates, h_n, c_n = torch.ops.fastlstm.lstm_layer_embedded(ids, *args, reverse)
+            for final in ((None, None), (torch.randn_like(h_n), torch.randn_like(c_n))):
+                torch.library.opcheck(
+                    torch.ops.fastlstm.lstm_layer_embedded_backward.default,
+                    (torch.randn_like(hs), torch.randn_like(cs), *final, ids,
+                     *[a.detach() for a in args], hs.detach(), cs.detach(), gates.detach(),
+                     reverse))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -266,11 +295,13 @@ def test_train_opcheck():
                 b = None if bias is None else bias.clone().requires_grad_()
                 torch.library.opcheck(torch.ops.fastlstm.lstm_layer_train.default,
                                       (*args, b, reverse))
-                hs, cs, gates = torch.ops.fastlstm.lstm_layer_train(*args, b, reverse)
-                torch.library.opcheck(
-                    torch.ops.fastlstm.lstm_layer_train_backward.default,
-                    (torch.randn_like(hs), torch.randn_like(cs), *[a.detach() for a in args],
-                     hs.detach(), cs.detach(), gates.detach(), reverse))
+                hs, cs, gates, h_n, c_n = torch.ops.fastlstm.lstm_layer_train(*args, b, reverse)
+                for final in ((None, None), (torch.randn_like(h_n), torch.randn_like(c_n))):
+                    torch.library.opcheck(
+                        torch.ops.fastlstm.lstm_layer_train_backward.default,
+                        (torch.randn_like(hs), torch.randn_like(cs), *final,
+                         *[a.detach() for a in args], hs.detach(), cs.detach(), gates.detach(),
+                         reverse))
 
 
 def test_inference_opcheck():

@@ -746,6 +746,8 @@ struct FusedBackwardArgs {
   const int64_t* offsets = nullptr;   // [S + 1] or nullptr: packed rows (StepRows); grad_c may
                                       // hold dL/dc_n in; grad_h0's row b is written at the step
                                       // before the one that computes its sequence's first step
+  const float* grad_h_n = nullptr;    // [B, H] or nullptr (dense only): dL/dh_n, the final
+                                      // state's own gradient, added at the last time step
 };
 
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
@@ -811,6 +813,14 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
                                               ksteps * kLanes, dh_rec);
       }
       std::fill(dh_rec + prows * groups * kLanes, dh_rec + rows * groups * kLanes, 0.f);
+      if (s == 0 && a.grad_h_n != nullptr) {  // no later step: dL/dh_n is the recurrent part
+        for (int r = 0; r < rows; ++r)
+          for (int gi = 0; gi < groups; ++gi) {
+            const int64_t unit0 = (g0 + gi) * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
+            std::copy_n(a.grad_h_n + (row0 + r) * H + unit0, units,
+                        dh_rec + (r * groups + gi) * kLanes);
+          }
+      }
       for (int r = 0; r < rows; ++r) {
         const int64_t row = row0 + r;
         for (int gi = 0; gi < groups; ++gi) {

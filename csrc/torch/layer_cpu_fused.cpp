@@ -277,7 +277,8 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
                   const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
                   const Tensor& grad_c, const Tensor& grad_xproj, const Tensor& grad_h0,
                   bool reverse, Tensor* grad_bias = nullptr, const Tensor* ids = nullptr,
-                  const std::vector<int64_t>* offsets = nullptr) {
+                  const std::vector<int64_t>* offsets = nullptr,
+                  const Tensor* grad_h_n = nullptr) {
   const int64_t S = offsets ? int64_t(offsets->size()) - 1 : gates.size(0), B = c0.size(0);
   const int64_t H = w_hh.size(1);
   Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
@@ -294,6 +295,7 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
   args.amx_min_rows = amx_min_rows();
   args.gates_in_t = gates.scalar_type() != at::kFloat;
   args.offsets = offsets ? offsets->data() : nullptr;
+  args.grad_h_n = grad_h_n ? ptr<float>(*grad_h_n) : nullptr;
   const Plan plan = plan_for(B, H, offsets != nullptr);
   const int64_t n = static_cast<int64_t>(plan.parts.size());
   Tensor bias_parts;
@@ -488,7 +490,8 @@ namespace {
 std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
     const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs_in,
-    const Tensor& gates_in, bool reverse, Tensor* grad_bias, const Tensor* ids = nullptr) {
+    const Tensor& gates_in, bool reverse, Tensor* grad_bias, const Tensor* ids = nullptr,
+    const FinalStateGrads& final_grads = {}) {
   const at::ScalarType dtype = hs.scalar_type();
   check_layer_inputs(gates_in, dtype, h0_in, c0, w_hh_in);
   const int64_t S = gates_in.size(0), B = gates_in.size(1), H = w_hh_in.size(1);
@@ -510,14 +513,26 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
   const auto acc = hs.options().dtype(at::kFloat);
   Tensor grad_xproj = kernel_output({S, B, 4 * H}, hs.options());
-  Tensor grad_c = at::zeros({B, H}, acc);
+  Tensor grad_c = at::zeros({B, H}, acc);  // the carried dL/dc: dL/dc_n in
+  if (final_grads.c_n) {
+    FASTLSTM_CHECK(final_grads.c_n->sizes() == grad_c.sizes(), "fastlstm: grad_c_n must be [",
+                   B, ", ", H, "]");
+    grad_c.copy_(*final_grads.c_n);
+  }
+  Tensor grad_h_n;
+  if (final_grads.h_n) {
+    FASTLSTM_CHECK(final_grads.h_n->sizes() == grad_c.sizes(), "fastlstm: grad_h_n must be [",
+                   B, ", ", H, "]");
+    grad_h_n = final_grads.h_n->to(at::kFloat).contiguous();
+  }
+  const Tensor* h_n = grad_h_n.defined() ? &grad_h_n : nullptr;
   Tensor grad_h0 = kernel_output({B, H}, acc);
   if (dtype == at::kFloat) {
     run_backward<float>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                        reverse, grad_bias, ids);
+                        reverse, grad_bias, ids, nullptr, h_n);
   } else {
     run_backward<Bf16>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                       reverse, grad_bias, ids);
+                       reverse, grad_bias, ids, nullptr, h_n);
   }
   return {grad_xproj, grad_h0, grad_c};
 }
@@ -654,16 +669,18 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
 
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
 cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
-                               const Tensor& x_in, const Tensor& h0_in, const Tensor& c0,
-                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs_in,
-                               const Tensor& cs, const Tensor& gates, bool reverse) {
+                               const FinalStateGrads& final_grads, const Tensor& x_in,
+                               const Tensor& h0_in, const Tensor& c0, const Tensor& w_ih,
+                               const Tensor& w_hh, const Tensor& hs_in, const Tensor& cs,
+                               const Tensor& gates, bool reverse) {
   if (!applies(hs_in, hs_in.size(0))) return std::nullopt;
   const c10::NoGradGuard no_grad;
   const Tensor h0 = h0_in.contiguous(), hs = hs_in.contiguous(), x = x_in.contiguous();
   const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   Tensor grad_bias = at::empty({4 * H}, hs.options().dtype(at::kFloat));
   auto [grad_xproj, grad_h0, grad_c] =
-      recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, &grad_bias);
+      recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, &grad_bias,
+                          nullptr, final_grads);
   const Tensor g = grad_xproj.view({S * B, 4 * H});
   Tensor grad_x = kernel_output({S, B, I}, x.options());
   Tensor grad_x_flat = grad_x.view({S * B, I});
@@ -690,16 +707,17 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
 }
 
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedded_backward(
-    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& ids_in,
-    int64_t rows, const Tensor& h0_in, const Tensor& c0, const Tensor& w_hh, const Tensor& hs_in,
-    const Tensor& cs, const Tensor& gates, bool reverse) {
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+    const FinalStateGrads& final_grads, const Tensor& ids_in, int64_t rows, const Tensor& h0_in,
+    const Tensor& c0, const Tensor& w_hh, const Tensor& hs_in, const Tensor& cs,
+    const Tensor& gates, bool reverse) {
   if (!applies(hs_in, hs_in.size(0))) return std::nullopt;
   const c10::NoGradGuard no_grad;
   const Tensor h0 = h0_in.contiguous(), hs = hs_in.contiguous(), ids = ids_in.contiguous();
   const int64_t H = w_hh.size(1);
   Tensor grad_table = at::empty({rows, 4 * H}, hs.options().dtype(at::kFloat));
-  auto [grad_xproj, grad_h0, grad_c] = recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs,
-                                                           cs, gates, reverse, &grad_table, &ids);
+  auto [grad_xproj, grad_h0, grad_c] = recurrence_backward(
+      grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, &grad_table, &ids, final_grads);
   const Tensor g = grad_xproj.view({-1, 4 * H});
   return std::make_tuple(grad_table.to(hs.scalar_type()), grad_h0.to(hs.scalar_type()),
                          grad_c.to(c0.scalar_type()),
@@ -865,14 +883,16 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
   return std::nullopt;
 }
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedded_backward(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, int64_t, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
+    const Tensor&, const std::optional<Tensor>&, const FinalStateGrads&, const Tensor&, int64_t,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    bool) {
   return std::nullopt;
 }
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
-cpu_fused_layer_train_backward(const Tensor&, const std::optional<Tensor>&, const Tensor&,
+cpu_fused_layer_train_backward(const Tensor&, const std::optional<Tensor>&,
+                               const FinalStateGrads&, const Tensor&, const Tensor&,
                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                               const Tensor&, const Tensor&, const Tensor&, bool) {
+                               const Tensor&, const Tensor&, bool) {
   return std::nullopt;
 }
 

@@ -53,13 +53,21 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias, bool reverse);
 
+// The gradients of a layer's final state h_n, c_n ([B, H] each, either absent): the
+// backward adds them at the last time step itself, so a loss on h_n or c_n costs no [S, B, H]
+// gradient that is zero but at one step.
+struct FinalStateGrads {
+  std::optional<Tensor> h_n, c_n;
+};
+
 // Its backward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias), the bias's
 // gradient summed by the backward kernel as it computes each row.
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>>
 cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
-                               const Tensor& x, const Tensor& h0, const Tensor& c0,
-                               const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
-                               const Tensor& cs, const Tensor& gates, bool reverse);
+                               const FinalStateGrads& final_grads, const Tensor& x,
+                               const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                               const Tensor& w_hh, const Tensor& hs, const Tensor& cs,
+                               const Tensor& gates, bool reverse);
 
 // A first layer whose input is an embedding: ids [S, B] (int64, each in [0, rows)), table
 // [rows, 4H] = embedding W_ih^T + bias; step t's row b adds table row ids[t, b] as its input
@@ -72,9 +80,10 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_embedded(
 // Its backward: (grad_table [rows, 4H], grad_h0, grad_c0, grad_w_hh), each row's gradient
 // added into its id's table row by the backward kernel.
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedded_backward(
-    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& ids,
-    int64_t rows, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const Tensor& hs,
-    const Tensor& cs, const Tensor& gates, bool reverse);
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+    const FinalStateGrads& final_grads, const Tensor& ids, int64_t rows, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs,
+    const Tensor& gates, bool reverse);
 
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,

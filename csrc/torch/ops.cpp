@@ -164,16 +164,52 @@ std::tuple<Tensor, Tensor> layer_inference_cpu(const Tensor& x, const Tensor& h0
   return {hs, cs[reverse ? 0 : cs.size(0) - 1].clone()};
 }
 
-std::tuple<Tensor, Tensor, Tensor> layer_train_cpu(const Tensor& x, const Tensor& h0,
-                                                   const Tensor& c0, const Tensor& w_ih,
-                                                   const Tensor& w_hh,
-                                                   const std::optional<Tensor>& bias,
-                                                   bool reverse) {
+// A layer's outputs with its final state as outputs of their own (copies of the last time
+// step's rows of hs and cs): a loss on them then reaches the backward as [B, H] gradients.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> with_final_state(
+    const std::tuple<Tensor, Tensor, Tensor>& out, bool reverse) {
+  const auto& [hs, cs, gates] = out;
+  const int64_t last = reverse ? 0 : hs.size(0) - 1;
+  return {hs, cs, gates, hs.select(0, last).clone(), cs.select(0, last).clone()};
+}
+
+// grad_hs and grad_cs with the final state's gradients added at the last step (the paths
+// without the fused kernel, which adds them itself).
+std::pair<Tensor, std::optional<Tensor>> fold_final_state(
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const FinalStateGrads& final,
+    const Tensor& cs, bool reverse) {
+  const int64_t last = reverse ? 0 : grad_hs.size(0) - 1;
+  Tensor g = grad_hs;
+  if (final.h_n) {
+    g = grad_hs.clone();
+    g.select(0, last).add_(*final.h_n);
+  }
+  std::optional<Tensor> gc = grad_cs;
+  if (final.c_n) {
+    gc = grad_cs ? grad_cs->clone() : at::zeros_like(cs);
+    gc->select(0, last).add_(*final.c_n);
+  }
+  return {g, gc};
+}
+
+FinalStateGrads final_state_grads(const std::optional<Tensor>& h_n,
+                                  const std::optional<Tensor>& c_n) {
+  FinalStateGrads out;
+  if (h_n.has_value() && h_n->defined()) out.h_n = *h_n;
+  if (c_n.has_value() && c_n->defined()) out.c_n = *c_n;
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_train_cpu(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& bias, bool reverse) {
   check_input_layer(x, h0, c0, w_ih, w_hh, bias);
-  if (auto fused = cpu_fused_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse)) return *fused;
+  if (auto fused = cpu_fused_layer_train(x, h0, c0, w_ih, w_hh, bias, reverse))
+    return with_final_state(*fused, reverse);
   auto [hs, cs, gates] = layer_forward(at::linear(x, w_ih, bias), h0, c0, w_hh, reverse,
                                        kCpuKernels);
-  return {hs, cs, gates.to(x.scalar_type())};  // the op's gates: in x's dtype
+  // the op's gates: in x's dtype
+  return with_final_state({hs, cs, gates.to(x.scalar_type())}, reverse);
 }
 
 // The packed layer's inputs: x [N, I] (a PackedSequence's data), batch_sizes [S] (int64 on
@@ -247,26 +283,31 @@ void check_embedded(const Tensor& ids, const Tensor& table, const Tensor& h0, co
   check_state_inputs(ids.size(1), table.scalar_type(), table.device(), h0, c0, w_hh);
 }
 
-std::tuple<Tensor, Tensor, Tensor> layer_embedded_cpu(const Tensor& ids, const Tensor& table,
-                                                      const Tensor& h0, const Tensor& c0,
-                                                      const Tensor& w_hh, bool reverse) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_embedded_cpu(
+    const Tensor& ids, const Tensor& table, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_hh, bool reverse) {
   check_embedded(ids, table, h0, c0, w_hh);
-  if (auto fused = cpu_fused_layer_embedded(ids, table, h0, c0, w_hh, reverse)) return *fused;
+  if (auto fused = cpu_fused_layer_embedded(ids, table, h0, c0, w_hh, reverse))
+    return with_final_state(*fused, reverse);
   const Tensor xproj = table.index_select(0, ids.flatten()).view({ids.size(0), ids.size(1), -1});
   auto [hs, cs, gates] = layer_forward(xproj, h0, c0, w_hh, reverse, kCpuKernels);
-  return {hs, cs, gates.to(table.scalar_type())};  // the op's gates: in the table's dtype
+  // the op's gates: in the table's dtype
+  return with_final_state({hs, cs, gates.to(table.scalar_type())}, reverse);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_embedded_backward_cpu(
-    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& ids,
-    const Tensor& table, const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const Tensor& hs,
-    const Tensor& cs, const Tensor& gates, bool reverse) {
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+    const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const Tensor& ids, const Tensor& table, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates, bool reverse) {
   check_embedded(ids, table, h0, c0, w_hh);
-  if (auto fused = cpu_fused_layer_embedded_backward(grad_hs, grad_cs, ids, table.size(0), h0,
-                                                     c0, w_hh, hs, cs, gates, reverse))
+  const FinalStateGrads final_grads = final_state_grads(grad_h_n, grad_c_n);
+  if (auto fused = cpu_fused_layer_embedded_backward(grad_hs, grad_cs, final_grads, ids, table.size(0),
+                                                     h0, c0, w_hh, hs, cs, gates, reverse))
     return *fused;
+  const auto [g, gc] = fold_final_state(grad_hs, grad_cs, final_grads, cs, reverse);
   auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
-      grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
+      g, gc, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
   const auto acc = cell_dtype(table.scalar_type());
   Tensor grad_table = at::zeros(table.sizes(), table.options().dtype(acc));
   grad_table.index_add_(0, ids.flatten(), grad_xproj.flatten(0, 1).to(acc));
@@ -274,18 +315,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_embedded_backward_cpu(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_train_backward_cpu(
-    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& x,
-    const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& hs,
-    const Tensor& cs, const Tensor& gates, bool reverse) {
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+    const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& hs, const Tensor& cs, const Tensor& gates, bool reverse) {
   check_input_layer(x, h0, c0, w_ih, w_hh, std::nullopt);
   FASTLSTM_CHECK(hs.scalar_type() == x.scalar_type() && hs.dim() == 3 &&
                      hs.size(0) == x.size(0) && hs.size(1) == x.size(1),
                  "fastlstm: hs must be [seq, batch, hidden] in x's dtype");
-  if (auto fused = cpu_fused_layer_train_backward(grad_hs, grad_cs, x, h0, c0, w_ih, w_hh, hs,
-                                                  cs, gates, reverse))
+  const FinalStateGrads final_grads = final_state_grads(grad_h_n, grad_c_n);
+  if (auto fused = cpu_fused_layer_train_backward(grad_hs, grad_cs, final_grads, x, h0, c0, w_ih, w_hh,
+                                                  hs, cs, gates, reverse))
     return *fused;
+  const auto [g_hs, gc] = fold_final_state(grad_hs, grad_cs, final_grads, cs, reverse);
   auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
-      grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
+      g_hs, gc, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
   const Tensor g = grad_xproj.flatten(0, 1), x_flat = x.flatten(0, 1);
   return {g.mm(w_ih).view(x.sizes()), grad_h0, grad_c0, g.t().mm(x_flat), grad_w_hh,
           g.sum(0, false, cell_dtype(g.scalar_type())).to(g.scalar_type())};
@@ -435,10 +479,13 @@ TORCH_LIBRARY(fastlstm, m) {
   // or as one GEMM first; the gates saved in x's dtype, bf16 for bf16), and its backward, which also returns the gradients of x, W_ih and
   // the bias (the bias's summed as the kernel computes each row). CPU only; FastLSTM calls it
   // when a gradient is wanted. bias: b_ih + b_hh, [4H].
+  // h_n, c_n: the final state (copies of hs's and cs's last time step; c_n in float), so a
+  // loss on it reaches the backward as grad_h_n, grad_c_n [B, H].
   m.def("lstm_layer_train(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias,"
-        " bool reverse) -> (Tensor hs, Tensor cs, Tensor gates)");
-  m.def("lstm_layer_train_backward(Tensor grad_hs, Tensor? grad_cs, Tensor x, Tensor h0,"
-        " Tensor c0, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor cs, Tensor gates, bool reverse)"
+        " bool reverse) -> (Tensor hs, Tensor cs, Tensor gates, Tensor h_n, Tensor c_n)");
+  m.def("lstm_layer_train_backward(Tensor grad_hs, Tensor? grad_cs, Tensor? grad_h_n,"
+        " Tensor? grad_c_n, Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor hs,"
+        " Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_x, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh,"
         " Tensor grad_bias)");
   // lstm_layer's contract for a layer whose input is an embedding (gates in the table's
@@ -446,9 +493,10 @@ TORCH_LIBRARY(fastlstm, m) {
   // embedding W_ih^T + bias, rows the vocabulary); the backward adds each row's gradient into
   // its id's table row. CPU only; FastLSTM.forward_ids calls it.
   m.def("lstm_layer_embedded(Tensor ids, Tensor table, Tensor h0, Tensor c0, Tensor w_hh,"
-        " bool reverse) -> (Tensor hs, Tensor cs, Tensor gates)");
-  m.def("lstm_layer_embedded_backward(Tensor grad_hs, Tensor? grad_cs, Tensor ids, Tensor table,"
-        " Tensor h0, Tensor c0, Tensor w_hh, Tensor hs, Tensor cs, Tensor gates, bool reverse)"
+        " bool reverse) -> (Tensor hs, Tensor cs, Tensor gates, Tensor h_n, Tensor c_n)");
+  m.def("lstm_layer_embedded_backward(Tensor grad_hs, Tensor? grad_cs, Tensor? grad_h_n,"
+        " Tensor? grad_c_n, Tensor ids, Tensor table, Tensor h0, Tensor c0, Tensor w_hh,"
+        " Tensor hs, Tensor cs, Tensor gates, bool reverse)"
         " -> (Tensor grad_table, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh)");
   // One layer over packed sequences (a PackedSequence's data x [N, I] and its batch_sizes
   // [S]): at step t only the first batch_sizes[t] sequences (layer_cpu_fused.h). Returns hs
