@@ -176,18 +176,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> with_final_state(
 // grad_hs and grad_cs with the final state's gradients added at the last step (the paths
 // without the fused kernel, which adds them itself).
 std::pair<Tensor, std::optional<Tensor>> fold_final_state(
-    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const FinalStateGrads& final,
-    const Tensor& cs, bool reverse) {
+    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
+    const FinalStateGrads& final_grads, const Tensor& cs, bool reverse) {
   const int64_t last = reverse ? 0 : grad_hs.size(0) - 1;
   Tensor g = grad_hs;
-  if (final.h_n) {
+  if (final_grads.h_n) {
     g = grad_hs.clone();
-    g.select(0, last).add_(*final.h_n);
+    g.select(0, last).add_(*final_grads.h_n);
   }
   std::optional<Tensor> gc = grad_cs;
-  if (final.c_n) {
+  if (final_grads.c_n) {
     gc = grad_cs ? grad_cs->clone() : at::zeros_like(cs);
-    gc->select(0, last).add_(*final.c_n);
+    gc->select(0, last).add_(*final_grads.c_n);
   }
   return {g, gc};
 }
@@ -302,8 +302,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_embedded_backward_cpu(
     const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates, bool reverse) {
   check_embedded(ids, table, h0, c0, w_hh);
   const FinalStateGrads final_grads = final_state_grads(grad_h_n, grad_c_n);
-  if (auto fused = cpu_fused_layer_embedded_backward(grad_hs, grad_cs, final_grads, ids, table.size(0),
-                                                     h0, c0, w_hh, hs, cs, gates, reverse))
+  if (auto fused = cpu_fused_layer_embedded_backward(grad_hs, grad_cs, final_grads, ids,
+                                                     table.size(0), h0, c0, w_hh, hs, cs, gates,
+                                                     reverse))
     return *fused;
   const auto [g, gc] = fold_final_state(grad_hs, grad_cs, final_grads, cs, reverse);
   auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
@@ -324,8 +325,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_train_backward_
                      hs.size(0) == x.size(0) && hs.size(1) == x.size(1),
                  "fastlstm: hs must be [seq, batch, hidden] in x's dtype");
   const FinalStateGrads final_grads = final_state_grads(grad_h_n, grad_c_n);
-  if (auto fused = cpu_fused_layer_train_backward(grad_hs, grad_cs, final_grads, x, h0, c0, w_ih, w_hh,
-                                                  hs, cs, gates, reverse))
+  if (auto fused = cpu_fused_layer_train_backward(grad_hs, grad_cs, final_grads, x, h0, c0,
+                                                  w_ih, w_hh, hs, cs, gates, reverse))
     return *fused;
   const auto [g_hs, gc] = fold_final_state(grad_hs, grad_cs, final_grads, cs, reverse);
   auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
