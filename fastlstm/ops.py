@@ -98,26 +98,12 @@ def _layer_train_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _fold_final_state(grad_hs, grad_cs, grad_h_n, grad_c_n, hs, cs, reverse):
-    """grad_hs and grad_cs with the final state's gradients added at the last step (for the
-    differentiable composite backward; the ops add them inside)."""
-    last = 0 if reverse else -1
-    if grad_h_n is not None:
-        grad_hs = torch.zeros_like(hs) if grad_hs is None else grad_hs.clone()
-        grad_hs[last] += grad_h_n
-    if grad_c_n is not None:
-        grad_cs = torch.zeros_like(cs) if grad_cs is None else grad_cs.clone()
-        grad_cs[last] += grad_c_n
-    return grad_hs, grad_cs
-
-
 def _layer_train_backward(ctx, grad_hs, grad_cs, grad_gates, grad_h_n, grad_c_n):
     x, h0, c0, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
     if _differentiable_backward_needed(grad_gates):
-        grad_hs, grad_cs = _fold_final_state(grad_hs, grad_cs, grad_h_n, grad_c_n, hs, cs,
-                                             ctx.reverse)
         grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
-            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse)
+            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse,
+            grad_h_n, grad_c_n)
         flat = grad_xproj.flatten(0, 1)
         grad_x = (flat @ w_ih).view(x.shape)
         grad_w_ih = flat.t() @ x.flatten(0, 1)
@@ -156,10 +142,9 @@ def _layer_embedded_setup_context(ctx, inputs, output):
 def _layer_embedded_backward(ctx, grad_hs, grad_cs, grad_gates, grad_h_n, grad_c_n):
     ids, table, h0, c0, w_hh, hs, cs, gates = ctx.saved_tensors
     if _differentiable_backward_needed(grad_gates):
-        grad_hs, grad_cs = _fold_final_state(grad_hs, grad_cs, grad_h_n, grad_c_n, hs, cs,
-                                             ctx.reverse)
         grad_xproj, grad_h0, grad_c0, grad_w_hh = layer_backward_composite(
-            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse)
+            grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates.to(cs.dtype), ctx.reverse,
+            grad_h_n, grad_c_n)
         grad_table = torch.zeros(table.shape, dtype=cs.dtype, device=table.device).index_add(
             0, ids.flatten(), grad_xproj.flatten(0, 1).to(cs.dtype)).to(table.dtype)
     else:
@@ -249,17 +234,18 @@ def _fake_step(xproj, h, c, w_hh):
 
 
 def layer_backward_composite(grad_hs, grad_cs, grad_gates, h0, c0, w_hh, hs, cs, gates,
-                             reverse):
+                             reverse, grad_h_n=None, grad_c_n=None):
     """lstm_layer_backward (same arguments, plus the gradient on the saved `gates` output)
     in plain differentiable torch ops. Autograd runs this instead of the fused backward when
     the backward is itself differentiated (create_graph=True: double backward, gradient
     penalties, Hessian-vector products), and when a gradient arrives on `gates`, as it does
     in a double backward. Built from the op's saved inputs and outputs, so differentiating
-    it reaches the inputs through the op's own backward again, at any order."""
+    it reaches the inputs through the op's own backward again, at any order. grad_h_n,
+    grad_c_n: the final state's own gradients (ops that return it), or None."""
     steps = lambda t: None if t is None else t.unbind(0)  # noqa: E731
     grad_pre, grad_h0, grad_c0, grad_w = _backward_steps(
         steps(grad_hs), steps(grad_cs), steps(grad_gates), h0, c0, w_hh, steps(hs), steps(cs),
-        steps(gates), reverse)
+        steps(gates), reverse, grad_h_n, grad_c_n)
     return (torch.stack(grad_pre).to(hs.dtype), grad_h0.to(h0.dtype), grad_c0.to(c0.dtype),
             grad_w.to(w_hh.dtype))
 

@@ -182,10 +182,19 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj_in, const T
   return {hs, cs, gates};
 }
 
+Tensor carried_gradient(const std::optional<Tensor>& g, int64_t B, int64_t H,
+                        const at::TensorOptions& opts, const char* name) {
+  if (!g) return at::zeros({B, H}, opts);
+  FASTLSTM_CHECK(g->dim() == 2 && g->size(0) == B && g->size(1) == H, "fastlstm: ", name,
+                 " must be [", B, ", ", H, "], got ", g->sizes());
+  return at::empty({B, H}, opts).copy_(*g);  // a buffer of its own: the loops update it
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs,
-    const Tensor& gates, bool reverse, const StepKernels& kernels) {
+    const Tensor& gates, bool reverse, const StepKernels& kernels,
+    const FinalStateGrads& final_grads) {
   const c10::NoGradGuard no_grad;
   const at::ScalarType dtype = hs.scalar_type(), acc = cell_dtype(dtype);
   check_layer_inputs(gates, dtype, h0_in, c0, w_hh_in);
@@ -206,8 +215,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
   const Tensor c0_acc = c0.to(cs.scalar_type()).contiguous();
 
   Tensor grad_xproj = kernel_output({S, B, 4 * H}, hs.options());
-  Tensor grad_h_rec = at::zeros({B, H}, hs.options().dtype(rec_dtype(hs)));
-  Tensor grad_c_carry = at::zeros({B, H}, cs.options());
+  Tensor grad_h_rec = carried_gradient(final_grads.h_n, B, H, hs.options().dtype(rec_dtype(hs)),
+                                       "grad_h_n");
+  Tensor grad_c_carry = carried_gradient(final_grads.c_n, B, H, cs.options(), "grad_c_n");
   for (int64_t s = S - 1; s >= 0; --s) {
     const int64_t t = time_at(s, S, reverse);
     const Tensor c_prev = s == 0 ? c0_acc : cs[time_at(s - 1, S, reverse)];
@@ -221,18 +231,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
           weight_gradient(grad_xproj, h0, hs, reverse)};
 }
 
+Operand h_prev_rows(const Tensor& h0, const Tensor& hs, bool reverse) {
+  const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
+  Operand op{{h0.reshape({B, H}), reverse ? (S - 1) * B : 0}};
+  if (S > 1)
+    op.push_back({hs.narrow(0, reverse ? 1 : 0, S - 1).reshape({(S - 1) * B, H}), reverse ? 0 : B});
+  return op;
+}
+
+Tensor gathered(const Operand& op, int64_t N) {
+  if (op.size() == 1 && op[0].at == 0 && op[0].rows.size(0) == N) return op[0].rows;
+  Tensor x = kernel_output({N, op[0].rows.size(1)}, op[0].rows.options());
+  for (const RowsAt& p : op) x.narrow(0, p.at, p.rows.size(0)).copy_(p.rows);
+  return x;
+}
+
 Tensor weight_gradient(const Tensor& grad_xproj, const Tensor& h0, const Tensor& hs,
                        bool reverse) {
-  const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
-  // h_{t-1} for every t, in time order, so the weight gradient is one GEMM over all steps
-  // (in a kept buffer, as the outputs: at::cat's fresh one cost 0.6 ms of page faults at
-  // 2 x 384, batch 64, 100 steps).
-  Tensor h_prev_all = S == 1 ? h0.contiguous() : kernel_output({S, B, H}, hs.options());
-  if (S > 1) {
-    h_prev_all[reverse ? S - 1 : 0].copy_(h0);
-    h_prev_all.narrow(0, reverse ? 0 : 1, S - 1).copy_(hs.narrow(0, reverse ? 1 : 0, S - 1));
-  }
-  return at::mm(grad_xproj.reshape({S * B, 4 * H}).t(), h_prev_all.reshape({S * B, H}));
+  const int64_t N = hs.size(0) * hs.size(1);
+  return at::mm(grad_xproj.reshape({N, grad_xproj.size(2)}).t(),
+                gathered(h_prev_rows(h0, hs, reverse), N));
 }
 
 namespace {

@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace fastlstm {
 
@@ -53,12 +54,37 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward(const Tensor& xproj, const Tens
                                                  const Tensor& c0, const Tensor& w_hh, bool reverse,
                                                  const StepKernels& kernels);
 
+// The gradients of a layer's final state h_n, c_n ([B, H] each, either absent): a backward
+// starts its carried gradients (the recurrent dL/dh, dL/dc) from them at the last time step,
+// so a loss on h_n or c_n costs no [S, B, H] gradient that is zero but at one step.
+struct FinalStateGrads {
+  std::optional<Tensor> h_n, c_n;
+};
+// A carried gradient's start, [B, H] with `opts`: the final state's gradient `g` if given
+// (checked to be [B, H]), else zeros.
+Tensor carried_gradient(const std::optional<Tensor>& g, int64_t B, int64_t H,
+                        const at::TensorOptions& opts, const char* name);
+
 // Returns (grad_xproj [S,B,4H], grad_h0 [B,H], grad_c0 [B,H], grad_w_hh [4H,H]).
 // grad_cs may be absent (no use of any c_t outside the layer).
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_hs, const std::optional<Tensor>& grad_cs, const Tensor& h0,
     const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs, const Tensor& gates,
-    bool reverse, const StepKernels& kernels);
+    bool reverse, const StepKernels& kernels, const FinalStateGrads& final_grads = {});
+
+// Rows of an operand of a layer's products: `rows` [n, K] (rows contiguous) are its rows
+// [at, at + n).
+struct RowsAt {
+  Tensor rows;
+  int64_t at;
+};
+using Operand = std::vector<RowsAt>;
+// h_{t-1} for every row of a dense [S, B, H] layer in time order: h0 and hs shifted a step.
+Operand h_prev_rows(const Tensor& h0, const Tensor& hs, bool reverse);
+// The operand as one [N, K] tensor: its only piece where that is all of it, else its pieces
+// copied into a kept buffer (at::cat's fresh one cost 0.6 ms of page faults at 2 x 384,
+// batch 64, 100 steps).
+Tensor gathered(const Operand& op, int64_t N);
 
 // grad_w_hh [4H, H] = sum over t of grad_xproj_t^T h_{t-1}, as one GEMM over all steps.
 Tensor weight_gradient(const Tensor& grad_xproj, const Tensor& h0, const Tensor& hs, bool reverse);

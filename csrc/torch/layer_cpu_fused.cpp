@@ -513,18 +513,9 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
   const Tensor c0_acc = c0.to(at::kFloat).contiguous();
   const auto acc = hs.options().dtype(at::kFloat);
   Tensor grad_xproj = kernel_output({S, B, 4 * H}, hs.options());
-  Tensor grad_c = at::zeros({B, H}, acc);  // the carried dL/dc: dL/dc_n in
-  if (final_grads.c_n) {
-    FASTLSTM_CHECK(final_grads.c_n->sizes() == grad_c.sizes(), "fastlstm: grad_c_n must be [",
-                   B, ", ", H, "]");
-    grad_c.copy_(*final_grads.c_n);
-  }
-  Tensor grad_h_n;
-  if (final_grads.h_n) {
-    FASTLSTM_CHECK(final_grads.h_n->sizes() == grad_c.sizes(), "fastlstm: grad_h_n must be [",
-                   B, ", ", H, "]");
-    grad_h_n = final_grads.h_n->to(at::kFloat).contiguous();
-  }
+  Tensor grad_c = carried_gradient(final_grads.c_n, B, H, acc, "grad_c_n");  // the carried dL/dc
+  const Tensor grad_h_n =
+      final_grads.h_n ? carried_gradient(final_grads.h_n, B, H, acc, "grad_h_n") : Tensor();
   const Tensor* h_n = grad_h_n.defined() ? &grad_h_n : nullptr;
   Tensor grad_h0 = kernel_output({B, H}, acc);
   if (dtype == at::kFloat) {
@@ -551,23 +542,6 @@ void transpose_into(const Tensor& src, int64_t ld, int64_t rows, int64_t cols, T
   });
 }
 
-// Rows of an operand of the forward's products: `rows` [n, K] (rows contiguous) are its rows
-// [at, at + n).
-struct RowsAt {
-  Tensor rows;
-  int64_t at;
-};
-using Operand = std::vector<RowsAt>;
-
-// h_{t-1} for every row of a dense [S, B, H] layer in time order: h0 and hs shifted a step.
-Operand h_prev_rows(const Tensor& h0, const Tensor& hs, bool reverse) {
-  const int64_t S = hs.size(0), B = hs.size(1), H = hs.size(2);
-  Operand op{{h0.view({B, H}), reverse ? (S - 1) * B : 0}};
-  if (S > 1)
-    op.push_back({hs.narrow(0, reverse ? 1 : 0, S - 1).reshape({(S - 1) * B, H}), reverse ? 0 : B});
-  return op;
-}
-
 // The weight gradients g^T x, [4H, K] each, of the products x W^T that made the
 // pre-activations whose gradient is g [N, 4H], one per operand x [N, K]. bf16 on AMX: as one
 // GEMM [x_1 | x_2 ..]^T g with the operands transposed first and the product after, by our
@@ -583,14 +557,7 @@ std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>
                           !(env != nullptr && std::strcmp(env, "view") == 0);
   std::vector<Tensor> out;
   if (!transposed) {
-    for (const Operand& op : operands) {
-      Tensor x = op[0].rows;
-      if (op.size() > 1 || op[0].at != 0) {
-        x = kernel_output({N, op[0].rows.size(1)}, g.options());
-        for (const RowsAt& p : op) x.narrow(0, p.at, p.rows.size(0)).copy_(p.rows);
-      }
-      out.push_back(at::mm(g.t(), x));
-    }
+    for (const Operand& op : operands) out.push_back(at::mm(g.t(), gathered(op, N)));
     return out;
   }
   int64_t width = 0;

@@ -8,6 +8,8 @@
 #include <optional>
 #include <tuple>
 
+#include "layer.h"
+
 namespace fastlstm {
 
 using at::Tensor;
@@ -52,13 +54,6 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias, bool reverse);
-
-// The gradients of a layer's final state h_n, c_n ([B, H] each, either absent): the
-// backward adds them at the last time step itself, so a loss on h_n or c_n costs no [S, B, H]
-// gradient that is zero but at one step.
-struct FinalStateGrads {
-  std::optional<Tensor> h_n, c_n;
-};
 
 // Its backward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias), the bias's
 // gradient summed by the backward kernel as it computes each row.

@@ -173,25 +173,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> with_final_state(
   return {hs, cs, gates, hs.select(0, last).clone(), cs.select(0, last).clone()};
 }
 
-// grad_hs and grad_cs with the final state's gradients added at the last step (the paths
-// without the fused kernel, which adds them itself).
-std::pair<Tensor, std::optional<Tensor>> fold_final_state(
-    const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
-    const FinalStateGrads& final_grads, const Tensor& cs, bool reverse) {
-  const int64_t last = reverse ? 0 : grad_hs.size(0) - 1;
-  Tensor g = grad_hs;
-  if (final_grads.h_n) {
-    g = grad_hs.clone();
-    g.select(0, last).add_(*final_grads.h_n);
-  }
-  std::optional<Tensor> gc = grad_cs;
-  if (final_grads.c_n) {
-    gc = grad_cs ? grad_cs->clone() : at::zeros_like(cs);
-    gc->select(0, last).add_(*final_grads.c_n);
-  }
-  return {g, gc};
-}
-
 FinalStateGrads final_state_grads(const std::optional<Tensor>& h_n,
                                   const std::optional<Tensor>& c_n) {
   FinalStateGrads out;
@@ -306,9 +287,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_embedded_backward_cpu(
                                                      table.size(0), h0, c0, w_hh, hs, cs, gates,
                                                      reverse))
     return *fused;
-  const auto [g, gc] = fold_final_state(grad_hs, grad_cs, final_grads, cs, reverse);
-  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
-      g, gc, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
+  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] =
+      layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse,
+                     kCpuKernels, final_grads);
   const auto acc = cell_dtype(table.scalar_type());
   Tensor grad_table = at::zeros(table.sizes(), table.options().dtype(acc));
   grad_table.index_add_(0, ids.flatten(), grad_xproj.flatten(0, 1).to(acc));
@@ -328,9 +309,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_train_backward_
   if (auto fused = cpu_fused_layer_train_backward(grad_hs, grad_cs, final_grads, x, h0, c0,
                                                   w_ih, w_hh, hs, cs, gates, reverse))
     return *fused;
-  const auto [g_hs, gc] = fold_final_state(grad_hs, grad_cs, final_grads, cs, reverse);
-  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] = layer_backward(
-      g_hs, gc, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse, kCpuKernels);
+  auto [grad_xproj, grad_h0, grad_c0, grad_w_hh] =
+      layer_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates.to(cs.scalar_type()), reverse,
+                     kCpuKernels, final_grads);
   const Tensor g = grad_xproj.flatten(0, 1), x_flat = x.flatten(0, 1);
   return {g.mm(w_ih).view(x.sizes()), grad_h0, grad_c0, g.t().mm(x_flat), grad_w_hh,
           g.sum(0, false, cell_dtype(g.scalar_type())).to(g.scalar_type())};

@@ -15,16 +15,18 @@ static void configure() {
   __asm__ __volatile__("ldtilecfg %0" : : "m"(c));
 }
 alignas(64) static char wbuf[LOADS_KB * 1024];
-__attribute__((noinline)) void tiles(long n) {
-  for (long i = 0; i < n; ++i) {
+// Four tile products (2 x 2 output tiles), with LOADS two weight tiles loaded first.
+__attribute__((always_inline)) inline void four_products(long i) {
 #if LOADS
-    const char* w = wbuf + (i % (LOADS_KB / 2)) * 2048;
-    _tile_loadd(5, w, 64); _tile_dpbf16ps(0, 4, 5); _tile_loadd(6, w + 1024, 64); _tile_dpbf16ps(1, 4, 6);
-    _tile_dpbf16ps(2, 7, 5); _tile_dpbf16ps(3, 7, 6);
+  const char* w = wbuf + (i % (LOADS_KB / 2)) * 2048;
+  _tile_loadd(5, w, 64); _tile_dpbf16ps(0, 4, 5); _tile_loadd(6, w + 1024, 64); _tile_dpbf16ps(1, 4, 6);
+  _tile_dpbf16ps(2, 7, 5); _tile_dpbf16ps(3, 7, 6);
 #else
-    _tile_dpbf16ps(0, 4, 5); _tile_dpbf16ps(1, 4, 6); _tile_dpbf16ps(2, 7, 5); _tile_dpbf16ps(3, 7, 6);
+  _tile_dpbf16ps(0, 4, 5); _tile_dpbf16ps(1, 4, 6); _tile_dpbf16ps(2, 7, 5); _tile_dpbf16ps(3, 7, 6);
 #endif
-  }
+}
+__attribute__((noinline)) void tiles(long n) {
+  for (long i = 0; i < n; ++i) four_products(i);
 }
 // 8 independent chains of FMAs + a division each 8 steps (like the gate math's mix)
 __attribute__((noinline)) __m512 vec(long n, __m512 x) {
@@ -42,13 +44,7 @@ __attribute__((noinline)) __m512 both(long n, __m512 x) {
   for (int k = 0; k < 8; ++k) a[k] = _mm512_add_ps(x, _mm512_set1_ps(k * 0.01f));
   const __m512 m = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
   for (long i = 0; i < n; ++i) {
-#if LOADS
-    const char* w = wbuf + (i % (LOADS_KB / 2)) * 2048;
-    _tile_loadd(5, w, 64); _tile_dpbf16ps(0, 4, 5); _tile_loadd(6, w + 1024, 64); _tile_dpbf16ps(1, 4, 6);
-    _tile_dpbf16ps(2, 7, 5); _tile_dpbf16ps(3, 7, 6);
-#else
-    _tile_dpbf16ps(0, 4, 5); _tile_dpbf16ps(1, 4, 6); _tile_dpbf16ps(2, 7, 5); _tile_dpbf16ps(3, 7, 6);
-#endif
+    four_products(i);
     for (int r = 0; r < 8; ++r)  // 64 FMAs per 4 tile products
       for (int k = 0; k < 8; ++k) a[k] = _mm512_fmadd_ps(a[k], m, b);
   }
