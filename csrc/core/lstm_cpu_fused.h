@@ -659,18 +659,30 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       epilogue_row(pending, pre[buf ^ 1], pending_row);
   };
   int configured = 0;  // rows the AMX tiles are configured for
-  // Odd steps walk the unit groups backwards (snake_order).
-  for (int64_t k = 0; k < part.group_end - part.group_begin; ++k) {
-    const int64_t g = snake_order(k, part.group_begin, part.group_end, s + a.walk_offset);
-    const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
-    const uint32_t* w = as_ksteps(a.packed) + g * group_size;
-    const uint32_t* w_ih = kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;
-    for (int64_t row0 = part.row_begin, rows = 0; row0 < row_end; row0 += rows) {
-      const bool pair = pairs && row_end - row0 >= 2 * kAmxRows;
-      rows = pair ? 2 * kAmxRows : std::min<int64_t>(kRowBlock, row_end - row0);
-      const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
-      const int tile_rows = pair ? kAmxRows : static_cast<int>(rows);
-      if (amx && tile_rows != configured) amx_configure(configured = tile_rows);
+  // The row blocks: two of 16 rows together where pairs, else up to kRowBlock rows.
+  const auto block_rows = [&](int64_t row0) -> int64_t {
+    return pairs && row_end - row0 >= 2 * kAmxRows ? 2 * kAmxRows
+                                                   : std::min<int64_t>(kRowBlock, row_end - row0);
+  };
+  int64_t row_blocks = 0;
+  for (int64_t row0 = part.row_begin; row0 < row_end; row0 += block_rows(row0)) ++row_blocks;
+  // Row blocks outermost: the tiles are configured once per row block (ldtilecfg, ~70 ns, at
+  // every change of rows: 16 a step at S3's 16 + 9 rows with the groups outermost). Each row
+  // block walks the unit groups back from where the one before ended (snake_order, counting
+  // walks over the steps), so it starts on the weights still in cache.
+  for (int64_t row0 = part.row_begin, rows = 0, rb = 0; row0 < row_end; row0 += rows, ++rb) {
+    rows = block_rows(row0);
+    const bool pair = rows > kAmxRows;
+    const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
+    const int tile_rows = pair ? kAmxRows : static_cast<int>(rows);
+    if (amx && tile_rows != configured) amx_configure(configured = tile_rows);
+    for (int64_t k = 0; k < part.group_end - part.group_begin; ++k) {
+      const int64_t g = snake_order(k, part.group_begin, part.group_end,
+                                    (s + a.walk_offset) * row_blocks + rb);
+      const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
+      const uint32_t* w = as_ksteps(a.packed) + g * group_size;
+      const uint32_t* w_ih =
+          kInputFused ? as_ksteps(a.packed_ih) + g * ksteps_x * 4 * kLanes : nullptr;
       // The epilogue's reads and writes would miss the cache (rows 2 KB and more apart, a
       // new region every step: the hardware prefetcher does not follow; the outputs are
       // fresh memory, each store first fetching its line): fetch the lines this tile will
@@ -780,15 +792,20 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
   int configured = 0;  // rows the AMX tiles are configured for
   const int64_t tiles = (part.group_end - part.group_begin + kGroupsPerBackwardTile - 1) /
                         kGroupsPerBackwardTile;
-  for (int64_t k = 0; k < tiles; ++k) {  // odd steps backwards, as the forward's groups
-    const int64_t g0 = part.group_begin + snake_order(k, 0, tiles, s) * kGroupsPerBackwardTile;
-    const int groups = static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, part.group_end - g0));
-    const uint32_t* w = as_ksteps(a.packed) + g0 * ksteps * kLanes;
-    for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kRowBlock) {
-      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
-      const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
-      const bool amx = kAmx && prows >= a.amx_min_rows;
-      if (amx && prows != configured) amx_configure(configured = prows);
+  // Row blocks outermost, as the forward's (the tiles configured once per row block), each
+  // walking the tiles of groups back from where the one before ended.
+  const int64_t row_blocks = (row_end - part.row_begin + kRowBlock - 1) / kRowBlock;
+  for (int64_t row0 = part.row_begin, rb = 0; row0 < row_end; row0 += kRowBlock, ++rb) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
+    const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
+    const bool amx = kAmx && prows >= a.amx_min_rows;
+    if (amx && prows != configured) amx_configure(configured = prows);
+    for (int64_t k = 0; k < tiles; ++k) {
+      const int64_t g0 = part.group_begin +
+                         snake_order(k, 0, tiles, s * row_blocks + rb) * kGroupsPerBackwardTile;
+      const int groups =
+          static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, part.group_end - g0));
+      const uint32_t* w = as_ksteps(a.packed) + g0 * ksteps * kLanes;
       // As in the forward: the lines the epilogue reads at the next step, a step ahead, each
       // line once.
       if (s + 1 < S) {

@@ -51,12 +51,15 @@ inline void transpose_16x16_32bit(__m512i r[16]) {
 // dst[c ld_dst + r] = src[r ld_src + c] for r < rows, c < cols. Rows 2i and 2i + 1 are
 // interleaved into 32-bit pairs first: a 32-bit transpose of the pairs then puts rows
 // 0 .. 31 of column c in order into one 64-byte store. The rest (rows past a multiple of 32,
-// columns past a multiple of 16) element by element.
+// columns past a multiple of 16) element by element. Columns outermost: dst is written as 16
+// sequential streams (16 rows at a time, left to right) that the prefetchers follow; rows
+// outermost wrote all `cols` rows of dst at once and, with the operands out of cache (the
+// weight gradients' case), ran at half the rate (a [2500, 128] source: 62 against 122 us).
 inline void transpose_2byte(const uint16_t* src, int64_t ld_src, int64_t rows, int64_t cols,
                             uint16_t* dst, int64_t ld_dst) {
   const int64_t full_rows = rows / 32 * 32, full_cols = cols / 16 * 16;
-  for (int64_t r0 = 0; r0 < full_rows; r0 += 32) {
-    for (int64_t c0 = 0; c0 < full_cols; c0 += 16) {
+  for (int64_t c0 = 0; c0 < full_cols; c0 += 16) {
+    for (int64_t r0 = 0; r0 < full_rows; r0 += 32) {
       __m512i v[16];
       for (int i = 0; i < 16; ++i) {
         const uint16_t* p = src + (r0 + 2 * i) * ld_src + c0;
@@ -67,9 +70,9 @@ inline void transpose_2byte(const uint16_t* src, int64_t ld_src, int64_t rows, i
       transpose_16x16_32bit(v);
       for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (c0 + j) * ld_dst + r0, v[j]);
     }
-    for (int64_t r = r0; r < r0 + 32; ++r)
-      for (int64_t c = full_cols; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
   }
+  for (int64_t c = full_cols; c < cols; ++c)
+    for (int64_t r = 0; r < full_rows; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
   for (int64_t r = full_rows; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
 }
