@@ -29,11 +29,15 @@ def layer_inputs(steps, batch, hidden, dtype, seed):
 # that, at 2 threads, B >= 8 splits the rows and B < 8 the units (each worker at least 2
 # groups of 16), meeting at the barrier every step: (5, 2, 192) and (5, 3, 200, a partial
 # group) split the units, (4, 9, 96) and (4, 64, 32) the rows. H = 37, 48, 200: a partial
-# group of 16 (37: an odd bf16 k too). One step: the per-step loop. On AMX tiles (16 rows,
+# group of 16 (37: an odd bf16 k too). One step: the per-step loop (so does any sequence
+# under 4 steps: kMinSteps in layer_cpu_fused.cpp). On AMX tiles (16 rows,
 # 16 k-steps each, the register tile for the rest): 64 and 21 rows take several row
 # blocks (21 on one thread: 16 + 5); H = 37 and 48 leave k-steps past the last whole tile.
+# Where the k-steps are whole tile blocks (H = 32, 64), 17 to 32 rows go as one pair of row
+# blocks whose second has fewer rows: 50 rows are 32 + (16 + 2) on one thread, 16 + 9 a
+# worker on two.
 SHAPES = [(7, 1, 37), (5, 2, 192), (5, 3, 200), (4, 9, 96), (9, 13, 48), (4, 64, 32), (1, 8, 16),
-          (3, 21, 40)]
+          (4, 21, 40), (4, 50, 64)]
 
 
 # bf16 on a CPU with AMX runs its products on AMX tiles; FASTLSTM_CPU_AMX=0 keeps the AVX-512

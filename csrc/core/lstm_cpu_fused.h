@@ -232,12 +232,14 @@ struct AmxTileConfig {
 
 // Tiles for `rows` rows (1 to 16) on the calling thread. Loaded at the start of every call
 // that uses them: other code on the thread (oneDNN) configures its own between our calls.
-inline void amx_configure(int rows) {
+// low_rows (1 to 16): amx_product_pair's second row block, tiles 2, 3 and 7, has that many.
+inline void amx_configure(int rows, int low_rows = 0) {
   AmxTileConfig c;
   memset(&c, 0, sizeof c);
   c.palette = 1;
   for (int t = 0; t < 8; ++t) {
-    c.rows[t] = static_cast<uint8_t>(t == 5 || t == 6 ? kAmxKsteps : rows);
+    const bool low = low_rows > 0 && (t == 2 || t == 3 || t == 7);
+    c.rows[t] = static_cast<uint8_t>(t == 5 || t == 6 ? kAmxKsteps : low ? low_rows : rows);
     c.colsb[t] = 64;
   }
   // Not _tile_loadconfig: GCC 12 does not see that it reads the struct, and drops the stores.
@@ -310,12 +312,13 @@ inline int64_t amx_product(int nv, const uint32_t* a, int64_t lda, int64_t kstep
   return done;
 }
 
-// Two row blocks of 16 rows at once (rows a .. a + 32 lda): out[r][v][0..16) for r < 32 and the
-// four vectors v = the sum of two products as amx_product's (a1 x b1, if a1 is not null, plus
-// a2 x b2; whole blocks of 16 k-steps only); out's rows 4 x 64 bytes apart. Two vectors at a
-// time, both row blocks: each weight tile feeds two products, half the weight loads of two
-// amx_product calls (the weights stream from L2 at every step; the rows stay in L1).
-// Tiles configured for 16 rows. between() as amx_product's, after each block of k-steps.
+// Two row blocks at once (rows a .. a + (16 + n) lda): out[r][v][0..16) for r < 16 + n and
+// the four vectors v = the sum of two products as amx_product's (a1 x b1, if a1 is not null,
+// plus a2 x b2; whole blocks of 16 k-steps only); out's rows 4 x 64 bytes apart. Two vectors
+// at a time, both row blocks: each weight tile feeds two products, half the weight loads of
+// two amx_product calls (the weights stream from L2 at every step; the rows stay in L1).
+// Tiles configured by amx_configure(16, n), n <= 16 the second block's rows. between() as
+// amx_product's, after each block of k-steps.
 template <typename Between>
 inline void amx_product_pair(const uint32_t* a1, int64_t lda1, int64_t ksteps1, const uint32_t* b1,
                              const uint32_t* a2, int64_t lda2, int64_t ksteps2, const uint32_t* b2,
@@ -629,7 +632,7 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   constexpr int kMaxBlockRows = kAmx ? 2 * kAmxRows : kRowBlock;
   const bool pairs = kAmx && a.amx && ksteps % kAmxKsteps == 0 &&
                      (!kInputFused || ksteps_x % kAmxKsteps == 0);
-  float pre[2][kMaxBlockRows * 4 * kLanes];
+  alignas(64) float pre[2][kMaxBlockRows * 4 * kLanes];  // 64-byte rows: tile stores
   int buf = 0;              // pre[buf]: the block being multiplied
   Block pending{0, 0, 0, 0};  // the block before it, its epilogue from row pending_row on
   int pending_row = 0;
@@ -658,11 +661,13 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     for (; n > 0 && pending_row < pending.rows; --n, ++pending_row)
       epilogue_row(pending, pre[buf ^ 1], pending_row);
   };
-  int configured = 0;  // rows the AMX tiles are configured for
+  int configured = 0;  // what the AMX tiles are configured for: rows * 32 + low rows
   // The row blocks: two of 16 rows together where pairs, else up to kRowBlock rows.
+  // A pair takes 17 to 32 rows: its second block's tiles configured for the rows it has
+  // (S3's 25 rows a worker: 16 + 9, each weight tile read once for both).
   const auto block_rows = [&](int64_t row0) -> int64_t {
-    return pairs && row_end - row0 >= 2 * kAmxRows ? 2 * kAmxRows
-                                                   : std::min<int64_t>(kRowBlock, row_end - row0);
+    return pairs && row_end - row0 > kAmxRows ? std::min<int64_t>(2 * kAmxRows, row_end - row0)
+                                              : std::min<int64_t>(kRowBlock, row_end - row0);
   };
   int64_t row_blocks = 0;
   for (int64_t row0 = part.row_begin; row0 < row_end; row0 += block_rows(row0)) ++row_blocks;
@@ -675,7 +680,11 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     const bool pair = rows > kAmxRows;
     const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
     const int tile_rows = pair ? kAmxRows : static_cast<int>(rows);
-    if (amx && tile_rows != configured) amx_configure(configured = tile_rows);
+    const int low_rows = pair ? static_cast<int>(rows) - kAmxRows : 0;
+    if (amx && tile_rows * 32 + low_rows != configured) {
+      amx_configure(tile_rows, low_rows);
+      configured = tile_rows * 32 + low_rows;
+    }
     for (int64_t k = 0; k < part.group_end - part.group_begin; ++k) {
       const int64_t g = snake_order(k, part.group_begin, part.group_end,
                                     (s + a.walk_offset) * row_blocks + rb);
@@ -788,7 +797,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
     return t_prev >= 0 && row < layout.count(t_prev) ? a.cs + (layout.first(t_prev) + row) * H
                                                   : a.c0 + row * H;
   };
-  float dh_rec[kRowBlock * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
+  alignas(64) float dh_rec[kRowBlock * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
   int configured = 0;  // rows the AMX tiles are configured for
   const int64_t tiles = (part.group_end - part.group_begin + kGroupsPerBackwardTile - 1) /
                         kGroupsPerBackwardTile;
