@@ -797,18 +797,34 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
     return t_prev >= 0 && row < layout.count(t_prev) ? a.cs + (layout.first(t_prev) + row) * H
                                                   : a.c0 + row * H;
   };
-  alignas(64) float dh_rec[kRowBlock * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
-  int configured = 0;  // rows the AMX tiles are configured for
+  // With AMX, 17 to 32 rows go as one pair of row blocks where every tile of groups is whole
+  // and the k-steps are whole tile blocks (amx_product_pair, as the forward's pairs).
+  const bool pairs = kAmx && ksteps % kAmxKsteps == 0 &&
+                     (part.group_end - part.group_begin) % kGroupsPerBackwardTile == 0;
+  constexpr int kMaxBlockRows = kAmx ? 2 * kAmxRows : kRowBlock;
+  alignas(64) float dh_rec[kMaxBlockRows * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
+  int configured = 0;  // what the AMX tiles are configured for: rows * 32 + low rows
+  const auto configure = [&](int rows, int low_rows) {
+    if (rows * 32 + low_rows != configured) amx_configure(rows, low_rows);
+    configured = rows * 32 + low_rows;
+  };
   const int64_t tiles = (part.group_end - part.group_begin + kGroupsPerBackwardTile - 1) /
                         kGroupsPerBackwardTile;
+  const auto block_rows = [&](int64_t row0) -> int64_t {
+    return pairs && row_end - row0 > kAmxRows ? std::min<int64_t>(2 * kAmxRows, row_end - row0)
+                                              : std::min<int64_t>(kRowBlock, row_end - row0);
+  };
+  int64_t row_blocks = 0;
+  for (int64_t row0 = part.row_begin; row0 < row_end; row0 += block_rows(row0)) ++row_blocks;
   // Row blocks outermost, as the forward's (the tiles configured once per row block), each
   // walking the tiles of groups back from where the one before ended.
-  const int64_t row_blocks = (row_end - part.row_begin + kRowBlock - 1) / kRowBlock;
-  for (int64_t row0 = part.row_begin, rb = 0; row0 < row_end; row0 += kRowBlock, ++rb) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, row_end - row0));
+  for (int64_t row0 = part.row_begin, rb = 0, block = 0; row0 < row_end; row0 += block, ++rb) {
+    block = block_rows(row0);
+    const int rows = static_cast<int>(block);
     const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
-    const bool amx = kAmx && prows >= a.amx_min_rows;
-    if (amx && prows != configured) amx_configure(configured = prows);
+    const bool pair = prows > kAmxRows;  // (only where pairs: else rows <= 16)
+    const bool amx = kAmx && (pair || prows >= a.amx_min_rows);
+    if (amx) pair ? configure(kAmxRows, prows - kAmxRows) : configure(prows, 0);
     for (int64_t k = 0; k < tiles; ++k) {
       const int64_t g0 = part.group_begin +
                          snake_order(k, 0, tiles, s * row_blocks + rb) * kGroupsPerBackwardTile;
@@ -835,8 +851,16 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
       if (prows > 0) {
         const uint32_t* g_rows = as_ksteps(grad_later + row0 * 4 * H);
         const int64_t ld_g = 4 * H / KStep<T>::kPer;
-        row_block_product<kBf16, kAmx, false>(amx, prows, groups, g_rows, ld_g, ksteps, w, kLanes,
-                                              ksteps * kLanes, dh_rec);
+        if constexpr (kAmx) {
+          if (pair) {
+            amx_product_pair(nullptr, 0, 0, nullptr, g_rows, ld_g, ksteps, w, kLanes,
+                             ksteps * kLanes, dh_rec, NothingBetween{});
+          }
+        }
+        if (!pair) {
+          row_block_product<kBf16, kAmx, false>(amx, prows, groups, g_rows, ld_g, ksteps, w,
+                                                kLanes, ksteps * kLanes, dh_rec);
+        }
       }
       std::fill(dh_rec + prows * groups * kLanes, dh_rec + rows * groups * kLanes, 0.f);
       if (s == 0 && a.grad_h_n != nullptr) {  // no later step: dL/dh_n is the recurrent part
