@@ -589,6 +589,17 @@ inline void prefetch_lines(const void* p, int64_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(line), kWrite, 2);
 }
 
+// Which loop is outermost in a step: unit groups (each group's weights read once for all the
+// worker's row blocks, from L2 or L1 after the first) or, on AMX, row blocks (the tiles
+// configured once per row block: ldtilecfg costs ~70 ns and the groups-outermost walk issues
+// one at every change of rows: 16 a step at S3's 16 + 9 rows before pairs). Row blocks
+// outermost only where they differ in rows (a partial last block) and the weights a step
+// reads, `weight_bytes`, stay in L2 between the row blocks' walks (at most 1 MiB, half this
+// Xeon's L2: issue 25's eighth part in benchmarks/NOTES.md).
+inline bool rows_outermost(int64_t rows, int64_t full_block_rows, int64_t weight_bytes) {
+  return rows % full_block_rows != 0 && weight_bytes <= (int64_t{1} << 20);
+}
+
 // Step s (in recurrence order) of the rows and units of `part`; kAmx: the products on AMX
 // tiles, 16 rows at a time; G: the saved gates' type.
 template <typename T, bool kSaveGates, bool kInputFused, bool kAmx, typename G = float>
@@ -662,21 +673,25 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       epilogue_row(pending, pre[buf ^ 1], pending_row);
   };
   int configured = 0;  // what the AMX tiles are configured for: rows * 32 + low rows
-  // The row blocks: two of 16 rows together where pairs, else up to kRowBlock rows.
-  // A pair takes 17 to 32 rows: its second block's tiles configured for the rows it has
-  // (S3's 25 rows a worker: 16 + 9, each weight tile read once for both).
-  const auto block_rows = [&](int64_t row0) -> int64_t {
-    return pairs && row_end - row0 > kAmxRows ? std::min<int64_t>(2 * kAmxRows, row_end - row0)
-                                              : std::min<int64_t>(kRowBlock, row_end - row0);
-  };
-  int64_t row_blocks = 0;
-  for (int64_t row0 = part.row_begin; row0 < row_end; row0 += block_rows(row0)) ++row_blocks;
-  // Row blocks outermost: the tiles are configured once per row block (ldtilecfg, ~70 ns, at
-  // every change of rows: 16 a step at S3's 16 + 9 rows with the groups outermost). Each row
-  // block walks the unit groups back from where the one before ended (snake_order, counting
-  // walks over the steps), so it starts on the weights still in cache.
-  for (int64_t row0 = part.row_begin, rows = 0, rb = 0; row0 < row_end; row0 += rows, ++rb) {
-    rows = block_rows(row0);
+  // The row blocks: two of 16 rows together where pairs, else up to kRowBlock rows. A pair
+  // takes 17 to 32 rows: its second block's tiles configured for the rows it has (S3's 25
+  // rows a worker: 16 + 9, each weight tile read once for both).
+  // Every row block full but the last (a pair's 32 rows, or kRowBlock).
+  const int64_t full_rows = pairs ? 2 * kAmxRows : kRowBlock, worker_rows = row_end - part.row_begin;
+  const int64_t row_blocks = worker_rows > 0 ? (worker_rows + full_rows - 1) / full_rows : 0;
+  const int64_t groups = part.group_end - part.group_begin;
+  // Which loop is outermost (rows_outermost). Either way the walk over the unit groups goes
+  // back from where the one before ended (snake_order, counting walks over the steps), so it
+  // starts on the weights still in cache.
+  const bool by_rows =
+      kAmx && worker_rows > 0 &&
+      rows_outermost(worker_rows, full_rows,
+                     (ksteps + (kInputFused ? ksteps_x : 0)) * 4 * kLanes * 4 * groups);
+  for (int64_t i = 0; i < row_blocks * groups; ++i) {
+    const int64_t rb = by_rows ? i / groups : i % row_blocks;
+    const int64_t k = by_rows ? i % groups : i / row_blocks;
+    const int64_t row0 = part.row_begin + rb * full_rows;
+    const int64_t rows = std::min<int64_t>(full_rows, row_end - row0);
     const bool pair = rows > kAmxRows;
     const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
     const int tile_rows = pair ? kAmxRows : static_cast<int>(rows);
@@ -685,9 +700,10 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       amx_configure(tile_rows, low_rows);
       configured = tile_rows * 32 + low_rows;
     }
-    for (int64_t k = 0; k < part.group_end - part.group_begin; ++k) {
+    {
       const int64_t g = snake_order(k, part.group_begin, part.group_end,
-                                    (s + a.walk_offset) * row_blocks + rb);
+                                    by_rows ? (s + a.walk_offset) * row_blocks + rb
+                                            : s + a.walk_offset);
       const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
       const uint32_t* w = as_ksteps(a.packed) + g * group_size;
       const uint32_t* w_ih =
@@ -810,24 +826,26 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
   };
   const int64_t tiles = (part.group_end - part.group_begin + kGroupsPerBackwardTile - 1) /
                         kGroupsPerBackwardTile;
-  const auto block_rows = [&](int64_t row0) -> int64_t {
-    return pairs && row_end - row0 > kAmxRows ? std::min<int64_t>(2 * kAmxRows, row_end - row0)
-                                              : std::min<int64_t>(kRowBlock, row_end - row0);
-  };
-  int64_t row_blocks = 0;
-  for (int64_t row0 = part.row_begin; row0 < row_end; row0 += block_rows(row0)) ++row_blocks;
-  // Row blocks outermost, as the forward's (the tiles configured once per row block), each
-  // walking the tiles of groups back from where the one before ended.
-  for (int64_t row0 = part.row_begin, rb = 0, block = 0; row0 < row_end; row0 += block, ++rb) {
-    block = block_rows(row0);
-    const int rows = static_cast<int>(block);
+  // The loops as the forward's (rows_outermost), over the tiles of groups.
+  const int64_t full_rows = pairs ? 2 * kAmxRows : kRowBlock, worker_rows = row_end - part.row_begin;
+  const int64_t row_blocks = worker_rows > 0 ? (worker_rows + full_rows - 1) / full_rows : 0;
+  const bool by_rows =
+      kAmx && worker_rows > 0 &&
+      rows_outermost(worker_rows, full_rows,
+                     ksteps * kLanes * 4 * (part.group_end - part.group_begin));
+  for (int64_t i = 0; i < row_blocks * tiles; ++i) {
+    const int64_t rb = by_rows ? i / tiles : i % row_blocks;
+    const int64_t k = by_rows ? i % tiles : i / row_blocks;
+    const int64_t row0 = part.row_begin + rb * full_rows;
+    const int rows = static_cast<int>(std::min<int64_t>(full_rows, row_end - row0));
     const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
     const bool pair = prows > kAmxRows;  // (only where pairs: else rows <= 16)
     const bool amx = kAmx && (pair || prows >= a.amx_min_rows);
     if (amx) pair ? configure(kAmxRows, prows - kAmxRows) : configure(prows, 0);
-    for (int64_t k = 0; k < tiles; ++k) {
-      const int64_t g0 = part.group_begin +
-                         snake_order(k, 0, tiles, s * row_blocks + rb) * kGroupsPerBackwardTile;
+    {
+      const int64_t g0 =
+          part.group_begin +
+          snake_order(k, 0, tiles, by_rows ? s * row_blocks + rb : s) * kGroupsPerBackwardTile;
       const int groups =
           static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, part.group_end - g0));
       const uint32_t* w = as_ksteps(a.packed) + g0 * ksteps * kLanes;
