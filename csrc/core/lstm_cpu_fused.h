@@ -687,9 +687,10 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       kAmx && worker_rows > 0 &&
       rows_outermost(worker_rows, full_rows,
                      (ksteps + (kInputFused ? ksteps_x : 0)) * 4 * kLanes * 4 * groups);
-  for (int64_t i = 0; i < row_blocks * groups; ++i) {
-    const int64_t rb = by_rows ? i / groups : i % row_blocks;
-    const int64_t k = by_rows ? i % groups : i / row_blocks;
+  const int64_t n_outer = by_rows ? row_blocks : groups, n_inner = by_rows ? groups : row_blocks;
+  for (int64_t outer = 0; outer < n_outer; ++outer)
+  for (int64_t inner = 0; inner < n_inner; ++inner) {
+    const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
     const int64_t row0 = part.row_begin + rb * full_rows;
     const int64_t rows = std::min<int64_t>(full_rows, row_end - row0);
     const bool pair = rows > kAmxRows;
@@ -833,9 +834,10 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
       kAmx && worker_rows > 0 &&
       rows_outermost(worker_rows, full_rows,
                      ksteps * kLanes * 4 * (part.group_end - part.group_begin));
-  for (int64_t i = 0; i < row_blocks * tiles; ++i) {
-    const int64_t rb = by_rows ? i / tiles : i % row_blocks;
-    const int64_t k = by_rows ? i % tiles : i / row_blocks;
+  const int64_t n_outer = by_rows ? row_blocks : tiles, n_inner = by_rows ? tiles : row_blocks;
+  for (int64_t outer = 0; outer < n_outer; ++outer)
+  for (int64_t inner = 0; inner < n_inner; ++inner) {
+    const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
     const int64_t row0 = part.row_begin + rb * full_rows;
     const int rows = static_cast<int>(std::min<int64_t>(full_rows, row_end - row0));
     const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
