@@ -246,6 +246,17 @@ inline void amx_configure(int rows, int low_rows = 0) {
   __asm__ __volatile__("ldtilecfg %0" : : "m"(c));
 }
 
+// What the tiles are configured for within one step call: amx_configure (~70 ns) only at a
+// change.
+struct TileRows {
+  int current = 0;  // rows * 32 + low rows
+  void configure(int rows, int low_rows = 0) {
+    if (rows * 32 + low_rows == current) return;
+    amx_configure(rows, low_rows);
+    current = rows * 32 + low_rows;
+  }
+};
+
 // out[r][v][0..16) (+)= sum over the first (ksteps / 16) * 16 k-steps of a[r lda + ks] times
 // b[ks ks_stride + v v_stride] (32-bit k-steps, as tile_product), for the configured rows
 // and nv <= 4 vectors; out's rows 64 nv bytes apart. Returns the k-steps done (the caller
@@ -672,11 +683,10 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     for (; n > 0 && pending_row < pending.rows; --n, ++pending_row)
       epilogue_row(pending, pre[buf ^ 1], pending_row);
   };
-  int configured = 0;  // what the AMX tiles are configured for: rows * 32 + low rows
-  // The row blocks: two of 16 rows together where pairs, else up to kRowBlock rows. A pair
-  // takes 17 to 32 rows: its second block's tiles configured for the rows it has (S3's 25
-  // rows a worker: 16 + 9, each weight tile read once for both).
-  // Every row block full but the last (a pair's 32 rows, or kRowBlock).
+  TileRows tile_rows;
+  // The row blocks: 32 rows where pairs (a pair takes 17 to 32 rows, its second block's tiles
+  // configured for the rows it has: S3's 25 rows a worker as 16 + 9, each weight tile read once
+  // for both), else kRowBlock; every block full but the last.
   const int64_t full_rows = pairs ? 2 * kAmxRows : kRowBlock, worker_rows = row_end - part.row_begin;
   const int64_t row_blocks = worker_rows > 0 ? (worker_rows + full_rows - 1) / full_rows : 0;
   const int64_t groups = part.group_end - part.group_begin;
@@ -695,11 +705,9 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     const int64_t rows = std::min<int64_t>(full_rows, row_end - row0);
     const bool pair = rows > kAmxRows;
     const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
-    const int tile_rows = pair ? kAmxRows : static_cast<int>(rows);
-    const int low_rows = pair ? static_cast<int>(rows) - kAmxRows : 0;
-    if (amx && tile_rows * 32 + low_rows != configured) {
-      amx_configure(tile_rows, low_rows);
-      configured = tile_rows * 32 + low_rows;
+    if (amx) {
+      const int n = static_cast<int>(rows);
+      pair ? tile_rows.configure(kAmxRows, n - kAmxRows) : tile_rows.configure(n);
     }
     {
       const int64_t g = snake_order(k, part.group_begin, part.group_end,
@@ -820,11 +828,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
                      (part.group_end - part.group_begin) % kGroupsPerBackwardTile == 0;
   constexpr int kMaxBlockRows = kAmx ? 2 * kAmxRows : kRowBlock;
   alignas(64) float dh_rec[kMaxBlockRows * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
-  int configured = 0;  // what the AMX tiles are configured for: rows * 32 + low rows
-  const auto configure = [&](int rows, int low_rows) {
-    if (rows * 32 + low_rows != configured) amx_configure(rows, low_rows);
-    configured = rows * 32 + low_rows;
-  };
+  TileRows tile_rows;
   const int64_t tiles = (part.group_end - part.group_begin + kGroupsPerBackwardTile - 1) /
                         kGroupsPerBackwardTile;
   // The loops as the forward's (rows_outermost), over the tiles of groups.
@@ -843,7 +847,7 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
     const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
     const bool pair = prows > kAmxRows;  // (only where pairs: else rows <= 16)
     const bool amx = kAmx && (pair || prows >= a.amx_min_rows);
-    if (amx) pair ? configure(kAmxRows, prows - kAmxRows) : configure(prows, 0);
+    if (amx) pair ? tile_rows.configure(kAmxRows, prows - kAmxRows) : tile_rows.configure(prows);
     {
       const int64_t g0 =
           part.group_begin +
