@@ -20,15 +20,18 @@ using namespace fastlstm;
 using namespace fastlstm::fused;
 
 // Buffers 64-byte aligned, as torch's CPU allocator gives them: an AMX tile load whose rows
-// straddle cache lines costs ~3x (16.7 against 5.2 ns a product, operands in L1), and
-// std::vector's memory is only 16-byte aligned.
+// straddle cache lines costs ~3x (19 against 5.9 ns a product, weights in L1:
+// results/2026-12-06-cpu-xeon-amx-session4/amx_tile_loads.txt), and std::vector's memory is
+// only 16-byte aligned.
 template <typename T>
 struct Aligned64 {
   using value_type = T;
   Aligned64() = default;
   template <typename U>
   Aligned64(const Aligned64<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)); }
+  T* allocate(size_t n) {
+    return static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64));
+  }
   void deallocate(T* p, size_t) { std::free(p); }
   bool operator==(const Aligned64&) const { return true; }
   bool operator!=(const Aligned64&) const { return false; }

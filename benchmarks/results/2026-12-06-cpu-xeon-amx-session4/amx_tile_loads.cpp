@@ -1,25 +1,17 @@
 // What the fused layer's AMX products cost with their tile loads, one thread. The kernel's
 // pattern: per k-block one row tile (16 rows of 64 bytes, 1 KiB apart) and, for each of four
 // gate vectors, one 1 KiB weight tile then a TDPBF16PS into that vector's accumulator tile.
-//   g++ -O2 -std=c++17 amx_tile_loads.cpp -o /tmp/amx_tile_loads && /tmp/amx_tile_loads
+//   g++ -O2 -std=c++17 -pthread -Icsrc/core <this file> -o /tmp/amx_tile_loads && /tmp/amx_tile_loads
 // Cases: weights from a 256 KiB buffer (L2) or a 32 KiB one (L1); the buffers' pages never
 // written (all of them the kernel's one zero page: an earlier test, amx_overlap.cpp, measured
 // that by mistake) or written; rows 64-byte aligned or 16 bytes off (std::vector's alignment,
 // as the kernel harness had); and the products alone on resident tiles.
-#include <immintrin.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "lstm_cpu_fused.h"  // amx_usable, amx_configure: the layer's own
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,amx-tile,amx-bf16")
-struct Cfg { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
-static void configure() {
-  Cfg c; memset(&c, 0, sizeof c); c.palette = 1;
-  for (int t = 0; t < 8; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
-  __asm__ __volatile__("ldtilecfg %0" : : "m"(c));
-}
 alignas(64) static char zero_w[256 * 1024 + 64], zero_a[16 * 1024 + 64];   // never written
 alignas(64) static char w_mem[256 * 1024 + 64], a_mem[16 * 1024 + 64];     // written below
 alignas(64) static float out[16 * 64];
@@ -58,10 +50,10 @@ static void run(const char* what, const char* a, const char* w, int w_groups, bo
   printf("%-58s %5.1f ns a product\n", what, best / (100.0 * GROUPS * KB * 4) * 1e9);
 }
 int main() {
-  if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) { printf("no AMX\n"); return 1; }
+  if (!fastlstm::fused::amx_usable()) { printf("no AMX\n"); return 1; }
   for (size_t i = 0; i < sizeof w_mem; i += 2) { uint16_t v = 0x3c00 + (i % 97); memcpy(w_mem + i, &v, 2); }
   for (size_t i = 0; i < sizeof a_mem; i += 2) { uint16_t v = 0x3c00 + (i % 89); memcpy(a_mem + i, &v, 2); }
-  configure();
+  fastlstm::fused::amx_configure(16);
   _tile_loadd(4, a_mem, 64); _tile_loadd(5, w_mem, 64); _tile_loadd(6, w_mem + 1024, 64);
   _tile_loadd(7, a_mem + 1024, 64);
   for (int round = 0; round < 2; ++round) {
