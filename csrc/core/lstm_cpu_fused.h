@@ -611,6 +611,35 @@ inline bool rows_outermost(int64_t rows, int64_t full_block_rows, int64_t weight
   return rows % full_block_rows != 0 && weight_bytes <= (int64_t{1} << 20);
 }
 
+// A step's blocks: a worker's row blocks (`full_rows` each, the last one fewer where the rows
+// run out) times its `columns` (unit groups, or tiles of them), in the order rows_outermost
+// picks (amx: only the AMX path reconfigures tiles). The columns are walked back and forth
+// (snake_order, counting the walks over the steps), so each walk starts on the weights the
+// one before ended on, still in cache.
+struct BlockWalk {
+  struct Block {
+    int64_t row0, rows, column;  // rows [row0, row0 + rows) of column `column` (0-based)
+  };
+  int64_t row_begin, row_end, full_rows, row_blocks, columns;
+  bool by_rows;
+  BlockWalk(int64_t row_begin, int64_t row_end, int64_t full_rows, int64_t columns, bool amx,
+            int64_t weight_bytes)
+      : row_begin(row_begin), row_end(row_end), full_rows(full_rows),
+        row_blocks(row_end > row_begin ? (row_end - row_begin + full_rows - 1) / full_rows : 0),
+        columns(columns),
+        by_rows(amx && row_blocks > 0 &&
+                rows_outermost(row_end - row_begin, full_rows, weight_bytes)) {}
+  int64_t outer() const { return by_rows ? row_blocks : columns; }
+  int64_t inner() const { return by_rows ? columns : row_blocks; }
+  // The block at (outer, inner) of the walk at step `step`.
+  Block at(int64_t outer, int64_t inner, int64_t step) const {
+    const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
+    const int64_t row0 = row_begin + rb * full_rows;
+    return {row0, std::min(full_rows, row_end - row0),
+            snake_order(k, 0, columns, by_rows ? step * row_blocks + rb : step)};
+  }
+};
+
 // Step s (in recurrence order) of the rows and units of `part`; kAmx: the products on AMX
 // tiles, 16 rows at a time; G: the saved gates' type.
 template <typename T, bool kSaveGates, bool kInputFused, bool kAmx, typename G = float>
@@ -649,8 +678,8 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     int64_t unit0, units, row0;
     int rows;
   };
-  // With AMX two whole row blocks go together where the k-steps are whole tile blocks
-  // (amx_product_pair: half the weight loads).
+  // With AMX, 17 to 32 rows go as one pair of row blocks where the k-steps are whole tile
+  // blocks (amx_product_pair: half the weight loads).
   constexpr int kMaxBlockRows = kAmx ? 2 * kAmxRows : kRowBlock;
   const bool pairs = kAmx && a.amx && ksteps % kAmxKsteps == 0 &&
                      (!kInputFused || ksteps_x % kAmxKsteps == 0);
@@ -687,32 +716,19 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   // The row blocks: 32 rows where pairs (a pair takes 17 to 32 rows, its second block's tiles
   // configured for the rows it has: S3's 25 rows a worker as 16 + 9, each weight tile read once
   // for both), else kRowBlock; every block full but the last.
-  const int64_t full_rows = pairs ? 2 * kAmxRows : kRowBlock, worker_rows = row_end - part.row_begin;
-  const int64_t row_blocks = worker_rows > 0 ? (worker_rows + full_rows - 1) / full_rows : 0;
   const int64_t groups = part.group_end - part.group_begin;
-  // Which loop is outermost (rows_outermost). Either way the walk over the unit groups goes
-  // back from where the one before ended (snake_order, counting walks over the steps), so it
-  // starts on the weights still in cache.
-  const bool by_rows =
-      kAmx && worker_rows > 0 &&
-      rows_outermost(worker_rows, full_rows,
-                     (ksteps + (kInputFused ? ksteps_x : 0)) * 4 * kLanes * 4 * groups);
-  const int64_t n_outer = by_rows ? row_blocks : groups, n_inner = by_rows ? groups : row_blocks;
-  for (int64_t outer = 0; outer < n_outer; ++outer)
-  for (int64_t inner = 0; inner < n_inner; ++inner) {
-    const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
-    const int64_t row0 = part.row_begin + rb * full_rows;
-    const int64_t rows = std::min<int64_t>(full_rows, row_end - row0);
-    const bool pair = rows > kAmxRows;
-    const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
-    if (amx) {
-      const int n = static_cast<int>(rows);
-      pair ? tile_rows.configure(kAmxRows, n - kAmxRows) : tile_rows.configure(n);
-    }
-    {
-      const int64_t g = snake_order(k, part.group_begin, part.group_end,
-                                    by_rows ? (s + a.walk_offset) * row_blocks + rb
-                                            : s + a.walk_offset);
+  const BlockWalk walk(part.row_begin, row_end, pairs ? 2 * kAmxRows : kRowBlock, groups, kAmx,
+                       (ksteps + (kInputFused ? ksteps_x : 0)) * 4 * kLanes * 4 * groups);
+  for (int64_t outer = 0; outer < walk.outer(); ++outer)
+    for (int64_t inner = 0; inner < walk.inner(); ++inner) {
+      const BlockWalk::Block blk = walk.at(outer, inner, s + a.walk_offset);
+      const int64_t row0 = blk.row0, rows = blk.rows, g = part.group_begin + blk.column;
+      const bool pair = rows > kAmxRows;
+      const bool amx = kAmx && (pair || rows >= a.amx_min_rows);
+      if (amx) {
+        const int n = static_cast<int>(rows);
+        pair ? tile_rows.configure(kAmxRows, n - kAmxRows) : tile_rows.configure(n);
+      }
       const int64_t unit0 = g * kLanes, units = std::min<int64_t>(kLanes, H - unit0);
       const uint32_t* w = as_ksteps(a.packed) + g * group_size;
       const uint32_t* w_ih =
@@ -765,7 +781,6 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
       buf ^= 1;
       if (!amx) run_pending(kMaxBlockRows);  // nothing to run beside: at once, as it is hot
     }
-  }
   run_pending(kMaxBlockRows);
 }
 
@@ -831,27 +846,19 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
   TileRows tile_rows;
   const int64_t tiles = (part.group_end - part.group_begin + kGroupsPerBackwardTile - 1) /
                         kGroupsPerBackwardTile;
-  // The loops as the forward's (rows_outermost), over the tiles of groups.
-  const int64_t full_rows = pairs ? 2 * kAmxRows : kRowBlock, worker_rows = row_end - part.row_begin;
-  const int64_t row_blocks = worker_rows > 0 ? (worker_rows + full_rows - 1) / full_rows : 0;
-  const bool by_rows =
-      kAmx && worker_rows > 0 &&
-      rows_outermost(worker_rows, full_rows,
-                     ksteps * kLanes * 4 * (part.group_end - part.group_begin));
-  const int64_t n_outer = by_rows ? row_blocks : tiles, n_inner = by_rows ? tiles : row_blocks;
-  for (int64_t outer = 0; outer < n_outer; ++outer)
-  for (int64_t inner = 0; inner < n_inner; ++inner) {
-    const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
-    const int64_t row0 = part.row_begin + rb * full_rows;
-    const int rows = static_cast<int>(std::min<int64_t>(full_rows, row_end - row0));
-    const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
-    const bool pair = prows > kAmxRows;  // (only where pairs: else rows <= 16)
-    const bool amx = kAmx && (pair || prows >= a.amx_min_rows);
-    if (amx) pair ? tile_rows.configure(kAmxRows, prows - kAmxRows) : tile_rows.configure(prows);
-    {
-      const int64_t g0 =
-          part.group_begin +
-          snake_order(k, 0, tiles, by_rows ? s * row_blocks + rb : s) * kGroupsPerBackwardTile;
+  // The blocks as the forward's, over the tiles of groups.
+  const BlockWalk walk(part.row_begin, row_end, pairs ? 2 * kAmxRows : kRowBlock, tiles, kAmx,
+                       ksteps * kLanes * 4 * (part.group_end - part.group_begin));
+  for (int64_t outer = 0; outer < walk.outer(); ++outer)
+    for (int64_t inner = 0; inner < walk.inner(); ++inner) {
+      const BlockWalk::Block blk = walk.at(outer, inner, s);
+      const int64_t row0 = blk.row0;
+      const int rows = static_cast<int>(blk.rows);
+      const int prows = static_cast<int>(std::clamp<int64_t>(product_rows - row0, 0, rows));
+      const bool pair = prows > kAmxRows;  // (only where pairs: else rows <= 16)
+      const bool amx = kAmx && (pair || prows >= a.amx_min_rows);
+      if (amx) pair ? tile_rows.configure(kAmxRows, prows - kAmxRows) : tile_rows.configure(prows);
+      const int64_t g0 = part.group_begin + blk.column * kGroupsPerBackwardTile;
       const int groups =
           static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, part.group_end - g0));
       const uint32_t* w = as_ksteps(a.packed) + g0 * ksteps * kLanes;
@@ -963,7 +970,6 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
         }
       }
     }
-  }
 }
 
 // The entry points: call them only where cpu_supports<T>(). The gate math is inlined into them, so it is vectorised for AVX-512 too.
