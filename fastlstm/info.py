@@ -55,6 +55,10 @@ def report() -> list[tuple[str, str]]:
                      f"CPU class '{cls}': " + (" ".join(rule.__doc__.split()) if rule else
                      "not measured, so torch's own LSTM (measured classes: "
                      + ", ".join(module.CPU_RULES) + ")")))
+        streaming_rule = module.STREAMING_RULES.get(cls)
+        if streaming_rule:
+            rows.append(("auto on short calls without gradient",
+                         " ".join(streaming_rule.__doc__.split())))
     else:
         rows.append(("auto on CPU tensors", "torch's own LSTM (extension unavailable)"))
     rows.append(("char-rnn generation (model.generate)",

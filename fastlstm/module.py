@@ -118,18 +118,22 @@ CPU_FUSED_MAX_BATCH = 8
 
 
 def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
-    """AVX512-BF16 without AMX; measured on an AMD Zen 4 (2 cores, 2026-12-03):
-    bf16 training     0.36-0.94 at every batch 1-32 and hidden 128-512: always ours.
-    fp32 training     0.74-0.90 at hidden <= 128, 0.76-0.95 at batch <= 2; 0.95-1.12
-                      elsewhere: torch's there.
-    inference         0.60-0.94 at hidden <= 128; bf16 at hidden 256, batch <= 8: 0.90-0.97;
-                      elsewhere level (0.95-1.23): torch's there.
-    per-step loop     fp32/fp64 at hidden >= 256 and batch <= 8 (0.4-0.9x); its bf16 GEMMs
-                      go through ATen one step at a time: torch's."""
+    """AVX512-BF16 without AMX; measured on an AMD Zen 4 (2 cores; 2026-12-06 with freed
+    memory kept, 11 interleaved rounds, benchmarks/NOTES.md):
+    bf16 training     0.39-0.93 at batch <= 32 (hidden 128-512), 0.85-1.02 at batch 64:
+                      always ours.
+    bf16 inference    0.66-0.95 at batch <= 8 (hidden 128-512); 0.99-1.16 at batch >= 16:
+                      torch's there.
+    fp32              0.79-0.98 at batch <= 2, and at hidden 128 batch <= 8; 0.99-1.16
+                      elsewhere (hidden 128 batch 16-64 training 1.03-1.14): torch's there.
+    short calls       (< 4 steps) without gradient: _streaming_rule_avx512_bf16.
+    per-step loop     (< 4 steps, training; 2026-12-03) fp32/fp64 at hidden >= 256 and batch
+                      <= 8 (0.4-0.9x); its bf16 GEMMs go through ATen one step at a time:
+                      torch's."""
     if steps >= CPU_FUSED_MIN_STEPS and _extension.cpu_fused(dtype):
         if dtype == torch.bfloat16:
-            return grad or hidden <= 128 or (hidden <= 256 and batch <= 8)
-        return hidden <= 128 or (grad and batch <= 2)
+            return grad or batch <= 8
+        return batch <= 2 or (hidden <= 128 and batch <= 8)
     if dtype == torch.bfloat16:
         return False
     return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH
@@ -192,11 +196,18 @@ def _streaming_rule_amx(dtype, steps, batch, hidden):
     return dtype == torch.bfloat16
 
 
+def _streaming_rule_avx512_bf16(dtype, steps, batch, hidden):
+    """Short calls (< 4 steps) without gradient, on ops.stack_inference; measured on an AMD
+    Zen 4 (2 cores, 2026-12-06; hidden 64-1024, batch 1-64, 1 and 3 steps): ours/torch's
+    fp32 0.16-0.85, bf16 0.13-0.78, largest at batch 64 and 3 steps: always ours."""
+    return dtype in (torch.float32, torch.bfloat16)
+
+
 CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx, "avx2": _cpu_rule_avx2}
 # Rules with a regime of their own for streaming calls; the other classes' short calls keep
 # their rule (where it takes our op, ops.stack_inference runs the call: not yet measured
 # against the per-step loop on those CPUs).
-STREAMING_RULES = {"amx": _streaming_rule_amx}
+STREAMING_RULES = {"amx": _streaming_rule_amx, "avx512_bf16": _streaming_rule_avx512_bf16}
 
 
 def _packed_rule(dtype, grad, steps, batch, hidden):

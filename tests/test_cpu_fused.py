@@ -171,6 +171,17 @@ def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads,
             assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name} bias={b is not None}")
 
 
+@pytest.mark.parametrize("weight_grad", ["view", "transposed"])
+@pytest.mark.parametrize("shape", [(4, 9, 96), (20, 52, 40)], ids=lambda s: "S%dB%dH%d" % s)
+def test_train_op_weight_gradients_both_ways(shape, weight_grad, threads, amx, monkeypatch):
+    """bf16 weight gradients as g^T x and as one GEMM on operands our transposes wrote
+    (FASTLSTM_WEIGHT_GRAD), on any CPU, whichever its rule picks: the training op against
+    the oracle as above (20 x 52 rows: 1040, where the rule without AMX transposes)."""
+    monkeypatch.setenv("FASTLSTM_WEIGHT_GRAD", weight_grad)
+    test_train_op_matches_the_oracle(shape, False, torch.bfloat16, "gemm", threads, amx,
+                                     monkeypatch)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)

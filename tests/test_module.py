@@ -93,9 +93,15 @@ RULE_CASES = {
         (BF16, 64, 512, True, 50, "fused"),  # bf16 training: always ours
         (BF16, 64, 256, False, 50, "aten"),
         (BF16, 8, 256, False, 50, "fused"),
-        (BF16, 64, 128, False, 50, "fused"),
-        (FP32, 64, 128, True, 50, "fused"),
+        (BF16, 8, 512, False, 50, "fused"),
+        (BF16, 16, 128, False, 50, "aten"),
+        (BF16, 50, 128, False, 50, "aten"),  # S3 inference
+        (FP32, 50, 128, True, 50, "aten"),  # S3 training
+        (FP32, 8, 128, True, 50, "fused"),
+        (FP32, 16, 128, False, 50, "aten"),
         (FP32, 2, 512, True, 50, "fused"),
+        (FP32, 2, 256, False, 50, "fused"),
+        (FP32, 4, 256, True, 50, "aten"),
         (FP32, 8, 256, True, 50, "aten"),
         (FP32, 8, 256, False, 50, "aten"),
         (FP32, 1, 512, False, 3, "fused"),  # the loop's rule
@@ -159,9 +165,11 @@ STREAMING_CASES = {
             (FP32, 16, 512, 3, "aten"), (FP32, 1, 16, 1, "fused"), (BF16, 16, 1024, 1, "fused"),
             (BF16, 64, 64, 3, "fused"), (BF16, 64, 1024, 3, "fused"),
             (torch.empty(0, dtype=torch.float64), 1, 512, 1, "aten")],
-    # Not measured apart: the class's rule (the loop's, on Zen 4).
-    "avx512_bf16": [(FP32, 1, 512, 1, "fused"), (FP32, 1, 16, 1, "aten"),
-                    (BF16, 1, 512, 1, "aten")],
+    # Zen 4: fp32 and bf16 always (where the per-step loop's rule said torch's for bf16).
+    "avx512_bf16": [(FP32, 1, 512, 1, "fused"), (FP32, 1, 16, 1, "fused"),
+                    (FP32, 64, 1024, 3, "fused"), (BF16, 1, 512, 1, "fused"),
+                    (BF16, 64, 64, 3, "fused"),
+                    (torch.empty(0, dtype=torch.float64), 1, 512, 1, "aten")],
 }
 
 

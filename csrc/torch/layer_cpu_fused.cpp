@@ -548,13 +548,18 @@ void transpose_into(const Tensor& src, int64_t ld, int64_t rows, int64_t cols, T
 // transposes: oneDNN's GEMM reads g^T (a transposed view) at half its rate. Measured on the
 // AMX Xeon, interleaved, per product: [2048, 6400] x [6400, 512] 8.2 ms as g^T x, 4.8 ms this
 // way; 2 x 256 b64 s100 2.2 -> 1.2 ms; 2 x 128 b50 s50 0.29 -> 0.16 ms (benchmarks/NOTES.md).
-// Elsewhere (fp32: the same speed either way; bf16 without AMX: not measured) g^T x.
-// FASTLSTM_WEIGHT_GRAD=view forces g^T x (read at each call: benchmarks).
+// bf16 without AMX (oneDNN's AVX512-BF16 GEMM; measured on a Zen 4, bf16 training step of 2
+// layers, this way / g^T x): at hidden <= 256 and >= 1024 rows 0.88-0.98x (hidden 128-256,
+// batch 32-64); hidden 256 batch 8 (400 rows) 1.01x; hidden 512 1.03-1.06x: g^T x there.
+// fp32: g^T x (the same speed either way on the AMX Xeon). FASTLSTM_WEIGHT_GRAD=view forces
+// g^T x, =transposed this way (bf16; read at each call: benchmarks).
 std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>& operands) {
   const int64_t N = g.size(0), G = g.size(1);
   const char* env = std::getenv("FASTLSTM_WEIGHT_GRAD");
-  const bool transposed = g.scalar_type() == at::kBFloat16 && use_amx<Bf16>() &&
-                          !(env != nullptr && std::strcmp(env, "view") == 0);
+  const bool view = env != nullptr && std::strcmp(env, "view") == 0;
+  const bool forced = env != nullptr && std::strcmp(env, "transposed") == 0;
+  const bool transposed = g.scalar_type() == at::kBFloat16 && !view &&
+                          (forced || use_amx<Bf16>() || (G <= 4 * 256 && N >= 1024));
   std::vector<Tensor> out;
   if (!transposed) {
     for (const Operand& op : operands) out.push_back(at::mm(g.t(), gathered(op, N)));
@@ -581,24 +586,31 @@ std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>
   return out;
 }
 
-// Training: the input projection inside each step where the products run on AMX tiles (bf16),
-// both weights fit in the threads' L2s (1.5x: level there) and the batch has the rows to
-// repay reading W_ih at every step (at most 96 KiB of weights a row); else as one GEMM first
-// (oneDNN's). FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. Measured on the AMX Xeon (2 MiB L2
-// a core), bf16 training step (forward + backward), 2 layers, input = hidden, two runs, time
-// in the step / GEMM first: up to 74 KiB of weights a row (hidden 128-512, batch 8-256)
-// 0.75-0.97x; 102-147 KiB (hidden 256-640, batch 8-64) 0.99-1.07x; 256-1024 KiB (batch 2-16)
-// 0.90-1.00x at hidden 256, 1.04-1.25x at 384-512; hidden 768 (9.4 MiB) 1.10-1.13x
-// (benchmarks/NOTES.md).
-bool train_projection_in_step(bool amx, int64_t inputs, int64_t hidden, int64_t batch) {
+// Training: the input projection inside each step or as one GEMM first (oneDNN's).
+// FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. bf16 only (fp32: not measured, the GEMM).
+// - On AMX tiles: in the step where both weights fit in the threads' L2s (1.5x: level there)
+//   and the batch has the rows to repay reading W_ih at every step (at most 96 KiB of
+//   weights a row). Measured on the AMX Xeon (2 MiB L2 a core), bf16 training step (forward
+//   + backward), 2 layers, input = hidden, two runs, time in the step / GEMM first: up to 74
+//   KiB of weights a row (hidden 128-512, batch 8-256) 0.75-0.97x; 102-147 KiB (hidden
+//   256-640, batch 8-64) 0.99-1.07x; 256-1024 KiB (batch 2-16) 0.90-1.00x at hidden 256,
+//   1.04-1.25x at 384-512; hidden 768 (9.4 MiB) 1.10-1.13x.
+// - On the register tile (AVX512-BF16 without AMX), where the tile runs at its peak from L2
+//   or L3 alike: in the step at up to 256 KiB of weights a row. Measured on a Zen 4 (1 MiB L2
+//   a core), same step: 10-128 KiB a row (hidden 128-512, batch 8-64) 0.80-1.00x; 512 KiB
+//   (hidden 512, batch 8) 1.00x; 4 MiB (batch 1) 1.08x (benchmarks/NOTES.md).
+bool train_projection_in_step(bool bf16, bool amx, int64_t inputs, int64_t hidden,
+                              int64_t batch) {
   if (const char* v = std::getenv("FASTLSTM_TRAIN_PROJECTION")) {
     if (std::strcmp(v, "step") == 0) return true;
     if (std::strcmp(v, "gemm") == 0) return false;
   }
+  if (!bf16) return false;
+  const int64_t weight_bytes = (inputs + hidden) * 4 * hidden * 2;
+  if (!amx) return weight_bytes <= 256 * 1024 * batch;
   const int64_t l2_bytes = l2_cache_bytes();
   const int64_t threads = plan_for(batch, hidden).parts.size();
-  const int64_t weight_bytes = (inputs + hidden) * 4 * hidden * 2;
-  return amx && 2 * weight_bytes <= 3 * l2_bytes * threads && weight_bytes <= 96 * 1024 * batch;
+  return 2 * weight_bytes <= 3 * l2_bytes * threads && weight_bytes <= 96 * 1024 * batch;
 }
 
 }  // namespace
@@ -628,8 +640,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor cs = kernel_output({S, B, H}, acc);
   Tensor gates = kernel_output({S, B, 4 * H}, x.options());  // bf16 for bf16: half the bytes
-  const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
-  run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H, B)),
+  const bool bf16 = x.scalar_type() == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
+  run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(bf16, amx, I, H, B)),
               h0, c0, w_hh, reverse, hs, cs, gates, false);
   return std::make_tuple(hs, cs, gates);
 }
@@ -740,13 +752,13 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_laye
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t N = x.size(0), I = x.size(1), B = h0.size(0), H = w_hh.size(1);
   const auto acc = x.options().dtype(at::kFloat);
-  const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
+  const bool bf16 = x.scalar_type() == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
   const Tensor last = last_rows(offsets, B, reverse);
   Tensor hs = kernel_output({N, H}, x.options());
   if (train) {
     Tensor cs = kernel_output({N, H}, acc);
     Tensor gates = kernel_output({N, 4 * H}, x.options());  // bf16 for bf16, as the train op
-    run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(amx, I, H, B)),
+    run_forward(input_projection(x, w_ih, bias, H, train_projection_in_step(bf16, amx, I, H, B)),
                 h0, c0, w_hh, reverse, hs, cs, gates, false, &offsets);
     return std::make_tuple(hs, hs.index_select(0, last), cs.index_select(0, last), cs, gates);
   }
