@@ -1,6 +1,5 @@
 // The LSTM gate math: the one place it lives. Shared by the C++ CPU op, the CUDA
-// kernels and the C++ tests, so every backend computes the same function (tanh in one of
-// two forms, the GPU's and the CPU's: see tanh_).
+// kernels and the C++ tests, so every backend computes the same function.
 //
 // Gate order is nn.LSTM's: i (input), f (forget), g (cell candidate), o (output).
 //   i = sigmoid(a_i)   f = sigmoid(a_f)   g = tanh(a_g)   o = sigmoid(a_o)
@@ -51,13 +50,11 @@ FASTLSTM_HD float exp_(float x) {
   return p * scale.f;
 }
 FASTLSTM_HD double exp_(double x) { return exp(x); }
-#if defined(__CUDA_ARCH__)
 // tanh through exp, 1 - 2 / (1 + e^{2x}), for |x| >= 0.625 (relative error ~1e-7; exactly
 // +-1 in the tails). Nearer 0 that form cancels (absolute error ~1e-7 however small tanh
 // is), so there an odd polynomial x + x^3 P(x^2) keeps the relative error ~1e-8 (P fitted
 // to tanh's relative error on [0, 0.625]). Both are computed and one selected, without a
 // branch, so the CPU loop still vectorises. NaN fails the comparison and stays NaN.
-// (The GPU's form; the CPU's below is cheaper, and moves to the GPU with a GPU run.)
 FASTLSTM_HD float tanh_(float x) {
   const float x2 = x * x;
   float p = -0.005867799232151495f;
@@ -69,31 +66,6 @@ FASTLSTM_HD float tanh_(float x) {
   const float far = 1.f - 2.f / (1.f + exp_(2.f * x));
   return fabsf(x) < 0.625f ? near_zero : far;
 }
-#else
-// tanh as x P(x^2) / Q(x^2), P and Q of degree 4 in x^2 (fitted to tanh's relative error on
-// [0, 9], benchmarks/results/2026-12-06-cpu-zen4-session5/fit_tanh.py 5 4 9): ~17 vector
-// operations against ~32 for the exp form above (the CPU's epilogue is bound by its vector
-// operations: 35 -> 26 ns a row of 16 units on a Zen 4). Relative error <= 4e-7 in float32
-// (no cancellation near 0: odd in x), at most 1 in magnitude; exactly +-1 from |x| >= 9,
-// where tanh rounds to it. NaN fails the comparisons and stays NaN.
-FASTLSTM_HD float tanh_(float x) {
-  const float s = x * x;
-  float p = 1.3354770680949156e-08f;
-  p = p * s + 2.0609158344726795e-05f;
-  p = p * s + 0.00349559262409174f;
-  p = p * s + 0.1338102937931821f;
-  p = p * s + 0.9999999794510417f;
-  float q = 7.776602173678448e-07f;
-  q = q * s + 0.0003285642260693253f;
-  q = q * s + 0.025876999167806735f;
-  q = q * s + 0.4671434497080514f;
-  q = q * s + 1.f;
-  float y = x * p / q;
-  y = y > 1.f ? 1.f : y;
-  y = y < -1.f ? -1.f : y;
-  return fabsf(x) >= 9.f ? (x > 0.f ? 1.f : -1.f) : y;
-}
-#endif
 FASTLSTM_HD double tanh_(double x) { return tanh(x); }
 
 // exp(-x) overflows to +inf for very negative x, giving 1/inf = 0: no NaN.
