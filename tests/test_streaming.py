@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import fastlstm  # noqa: F401  (registers fake impls)
-from fastlstm import FastLSTM, FastLSTMCell, _extension, module, ops
+from fastlstm import FastLSTM, FastLSTMCell, _extension, ops
+from fastlstm.module import _cpu_auto_fused
 from fastlstm.reference import lstm_cell_reference, reference_lstm
 from helpers import TOLERANCE, assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -197,8 +198,8 @@ def test_module_short_calls_take_the_stack_op(dtype, batch_first, backend):
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast), \
                 StackCalls() as calls:
             out, (h_n, c_n) = lstm(x, hx)
-        takes_ours = backend == "cpu" or module._cpu_auto_fused(
-            dtype, False, steps, batch or 1, 256, streaming=True)
+        takes_ours = backend == "cpu" or _cpu_auto_fused(dtype, False, steps, batch or 1, 256,
+                                                         streaming=True)
         assert calls.dtypes == ([dtype] if takes_ours else []), f"{steps} steps"
         want_out, (want_h, want_c) = module_oracle(lstm, x, hx)
         for name, g, w in (("out", out, want_out), ("h_n", h_n, want_h), ("c_n", c_n, want_c)):

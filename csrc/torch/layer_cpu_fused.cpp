@@ -551,15 +551,21 @@ void transpose_into(const Tensor& src, int64_t ld, int64_t rows, int64_t cols, T
 // bf16 without AMX (oneDNN's AVX512-BF16 GEMM; measured on a Zen 4, bf16 training step of 2
 // layers, this way / g^T x): at hidden <= 256 and >= 1024 rows 0.88-0.98x (hidden 128-256,
 // batch 32-64); hidden 256 batch 8 (400 rows) 1.01x; hidden 512 1.03-1.06x: g^T x there.
-// fp32: g^T x (the same speed either way on the AMX Xeon). FASTLSTM_WEIGHT_GRAD=view forces
-// g^T x, =transposed this way (bf16; read at each call: benchmarks).
+// fp32: g^T x (the same speed either way on the AMX Xeon; our transpose is of 2-byte
+// elements). FASTLSTM_WEIGHT_GRAD=view|transposed overrides for bf16 (read at each call:
+// benchmarks). g: [rows, gates_width].
+bool weight_gradients_transposed(bool bf16, int64_t rows, int64_t gates_width) {
+  if (!bf16) return false;
+  if (const char* v = std::getenv("FASTLSTM_WEIGHT_GRAD")) {
+    if (std::strcmp(v, "view") == 0) return false;
+    if (std::strcmp(v, "transposed") == 0) return true;
+  }
+  return use_amx<Bf16>() || (gates_width <= 4 * 256 && rows >= 1024);
+}
+
 std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>& operands) {
   const int64_t N = g.size(0), G = g.size(1);
-  const char* env = std::getenv("FASTLSTM_WEIGHT_GRAD");
-  const bool view = env != nullptr && std::strcmp(env, "view") == 0;
-  const bool forced = env != nullptr && std::strcmp(env, "transposed") == 0;
-  const bool transposed = g.scalar_type() == at::kBFloat16 && !view &&
-                          (forced || use_amx<Bf16>() || (G <= 4 * 256 && N >= 1024));
+  const bool transposed = weight_gradients_transposed(g.scalar_type() == at::kBFloat16, N, G);
   std::vector<Tensor> out;
   if (!transposed) {
     for (const Operand& op : operands) out.push_back(at::mm(g.t(), gathered(op, N)));
