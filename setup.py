@@ -68,6 +68,7 @@ def extensions():
 
     with_cuda = want_cuda(torch, cuda_home)
     sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp", "csrc/torch/layer_cpu_fused.cpp",
+               "csrc/core/lstm_cpu_fused_avx2.cpp",
                "csrc/torch/stack.cpp", "csrc/torch/generate_cpu.cpp",
                "csrc/torch/streaming_call.cpp", "csrc/torch/weight_cache.cpp"]
     # No -std: torch's cpp_extension picks the standard its headers need (C++17 or C++20).

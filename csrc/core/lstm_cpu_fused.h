@@ -127,13 +127,239 @@ void run_parts(int64_t steps, int64_t part_begin, int64_t part_end, StepBarrier*
   }
 }
 
-// Everything from here to the dispatch at the end is compiled for AVX-512 with BF16 (the
-// intrinsics need the target on every function they are inlined into, templates included).
-// The fp32 entry points hold no bf16 instruction (no intrinsic asks for one and the
+template <typename T>
+inline const uint32_t* as_ksteps(const T* p) {
+  return reinterpret_cast<const uint32_t*>(p);
+}
+
+inline int64_t time_index(int64_t s, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - s : s;
+}
+
+// The k-th of the items [begin, end) a worker visits at step s: in order at even steps,
+// backwards at odd ones. A step reads its share of the weights item by item; where that share
+// is a little larger than the core's cache, a walk in the same order every step misses on
+// every line (the least recently used line is always the next one wanted), while a walk back
+// starts on the lines the last step read last, still in cache.
+inline int64_t snake_order(int64_t k, int64_t begin, int64_t end, int64_t s) {
+  return s & 1 ? end - 1 - k : begin + k;
+}
+
+template <typename T>
+struct FusedForwardArgs {
+  const T* xproj;      // [S, B, 4H] x_t W_ih^T + biases; or nullptr: the step computes it from
+  const T* x;          //   [S, B, padded_width(I)] the layer input (zero padding),
+  const T* packed_ih;  //   [forward_packed_size(H, I)] W_ih from pack_forward,
+  const float* bias;   //   [4H] b_ih + b_hh (zeros without bias),
+  int64_t inputs;      //   I
+  const T* packed;     // [forward_packed_size(H, H)] W_hh from pack_forward
+  const float* c0;     // [B, H]
+  T* h_ring;           // [2, B, padded_width(H)] h_{t-1} (slot s % 2), zero-padded rows; slot 0
+                       // holds h0 at the start
+  T* hs;               // [S, B, ld_hs] out: h_t (ld_hs 0: H)
+  float* cs;           // [S, B, H] out: c_t; with c_state [B, H]: c0 in, then c_t in place
+  void* gates;         // [S, B, 4H] out: activated gates (float, or T with gates_in_t), or
+                       // nullptr (inference: not saved)
+  int64_t steps, batch, hidden;
+  bool reverse;
+  bool c_state;        // cs is the cell state [B, H], updated in place (inference: no c_t kept)
+  int64_t ld_hs = 0;   // row stride of hs: a stack's lower layer writes the rows its upper
+                       // layer reads as x (padded_width(H), the padding zero)
+  bool amx = false;    // bf16: the products on AMX tiles (only where amx_usable())
+  int amx_min_rows = 1;  // with amx: row blocks of fewer rows on the register tile instead
+  bool gates_in_t = false;  // gates stored in T (bf16: half the bytes written and read back)
+  const int64_t* ids = nullptr;  // [S, B] or nullptr: xproj is a table [rows, 4H] whose row
+                                 // ids[t B + b] row b of step t adds (an embedding folded in)
+  const int64_t* offsets = nullptr;  // [S + 1] or nullptr: packed rows (see StepRows)
+  int64_t walk_offset = 0;  // added to the step for snake_order: a caller making one-step
+                            // calls again and again alternates the walk between calls
+};
+
+// Where step t's rows are. Dense: B rows at t B of every [S, B, ..] tensor. Packed (a
+// PackedSequence's data, `offsets` [S + 1]): step t has rows [offsets[t], offsets[t + 1]) of
+// every [N, ..] tensor, row b of the step being batch row b; the counts never grow with t
+// (sequences sorted by length, longest first), so a step's rows are the first of the batch,
+// and a sequence that has ended (forward) or not yet begun (reverse) simply is not computed.
+struct StepRows {
+  const int64_t* offsets;
+  int64_t batch;
+  int64_t count(int64_t t) const { return offsets ? offsets[t + 1] - offsets[t] : batch; }
+  int64_t first(int64_t t) const { return offsets ? offsets[t] : t * batch; }
+};
+
+// Which loop is outermost in a step: unit groups (each group's weights read once for all the
+// worker's row blocks, from L2 or L1 after the first) or, on AMX, row blocks (the tiles
+// configured once per row block: ldtilecfg costs ~70 ns and the groups-outermost walk issues
+// one at every change of rows: 16 a step at S3's 16 + 9 rows before pairs). Row blocks
+// outermost only where they differ in rows (a partial last block) and the weights a step
+// reads, `weight_bytes`, stay in L2 between the row blocks' walks (at most 1 MiB, half this
+// Xeon's L2: issue 25's eighth part in benchmarks/NOTES.md).
+inline bool rows_outermost(int64_t rows, int64_t full_block_rows, int64_t weight_bytes) {
+  return rows % full_block_rows != 0 && weight_bytes <= (int64_t{1} << 20);
+}
+
+// A step's blocks: a worker's row blocks (`full_rows` each, the last one fewer where the rows
+// run out) times its `columns` (unit groups, or tiles of them), in the order rows_outermost
+// picks (amx: only the AMX path reconfigures tiles). The columns are walked back and forth
+// (snake_order, counting the walks over the steps), so each walk starts on the weights the
+// one before ended on, still in cache.
+struct BlockWalk {
+  struct Block {
+    int64_t row0, rows, column;  // rows [row0, row0 + rows) of column `column` (0-based)
+  };
+  int64_t row_begin, row_end, full_rows, row_blocks, columns;
+  bool by_rows;
+  BlockWalk(int64_t row_begin, int64_t row_end, int64_t full_rows, int64_t columns, bool amx,
+            int64_t weight_bytes)
+      : row_begin(row_begin), row_end(row_end), full_rows(full_rows),
+        row_blocks(row_end > row_begin ? (row_end - row_begin + full_rows - 1) / full_rows : 0),
+        columns(columns),
+        by_rows(amx && row_blocks > 0 &&
+                rows_outermost(row_end - row_begin, full_rows, weight_bytes)) {}
+  int64_t outer() const { return by_rows ? row_blocks : columns; }
+  int64_t inner() const { return by_rows ? columns : row_blocks; }
+  // The block at (outer, inner) of the walk at step `step`.
+  Block at(int64_t outer, int64_t inner, int64_t step) const {
+    const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
+    const int64_t row0 = row_begin + rb * full_rows;
+    return {row0, std::min(full_rows, row_end - row0),
+            snake_order(k, 0, columns, by_rows ? step * row_blocks + rb : step)};
+  }
+};
+
+template <typename T>
+struct FusedBackwardArgs {
+  const T* packed;      // [backward_packed_size] W_hh from pack_backward
+  const void* gates;    // [S, B, 4H] activated gates (forward): float, or T with gates_in_t
+  const float* cs;      // [S, B, H] c_t (forward)
+  const float* c0;      // [B, H]
+  const T* grad_hs;     // [S, B, H] dL/dh_t from the layer output
+  const T* grad_cs;     // [S, B, H] dL/dc_t from outside, or nullptr
+  float* grad_c;        // [B, H] zero in; the carried dL/dc; out: dL/dc0
+  T* grad_xproj;        // [S, B, 4H] out: dL/d(pre-activations); also the next step's operand
+  float* grad_h0;       // [B, H] out: dL/dh0
+  int64_t steps, batch, hidden;
+  bool reverse;
+  bool amx = false;     // bf16: the products on AMX tiles (only where amx_usable())
+  int amx_min_rows = 1;  // as the forward's
+  bool gates_in_t = false;
+  float* grad_bias = nullptr;  // [4H] or nullptr: += the worker's rows' dL/d(pre-activations)
+                               // (each worker its own: workers that split rows share units);
+  const int64_t* bias_ids = nullptr;  // with [S, B] ids, grad_bias is [rows, 4H] and row b of
+                                      // step t adds into its row ids[t B + b] (a table's gradient)
+  const int64_t* offsets = nullptr;   // [S + 1] or nullptr: packed rows (StepRows); grad_c may
+                                      // hold dL/dc_n in; grad_h0's row b is written at the step
+                                      // before the one that computes its sequence's first step
+  const float* grad_h_n = nullptr;    // [B, H] or nullptr (dense only): dL/dh_n, the final
+                                      // state's own gradient, added at the last time step
+};
+
+// The fp32 kernels built for AVX2 + FMA (lstm_cpu_fused_avx2.cpp; link it to call these):
+// the same layouts and steps, each 16-unit group on two 8-lane halves, for CPUs without
+// AVX-512 (most laptops). supported(): this CPU has AVX2 and FMA.
+namespace avx2 {
+bool supported();
+void pack_forward(const float* w, int64_t hidden, int64_t K, float* out, int64_t group_begin,
+                  int64_t group_end, int gates = 4);
+void pack_backward(const float* w_hh, int64_t hidden, float* out, int64_t group_begin,
+                   int64_t group_end);
+void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_t s);
+void backward_step(const FusedBackwardArgs<float>& a, const Part& p, int64_t s);
+}  // namespace avx2
+
+// Everything from here to the end is compiled for one instruction set, in a namespace of its
+// own (inline: callers name fused::forward_step): AVX-512 with BF16 by default, or AVX2 + FMA
+// where the including file defines FASTLSTM_FUSED_AVX2 (fp32 only; lstm_cpu_fused_avx2.cpp).
+// The intrinsics need the target on every function they are inlined into, templates included.
+// The AVX-512 fp32 entry points hold no bf16 instruction (no intrinsic asks for one and the
 // compiler makes none from float code), so they run on any AVX-512 CPU.
 #pragma GCC push_options
+#if defined(FASTLSTM_FUSED_AVX2)
+#pragma GCC target("avx2,fma,prfchw")
+inline namespace isa_avx2 {
+#else
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,prfchw,prefer-vector-width=512")
+inline namespace isa_avx512 {
+#endif
 
+#if defined(FASTLSTM_FUSED_AVX2)
+// AVX2 + FMA, fp32: 16 ymm registers of 8 lanes, so each 16-lane weight vector is two
+// registers (its halves: "columns" here) and a tile of 6 rows x 4 vectors would need 48
+// accumulators. tile_product below runs the tile as passes over the k-steps, each pass R rows
+// x C columns: R C accumulators, C weight registers and a broadcast within the 16 (the rows
+// and weights that later passes read again come from L1). kChains as the AVX-512 tile's: with
+// under 8 accumulators (two FMA pipes of ~4 cycles' latency) even and odd k-steps go to
+// separate ones. Columns c: vector c / 2, half c % 2 (out's vectors are contiguous).
+template <bool kAccumulate, int R, int C>
+__attribute__((always_inline)) inline void tile_pass(const uint32_t* a, int64_t lda,
+                                                     int64_t ksteps, const uint32_t* b,
+                                                     int64_t ks_stride, int64_t v_stride,
+                                                     float* out, int64_t ld_out) {
+  constexpr int kChains = R * C < 8 ? 2 : 1;
+  const auto column = [&](int c) { return (c / 2) * v_stride + (c % 2) * 8; };
+  __m256 acc[kChains][R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      acc[0][r][c] = kAccumulate ? _mm256_loadu_ps(out + r * ld_out + c * 8) : _mm256_setzero_ps();
+      if (kChains == 2) acc[kChains - 1][r][c] = _mm256_setzero_ps();
+    }
+  const auto step = [&](int chain, int64_t ks) __attribute__((always_inline)) {
+    __m256 w[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c)
+      w[c] = _mm256_loadu_ps(reinterpret_cast<const float*>(b + ks * ks_stride + column(c)));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 x = _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + ks));
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[chain][r][c] = _mm256_fmadd_ps(x, w[c], acc[chain][r][c]);
+    }
+  };
+  int64_t ks = 0;
+  for (; ks + kChains <= ksteps; ks += kChains) {
+#pragma GCC unroll 2
+    for (int chain = 0; chain < kChains; ++chain) step(chain, ks + chain);
+  }
+  for (; ks < ksteps; ++ks) step(0, ks);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const __m256 sum =
+          kChains == 2 ? _mm256_add_ps(acc[0][r][c], acc[kChains - 1][r][c]) : acc[0][r][c];
+      _mm256_storeu_ps(out + r * ld_out + c * 8, sum);
+    }
+}
+
+// The tile (as the AVX-512 one's, below) in passes: one row, all 2 NV columns at once (each
+// weight used once: the loads fold into the FMAs); two rows, two vectors a pass (8
+// accumulators, 4 weights); 3 to 6 rows, one vector a pass (up to 12 accumulators, 2 weights).
+template <bool kBf16, bool kAccumulate, int MB, int NV>
+__attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64_t lda,
+                                                        int64_t ksteps, const uint32_t* b,
+                                                        int64_t ks_stride, int64_t v_stride,
+                                                        float* out) {
+  static_assert(!kBf16, "the AVX2 build is fp32 only");
+  constexpr int64_t ld_out = NV * kLanes;
+  if constexpr (MB == 1) {
+    tile_pass<kAccumulate, 1, 2 * NV>(a, lda, ksteps, b, ks_stride, v_stride, out, ld_out);
+  } else if constexpr (MB == 2) {
+    tile_pass<kAccumulate, 2, NV == 1 ? 2 : 4>(a, lda, ksteps, b, ks_stride, v_stride, out, ld_out);
+    if constexpr (NV > 2) {
+      tile_pass<kAccumulate, 2, NV == 3 ? 2 : 4>(a, lda, ksteps, b + 2 * v_stride, ks_stride,
+                                                 v_stride, out + 2 * kLanes, ld_out);
+    }
+  } else {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      tile_pass<kAccumulate, MB, 2>(a, lda, ksteps, b + v * v_stride, ks_stride, v_stride,
+                                    out + v * kLanes, ld_out);
+    }
+  }
+}
+#else
 // out[r][v][0..16) (+)= sum over k-steps ks of a[r lda + ks] (broadcast) times the weight
 // vector b[ks ks_stride + v v_stride], for MB rows and NV vectors; a and b are 32-bit k-steps;
 // kAccumulate adds to what out holds. Unrolled over rows and vectors: MB x NV independent
@@ -189,6 +415,7 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
       _mm512_storeu_ps(out + (r * NV + v) * kLanes, sum);
     }
 }
+#endif
 
 // tile_product with MB and NV chosen at run time (1 <= mb <= kMaxRows, 1 <= nv <= 4).
 template <bool kBf16, bool kAccumulate = false>
@@ -398,11 +625,6 @@ __attribute__((always_inline)) inline void row_block_product(bool amx, int rows,
   }
 }
 
-template <typename T>
-inline const uint32_t* as_ksteps(const T* p) {
-  return reinterpret_cast<const uint32_t*>(p);
-}
-
 // W [4H, K] (W_hh, K = H, or W_ih, K = the input size) for the forward product a W^T: per
 // unit group g, per k-step, the four gates' vectors one after another, lane u = unit
 // 16 g + u, element e = k of the pair:
@@ -411,6 +633,21 @@ inline const uint32_t* as_ksteps(const T* p) {
 // [group_begin, group_end) only (threads pack disjoint groups). One vector of 16 k-steps,
 // gathered down the group's 16 rows, per store. gates = 1 packs a plain [H, K] matrix
 // (a decoder: out[g][ks][u][e]).
+#if defined(FASTLSTM_FUSED_AVX2)
+inline void pack_forward(const float* w, int64_t hidden, int64_t K, float* out,
+                         int64_t group_begin, int64_t group_end, int gates = 4) {
+  const int64_t H = hidden;
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t units = std::min<int64_t>(kLanes, H - g * kLanes);
+    for (int gate = 0; gate < gates; ++gate)
+      for (int64_t u = 0; u < kLanes; ++u) {
+        const float* row = w + (gate * H + g * kLanes + u) * K;
+        float* dst = out + (g * K * gates + gate) * kLanes + u;
+        for (int64_t ks = 0; ks < K; ++ks) dst[ks * gates * kLanes] = u < units ? row[ks] : 0.f;
+      }
+  }
+}
+#else
 template <typename T>
 void pack_forward(const T* w, int64_t hidden, int64_t K, T* out, int64_t group_begin,
                   int64_t group_end, int gates = 4) {
@@ -433,10 +670,25 @@ void pack_forward(const T* w, int64_t hidden, int64_t K, T* out, int64_t group_b
     }
   }
 }
+#endif
 
 // W_hh [4H, H] for the backward product grad_pre_{t+1} W_hh (k over the 4H gate rows):
 //   out[g][ks][u][e] = W_hh[ks kPer + e][16 g + u], zero past H.
 // 16 units of one row (fp32), or of two rows interleaved (bf16: the pair's halves), per store.
+#if defined(FASTLSTM_FUSED_AVX2)
+inline void pack_backward(const float* w_hh, int64_t hidden, float* out, int64_t group_begin,
+                          int64_t group_end) {
+  const int64_t H = hidden, ks_n = 4 * H;
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t units = std::min<int64_t>(kLanes, H - g * kLanes);
+    for (int64_t ks = 0; ks < ks_n; ++ks) {
+      float* dst = out + (g * ks_n + ks) * kLanes;
+      std::copy_n(w_hh + ks * H + g * kLanes, units, dst);
+      std::fill(dst + units, dst + kLanes, 0.f);
+    }
+  }
+}
+#else
 template <typename T>
 void pack_backward(const T* w_hh, int64_t hidden, T* out, int64_t group_begin,
                    int64_t group_end) {
@@ -458,62 +710,9 @@ void pack_backward(const T* w_hh, int64_t hidden, T* out, int64_t group_begin,
     }
   }
 }
+#endif
 
-inline int64_t time_index(int64_t s, int64_t steps, bool reverse) {
-  return reverse ? steps - 1 - s : s;
-}
-
-// The k-th of the items [begin, end) a worker visits at step s: in order at even steps,
-// backwards at odd ones. A step reads its share of the weights item by item; where that share
-// is a little larger than the core's cache, a walk in the same order every step misses on
-// every line (the least recently used line is always the next one wanted), while a walk back
-// starts on the lines the last step read last, still in cache.
-inline int64_t snake_order(int64_t k, int64_t begin, int64_t end, int64_t s) {
-  return s & 1 ? end - 1 - k : begin + k;
-}
-
-template <typename T>
-struct FusedForwardArgs {
-  const T* xproj;      // [S, B, 4H] x_t W_ih^T + biases; or nullptr: the step computes it from
-  const T* x;          //   [S, B, padded_width(I)] the layer input (zero padding),
-  const T* packed_ih;  //   [forward_packed_size(H, I)] W_ih from pack_forward,
-  const float* bias;   //   [4H] b_ih + b_hh (zeros without bias),
-  int64_t inputs;      //   I
-  const T* packed;     // [forward_packed_size(H, H)] W_hh from pack_forward
-  const float* c0;     // [B, H]
-  T* h_ring;           // [2, B, padded_width(H)] h_{t-1} (slot s % 2), zero-padded rows; slot 0
-                       // holds h0 at the start
-  T* hs;               // [S, B, ld_hs] out: h_t (ld_hs 0: H)
-  float* cs;           // [S, B, H] out: c_t; with c_state [B, H]: c0 in, then c_t in place
-  void* gates;         // [S, B, 4H] out: activated gates (float, or T with gates_in_t), or
-                       // nullptr (inference: not saved)
-  int64_t steps, batch, hidden;
-  bool reverse;
-  bool c_state;        // cs is the cell state [B, H], updated in place (inference: no c_t kept)
-  int64_t ld_hs = 0;   // row stride of hs: a stack's lower layer writes the rows its upper
-                       // layer reads as x (padded_width(H), the padding zero)
-  bool amx = false;    // bf16: the products on AMX tiles (only where amx_usable())
-  int amx_min_rows = 1;  // with amx: row blocks of fewer rows on the register tile instead
-  bool gates_in_t = false;  // gates stored in T (bf16: half the bytes written and read back)
-  const int64_t* ids = nullptr;  // [S, B] or nullptr: xproj is a table [rows, 4H] whose row
-                                 // ids[t B + b] row b of step t adds (an embedding folded in)
-  const int64_t* offsets = nullptr;  // [S + 1] or nullptr: packed rows (see StepRows)
-  int64_t walk_offset = 0;  // added to the step for snake_order: a caller making one-step
-                            // calls again and again alternates the walk between calls
-};
-
-// Where step t's rows are. Dense: B rows at t B of every [S, B, ..] tensor. Packed (a
-// PackedSequence's data, `offsets` [S + 1]): step t has rows [offsets[t], offsets[t + 1]) of
-// every [N, ..] tensor, row b of the step being batch row b; the counts never grow with t
-// (sequences sorted by length, longest first), so a step's rows are the first of the batch,
-// and a sequence that has ended (forward) or not yet begun (reverse) simply is not computed.
-struct StepRows {
-  const int64_t* offsets;
-  int64_t batch;
-  int64_t count(int64_t t) const { return offsets ? offsets[t + 1] - offsets[t] : batch; }
-  int64_t first(int64_t t) const { return offsets ? offsets[t] : t * batch; }
-};
-
+#if !defined(FASTLSTM_FUSED_AVX2)
 // n <= 16 bf16 values to float (exact) and back (round to nearest even, as
 // Convert<Bf16>::store; vcvtneps2bf16 keeps a NaN a NaN too, and flushes denormals to zero).
 // AVX512-BF16: call the second only from bf16 code.
@@ -527,6 +726,7 @@ inline void narrow(const float* in, Bf16* out, int64_t n) {
   const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, in));
   _mm256_mask_storeu_epi16(out, m, reinterpret_cast<__m256i>(v));
 }
+#endif
 
 // One row of one unit group after the product: the rest of the pre-activation added (X: the
 // row's xproj, storage type; or the bias, float), the gate math, the outputs. p: the products
@@ -599,46 +799,6 @@ inline void prefetch_lines(const void* p, int64_t bytes) {
   for (uintptr_t line = (begin + 63) & ~uintptr_t{63}; line < end; line += 64)
     __builtin_prefetch(reinterpret_cast<const void*>(line), kWrite, 2);
 }
-
-// Which loop is outermost in a step: unit groups (each group's weights read once for all the
-// worker's row blocks, from L2 or L1 after the first) or, on AMX, row blocks (the tiles
-// configured once per row block: ldtilecfg costs ~70 ns and the groups-outermost walk issues
-// one at every change of rows: 16 a step at S3's 16 + 9 rows before pairs). Row blocks
-// outermost only where they differ in rows (a partial last block) and the weights a step
-// reads, `weight_bytes`, stay in L2 between the row blocks' walks (at most 1 MiB, half this
-// Xeon's L2: issue 25's eighth part in benchmarks/NOTES.md).
-inline bool rows_outermost(int64_t rows, int64_t full_block_rows, int64_t weight_bytes) {
-  return rows % full_block_rows != 0 && weight_bytes <= (int64_t{1} << 20);
-}
-
-// A step's blocks: a worker's row blocks (`full_rows` each, the last one fewer where the rows
-// run out) times its `columns` (unit groups, or tiles of them), in the order rows_outermost
-// picks (amx: only the AMX path reconfigures tiles). The columns are walked back and forth
-// (snake_order, counting the walks over the steps), so each walk starts on the weights the
-// one before ended on, still in cache.
-struct BlockWalk {
-  struct Block {
-    int64_t row0, rows, column;  // rows [row0, row0 + rows) of column `column` (0-based)
-  };
-  int64_t row_begin, row_end, full_rows, row_blocks, columns;
-  bool by_rows;
-  BlockWalk(int64_t row_begin, int64_t row_end, int64_t full_rows, int64_t columns, bool amx,
-            int64_t weight_bytes)
-      : row_begin(row_begin), row_end(row_end), full_rows(full_rows),
-        row_blocks(row_end > row_begin ? (row_end - row_begin + full_rows - 1) / full_rows : 0),
-        columns(columns),
-        by_rows(amx && row_blocks > 0 &&
-                rows_outermost(row_end - row_begin, full_rows, weight_bytes)) {}
-  int64_t outer() const { return by_rows ? row_blocks : columns; }
-  int64_t inner() const { return by_rows ? columns : row_blocks; }
-  // The block at (outer, inner) of the walk at step `step`.
-  Block at(int64_t outer, int64_t inner, int64_t step) const {
-    const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
-    const int64_t row0 = row_begin + rb * full_rows;
-    return {row0, std::min(full_rows, row_end - row0),
-            snake_order(k, 0, columns, by_rows ? step * row_blocks + rb : step)};
-  }
-};
 
 // Step s (in recurrence order) of the rows and units of `part`; kAmx: the products on AMX
 // tiles, 16 rows at a time; G: the saved gates' type.
@@ -783,33 +943,6 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
     }
   run_pending(kMaxBlockRows);
 }
-
-template <typename T>
-struct FusedBackwardArgs {
-  const T* packed;      // [backward_packed_size] W_hh from pack_backward
-  const void* gates;    // [S, B, 4H] activated gates (forward): float, or T with gates_in_t
-  const float* cs;      // [S, B, H] c_t (forward)
-  const float* c0;      // [B, H]
-  const T* grad_hs;     // [S, B, H] dL/dh_t from the layer output
-  const T* grad_cs;     // [S, B, H] dL/dc_t from outside, or nullptr
-  float* grad_c;        // [B, H] zero in; the carried dL/dc; out: dL/dc0
-  T* grad_xproj;        // [S, B, 4H] out: dL/d(pre-activations); also the next step's operand
-  float* grad_h0;       // [B, H] out: dL/dh0
-  int64_t steps, batch, hidden;
-  bool reverse;
-  bool amx = false;     // bf16: the products on AMX tiles (only where amx_usable())
-  int amx_min_rows = 1;  // as the forward's
-  bool gates_in_t = false;
-  float* grad_bias = nullptr;  // [4H] or nullptr: += the worker's rows' dL/d(pre-activations)
-                               // (each worker its own: workers that split rows share units);
-  const int64_t* bias_ids = nullptr;  // with [S, B] ids, grad_bias is [rows, 4H] and row b of
-                                      // step t adds into its row ids[t B + b] (a table's gradient)
-  const int64_t* offsets = nullptr;   // [S + 1] or nullptr: packed rows (StepRows); grad_c may
-                                      // hold dL/dc_n in; grad_h0's row b is written at the step
-                                      // before the one that computes its sequence's first step
-  const float* grad_h_n = nullptr;    // [B, H] or nullptr (dense only): dL/dh_n, the final
-                                      // state's own gradient, added at the last time step
-};
 
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
 // computes grad_h0 = grad_pre_first W_hh.
@@ -988,10 +1121,12 @@ inline void forward_step_dispatch(const FusedForwardArgs<T>& a, const Part& p, i
 inline void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_t s) {
   forward_step_dispatch<float, false>(a, p, s);
 }
+#if !defined(FASTLSTM_FUSED_AVX2)
 // bf16: on AMX tiles where the caller set `amx` (only where amx_usable()).
 inline void forward_step(const FusedForwardArgs<Bf16>& a, const Part& p, int64_t s) {
   a.amx ? forward_step_dispatch<Bf16, true>(a, p, s) : forward_step_dispatch<Bf16, false>(a, p, s);
 }
+#endif
 template <typename T, bool kAmx, typename G>
 inline void backward_step_gates(const FusedBackwardArgs<T>& a, const Part& p, int64_t s) {
   if (a.grad_bias) {
@@ -1012,15 +1147,27 @@ inline void backward_step_dispatch(const FusedBackwardArgs<T>& a, const Part& p,
 inline void backward_step(const FusedBackwardArgs<float>& a, const Part& p, int64_t s) {
   backward_step_dispatch<float, false>(a, p, s);
 }
+#if !defined(FASTLSTM_FUSED_AVX2)
 inline void backward_step(const FusedBackwardArgs<Bf16>& a, const Part& p, int64_t s) {
   a.amx ? backward_step_dispatch<Bf16, true>(a, p, s) : backward_step_dispatch<Bf16, false>(a, p, s);
 }
+#endif
 
 #pragma GCC pop_options
 
-// Whether this CPU runs the fused layer for T.
+// Whether this CPU runs this build of the fused layer for T.
 template <typename T>
 bool cpu_supports();
+#if defined(FASTLSTM_FUSED_AVX2)
+template <>
+inline bool cpu_supports<float>() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+template <>
+inline bool cpu_supports<Bf16>() {
+  return false;
+}
+#else
 template <>
 inline bool cpu_supports<float>() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -1030,6 +1177,7 @@ template <>
 inline bool cpu_supports<Bf16>() {
   return cpu_supports<float>() && __builtin_cpu_supports("avx512bf16");
 }
+#endif
 
 // Whether the bf16 products can run on AMX tiles here: AMX-TILE and AMX-BF16 (CPUID leaf 7,
 // EDX bits 24 and 22) and the kernel's leave to use the tile state, asked for once
@@ -1045,6 +1193,7 @@ inline bool amx_usable() {
   return usable;
 }
 
+}  // inline namespace isa_avx512 / isa_avx2
 }  // namespace fused
 }  // namespace fastlstm
 

@@ -32,6 +32,43 @@ bool enabled_by_env() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
+// Which build of the kernels runs fp32 (core/lstm_cpu_fused.h): AVX-512 where the CPU has
+// it, else AVX2 + FMA (lstm_cpu_fused_avx2.cpp). FASTLSTM_CPU_ISA=avx2 takes the AVX2 build on
+// an AVX-512 CPU too, and then bf16 has no fused layer (an AVX2-only CPU, imitated: tests and
+// benchmarks/NOTES.md); unset or avx512: the default. Read at each call.
+bool isa_forced_avx2() {
+  const char* v = std::getenv("FASTLSTM_CPU_ISA");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "avx512") == 0) return false;
+  FASTLSTM_CHECK(std::strcmp(v, "avx2") == 0, "fastlstm: FASTLSTM_CPU_ISA must be avx2, avx512 "
+                 "or unset, not '", v, "'");
+  return true;
+}
+
+bool fp32_on_avx2() {
+  return (isa_forced_avx2() || !fused::cpu_supports<float>()) && fused::avx2::supported();
+}
+
+// The kernels of one call, of the build that runs T here.
+template <typename T>
+struct Kernels {
+  void (*pack_forward)(const T*, int64_t, int64_t, T*, int64_t, int64_t, int);
+  void (*pack_backward)(const T*, int64_t, T*, int64_t, int64_t);
+  void (*forward_step)(const fused::FusedForwardArgs<T>&, const Part&, int64_t);
+  void (*backward_step)(const fused::FusedBackwardArgs<T>&, const Part&, int64_t);
+};
+
+template <typename T>
+Kernels<T> kernels() {
+  if constexpr (std::is_same_v<T, float>) {
+    if (fp32_on_avx2()) {
+      return {&fused::avx2::pack_forward, &fused::avx2::pack_backward,
+              &fused::avx2::forward_step, &fused::avx2::backward_step};
+    }
+  }
+  return {&fused::pack_forward<T>, &fused::pack_backward<T>, &fused::forward_step,
+          &fused::backward_step};
+}
+
 // How the threads share a layer: each worker a Part for the whole sequence.
 struct Plan {
   std::vector<Part> parts;
@@ -100,8 +137,9 @@ Tensor packed_forward(const Tensor& w, int64_t hidden, int gates = 4) {
   const int64_t K = fused::padded_width<T>(w.size(1));
   const Tensor w_padded = padded_columns(w, K);
   Tensor packed = at::empty({fused::forward_packed_size<T>(hidden, K, gates)}, w.options());
+  const auto pack = kernels<T>().pack_forward;
   at::parallel_for(0, fused::unit_groups(hidden), 1, [&](int64_t begin, int64_t end) {
-    fused::pack_forward(ptr<T>(w_padded), hidden, K, ptr<T>(packed), begin, end, gates);
+    pack(ptr<T>(w_padded), hidden, K, ptr<T>(packed), begin, end, gates);
   });
   return packed;
 }
@@ -169,8 +207,7 @@ bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t
 }
 
 bool applies(const Tensor& t, int64_t steps) {
-  return enabled_by_env() && steps >= kMinSteps && t.device().is_cpu() &&
-         cpu_fused_supports(t.scalar_type());
+  return steps >= kMinSteps && t.device().is_cpu() && cpu_fused_enabled(t.scalar_type());
 }
 
 // What the forward adds to h_{t-1} W_hh^T: xproj, or x W_ih^T + bias computed in the step.
@@ -252,8 +289,9 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
   args.gates_in_t = gates.defined() && gates.scalar_type() != at::kFloat;
   args.ids = in.ids.defined() ? in.ids.data_ptr<int64_t>() : nullptr;
   args.offsets = offsets ? offsets->data() : nullptr;
+  const auto step = kernels<T>().forward_step;
   run_plan(plan_for(B, H, offsets != nullptr), S,
-           [&](const Part& p, int64_t s) { fused::forward_step(args, p, s); });
+           [&](const Part& p, int64_t s) { step(args, p, s); });
 }
 
 void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
@@ -281,9 +319,10 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
                   const Tensor* grad_h_n = nullptr) {
   const int64_t S = offsets ? int64_t(offsets->size()) - 1 : gates.size(0), B = c0.size(0);
   const int64_t H = w_hh.size(1);
+  const Kernels<T> k = kernels<T>();
   Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
   at::parallel_for(0, fused::unit_groups(H), 1, [&](int64_t begin, int64_t end) {
-    fused::pack_backward(ptr<T>(w_hh), H, ptr<T>(packed), begin, end);
+    k.pack_backward(ptr<T>(w_hh), H, ptr<T>(packed), begin, end);
   });
   fused::FusedBackwardArgs<T> args{
       ptr<T>(packed),   gates.data_ptr(), ptr<float>(cs),
@@ -309,7 +348,7 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
     }
   }
   run_plan(plan, S + 1, [&](const Part& p, int64_t s) {
-    fused::backward_step(part_args[&p - plan.parts.data()], p, s);
+    k.backward_step(part_args[&p - plan.parts.data()], p, s);
   });
   if (grad_bias != nullptr) {
     Tensor flat = grad_bias->view({-1});
@@ -401,8 +440,9 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const Tensor& x, const Tensor& h0, 
     a.walk_offset = walk_offset;
     args.push_back(a);
   }
+  const auto step = kernels<T>().forward_step;
   run_plan(plan_for(B, H), S * L, [&](const Part& p, int64_t k) {
-    fused::forward_step(args[k % L], p, k / L);
+    step(args[k % L], p, k / L);
   });
   Tensor h_n = at::empty({L, B, H}, opts), c_n = at::empty({L, B, H}, opts);
   for (int64_t l = 0; l < L; ++l)
@@ -433,13 +473,14 @@ std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_stack_inference(
 bool cpu_fused_amx() { return fused::amx_usable(); }
 
 bool cpu_fused_supports(at::ScalarType dtype) {
-  if (dtype == at::kFloat) return fused::cpu_supports<float>();
+  if (dtype == at::kFloat) return fused::cpu_supports<float>() || fused::avx2::supported();
   if (dtype == at::kBFloat16) return fused::cpu_supports<Bf16>();
   return false;
 }
 
 bool cpu_fused_enabled(at::ScalarType dtype) {
-  return enabled_by_env() && cpu_fused_supports(dtype);
+  return enabled_by_env() && cpu_fused_supports(dtype) &&
+         !(dtype == at::kBFloat16 && isa_forced_avx2());
 }
 
 Tensor cpu_fused_pack(const Tensor& w, int64_t outputs, int gates) {

@@ -1,5 +1,5 @@
-// The CPU op's fused layer (core/lstm_cpu_fused.h) for float32 and bfloat16 tensors on a CPU
-// with AVX-512 (and AVX512-BF16 for bfloat16): the same contracts as layer_forward and
+// The CPU op's fused layer (core/lstm_cpu_fused.h) for float32 tensors on a CPU with AVX-512
+// or AVX2 + FMA, and bfloat16 on one with AVX512-BF16: the same contracts as layer_forward and
 // layer_backward (layer.h). Each returns std::nullopt where it does not apply (float64, a CPU
 // without those instructions, FASTLSTM_CPU_FUSED=0); the op then runs the per-step GEMM loop.
 #pragma once
