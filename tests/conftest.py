@@ -39,6 +39,20 @@ def threads(request):
     torch.set_num_threads(old)
 
 
+@pytest.fixture(params=["amx", "noamx", "avx2"])
+def kernels(request, monkeypatch):
+    """Which build of the fused CPU layer (csrc/core/lstm_cpu_fused.h) a test runs: bf16 on
+    AMX tiles ("amx", where the CPU has them; elsewhere the register tile) or on the AVX-512
+    register tile ("noamx", FASTLSTM_CPU_AMX=0); fp32 on AVX-512 ("amx") or on the AVX2 + FMA
+    build ("avx2", FASTLSTM_CPU_ISA=avx2). Pairs that repeat another case or do not exist
+    skip (helpers.skip_absent_kernels)."""
+    if request.param == "avx2":
+        monkeypatch.setenv("FASTLSTM_CPU_ISA", "avx2")
+    else:
+        monkeypatch.setenv("FASTLSTM_CPU_AMX", "1" if request.param == "amx" else "0")
+    return request.param
+
+
 def pytest_terminal_summary(terminalreporter):
     """A skipped real-browser test must not go unnoticed."""
     for report in terminalreporter.stats.get("skipped", []):

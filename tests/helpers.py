@@ -45,3 +45,12 @@ def device_backend_dtype_params():
                 continue
             params.append(pytest.param("cuda", backend, dtype, marks=pytest.mark.gpu))
     return params
+
+
+def skip_absent_kernels(dtype, kernels):
+    """Skip the pairs of dtype and the `kernels` fixture (conftest.py) that repeat another case
+    or do not exist."""
+    if dtype == torch.float32 and kernels == "noamx":
+        pytest.skip("fp32 never runs on AMX")
+    if dtype == torch.bfloat16 and kernels == "avx2":
+        pytest.skip("bf16 has no AVX2 build")

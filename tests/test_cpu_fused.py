@@ -7,7 +7,7 @@ import torch
 
 import fastlstm  # noqa: F401  (registers fake impls and autograd)
 from fastlstm import FastLSTM, _extension, reference
-from helpers import TOLERANCE, assert_close
+from helpers import TOLERANCE, assert_close, skip_absent_kernels
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="fastlstm._C not built")
 
@@ -40,20 +40,11 @@ SHAPES = [(7, 1, 37), (5, 2, 192), (5, 3, 200), (4, 9, 96), (9, 13, 48), (4, 64,
           (4, 21, 40), (4, 50, 64)]
 
 
-# bf16 on a CPU with AMX runs its products on AMX tiles; FASTLSTM_CPU_AMX=0 keeps the AVX-512
-# register tile there too. Both are tested (on other CPUs both run the register tile).
-@pytest.fixture(params=["amx", "noamx"])
-def amx(request, monkeypatch):
-    monkeypatch.setenv("FASTLSTM_CPU_AMX", "1" if request.param == "amx" else "0")
-    return request.param
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
-def test_layer_matches_float64(shape, reverse, dtype, threads, amx):
-    if dtype == torch.float32 and amx == "noamx":
-        pytest.skip("fp32 never runs on AMX")
+def test_layer_matches_float64(shape, reverse, dtype, threads, kernels):
+    skip_absent_kernels(dtype, kernels)
     args64, args = layer_inputs(*shape, dtype, seed=sum(shape))
     args64 = [a.requires_grad_() for a in args64]
     args = [a.requires_grad_() for a in args]
@@ -78,9 +69,8 @@ def test_layer_matches_float64(shape, reverse, dtype, threads, amx):
 @pytest.mark.parametrize("inputs", [7, 32], ids=["I7", "I32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
 def test_inference_op_matches_float64(shape, inputs, reverse, dtype, projection, threads,
-                                      amx, monkeypatch):
-    if dtype == torch.float32 and amx == "noamx":
-        pytest.skip("fp32 never runs on AMX")
+                                      kernels, monkeypatch):
+    skip_absent_kernels(dtype, kernels)
     """The inference op (x W_ih^T + bias inside each step from packed W_ih, or as one GEMM
     first: FASTLSTM_INFER_PROJECTION; nothing saved) against the float64 training op fed the
     exact input projection: hs and c_n. I = 7: an odd bf16 row."""
@@ -132,15 +122,14 @@ def loss_on_final_state(h_n, c_n, up_h, up_c):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
-def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads, amx,
+def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads, kernels,
                                      monkeypatch):
     """The training op (x W_ih^T + bias inside each step, or one GEMM first:
     FASTLSTM_TRAIN_PROJECTION) against the float64 oracle: hs, cs, the final state h_n, c_n
     (outputs of their own) and the gradients of x, h0, c0, W_ih, W_hh and the bias (summed
     inside the backward kernel) under a loss on all four outputs, with and without a bias.
     I = 7 (an odd bf16 row) at odd batch sizes, else 32."""
-    if dtype == torch.float32 and amx == "noamx":
-        pytest.skip("fp32 never runs on AMX")
+    skip_absent_kernels(dtype, kernels)
     monkeypatch.setenv("FASTLSTM_TRAIN_PROJECTION", projection)
     steps, batch, hidden = shape
     inputs = 7 if batch % 2 else 32
@@ -173,25 +162,24 @@ def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads,
 
 @pytest.mark.parametrize("weight_grad", ["view", "transposed"])
 @pytest.mark.parametrize("shape", [(4, 9, 96), (20, 52, 40)], ids=lambda s: "S%dB%dH%d" % s)
-def test_train_op_weight_gradients_both_ways(shape, weight_grad, threads, amx, monkeypatch):
+def test_train_op_weight_gradients_both_ways(shape, weight_grad, threads, kernels, monkeypatch):
     """bf16 weight gradients as g^T x and as one GEMM on operands our transposes wrote
     (FASTLSTM_WEIGHT_GRAD), on any CPU, whichever its rule picks: the training op against
     the oracle as above (20 x 52 rows: 1040, where the rule without AMX transposes)."""
     monkeypatch.setenv("FASTLSTM_WEIGHT_GRAD", weight_grad)
-    test_train_op_matches_the_oracle(shape, False, torch.bfloat16, "gemm", threads, amx,
+    test_train_op_matches_the_oracle(shape, False, torch.bfloat16, "gemm", threads, kernels,
                                      monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%dB%dH%d" % s)
-def test_embedded_op_matches_the_oracle(shape, reverse, dtype, threads, amx):
+def test_embedded_op_matches_the_oracle(shape, reverse, dtype, threads, kernels):
     """The layer whose input projection is a table row per id against the float64 oracle fed
     one-hot inputs (x W_ih^T = table[id] with W_ih = table^T): hs, cs, the final state h_n,
     c_n and, under a loss on all four, the gradients of the table (each row's gradient added
     into its id's row by the backward kernel), h0, c0, W_hh."""
-    if dtype == torch.float32 and amx == "noamx":
-        pytest.skip("fp32 never runs on AMX")
+    skip_absent_kernels(dtype, kernels)
     steps, batch, hidden = shape
     rows = 5
     _, (_, h0, c0, w_hh) = layer_inputs(*shape, dtype, seed=17 + sum(shape))

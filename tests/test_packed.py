@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import fastlstm.ops  # noqa: F401  (registers fake impls and autograd)
 from fastlstm import FastLSTM, _extension, reference_lstm
 from fastlstm.module import _fused_unsupported, choose_path
-from helpers import TOLERANCE, assert_close, relative_error
+from helpers import TOLERANCE, assert_close, relative_error, skip_absent_kernels
 
 pytestmark = pytest.mark.skipif(
     not (_extension.available() and _extension.cpu_fused(torch.float32)),
@@ -135,24 +135,17 @@ def compare(case, dtype, grad, backend="cpu", seed=0):
             f"{key} vs nn.LSTM: relative error {err:.3g}"
 
 
-@pytest.fixture(params=["amx", "noamx"])
-def amx(request, monkeypatch):
-    monkeypatch.setenv("FASTLSTM_CPU_AMX", "1" if request.param == "amx" else "0")
-    return request.param
-
-
 @pytest.mark.parametrize("backend", ["cpu", "auto"])
 @pytest.mark.parametrize("grad", [True, False], ids=["train", "no_grad"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_packed_matches_oracle_and_nn_lstm(case, dtype, grad, backend, threads, amx,
+def test_packed_matches_oracle_and_nn_lstm(case, dtype, grad, backend, threads, kernels,
                                            monkeypatch):
-    if dtype == torch.float32 and amx == "noamx":
-        pytest.skip("fp32 never runs on AMX")
+    skip_absent_kernels(dtype, kernels)
     if dtype == torch.bfloat16 and not _extension.cpu_fused(dtype):
         pytest.skip("no AVX512-BF16 here")
     if backend == "auto":  # as on the CPU class measured (elsewhere it is torch's LSTM)
-        if amx == "noamx" or threads == 1:
+        if kernels != "amx" or threads == 1:
             pytest.skip("auto: the class's rule, tested once per dtype")
         monkeypatch.setattr(_extension, "cpu_class", lambda: "amx")
     compare(case, dtype, grad, backend=backend, seed=len(case.name))

@@ -12,7 +12,7 @@ import fastlstm  # noqa: F401  (registers fake impls)
 from fastlstm import FastLSTM, FastLSTMCell, _extension, ops
 from fastlstm.module import _cpu_auto_fused
 from fastlstm.reference import lstm_cell_reference, reference_lstm
-from helpers import TOLERANCE, assert_close
+from helpers import TOLERANCE, assert_close, skip_absent_kernels
 from torch.utils._python_dispatch import TorchDispatchMode
 
 pytestmark = pytest.mark.skipif(not _extension.cpu_fused(torch.float32),
@@ -68,12 +68,10 @@ def oracle(x, h0, c0, params, layers, bias):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "L%dI%dH%dB%dS%d" % c)
-@pytest.mark.parametrize("amx", ["1", "0"], ids=["amx", "noamx"])
-def test_stack_inference_matches_float64(case, dtype, bias, amx, threads, monkeypatch):
-    """bf16 on AMX tiles where the CPU has them, and on the AVX-512 register tile."""
-    if dtype == torch.float32 and amx == "0":
-        pytest.skip("fp32 never runs on AMX")
-    monkeypatch.setenv("FASTLSTM_CPU_AMX", amx)
+def test_stack_inference_matches_float64(case, dtype, bias, kernels, threads):
+    """Each build of the kernels (the `kernels` fixture: AMX tiles or the AVX-512 register
+    tile for bf16, AVX-512 or AVX2 for fp32)."""
+    skip_absent_kernels(dtype, kernels)
     layers = case[0]
     x, h0, c0, params = stack_inputs(*case, bias, dtype, seed=sum(case))
     got = ops.stack_inference(x, h0, c0, *columns(params, layers, bias), dtype)
