@@ -8,6 +8,8 @@
 //   /tmp/cpu_fused_bench infer B H I [REPS]    # bf16 inference on AMX at one shape only
 //   /tmp/cpu_fused_bench train B H S [REPS]    # bf16 training steps at one shape (AMX where
 //                                              # the CPU has it, else the register tile)
+//   /tmp/cpu_fused_bench fp32 B H S [REPS]     # fp32 training steps at one shape
+// Built with -DFASTLSTM_FUSED_AVX2: the AVX2 + FMA build of the kernels (fp32 only).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -89,6 +91,7 @@ void bench(const char* type, int64_t B, int64_t H, int64_t S, bool amx = false, 
     }
 }
 
+#if !defined(FASTLSTM_FUSED_AVX2)
 // One layer's bf16 inference on AMX (as lstm_layer_inference runs it where the weights stay
 // in L2): x W_ih^T and h W_hh^T in the step, the cell state updated in place, no gates.
 void bench_inference(int64_t B, int64_t H, int64_t I, int64_t S, int reps) {
@@ -117,7 +120,16 @@ void bench_inference(int64_t B, int64_t H, int64_t I, int64_t S, int reps) {
   }
 }
 
+#endif
+
 int main(int argc, char** argv) {
+  if (!cpu_supports<float>()) return std::puts("this build's instructions are not here"), 1;
+  if (argc >= 5 && std::string(argv[1]) == "fp32") {
+    bench<float>("fp32", std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), false,
+                 argc > 5 ? std::atoi(argv[5]) : 20);
+    return 0;
+  }
+#if !defined(FASTLSTM_FUSED_AVX2)
   if (argc >= 5 && std::string(argv[1]) == "infer") {
     if (!amx_usable()) return std::puts("no AMX here"), 1;
     bench_inference(std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), 100,
@@ -131,12 +143,17 @@ int main(int argc, char** argv) {
                 std::atoll(argv[4]), amx, argc > 5 ? std::atoi(argv[5]) : 20);
     return 0;
   }
+#endif
   const int64_t shapes[][3] = {{64, 256, 100}, {64, 384, 100}, {64, 512, 50}, {50, 128, 50},
                                {8, 256, 50}, {1, 512, 50}, {1, 128, 50}};
   for (auto& s : shapes) {
     bench<float>("fp32", s[0], s[1], s[2]);
+#if !defined(FASTLSTM_FUSED_AVX2)
     if (cpu_supports<Bf16>()) bench<Bf16>("bf16", s[0], s[1], s[2]);
     if (amx_usable()) bench<Bf16>("bf16-amx", s[0], s[1], s[2], true);
+#endif
   }
+#if !defined(FASTLSTM_FUSED_AVX2)
   if (amx_usable()) bench_inference(64, 256, 64, 100, 5);  // the char-rnn shape's first layer
+#endif
 }

@@ -9,8 +9,9 @@ unless given, fp32 and bf16 (autocast over an fp32 module, as the trainer runs i
   python benchmarks/cpu_interleaved.py --shapes charrnn,S3,B8,step --loop
   python benchmarks/cpu_interleaved.py --shapes H512B1S1,H256B8S2   # short sequences
   python benchmarks/cpu_interleaved.py --passes fwd --rounds 41       # inference only
-  ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FASTLSTM_CPU_FUSED=0 \
-      python benchmarks/cpu_interleaved.py --loop --dtypes fp32   # an AVX2-only CPU, imitated
+  ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FASTLSTM_CPU_ISA=avx2 \
+      python benchmarks/cpu_interleaved.py --loop --dtypes fp32 --cpu-class avx2
+                                            # an AVX2-only CPU, imitated (fp32 only)
   python benchmarks/cpu_interleaved.py --packed --shapes P1,P2    # PackedSequence input
   python benchmarks/cpu_interleaved.py --malloc keep --faults     # glibc keeping freed memory
 
@@ -29,7 +30,7 @@ import time
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from fastlstm import FastLSTM
+from fastlstm import FastLSTM, _extension
 from fastlstm.charrnn.cli import keep_freed_memory
 
 # name: (layers, hidden, batch, seq, input size)
@@ -131,7 +132,11 @@ def main():
                    "reuse (fastlstm.charrnn.cli.keep_freed_memory, as the trainer runs)")
     p.add_argument("--faults", action="store_true",
                    help="also the minor page faults a call took (4 KiB each, zeroed by the kernel)")
+    p.add_argument("--cpu-class", help="the CPU class auto's rule takes (fastlstm._extension."
+                   "cpu_class; default: this CPU's); with the env above, an imitated CPU")
     args = p.parse_args()
+    if args.cpu_class:
+        _extension._cpu_class = args.cpu_class
     if args.malloc == "keep" and not keep_freed_memory():
         p.error("--malloc keep: not glibc here")
     variants = {"cpu": ("cpu", True)}
@@ -141,7 +146,11 @@ def main():
     variants["aten"] = ("aten", True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; malloc {args.malloc}; "
           f"ratio = median of per-round time / aten's{'; packed input' if args.packed else ''}"
-          f"{'; bidirectional' if args.bidirectional else ''}")
+          f"{'; bidirectional' if args.bidirectional else ''}; cpu class {_extension.cpu_class()}")
+    imitation = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                            "FASTLSTM_CPU_ISA") if k in os.environ}
+    if imitation:
+        print("env:", " ".join(f"{k}={v}" for k, v in imitation.items()))
     for name in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
             for pass_ in args.passes.split(","):
