@@ -41,9 +41,23 @@ _CPU_FUSED_DTYPES = frozenset(
 
 
 def cpu_fused(dtype: torch.dtype) -> bool:
-    """Whether the CPU op runs `dtype` on its fused layer here (x86-64 with AVX-512, and
-    AVX512-BF16 for bfloat16; FASTLSTM_CPU_FUSED=0 turns it off)."""
+    """Whether the CPU op runs `dtype` on its fused layer here (x86-64 with AVX-512 or AVX2 +
+    FMA for float32, AVX512-BF16 for bfloat16; FASTLSTM_CPU_FUSED=0 turns it off;
+    FASTLSTM_CPU_ISA=avx2 leaves bfloat16 to the per-step loop)."""
+    if dtype == torch.bfloat16 and os.environ.get("FASTLSTM_CPU_ISA") == "avx2":
+        return False
     return dtype in _CPU_FUSED_DTYPES and os.environ.get("FASTLSTM_CPU_FUSED", "1") != "0"
+
+
+_CPU_GENERATE_DTYPES = frozenset(
+    getattr(torch, name) for name in (getattr(_C, "cpu_generate_dtypes", "").split(",")
+                                      if _C is not None else ()) if name)
+
+
+def cpu_generate(dtype: torch.dtype) -> bool:
+    """Whether fastlstm.ops.generate runs `dtype` here (x86-64 with AVX-512, and AVX512-BF16
+    for bfloat16)."""
+    return dtype in _CPU_GENERATE_DTYPES
 
 
 _cpu_class: str | None = None

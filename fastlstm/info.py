@@ -41,10 +41,16 @@ def report() -> list[tuple[str, str]]:
     else:
         rows.append(("GPU visible", "none"))
     if ext:
-        fused = ext.cpu_fused_dtypes.replace(",", ", ") or "none (needs x86-64 with AVX-512)"
+        fused = (ext.cpu_fused_dtypes.replace(",", ", ")
+                 or "none (needs x86-64 with AVX-512, or AVX2 + FMA for float32)")
         rows.append(("C++ CPU op's fused layer", f"{fused}; "
                      f"{'on' if os.environ.get('FASTLSTM_CPU_FUSED') != '0' else 'OFF'} "
                      "(FASTLSTM_CPU_FUSED=0: the per-step loop)"))
+        if _extension.cpu_fused(torch.float32):
+            avx2 = (os.environ.get("FASTLSTM_CPU_ISA") == "avx2"
+                    or _extension.cpu_class() not in ("amx", "avx512_bf16", "avx512"))
+            rows.append(("its float32 kernels", "the AVX2 + FMA build" if avx2 else
+                         "the AVX-512 build (FASTLSTM_CPU_ISA=avx2: the AVX2 + FMA build)"))
         if ext.cpu_amx():
             amx_on = os.environ.get("FASTLSTM_CPU_AMX") != "0"
             rows.append(("its bf16 products", f"on AMX tiles{'' if amx_on else ': OFF'} "
@@ -64,8 +70,8 @@ def report() -> list[tuple[str, str]]:
     rows.append(("char-rnn generation (model.generate)",
                  ("CPU: the fused op (fastlstm.ops.generate), 64 characters a call, in "
                   + ("bf16 (precision='auto'; 'fp32' on request)"
-                     if _extension.cpu_fused(torch.bfloat16) else "fp32")
-                  if _extension.cpu_fused(torch.float32)
+                     if _extension.cpu_generate(torch.bfloat16) else "fp32")
+                  if _extension.cpu_generate(torch.float32)
                   else "CPU: one step at a time (the fused op needs x86-64 with AVX-512)")
                  + "; CUDA: one step at a time (no CUDA generation op yet)"))
     rows.append(("auto on CUDA tensors",

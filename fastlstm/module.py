@@ -97,7 +97,8 @@ def _fused_unsupported(data, proj_size=0, packed=False, dtypes_by_device=None):
         if dtype not in (torch.float32, torch.bfloat16):
             return f"PackedSequence input in {dtype}"
         if not _extension.cpu_fused(dtype):
-            return f"PackedSequence input in {dtype} on this CPU (the fused layer needs AVX-512)"
+            return (f"PackedSequence input in {dtype} on this CPU (the fused layer needs "
+                    "AVX-512, or AVX2 + FMA for float32; AVX512-BF16 for bfloat16)")
     dtypes = (dtypes_by_device or FUSED_DTYPES).get(data.device.type)
     if dtypes is None:
         return f"{data.device.type} tensors"

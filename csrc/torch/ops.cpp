@@ -595,6 +595,11 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (fastlstm::cpu_fused_supports(at::kFloat)) fused_dtypes += "float32";
   if (fastlstm::cpu_fused_supports(at::kBFloat16)) fused_dtypes += ",bfloat16";
   PyModule_AddStringConstant(m, "cpu_fused_dtypes", fused_dtypes.c_str());
+  // ... and generation (generate_cpu.cpp: AVX-512 only, so not every CPU the fused layer runs on).
+  std::string generate_dtypes;
+  if (fastlstm::generate_cpu_supports(false)) generate_dtypes += "float32";
+  if (fastlstm::generate_cpu_supports(true)) generate_dtypes += ",bfloat16";
+  PyModule_AddStringConstant(m, "cpu_generate_dtypes", generate_dtypes.c_str());
 #ifdef FASTLSTM_WITH_CUDA
   PyModule_AddIntConstant(m, "cuda_compiled", 1);
   PyModule_AddStringConstant(m, "cuda_archs", fastlstm::cuda_arch_list());

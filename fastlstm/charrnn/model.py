@@ -97,11 +97,11 @@ def fused_generation(model: CharRNN, precision: str = "auto") -> str | None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     lstm = model.lstm
     if (not isinstance(lstm, FastLSTM) or lstm.bidirectional or lstm.proj_size
-            or lstm.num_layers > 8 or not _extension.cpu_fused(torch.float32)
+            or lstm.num_layers > 8 or not _extension.cpu_generate(torch.float32)
             or any(p.device.type != "cpu" or p.dtype != torch.float32
                    for p in model.parameters())):
         return None
-    native_bf16 = _extension.cpu_fused(torch.bfloat16)
+    native_bf16 = _extension.cpu_generate(torch.bfloat16)
     if precision == "bf16" and not native_bf16:
         raise ValueError("precision='bf16' needs a CPU with AVX512-BF16 (this one has not)")
     return "bf16" if precision == "bf16" or (precision == "auto" and native_bf16) else "fp32"
