@@ -176,14 +176,20 @@ def _cpu_rule_amx(dtype, grad, steps, batch, hidden):
 
 
 def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
-    """AVX2 without AVX-512 (no fused layer: the per-step loop, its AVX2 clones); measured on
-    the Intel Xeon above imitating such a CPU (ONEDNN_MAX_CPU_ISA=AVX2,
-    MKL_ENABLE_INSTRUCTIONS=AVX2, FASTLSTM_CPU_FUSED=0; 2026-12-05):
-    per-step loop     fp32, < 4 steps: 0.10-0.79 at hidden >= 256 and batch <= 8 (0.58-0.75
-                      at hidden 128 too); at 50 steps 0.92-1.29: torch's there.
+    """AVX2 + FMA without AVX-512: fp32 on the fused layer's AVX2 build. Measured on an AMD
+    Zen 4 imitating such a CPU (ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2,
+    FASTLSTM_CPU_ISA=avx2; 2 cores, 2026-12-06, 7 interleaved rounds, freed memory kept):
+    fp32              0.55-0.90 at batch <= 2 (hidden 128-512), 0.70-0.80 at hidden 128
+                      batch <= 8; 0.85-1.25 elsewhere (char-rnn shape 1.04-1.22): torch's.
+    short calls       (< 4 steps) without gradient: _streaming_rule_avx2.
+    per-step loop     (< 4 steps, training; imitated on the AMX Xeon, 2026-12-05) fp32 at
+                      hidden >= 256 and batch <= 8: 0.10-0.79.
     bf16 (not native on such CPUs) and fp64: not measured: torch's."""
-    return (steps < CPU_FUSED_MIN_STEPS and dtype == torch.float32
-            and hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH)
+    if dtype != torch.float32:
+        return False
+    if steps >= CPU_FUSED_MIN_STEPS:
+        return _extension.cpu_fused(dtype) and (batch <= 2 or (hidden <= 128 and batch <= 8))
+    return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH
 
 
 def _streaming_rule_amx(dtype, steps, batch, hidden):
@@ -204,11 +210,22 @@ def _streaming_rule_avx512_bf16(dtype, steps, batch, hidden):
     return dtype in (torch.float32, torch.bfloat16)
 
 
+def _streaming_rule_avx2(dtype, steps, batch, hidden):
+    """Short calls (< 4 steps) without gradient, on ops.stack_inference's AVX2 build; measured
+    on the imitation above (15 rounds; hidden 64-1024, batch 1-64, 1 and 3 steps): fp32
+    0.21-0.78 at hidden <= 128, at batch x steps <= 4 and at hidden 256 batch 4; hidden 256
+    batch >= 16 0.92-1.00, hidden 512-1024 batch 4 with 3 steps and batch >= 16 0.98-1.94:
+    torch's there. bf16: not measured: torch's."""
+    return dtype == torch.float32 and (hidden <= 128 or batch * steps <= 4
+                                       or (hidden <= 256 and batch <= 4))
+
+
 CPU_RULES = {"avx512_bf16": _cpu_rule_avx512_bf16, "amx": _cpu_rule_amx, "avx2": _cpu_rule_avx2}
 # Rules with a regime of their own for streaming calls; the other classes' short calls keep
 # their rule (where it takes our op, ops.stack_inference runs the call: not yet measured
 # against the per-step loop on those CPUs).
-STREAMING_RULES = {"amx": _streaming_rule_amx, "avx512_bf16": _streaming_rule_avx512_bf16}
+STREAMING_RULES = {"amx": _streaming_rule_amx, "avx512_bf16": _streaming_rule_avx512_bf16,
+                   "avx2": _streaming_rule_avx2}
 
 
 def _packed_rule(dtype, grad, steps, batch, hidden):

@@ -128,14 +128,19 @@ RULE_CASES = {
         (BF16, 16, 512, False, 1, "aten"),
         (torch.empty(0, dtype=torch.float64), 1, 512, False, 1, "aten"),
     ],
-    "avx2": [  # no fused layer: the loop for short fp32 sequences only
-        (FP32, 1, 512, False, 1, "fused"),
+    "avx2": [  # fp32 only: the fused layer's AVX2 build at small batches, the loop for short
+        (FP32, 1, 512, False, 1, "fused"),  # training sequences
         (FP32, 8, 256, True, 3, "fused"),
         (FP32, 16, 256, False, 1, "aten"),
         (FP32, 1, 128, False, 1, "aten"),
-        (FP32, 1, 512, True, 50, "aten"),
+        (FP32, 1, 512, True, 50, "fused"),
+        (FP32, 2, 256, False, 50, "fused"),
+        (FP32, 8, 128, True, 50, "fused"),
+        (FP32, 4, 256, True, 50, "aten"),
+        (FP32, 16, 128, False, 50, "aten"),
         (FP32, 64, 128, True, 50, "aten"),
         (BF16, 1, 512, False, 1, "aten"),
+        (BF16, 1, 512, True, 50, "aten"),
         (BF16, 8, 512, True, 50, "aten"),
     ],
 }
@@ -170,6 +175,10 @@ STREAMING_CASES = {
                     (FP32, 64, 1024, 3, "fused"), (BF16, 1, 512, 1, "fused"),
                     (BF16, 64, 64, 3, "fused"),
                     (torch.empty(0, dtype=torch.float64), 1, 512, 1, "aten")],
+    # AVX2 (imitated on a Zen 4): fp32 at hidden <= 128, batch x steps <= 4, hidden 256 batch <= 4.
+    "avx2": [(FP32, 1, 512, 1, "fused"), (FP32, 64, 128, 3, "fused"), (FP32, 4, 256, 3, "fused"),
+             (FP32, 4, 1024, 1, "fused"), (FP32, 16, 256, 1, "aten"), (FP32, 4, 512, 3, "aten"),
+             (BF16, 1, 512, 1, "aten"), (torch.empty(0, dtype=torch.float64), 1, 512, 1, "aten")],
 }
 
 
