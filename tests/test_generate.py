@@ -12,10 +12,10 @@ from fastlstm import _extension, ops
 from fastlstm.charrnn.model import CharRNN, generate, next_ids
 from helpers import assert_close
 
-pytestmark = pytest.mark.skipif(not _extension.cpu_fused(torch.float32),
+pytestmark = pytest.mark.skipif(not _extension.cpu_generate(torch.float32),
                                 reason="the fused generation op needs the extension on an "
                                 "x86-64 CPU with AVX-512")
-BF16 = pytest.mark.skipif(not _extension.cpu_fused(torch.bfloat16),
+BF16 = pytest.mark.skipif(not _extension.cpu_generate(torch.bfloat16),
                           reason="this CPU has no AVX512-BF16")
 SPLITS = ("none", "rows", "units")  # FASTLSTM_GENERATE_SPLIT: how the threads share a step
 
