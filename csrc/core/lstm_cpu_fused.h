@@ -282,6 +282,33 @@ inline namespace isa_avx2 {
 inline namespace isa_avx512 {
 #endif
 
+// Runs step(chain, ks) over the k-steps, kChains consecutive ones at a time (each chain into
+// accumulators of its own), the rest on chain 0.
+template <int kChains, typename Step>
+__attribute__((always_inline)) inline void over_ksteps(int64_t ksteps, Step&& step) {
+  int64_t ks = 0;
+  for (; ks + kChains <= ksteps; ks += kChains) {
+#pragma GCC unroll 2
+    for (int chain = 0; chain < kChains; ++chain) step(chain, ks + chain);
+  }
+  for (; ks < ksteps; ++ks) step(0, ks);
+}
+
+// out + at(r, c) = the sum of the chains' accumulators for row r, vector c (V: __m256 or
+// __m512, added as GCC vectors, stored unaligned).
+template <int kChains, int R, int C, typename V, typename At>
+__attribute__((always_inline)) inline void store_sums(const V (&acc)[kChains][R][C], float* out,
+                                                      At&& at) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      V sum = acc[0][r][c];
+      if constexpr (kChains == 2) sum += acc[1][r][c];
+      memcpy(out + at(r, c), &sum, sizeof(V));
+    }
+}
+
 #if defined(FASTLSTM_FUSED_AVX2)
 // AVX2 + FMA, fp32: 16 ymm registers of 8 lanes, so each 16-lane weight vector is two
 // registers (its halves: "columns" here) and a tile of 6 rows x 4 vectors would need 48
@@ -317,20 +344,8 @@ __attribute__((always_inline)) inline void tile_pass(const uint32_t* a, int64_t 
       for (int c = 0; c < C; ++c) acc[chain][r][c] = _mm256_fmadd_ps(x, w[c], acc[chain][r][c]);
     }
   };
-  int64_t ks = 0;
-  for (; ks + kChains <= ksteps; ks += kChains) {
-#pragma GCC unroll 2
-    for (int chain = 0; chain < kChains; ++chain) step(chain, ks + chain);
-  }
-  for (; ks < ksteps; ++ks) step(0, ks);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) {
-      const __m256 sum =
-          kChains == 2 ? _mm256_add_ps(acc[0][r][c], acc[kChains - 1][r][c]) : acc[0][r][c];
-      _mm256_storeu_ps(out + r * ld_out + c * 8, sum);
-    }
+  over_ksteps<kChains>(ksteps, step);
+  store_sums(acc, out, [&](int r, int c) { return r * ld_out + c * 8; });
 }
 
 // The tile (as the AVX-512 one's, below) in passes: one row, all 2 NV columns at once (each
@@ -400,20 +415,8 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
       }
     }
   };
-  int64_t ks = 0;
-  for (; ks + kChains <= ksteps; ks += kChains) {
-#pragma GCC unroll 2
-    for (int chain = 0; chain < kChains; ++chain) step(chain, ks + chain);
-  }
-  for (; ks < ksteps; ++ks) step(0, ks);
-#pragma GCC unroll 8
-  for (int r = 0; r < MB; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __m512 sum =
-          kChains == 2 ? _mm512_add_ps(acc[0][r][v], acc[kChains - 1][r][v]) : acc[0][r][v];
-      _mm512_storeu_ps(out + (r * NV + v) * kLanes, sum);
-    }
+  over_ksteps<kChains>(ksteps, step);
+  store_sums(acc, out, [&](int r, int v) { return (r * NV + v) * kLanes; });
 }
 #endif
 
