@@ -417,3 +417,13 @@ def test_large_outputs_are_never_shared_while_alive():
     again = torch.ops.fastlstm.lstm_layer(*first, False)
     for x, y in zip(again, a_copy):
         assert torch.equal(x, y)
+
+
+@pytest.mark.skipif(not _extension.cpu_fused(torch.float32), reason="no fused layer here")
+def test_unknown_cpu_isa_is_an_error(monkeypatch):
+    """FASTLSTM_CPU_ISA takes avx2 or avx512 (or nothing); a typo is an error, not a silent
+    default."""
+    monkeypatch.setenv("FASTLSTM_CPU_ISA", "avx3")
+    _, args = layer_inputs(5, 2, 16, torch.float32, seed=1)
+    with pytest.raises(RuntimeError, match="FASTLSTM_CPU_ISA must be avx2, avx512 or unset"):
+        torch.ops.fastlstm.lstm_layer(*args, False)
