@@ -1,7 +1,8 @@
 // The fused CPU layer: each time step's recurrent product and its gate math in one pass,
 // the products kept in registers (fp32 accumulators), the weights packed once per call,
-// no allocation and no library call inside the time loop. x86-64 with AVX-512 only
-// (AVX512-BF16 for bfloat16); elsewhere the op runs its per-step GEMM loop (layer.cpp).
+// no allocation and no library call inside the time loop. x86-64 with AVX-512 (AVX512-BF16
+// for bfloat16), or AVX2 + FMA for fp32 (this file built again by lstm_cpu_fused_avx2.cpp);
+// elsewhere the op runs its per-step GEMM loop (layer.cpp).
 //
 // Why: a step's product is small (batch 64 x hidden 256: [64, 256] x [256, 1024]), and a
 // BLAS call per step re-reads and re-blocks W_hh, dispatches, forks threads and rounds its
@@ -644,9 +645,9 @@ inline void pack_forward(const float* w, int64_t hidden, int64_t K, float* out,
     const int64_t units = std::min<int64_t>(kLanes, H - g * kLanes);
     for (int gate = 0; gate < gates; ++gate)
       for (int64_t u = 0; u < kLanes; ++u) {
-        const float* row = w + (gate * H + g * kLanes + u) * K;
         float* dst = out + (g * K * gates + gate) * kLanes + u;
-        for (int64_t ks = 0; ks < K; ++ks) dst[ks * gates * kLanes] = u < units ? row[ks] : 0.f;
+        const float* row = u < units ? w + (gate * H + g * kLanes + u) * K : nullptr;
+        for (int64_t ks = 0; ks < K; ++ks) dst[ks * gates * kLanes] = row ? row[ks] : 0.f;
       }
   }
 }
