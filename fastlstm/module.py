@@ -120,21 +120,24 @@ CPU_FUSED_MAX_BATCH = 8
 
 def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
     """AVX512-BF16 without AMX; measured on an AMD Zen 4 (2 cores; 2026-12-06 with freed
-    memory kept, 11 interleaved rounds, benchmarks/NOTES.md):
+    memory kept, 11-15 interleaved rounds, benchmarks/NOTES.md):
     bf16 training     0.39-0.93 at batch <= 32 (hidden 128-512), 0.85-1.02 at batch 64:
                       always ours.
-    bf16 inference    0.66-0.95 at batch <= 8 (hidden 128-512); 0.99-1.16 at batch >= 16:
+    bf16 inference    (x W_ih^T inside the step since the eleventh part) 0.53-0.90 at batch
+                      <= 8 (hidden 128-1024), 0.80-0.90 at hidden 128 batch 16; 0.95-1.04 at
+                      batch >= 16 otherwise (S3, char-rnn shape): torch's there.
+    fp32 inference    0.62-0.97 at batch <= 8 (hidden 128-1024); 0.91-1.04 at batch >= 16:
                       torch's there.
-    fp32              0.79-0.98 at batch <= 2, and at hidden 128 batch <= 8; 0.99-1.16
-                      elsewhere (hidden 128 batch 16-64 training 1.03-1.14): torch's there.
+    fp32 training     0.67-0.91 at batch <= 2, and at hidden 128 batch <= 8; 0.99-1.16
+                      elsewhere (hidden 128 batch 16-64 1.03-1.14): torch's there.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx512_bf16.
     per-step loop     (< 4 steps, training; 2026-12-03) fp32/fp64 at hidden >= 256 and batch
                       <= 8 (0.4-0.9x); its bf16 GEMMs go through ATen one step at a time:
                       torch's."""
     if steps >= CPU_FUSED_MIN_STEPS and _extension.cpu_fused(dtype):
         if dtype == torch.bfloat16:
-            return grad or batch <= 8
-        return batch <= 2 or (hidden <= 128 and batch <= 8)
+            return grad or batch <= 8 or (hidden <= 128 and batch <= 16)
+        return batch <= 2 or (hidden <= 128 and batch <= 8) or (not grad and batch <= 8)
     if dtype == torch.bfloat16:
         return False
     return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH
@@ -181,6 +184,8 @@ def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
     FASTLSTM_CPU_ISA=avx2; 2 cores, 2026-12-06, 7 interleaved rounds, freed memory kept):
     fp32              0.55-0.90 at batch <= 2 (hidden 128-512), 0.70-0.80 at hidden 128
                       batch <= 8; 0.85-1.25 elsewhere (char-rnn shape 1.04-1.22): torch's.
+    fp32 inference    (x W_ih^T inside the step since the eleventh part) also 0.80-0.93 at
+                      hidden 128 batch 16-50; hidden 256-512 batch 4-16 1.03-1.22: torch's.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx2.
     per-step loop     (< 4 steps, training; imitated on the AMX Xeon, 2026-12-05) fp32 at
                       hidden >= 256 and batch <= 8: 0.10-0.79.
@@ -188,7 +193,8 @@ def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
     if dtype != torch.float32:
         return False
     if steps >= CPU_FUSED_MIN_STEPS:
-        return _extension.cpu_fused(dtype) and (batch <= 2 or (hidden <= 128 and batch <= 8))
+        return _extension.cpu_fused(dtype) and (batch <= 2 or (hidden <= 128 and batch <= 8)
+                                                or (hidden <= 128 and not grad and batch <= 64))
     return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH
 
 

@@ -94,7 +94,8 @@ RULE_CASES = {
         (BF16, 64, 256, False, 50, "aten"),
         (BF16, 8, 256, False, 50, "fused"),
         (BF16, 8, 512, False, 50, "fused"),
-        (BF16, 16, 128, False, 50, "aten"),
+        (BF16, 16, 128, False, 50, "fused"),
+        (BF16, 32, 128, False, 50, "aten"),
         (BF16, 50, 128, False, 50, "aten"),  # S3 inference
         (FP32, 50, 128, True, 50, "aten"),  # S3 training
         (FP32, 8, 128, True, 50, "fused"),
@@ -103,7 +104,8 @@ RULE_CASES = {
         (FP32, 2, 256, False, 50, "fused"),
         (FP32, 4, 256, True, 50, "aten"),
         (FP32, 8, 256, True, 50, "aten"),
-        (FP32, 8, 256, False, 50, "aten"),
+        (FP32, 8, 512, False, 50, "fused"),  # fp32 inference to batch 8
+        (FP32, 16, 256, False, 50, "aten"),
         (FP32, 1, 512, False, 3, "fused"),  # the loop's rule
         (BF16, 1, 512, False, 3, "aten"),  # no bf16 loop
     ],
@@ -137,7 +139,9 @@ RULE_CASES = {
         (FP32, 2, 256, False, 50, "fused"),
         (FP32, 8, 128, True, 50, "fused"),
         (FP32, 4, 256, True, 50, "aten"),
-        (FP32, 16, 128, False, 50, "aten"),
+        (FP32, 16, 128, False, 50, "fused"),  # inference at hidden 128
+        (FP32, 16, 128, True, 50, "aten"),
+        (FP32, 16, 256, False, 50, "aten"),
         (FP32, 64, 128, True, 50, "aten"),
         (BF16, 1, 512, False, 1, "aten"),
         (BF16, 1, 512, True, 50, "aten"),

@@ -194,13 +194,22 @@ int64_t l2_cache_bytes() {
 // L3 (2 x 512 fp32, batch 1, 100 steps: 28.9 ms inside, 9.8 ms first) or the GEMM's better
 // blocking wins. Measured on an Intel Xeon with AMX-BF16 (2 MiB L2 a core;
 // benchmarks/NOTES.md, "Streaming"): first at >= 48 rows (steps x batch; not for bf16 on
-// AMX) or weights of >= half an L2 a thread; FASTLSTM_INFER_PROJECTION=step|gemm overrides.
+// AMX) or weights of >= half an L2 a thread. On a CPU without AMX the register tile runs at
+// its peak from L3 as from L2, and the step wins at batch >= 2 up to 8 MiB of weights (W_ih
+// and W_hh) a layer; the AVX2 build, whose one-vector passes re-read the weights, up to 2
+// MiB. Measured on a Zen 4 (1 MiB L2 a core) and there imitating an AVX2-only CPU, 2 layers,
+// 50 steps, time in the step / GEMM first: 0.76-0.98 at hidden 128-512, batch 2-64, both
+// dtypes; hidden 1024 (16-32 MiB) 0.90-1.12; batch 1 0.83-1.13; AVX2 0.77-0.92 at hidden
+// <= 256, 1.16 at hidden 512 batch 4, 2.3 at hidden 1024 batch 8 (NOTES.md, "issue 25,
+// eleventh part"). FASTLSTM_INFER_PROJECTION=step|gemm overrides.
 bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t hidden,
-                      bool amx) {
+                      bool amx, bool avx2) {
   if (const char* v = std::getenv("FASTLSTM_INFER_PROJECTION")) {
     if (std::strcmp(v, "gemm") == 0) return true;
     if (std::strcmp(v, "step") == 0) return false;
   }
+  const int64_t register_tile_max = (avx2 ? 2 : 8) << 20;
+  if (!fused::amx_usable() && batch >= 2 && weight_bytes <= register_tile_max) return false;
   const int64_t l2_bytes = l2_cache_bytes();
   const int64_t threads = plan_for(batch, hidden).parts.size();
   return (rows >= 48 && !amx) || 2 * weight_bytes >= l2_bytes * threads;
@@ -515,9 +524,9 @@ std::optional<std::tuple<Tensor, Tensor>> cpu_fused_layer_inference(
   const Tensor h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
   Tensor hs = kernel_output({S, B, H}, x.options());
   Tensor c_state = kernel_output({B, H}, x.options().dtype(at::kFloat));
-  const bool amx = x.scalar_type() == at::kBFloat16 && use_amx<Bf16>();
-  const bool first =
-      projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx);
+  const bool bf16 = x.scalar_type() == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
+  const bool first = projection_first(S * B, (w_ih.numel() + w_hh.numel()) * x.element_size(), B,
+                                      H, amx, !bf16 && fp32_on_avx2());
   run_forward(input_projection(x, w_ih, bias, H, !first), h0, c0, w_hh, reverse, hs, c_state,
               Tensor(), true);
   return std::make_tuple(hs, c_state);
@@ -810,7 +819,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>> cpu_fused_laye
     return std::make_tuple(hs, hs.index_select(0, last), cs.index_select(0, last), cs, gates);
   }
   Tensor c_state = kernel_output({B, H}, acc);
-  const bool first = projection_first(N, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H, amx);
+  const bool first = projection_first(N, (w_ih.numel() + w_hh.numel()) * x.element_size(), B, H,
+                                      amx, !bf16 && fp32_on_avx2());
   run_forward(input_projection(x, w_ih, bias, H, !first), h0, c0, w_hh, reverse, hs, c_state,
               Tensor(), true, &offsets);
   return std::make_tuple(hs, hs.index_select(0, last), c_state, at::empty({0}, acc),
