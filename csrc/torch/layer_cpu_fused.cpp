@@ -643,7 +643,7 @@ std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>
 }
 
 // Training: the input projection inside each step or as one GEMM first (oneDNN's).
-// FASTLSTM_TRAIN_PROJECTION=step|gemm overrides. bf16 only (fp32: not measured, the GEMM).
+// FASTLSTM_TRAIN_PROJECTION=step|gemm overrides.
 // - On AMX tiles: in the step where both weights fit in the threads' L2s (1.5x: level there)
 //   and the batch has the rows to repay reading W_ih at every step (at most 96 KiB of
 //   weights a row). Measured on the AMX Xeon (2 MiB L2 a core), bf16 training step (forward
@@ -655,14 +655,20 @@ std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>
 //   or L3 alike: in the step at up to 256 KiB of weights a row. Measured on a Zen 4 (1 MiB L2
 //   a core), same step: 10-128 KiB a row (hidden 128-512, batch 8-64) 0.80-1.00x; 512 KiB
 //   (hidden 512, batch 8) 1.00x; 4 MiB (batch 1) 1.08x (benchmarks/NOTES.md).
+// - fp32 on a CPU without AMX (the AVX-512 register tile, or the AVX2 build): the same
+//   bound. Measured on the Zen 4, fp32 training step: 20-256 KiB a row (hidden 64-256, batch
+//   4-64, the char-rnn shape, S3) 0.90-0.97x; 256 KiB at batch 2 1.01x; 512 KiB-2 MiB a row
+//   (hidden 128-512, batch 1-4) 1.00-1.05x; imitating an AVX2-only CPU, 20-256 KiB a row
+//   0.86-1.02x (NOTES.md, "issue 25, eleventh part"). fp32 on AMX CPUs: not measured, the
+//   GEMM.
 bool train_projection_in_step(bool bf16, bool amx, int64_t inputs, int64_t hidden,
                               int64_t batch) {
   if (const char* v = std::getenv("FASTLSTM_TRAIN_PROJECTION")) {
     if (std::strcmp(v, "step") == 0) return true;
     if (std::strcmp(v, "gemm") == 0) return false;
   }
-  if (!bf16) return false;
-  const int64_t weight_bytes = (inputs + hidden) * 4 * hidden * 2;
+  if (!bf16 && fused::amx_usable()) return false;
+  const int64_t weight_bytes = (inputs + hidden) * 4 * hidden * (bf16 ? 2 : 4);
   if (!amx) return weight_bytes <= 256 * 1024 * batch;
   const int64_t l2_bytes = l2_cache_bytes();
   const int64_t threads = plan_for(batch, hidden).parts.size();
