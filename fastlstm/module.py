@@ -123,12 +123,12 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
     memory kept, 11-15 interleaved rounds, benchmarks/NOTES.md):
     bf16 training     0.39-0.93 at batch <= 32 (hidden 128-512), 0.85-1.02 at batch 64:
                       always ours.
-    bf16 inference    (x W_ih^T inside the step since the eleventh part) 0.53-0.90 at batch
-                      <= 8 (hidden 128-1024), 0.80-0.90 at hidden 128 batch 16; 0.95-1.04 at
+    bf16 inference    (x W_ih^T inside the step since the eleventh part) 0.63-0.91 at batch
+                      <= 8 (hidden 128-1024), 0.80-0.90 at hidden 128 batch 16; 0.93-1.03 at
                       batch >= 16 otherwise (S3, char-rnn shape): torch's there.
-    fp32 inference    0.62-0.97 at batch <= 8 (hidden 128-1024); 0.91-1.04 at batch >= 16:
-                      torch's there.
-    fp32 training     0.67-0.91 at batch <= 2, and at hidden 128 batch <= 8; 0.99-1.16
+    fp32 inference    0.65-0.91 at batch <= 8 (hidden 128-1024; two cells 1.03-1.08 in one
+                      turn, 0.78-0.97 in others); 0.92-1.01 at batch >= 16: torch's there.
+    fp32 training     0.84-0.97 at batch <= 2, and at hidden 128 batch <= 8; 0.95-1.16
                       elsewhere (hidden 128 batch 16-64 1.03-1.14): torch's there.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx512_bf16.
     per-step loop     (< 4 steps, training; 2026-12-03) fp32/fp64 at hidden >= 256 and batch
@@ -184,8 +184,8 @@ def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
     FASTLSTM_CPU_ISA=avx2; 2 cores, 2026-12-06, 7 interleaved rounds, freed memory kept):
     fp32              0.55-0.90 at batch <= 2 (hidden 128-512), 0.70-0.80 at hidden 128
                       batch <= 8; 0.85-1.25 elsewhere (char-rnn shape 1.04-1.22): torch's.
-    fp32 inference    (x W_ih^T inside the step since the eleventh part) also 0.80-0.93 at
-                      hidden 128 batch 16-50; hidden 256-512 batch 4-16 1.03-1.22: torch's.
+    fp32 inference    (x W_ih^T inside the step since the eleventh part) also 0.75-0.86 at
+                      hidden 128 batch 16-64; hidden 256-512 batch 4-16 0.98-1.21: torch's.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx2.
     per-step loop     (< 4 steps, training; imitated on the AMX Xeon, 2026-12-05) fp32 at
                       hidden >= 256 and batch <= 8: 0.10-0.79.

@@ -199,7 +199,7 @@ int64_t l2_cache_bytes() {
 // and W_hh) a layer; the AVX2 build, whose one-vector passes re-read the weights, up to 2
 // MiB. Measured on a Zen 4 (1 MiB L2 a core) and there imitating an AVX2-only CPU, 2 layers,
 // 50 steps, time in the step / GEMM first: 0.76-0.98 at hidden 128-512, batch 2-64, both
-// dtypes; hidden 1024 (16-32 MiB) 0.90-1.12; batch 1 0.83-1.13; AVX2 0.77-0.92 at hidden
+// dtypes; hidden 1024 (16-32 MiB) 0.90-1.12; batch 1 0.83-1.93; AVX2 0.77-0.92 at hidden
 // <= 256, 1.16 at hidden 512 batch 4, 2.3 at hidden 1024 batch 8 (NOTES.md, "issue 25,
 // eleventh part"). FASTLSTM_INFER_PROJECTION=step|gemm overrides.
 bool projection_first(int64_t rows, int64_t weight_bytes, int64_t batch, int64_t hidden,
