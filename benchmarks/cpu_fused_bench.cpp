@@ -66,7 +66,7 @@ void bench(const char* type, int64_t B, int64_t H, int64_t S, bool amx = false, 
   Buffer<T> w(4 * H * H), fw(forward_packed_size<T>(H, H)), bw(backward_packed_size<T>(H));
   for (size_t k = 0; k < w.size(); ++k) w[k] = Convert<T, float>::store(((k * 7919) % 200) / 2000.f - 0.05f);
   pack_forward(w.data(), H, H, fw.data(), 0, unit_groups(H));
-  pack_backward(w.data(), H, bw.data(), 0, unit_groups(H));
+  pack_backward(w.data(), H, bw.data(), 0, unit_groups(H), H);
   const int64_t ld = padded_width<T>(H);
   Buffer<T> xproj(S * B * 4 * H, Convert<T, float>::store(0.1f)), ring(2 * B * ld, T{}),
       hs(S * B * H), grad_hs(S * B * H, Convert<T, float>::store(0.01f)), grad_x(S * B * 4 * H);

@@ -78,8 +78,12 @@ int64_t forward_packed_size(int64_t hidden, int64_t k, int gates = 4) {
   return unit_groups(hidden) * forward_ksteps<T>(k) * gates * kLanes * KStep<T>::kPer;
 }
 template <typename T>
+int64_t backward_packed_size(int64_t hidden, int64_t columns) {
+  return unit_groups(columns) * backward_ksteps<T>(hidden) * kLanes * KStep<T>::kPer;
+}
+template <typename T>
 int64_t backward_packed_size(int64_t hidden) {
-  return unit_groups(hidden) * backward_ksteps<T>(hidden) * kLanes * KStep<T>::kPer;
+  return backward_packed_size<T>(hidden, hidden);
 }
 
 // What a worker computes at every step: batch rows [row_begin, row_end) x unit groups
@@ -253,6 +257,12 @@ struct FusedBackwardArgs {
                                       // before the one that computes its sequence's first step
   const float* grad_h_n = nullptr;    // [B, H] or nullptr (dense only): dL/dh_n, the final
                                       // state's own gradient, added at the last time step
+  // The input gradient inside the steps (register tile only; nullptr: the caller's GEMM):
+  // grad_x [S, B, I] (or packed rows) out = dL/d(pre-activations) W_ih, a step's rows written
+  // by the step processed after it; packed_ih: W_ih from pack_backward with columns = I.
+  const T* packed_ih = nullptr;
+  T* grad_x = nullptr;
+  int64_t inputs = 0;
 };
 
 // The fp32 kernels built for AVX2 + FMA (lstm_cpu_fused_avx2.cpp; link it to call these):
@@ -263,7 +273,7 @@ bool supported();
 void pack_forward(const float* w, int64_t hidden, int64_t K, float* out, int64_t group_begin,
                   int64_t group_end, int gates = 4);
 void pack_backward(const float* w_hh, int64_t hidden, float* out, int64_t group_begin,
-                   int64_t group_end);
+                   int64_t group_end, int64_t columns);
 void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_t s);
 void backward_step(const FusedBackwardArgs<float>& a, const Part& p, int64_t s);
 }  // namespace avx2
@@ -676,39 +686,40 @@ void pack_forward(const T* w, int64_t hidden, int64_t K, T* out, int64_t group_b
 }
 #endif
 
-// W_hh [4H, H] for the backward product grad_pre_{t+1} W_hh (k over the 4H gate rows):
-//   out[g][ks][u][e] = W_hh[ks kPer + e][16 g + u], zero past H.
-// 16 units of one row (fp32), or of two rows interleaved (bf16: the pair's halves), per store.
+// W [4H, C] (W_hh, C = H; or W_ih, C = the input size) for the backward products
+// grad_pre_{t+1} W (k over the 4H gate rows): out[g][ks][u][e] = W[ks kPer + e][16 g + u],
+// zero past C. 16 columns of one row (fp32), or of two rows interleaved (bf16: the pair's
+// halves), per store.
 #if defined(FASTLSTM_FUSED_AVX2)
-inline void pack_backward(const float* w_hh, int64_t hidden, float* out, int64_t group_begin,
-                          int64_t group_end) {
-  const int64_t H = hidden, ks_n = 4 * H;
+inline void pack_backward(const float* w, int64_t hidden, float* out, int64_t group_begin,
+                          int64_t group_end, int64_t columns) {
+  const int64_t C = columns, ks_n = 4 * hidden;
   for (int64_t g = group_begin; g < group_end; ++g) {
-    const int64_t units = std::min<int64_t>(kLanes, H - g * kLanes);
+    const int64_t units = std::min<int64_t>(kLanes, C - g * kLanes);
     for (int64_t ks = 0; ks < ks_n; ++ks) {
       float* dst = out + (g * ks_n + ks) * kLanes;
-      std::copy_n(w_hh + ks * H + g * kLanes, units, dst);
+      std::copy_n(w + ks * C + g * kLanes, units, dst);
       std::fill(dst + units, dst + kLanes, 0.f);
     }
   }
 }
 #else
 template <typename T>
-void pack_backward(const T* w_hh, int64_t hidden, T* out, int64_t group_begin,
-                   int64_t group_end) {
-  const int64_t H = hidden, ks_n = backward_ksteps<T>(H);
+void pack_backward(const T* w, int64_t hidden, T* out, int64_t group_begin, int64_t group_end,
+                   int64_t columns) {
+  const int64_t C = columns, ks_n = backward_ksteps<T>(hidden);
   uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
   for (int64_t g = group_begin; g < group_end; ++g) {
     const __mmask16 valid = static_cast<__mmask16>(
-        (1u << std::min<int64_t>(kLanes, H - g * kLanes)) - 1u);
+        (1u << std::min<int64_t>(kLanes, C - g * kLanes)) - 1u);
     uint32_t* dst = o32 + g * ks_n * kLanes;
     for (int64_t ks = 0; ks < ks_n; ++ks, dst += kLanes) {
       if constexpr (KStep<T>::kPer == 1) {
-        _mm512_storeu_si512(dst, _mm512_maskz_loadu_epi32(valid, w_hh + ks * H + g * kLanes));
+        _mm512_storeu_si512(dst, _mm512_maskz_loadu_epi32(valid, w + ks * C + g * kLanes));
       } else {
-        const T* even = w_hh + 2 * ks * H + g * kLanes;
+        const T* even = w + 2 * ks * C + g * kLanes;
         const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even));
-        const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even + H));
+        const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even + C));
         _mm512_storeu_si512(dst, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
       }
     }
@@ -948,8 +959,47 @@ __attribute__((always_inline)) inline void forward_step_impl(const FusedForwardA
   run_pending(kMaxBlockRows);
 }
 
+// grad_x's rows of the step processed before this one (forward order: the next), `first` its
+// first row: their dL/d(pre-activations) `grad_later` [rows, 4H] times W_ih, on the register
+// tile. The worker's rows, times its share of W_ih's column groups: where the workers split
+// the units, each takes the input's groups in the same proportion.
+template <typename T>
+__attribute__((always_inline)) inline void input_gradient_rows(const FusedBackwardArgs<T>& a,
+                                                               const Part& part,
+                                                               const T* grad_later,
+                                                               int64_t first, int64_t rows_n) {
+  constexpr bool kBf16 = KStep<T>::kPer == 2;
+  const int64_t H = a.hidden, I = a.inputs, ksteps = backward_ksteps<T>(H);
+  const int64_t groups_h = unit_groups(H), groups_i = unit_groups(I);
+  const int64_t ig_begin = groups_i * part.group_begin / groups_h,
+                ig_end = groups_i * part.group_end / groups_h;
+  const int64_t row_end = std::min(part.row_end, rows_n), ld_g = 4 * H / KStep<T>::kPer;
+  alignas(64) float out[kMaxRows * kGroupsPerBackwardTile * kLanes];  // [row][group][lane]
+  for (int64_t g0 = ig_begin; g0 < ig_end; g0 += kGroupsPerBackwardTile) {
+    const int groups = static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, ig_end - g0));
+    const uint32_t* w = as_ksteps(a.packed_ih) + g0 * ksteps * kLanes;
+    for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kMaxRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, row_end - row0));
+      row_block_product<kBf16, false, false>(false, rows, groups,
+                                             as_ksteps(grad_later + row0 * 4 * H), ld_g, ksteps,
+                                             w, kLanes, ksteps * kLanes, out);
+      for (int r = 0; r < rows; ++r)
+        for (int gi = 0; gi < groups; ++gi) {
+          const int64_t col0 = (g0 + gi) * kLanes, units = std::min<int64_t>(kLanes, I - col0);
+          const float* o = out + (r * groups + gi) * kLanes;
+          T* dst = a.grad_x + (first + row0 + r) * I + col0;
+          if constexpr (kBf16) {
+            narrow(o, dst, units);
+          } else {
+            std::copy_n(o, units, dst);
+          }
+        }
+    }
+  }
+}
+
 // Backward step s = 0 .. S in processing order (the last time step first); s = S only
-// computes grad_h0 = grad_pre_first W_hh.
+// computes grad_h0 = grad_pre_first W_hh (and, with grad_x, the first step's input gradient).
 template <typename T, bool kHasGradC, bool kAmx, bool kBiasGrad, typename G>
 __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwardArgs<T>& a,
                                                               const Part& part, int64_t s) {
@@ -1107,6 +1157,8 @@ __attribute__((always_inline)) inline void backward_step_impl(const FusedBackwar
         }
       }
     }
+  if (a.grad_x != nullptr && product_rows > 0)
+    input_gradient_rows(a, part, grad_later, layout.first(t_later), product_rows);
 }
 
 // The entry points: call them only where cpu_supports<T>(). The gate math is inlined into them, so it is vectorised for AVX-512 too.

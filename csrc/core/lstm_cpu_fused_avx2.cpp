@@ -17,9 +17,9 @@ void pack_forward(const float* w, int64_t hidden, int64_t K, float* out, int64_t
   isa_avx2::pack_forward(w, hidden, K, out, group_begin, group_end, gates);
 }
 
-void pack_backward(const float* w_hh, int64_t hidden, float* out, int64_t group_begin,
-                   int64_t group_end) {
-  isa_avx2::pack_backward(w_hh, hidden, out, group_begin, group_end);
+void pack_backward(const float* w, int64_t hidden, float* out, int64_t group_begin,
+                   int64_t group_end, int64_t columns) {
+  isa_avx2::pack_backward(w, hidden, out, group_begin, group_end, columns);
 }
 
 void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_t s) {

@@ -52,7 +52,7 @@ bool fp32_on_avx2() {
 template <typename T>
 struct Kernels {
   void (*pack_forward)(const T*, int64_t, int64_t, T*, int64_t, int64_t, int);
-  void (*pack_backward)(const T*, int64_t, T*, int64_t, int64_t);
+  void (*pack_backward)(const T*, int64_t, T*, int64_t, int64_t, int64_t);
   void (*forward_step)(const fused::FusedForwardArgs<T>&, const Part&, int64_t);
   void (*backward_step)(const fused::FusedBackwardArgs<T>&, const Part&, int64_t);
 };
@@ -319,20 +319,32 @@ void run_forward(const StepInput& in, const Tensor& h0, const Tensor& c0, const 
 // its own rows, then the workers' sums are added); with ids ([S, B] int64) grad_bias is
 // [rows, 4H] and each row of grad_xproj is added into its id's row.
 // Packed (offsets): gates, cs, grad_hs and grad_xproj [N, ..]; grad_c holds dL/dc_n in.
+// The input gradient computed inside the backward's steps: grad_x (out, x's rows and dtype,
+// contiguous) = dL/d(pre-activations) W_ih (contiguous [4H, I]).
+struct InputGradient {
+  Tensor w_ih, grad_x;
+};
+
 template <typename T>
 void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, const Tensor& c0,
                   const Tensor& grad_hs, const std::optional<Tensor>& grad_cs,
                   const Tensor& grad_c, const Tensor& grad_xproj, const Tensor& grad_h0,
                   bool reverse, Tensor* grad_bias = nullptr, const Tensor* ids = nullptr,
                   const std::vector<int64_t>* offsets = nullptr,
-                  const Tensor* grad_h_n = nullptr) {
+                  const Tensor* grad_h_n = nullptr, const InputGradient* dx = nullptr) {
   const int64_t S = offsets ? int64_t(offsets->size()) - 1 : gates.size(0), B = c0.size(0);
   const int64_t H = w_hh.size(1);
   const Kernels<T> k = kernels<T>();
-  Tensor packed = at::empty({fused::backward_packed_size<T>(H)}, w_hh.options());
-  at::parallel_for(0, fused::unit_groups(H), 1, [&](int64_t begin, int64_t end) {
-    k.pack_backward(ptr<T>(w_hh), H, ptr<T>(packed), begin, end);
-  });
+  const auto pack = [&](const Tensor& w) {  // [4H, C] contiguous
+    const int64_t C = w.size(1);
+    Tensor packed = at::empty({fused::backward_packed_size<T>(H, C)}, w.options());
+    at::parallel_for(0, fused::unit_groups(C), 1, [&](int64_t begin, int64_t end) {
+      k.pack_backward(ptr<T>(w), H, ptr<T>(packed), begin, end, C);
+    });
+    return packed;
+  };
+  const Tensor packed = pack(w_hh);
+  const Tensor packed_ih = dx ? pack(dx->w_ih) : Tensor();
   fused::FusedBackwardArgs<T> args{
       ptr<T>(packed),   gates.data_ptr(), ptr<float>(cs),
       ptr<float>(c0),   ptr<T>(grad_hs),    grad_cs ? ptr<T>(*grad_cs) : nullptr,
@@ -344,6 +356,11 @@ void run_backward(const Tensor& w_hh, const Tensor& gates, const Tensor& cs, con
   args.gates_in_t = gates.scalar_type() != at::kFloat;
   args.offsets = offsets ? offsets->data() : nullptr;
   args.grad_h_n = grad_h_n ? ptr<float>(*grad_h_n) : nullptr;
+  if (dx) {
+    args.packed_ih = ptr<T>(packed_ih);
+    args.grad_x = ptr<T>(dx->grad_x);
+    args.inputs = dx->w_ih.size(1);
+  }
   const Plan plan = plan_for(B, H, offsets != nullptr);
   const int64_t n = static_cast<int64_t>(plan.parts.size());
   Tensor bias_parts;
@@ -541,7 +558,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
     const Tensor& grad_hs_in, const std::optional<Tensor>& grad_cs_in, const Tensor& h0_in,
     const Tensor& c0, const Tensor& w_hh_in, const Tensor& hs, const Tensor& cs_in,
     const Tensor& gates_in, bool reverse, Tensor* grad_bias, const Tensor* ids = nullptr,
-    const FinalStateGrads& final_grads = {}) {
+    const FinalStateGrads& final_grads = {}, const InputGradient* dx = nullptr) {
   const at::ScalarType dtype = hs.scalar_type();
   check_layer_inputs(gates_in, dtype, h0_in, c0, w_hh_in);
   const int64_t S = gates_in.size(0), B = gates_in.size(1), H = w_hh_in.size(1);
@@ -570,10 +587,10 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
   Tensor grad_h0 = kernel_output({B, H}, acc);
   if (dtype == at::kFloat) {
     run_backward<float>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                        reverse, grad_bias, ids, nullptr, h_n);
+                        reverse, grad_bias, ids, nullptr, h_n, dx);
   } else {
     run_backward<Bf16>(w_hh, gates, cs, c0_acc, grad_hs, grad_cs, grad_c, grad_xproj, grad_h0,
-                       reverse, grad_bias, ids, nullptr, h_n);
+                       reverse, grad_bias, ids, nullptr, h_n, dx);
   }
   return {grad_xproj, grad_h0, grad_c};
 }
@@ -719,13 +736,19 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
   const Tensor h0 = h0_in.contiguous(), hs = hs_in.contiguous(), x = x_in.contiguous();
   const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   Tensor grad_bias = at::empty({4 * H}, hs.options().dtype(at::kFloat));
+  Tensor grad_x = kernel_output({S, B, I}, x.options());
+  // grad_x in the steps where the forward computed x W_ih^T there, on the register tile.
+  const bool bf16 = x.scalar_type() == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
+  const InputGradient dx{w_ih.contiguous(), grad_x};
+  const bool dx_in_steps = !amx && train_projection_in_step(bf16, amx, I, H, B);
   auto [grad_xproj, grad_h0, grad_c] =
       recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, &grad_bias,
-                          nullptr, final_grads);
+                          nullptr, final_grads, dx_in_steps ? &dx : nullptr);
   const Tensor g = grad_xproj.view({S * B, 4 * H});
-  Tensor grad_x = kernel_output({S, B, I}, x.options());
-  Tensor grad_x_flat = grad_x.view({S * B, I});
-  at::mm_out(grad_x_flat, g, w_ih);
+  if (!dx_in_steps) {
+    Tensor grad_x_flat = grad_x.view({S * B, I});
+    at::mm_out(grad_x_flat, g, w_ih);
+  }
   auto grad_w = weight_gradients(g, {{{x.view({S * B, I}), 0}}, h_prev_rows(h0, hs, reverse)});
   return std::make_tuple(grad_x, grad_h0.to(hs.scalar_type()), grad_c.to(c0.scalar_type()),
                          grad_w[0], grad_w[1], grad_bias.to(hs.scalar_type()));

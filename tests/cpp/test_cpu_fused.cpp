@@ -182,7 +182,7 @@ void check(ref::Checks& checks, const char* type, const Shape& sh, double tol, b
   std::vector<T> fwd_w(forward_packed_size<T>(H, H)), bwd_w(backward_packed_size<T>(H));
   pack_forward(padded_columns(w, 4 * H, H).data(), H, padded_width<T>(H), fwd_w.data(), 0,
                unit_groups(H));
-  pack_backward(w.data(), H, bwd_w.data(), 0, unit_groups(H));
+  pack_backward(w.data(), H, bwd_w.data(), 0, unit_groups(H), H);
   const auto xproj = to<T>(l.xproj), grad_hs = to<T>(l.grad_hs), grad_cs = to<T>(l.grad_cs);
   const std::vector<float> c0(l.c0.begin(), l.c0.end());
   for (const Plan& plan : plans(sh)) {
