@@ -893,18 +893,23 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
   Tensor grad_xproj = kernel_output({N, 4 * H}, x.options());
   Tensor grad_h0 = kernel_output({B, H}, acc);
   Tensor grad_bias = at::empty({4 * H}, acc);
+  Tensor grad_x = kernel_output(x.sizes(), x.options());
+  // grad_x in the steps where the forward computed x W_ih^T there (as the dense train op).
+  const bool bf16 = dtype == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
+  const InputGradient dx{w_ih.contiguous(), grad_x};
+  const InputGradient* dx_in_steps =
+      !amx && train_projection_in_step(bf16, amx, x.size(1), H, B) ? &dx : nullptr;
   Tensor h_prev;
   if (dtype == at::kFloat) {
     run_backward<float>(w_hh, gates, cs, c0_acc, g, grad_cs, grad_c, grad_xproj, grad_h0,
-                        reverse, &grad_bias, nullptr, &offsets);
+                        reverse, &grad_bias, nullptr, &offsets, nullptr, dx_in_steps);
     h_prev = packed_h_prev<float>(hs, h0, offsets, reverse);
   } else {
     run_backward<Bf16>(w_hh, gates, cs, c0_acc, g, grad_cs, grad_c, grad_xproj, grad_h0,
-                       reverse, &grad_bias, nullptr, &offsets);
+                       reverse, &grad_bias, nullptr, &offsets, nullptr, dx_in_steps);
     h_prev = packed_h_prev<Bf16>(hs, h0, offsets, reverse);
   }
-  Tensor grad_x = kernel_output(x.sizes(), x.options());
-  at::mm_out(grad_x, grad_xproj, w_ih);
+  if (dx_in_steps == nullptr) at::mm_out(grad_x, grad_xproj, w_ih);
   auto grad_w = weight_gradients(grad_xproj, {{{x, 0}}, {{h_prev, 0}}});
   return std::make_tuple(grad_x, grad_h0.to(dtype), grad_c.to(c0.scalar_type()), grad_w[0],
                          grad_w[1], grad_bias.to(dtype));
