@@ -1,5 +1,5 @@
 """A/B of an env switch, interleaved: layers (cpu_interleaved.make) and the trainer step.
-python ab_env.py VAR VALUE_A VALUE_B --shapes charrnn,S3 --rounds 11 [--trainer]"""
+python env_ab.py VAR VALUE_A VALUE_B --shapes charrnn,S3 --rounds 11 [--trainer] [--backend B] [--packed]"""
 import argparse, os, sys, time, statistics as st
 sys.path.insert(0, "benchmarks")
 import torch
@@ -8,7 +8,7 @@ p = argparse.ArgumentParser()
 p.add_argument("var"); p.add_argument("a"); p.add_argument("b")
 p.add_argument("--shapes", default="charrnn,S3,B8,S1"); p.add_argument("--rounds", type=int, default=11)
 p.add_argument("--dtype", default="bf16"); p.add_argument("--pass_", default="train")
-p.add_argument("--trainer", action="store_true"); p.add_argument("--backend", default="auto")
+p.add_argument("--trainer", action="store_true"); p.add_argument("--backend", default="auto"); p.add_argument("--packed", action="store_true")
 args = p.parse_args()
 def setv(v):
     if v == "unset": os.environ.pop(args.var, None)
@@ -27,8 +27,8 @@ else:
     from cpu_interleaved import make, shape_of
     for name in args.shapes.split(","):
         for dt in args.dtype.split(","):
-            cases[f"{name} {dt} {args.pass_}"] = {"A": (args.a, make(shape_of(name), args.backend, dt, args.pass_)),
-                                 "B": (args.b, make(shape_of(name), args.backend, dt, args.pass_)),
+            cases[f"{name} {dt} {args.pass_}"] = {"A": (args.a, make(shape_of(name), args.backend, dt, args.pass_, packed=args.packed)),
+                                 "B": (args.b, make(shape_of(name), args.backend, dt, args.pass_, packed=args.packed)),
                                  "aten": (args.a, make(shape_of(name), "aten", dt, args.pass_))}
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; A: {args.var}={args.a}, B: {args.var}={args.b}")
 for name, vs in cases.items():
