@@ -1,5 +1,7 @@
 """A/B of an env switch, interleaved: layers (cpu_interleaved.make) and the trainer step.
-python ab_env.py VAR VALUE_A VALUE_B --shapes charrnn,S3 --rounds 11 [--trainer]"""
+python env_ab.py VAR VALUE_A VALUE_B --shapes charrnn,S3 --rounds 11 [--trainer]
+[--backend B] [--packed] [--malloc keep] (the last three added on 2026-12-06, session7; defaults as
+before: auto, dense, glibc's own malloc thresholds)"""
 import argparse, os, sys, time, statistics as st
 sys.path.insert(0, "benchmarks")
 import torch
@@ -8,7 +10,12 @@ p.add_argument("var"); p.add_argument("a"); p.add_argument("b")
 p.add_argument("--shapes", default="charrnn,S3,B8,S1"); p.add_argument("--rounds", type=int, default=11)
 p.add_argument("--dtype", default="bf16"); p.add_argument("--pass_", default="train")
 p.add_argument("--trainer", action="store_true")
+p.add_argument("--backend", default="auto"); p.add_argument("--packed", action="store_true")
+p.add_argument("--malloc", choices=["default", "keep"], default="default")
 args = p.parse_args()
+if args.malloc == "keep":
+    from fastlstm.charrnn.cli import keep_freed_memory
+    keep_freed_memory()
 def setv(v):
     if v == "unset": os.environ.pop(args.var, None)
     else: os.environ[args.var] = v
@@ -26,8 +33,8 @@ else:
     from cpu_interleaved import make, shape_of
     for name in args.shapes.split(","):
         for dt in args.dtype.split(","):
-            cases[f"{name} {dt} {args.pass_}"] = {"A": (args.a, make(shape_of(name), "auto", dt, args.pass_)),
-                                 "B": (args.b, make(shape_of(name), "auto", dt, args.pass_)),
+            cases[f"{name} {dt} {args.pass_}"] = {"A": (args.a, make(shape_of(name), args.backend, dt, args.pass_, packed=args.packed)),
+                                 "B": (args.b, make(shape_of(name), args.backend, dt, args.pass_, packed=args.packed)),
                                  "aten": (args.a, make(shape_of(name), "aten", dt, args.pass_))}
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; A: {args.var}={args.a}, B: {args.var}={args.b}")
 for name, vs in cases.items():

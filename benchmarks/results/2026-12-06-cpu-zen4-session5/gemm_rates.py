@@ -1,4 +1,5 @@
-"""oneDNN's bf16 GEMMs at the training step's shapes (torch.mm, 2 threads, median of 31)."""
+"""oneDNN's bf16 GEMMs at the training step's shapes (torch.mm, 2 threads, median of 31);
+`fp32` as the argument: the same in float32 (MKL's; added 2026-12-06, session7)."""
 import time, statistics, torch
 def rate(name, a, b, reps=31):
     for _ in range(3): torch.mm(a, b)
@@ -7,7 +8,8 @@ def rate(name, a, b, reps=31):
         t = time.perf_counter(); torch.mm(a, b); ts.append(time.perf_counter() - t)
     m = statistics.median(ts); fl = 2 * a.shape[0] * a.shape[1] * b.shape[1]
     print(f"{name:44s} {m*1e3:7.3f} ms  {fl/m/1e9:6.0f} GFLOP/s")
-bf = torch.bfloat16
+import sys
+bf = torch.float32 if sys.argv[1:] == ["fp32"] else torch.bfloat16
 for (S, B, I, H) in [(50, 50, 128, 128), (100, 64, 64, 256), (100, 64, 256, 256), (50, 8, 256, 256), (100, 64, 512, 512)]:
     N = S * B
     g = torch.randn(N, 4 * H).to(bf); x = torch.randn(N, I).to(bf); w = torch.randn(4 * H, I).to(bf)
