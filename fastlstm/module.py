@@ -123,7 +123,7 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
     memory kept, 11-15 interleaved rounds, benchmarks/NOTES.md):
     bf16 training     0.39-0.93 at batch <= 32 (hidden 128-512), 0.85-1.02 at batch 64:
                       always ours.
-    bf16 inference    (x W_ih^T inside the step since the eleventh part) 0.63-0.91 at batch
+    bf16 inference    (x W_ih^T computed in the step) 0.63-0.91 at batch
                       <= 8 (hidden 128-1024), 0.80-0.90 at hidden 128 batch 16; 0.93-1.03 at
                       batch >= 16 otherwise (S3, char-rnn shape): torch's there.
     fp32 inference    0.65-0.91 at batch <= 8 (hidden 128-1024; two cells 1.03-1.08 in one
@@ -184,7 +184,7 @@ def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
     FASTLSTM_CPU_ISA=avx2; 2 cores, 2026-12-06, 7 interleaved rounds, freed memory kept):
     fp32              0.55-0.90 at batch <= 2 (hidden 128-512), 0.70-0.80 at hidden 128
                       batch <= 8; 0.85-1.25 elsewhere (char-rnn shape 1.04-1.22): torch's.
-    fp32 inference    (x W_ih^T inside the step since the eleventh part) also 0.75-0.86 at
+    fp32 inference    (x W_ih^T computed in the step) also 0.75-0.86 at
                       hidden 128 batch 16-64; hidden 256-512 batch 4-16 0.98-1.21: torch's.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx2.
     per-step loop     (< 4 steps, training; imitated on the AMX Xeon, 2026-12-05) fp32 at
@@ -193,8 +193,8 @@ def _cpu_rule_avx2(dtype, grad, steps, batch, hidden):
     if dtype != torch.float32:
         return False
     if steps >= CPU_FUSED_MIN_STEPS:
-        return _extension.cpu_fused(dtype) and (batch <= 2 or (hidden <= 128 and batch <= 8)
-                                                or (hidden <= 128 and not grad and batch <= 64))
+        return _extension.cpu_fused(dtype) and (
+            batch <= 2 or (hidden <= 128 and (batch <= 8 or (not grad and batch <= 64))))
     return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH
 
 

@@ -272,7 +272,7 @@ namespace avx2 {
 bool supported();
 void pack_forward(const float* w, int64_t hidden, int64_t K, float* out, int64_t group_begin,
                   int64_t group_end, int gates = 4);
-void pack_backward(const float* w_hh, int64_t hidden, float* out, int64_t group_begin,
+void pack_backward(const float* w, int64_t hidden, float* out, int64_t group_begin,
                    int64_t group_end, int64_t columns);
 void forward_step(const FusedForwardArgs<float>& a, const Part& p, int64_t s);
 void backward_step(const FusedBackwardArgs<float>& a, const Part& p, int64_t s);

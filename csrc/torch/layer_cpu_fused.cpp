@@ -739,8 +739,8 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
   Tensor grad_x = kernel_output({S, B, I}, x.options());
   // grad_x in the steps where the forward computed x W_ih^T there, on the register tile.
   const bool bf16 = x.scalar_type() == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
-  const InputGradient dx{w_ih.contiguous(), grad_x};
   const bool dx_in_steps = !amx && train_projection_in_step(bf16, amx, I, H, B);
+  const InputGradient dx{dx_in_steps ? w_ih.contiguous() : Tensor(), grad_x};
   auto [grad_xproj, grad_h0, grad_c] =
       recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, &grad_bias,
                           nullptr, final_grads, dx_in_steps ? &dx : nullptr);
@@ -896,9 +896,9 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
   Tensor grad_x = kernel_output(x.sizes(), x.options());
   // grad_x in the steps where the forward computed x W_ih^T there (as the dense train op).
   const bool bf16 = dtype == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
-  const InputGradient dx{w_ih.contiguous(), grad_x};
-  const InputGradient* dx_in_steps =
-      !amx && train_projection_in_step(bf16, amx, x.size(1), H, B) ? &dx : nullptr;
+  const bool in_steps = !amx && train_projection_in_step(bf16, amx, x.size(1), H, B);
+  const InputGradient dx{in_steps ? w_ih.contiguous() : Tensor(), grad_x};
+  const InputGradient* dx_in_steps = in_steps ? &dx : nullptr;
   Tensor h_prev;
   if (dtype == at::kFloat) {
     run_backward<float>(w_hh, gates, cs, c0_acc, g, grad_cs, grad_c, grad_xproj, grad_h0,
