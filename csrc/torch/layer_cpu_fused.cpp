@@ -692,6 +692,16 @@ bool train_projection_in_step(bool bf16, bool amx, int64_t inputs, int64_t hidde
   return 2 * weight_bytes <= 3 * l2_bytes * threads && weight_bytes <= 96 * 1024 * batch;
 }
 
+// The training backward's input gradient inside its steps, into grad_x, where the forward
+// computed x W_ih^T in its steps on the register tile (on AMX tiles: the GEMM after).
+std::optional<InputGradient> input_gradient_in_steps(const Tensor& x, const Tensor& w_ih,
+                                                     const Tensor& grad_x, int64_t hidden,
+                                                     int64_t batch) {
+  const bool bf16 = x.scalar_type() == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
+  if (amx || !train_projection_in_step(bf16, amx, x.size(-1), hidden, batch)) return std::nullopt;
+  return InputGradient{w_ih.contiguous(), grad_x};
+}
+
 }  // namespace
 
 std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backward(
@@ -737,15 +747,12 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
   const int64_t S = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   Tensor grad_bias = at::empty({4 * H}, hs.options().dtype(at::kFloat));
   Tensor grad_x = kernel_output({S, B, I}, x.options());
-  // grad_x in the steps where the forward computed x W_ih^T there, on the register tile.
-  const bool bf16 = x.scalar_type() == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
-  const bool dx_in_steps = !amx && train_projection_in_step(bf16, amx, I, H, B);
-  const InputGradient dx{dx_in_steps ? w_ih.contiguous() : Tensor(), grad_x};
+  const std::optional<InputGradient> dx = input_gradient_in_steps(x, w_ih, grad_x, H, B);
   auto [grad_xproj, grad_h0, grad_c] =
       recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, &grad_bias,
-                          nullptr, final_grads, dx_in_steps ? &dx : nullptr);
+                          nullptr, final_grads, dx ? &*dx : nullptr);
   const Tensor g = grad_xproj.view({S * B, 4 * H});
-  if (!dx_in_steps) {
+  if (!dx) {
     Tensor grad_x_flat = grad_x.view({S * B, I});
     at::mm_out(grad_x_flat, g, w_ih);
   }
@@ -894,11 +901,8 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
   Tensor grad_h0 = kernel_output({B, H}, acc);
   Tensor grad_bias = at::empty({4 * H}, acc);
   Tensor grad_x = kernel_output(x.sizes(), x.options());
-  // grad_x in the steps where the forward computed x W_ih^T there (as the dense train op).
-  const bool bf16 = dtype == at::kBFloat16, amx = bf16 && use_amx<Bf16>();
-  const bool in_steps = !amx && train_projection_in_step(bf16, amx, x.size(1), H, B);
-  const InputGradient dx{in_steps ? w_ih.contiguous() : Tensor(), grad_x};
-  const InputGradient* dx_in_steps = in_steps ? &dx : nullptr;
+  const std::optional<InputGradient> dx = input_gradient_in_steps(x, w_ih, grad_x, H, B);
+  const InputGradient* dx_in_steps = dx ? &*dx : nullptr;
   Tensor h_prev;
   if (dtype == at::kFloat) {
     run_backward<float>(w_hh, gates, cs, c0_acc, g, grad_cs, grad_c, grad_xproj, grad_h0,
