@@ -70,7 +70,8 @@ def extensions():
     sources = ["csrc/torch/ops.cpp", "csrc/torch/layer.cpp", "csrc/torch/layer_cpu_fused.cpp",
                "csrc/core/lstm_cpu_fused_avx2.cpp",
                "csrc/torch/stack.cpp", "csrc/torch/generate_cpu.cpp",
-               "csrc/torch/streaming_call.cpp", "csrc/torch/weight_cache.cpp"]
+               "csrc/torch/streaming_call.cpp", "csrc/torch/weight_cache.cpp",
+               "csrc/torch/weight_gradients_cpu.cpp"]
     # No -std: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
     # -fno-trapping-math lets GCC vectorise the gate math (see core/lstm_step.h).
     # -fopenmp: at::parallel_for is inline in torch's headers and splits work across threads

@@ -160,15 +160,33 @@ def test_train_op_matches_the_oracle(shape, reverse, dtype, projection, threads,
             assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name} bias={b is not None}")
 
 
-@pytest.mark.parametrize("weight_grad", ["view", "transposed"])
-@pytest.mark.parametrize("shape", [(4, 9, 96), (20, 52, 40)], ids=lambda s: "S%dB%dH%d" % s)
-def test_train_op_weight_gradients_both_ways(shape, weight_grad, threads, kernels, monkeypatch):
-    """bf16 weight gradients as g^T x and as one GEMM on operands our transposes wrote
-    (FASTLSTM_WEIGHT_GRAD), on any CPU, whichever its rule picks: the training op against
-    the oracle as above (20 x 52 rows: 1040, where the rule without AMX transposes)."""
-    monkeypatch.setenv("FASTLSTM_WEIGHT_GRAD", weight_grad)
-    test_train_op_matches_the_oracle(shape, False, torch.bfloat16, "gemm", threads, kernels,
-                                     monkeypatch)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("weight_grad", ["tile", "view", "transposed"])
+@pytest.mark.parametrize("shape", [(7, 1, 37), (4, 9, 96), (20, 52, 40), (5, 3, 250)],
+                         ids=lambda s: "S%dB%dH%d" % s)
+def test_train_op_weight_gradients_every_way(shape, weight_grad, dtype, threads, kernels,
+                                             monkeypatch):
+    """Weight gradients on our register tile (fp32 pairs of rows' k-steps for bf16), as
+    ATen's g^T x, and for bf16 as one GEMM on operands our transposes wrote
+    (FASTLSTM_WEIGHT_GRAD; tile where the AVX-512 build runs the dtype, else ATen's), on any
+    CPU: the training op against the oracle as above, the projection both ways. Rows odd
+    and even (7, 36, 1040: where the rule without AMX transposes; 15), 4H not a multiple of
+    the tile's 6 rows or 48-row panels (148, 1000), columns not of 16 (7, 37, 250)."""
+    for projection in ("step", "gemm"):
+        monkeypatch.setenv("FASTLSTM_WEIGHT_GRAD", weight_grad)
+        test_train_op_matches_the_oracle(shape, False, dtype, projection, threads, kernels,
+                                         monkeypatch)
+
+
+@pytest.mark.skipif(not _extension.cpu_fused(torch.float32), reason="no fused layer here")
+def test_weight_grad_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("FASTLSTM_WEIGHT_GRAD", "fast")
+    _, (_, h0, c0, w_hh) = layer_inputs(5, 2, 16, torch.float32, seed=1)
+    x = randn(5, 2, 16, seed=2).requires_grad_()
+    w_ih = randn(64, 16, seed=3).requires_grad_()
+    hs, *_ = torch.ops.fastlstm.lstm_layer_train(x, h0, c0, w_ih, w_hh, None, False)
+    with pytest.raises(RuntimeError, match="tile, gemm, view or transposed"):
+        hs.sum().backward()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

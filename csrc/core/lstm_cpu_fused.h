@@ -366,9 +366,11 @@ template <bool kBf16, bool kAccumulate, int MB, int NV>
 __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64_t lda,
                                                         int64_t ksteps, const uint32_t* b,
                                                         int64_t ks_stride, int64_t v_stride,
-                                                        float* out) {
+                                                        float* out,
+                                                        int64_t ld_out = NV * kLanes,
+                                                        int64_t a_ks_stride = 1) {
   static_assert(!kBf16, "the AVX2 build is fp32 only");
-  constexpr int64_t ld_out = NV * kLanes;
+  (void)a_ks_stride;  // 1: the weight gradients' strided rows are AVX-512 only
   if constexpr (MB == 1) {
     tile_pass<kAccumulate, 1, 2 * NV>(a, lda, ksteps, b, ks_stride, v_stride, out, ld_out);
   } else if constexpr (MB == 2) {
@@ -386,15 +388,17 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
   }
 }
 #else
-// out[r][v][0..16) (+)= sum over k-steps ks of a[r lda + ks] (broadcast) times the weight
-// vector b[ks ks_stride + v v_stride], for MB rows and NV vectors; a and b are 32-bit k-steps;
-// kAccumulate adds to what out holds. Unrolled over rows and vectors: MB x NV independent
-// accumulator chains hide the FMA latency.
+// out[r ld_out + 16 v + (0..16)] (+)= sum over k-steps ks of a[r lda + ks a_ks_stride]
+// (broadcast) times the weight vector b[ks ks_stride + v v_stride], for MB rows and NV vectors;
+// a and b are 32-bit k-steps; kAccumulate adds to what out holds. Unrolled over rows and
+// vectors: MB x NV independent accumulator chains hide the FMA latency.
 template <bool kBf16, bool kAccumulate, int MB, int NV>
 __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64_t lda,
                                                         int64_t ksteps, const uint32_t* b,
                                                         int64_t ks_stride, int64_t v_stride,
-                                                        float* out) {
+                                                        float* out,
+                                                        int64_t ld_out = NV * kLanes,
+                                                        int64_t a_ks_stride = 1) {
   // Under 3 rows the MB x NV chains are too few for the FMA latency: even and odd k-steps
   // then go to separate accumulators (kChains 2), summed at the end.
   constexpr int kChains = MB * NV < 12 ? 2 : 1;
@@ -404,7 +408,7 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       acc[0][r][v] =
-          kAccumulate ? _mm512_loadu_ps(out + (r * NV + v) * kLanes) : _mm512_setzero_ps();
+          kAccumulate ? _mm512_loadu_ps(out + r * ld_out + v * kLanes) : _mm512_setzero_ps();
       if (kChains == 2) acc[kChains - 1][r][v] = _mm512_setzero_ps();
     }
   const auto step = [&](int chain, int64_t ks) __attribute__((always_inline)) {
@@ -414,7 +418,7 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
       w[v] = _mm512_loadu_ps(reinterpret_cast<const float*>(b + ks * ks_stride + v * v_stride));
 #pragma GCC unroll 8
     for (int r = 0; r < MB; ++r) {
-      const __m512i x = _mm512_set1_epi32(static_cast<int>(a[r * lda + ks]));
+      const __m512i x = _mm512_set1_epi32(static_cast<int>(a[r * lda + ks * a_ks_stride]));
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
         __m512& c = acc[chain][r][v];
@@ -427,19 +431,23 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
     }
   };
   over_ksteps<kChains>(ksteps, step);
-  store_sums(acc, out, [&](int r, int v) { return (r * NV + v) * kLanes; });
+  store_sums(acc, out, [&](int r, int v) { return r * ld_out + v * kLanes; });
 }
 #endif
 
-// tile_product with MB and NV chosen at run time (1 <= mb <= kMaxRows, 1 <= nv <= 4).
+// tile_product with MB and NV chosen at run time (1 <= mb <= kMaxRows, 1 <= nv <= 4); out's
+// rows ld_out floats apart (0: 16 nv, contiguous).
 template <bool kBf16, bool kAccumulate = false>
 __attribute__((always_inline)) inline void tile_product_n(int mb, int nv, const uint32_t* a,
                                                           int64_t lda, int64_t ksteps,
                                                           const uint32_t* b, int64_t ks_stride,
-                                                          int64_t v_stride, float* out) {
-#define FASTLSTM_TILE(MB, NV) \
-  case MB * 8 + NV:           \
-    return tile_product<kBf16, kAccumulate, MB, NV>(a, lda, ksteps, b, ks_stride, v_stride, out);
+                                                          int64_t v_stride, float* out,
+                                                          int64_t ld_out = 0,
+                                                          int64_t a_ks_stride = 1) {
+#define FASTLSTM_TILE(MB, NV)                                                                  \
+  case MB * 8 + NV:                                                                            \
+    return tile_product<kBf16, kAccumulate, MB, NV>(a, lda, ksteps, b, ks_stride, v_stride, out, \
+                                                    ld_out ? ld_out : NV * kLanes, a_ks_stride);
 #define FASTLSTM_TILE_ROWS(MB) \
   FASTLSTM_TILE(MB, 1) FASTLSTM_TILE(MB, 2) FASTLSTM_TILE(MB, 3) FASTLSTM_TILE(MB, 4)
   switch (mb * 8 + nv) {

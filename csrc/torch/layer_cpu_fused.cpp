@@ -13,10 +13,10 @@
 #include <unistd.h>
 
 #include "../core/lstm_cpu_fused.h"
-#include "../core/transpose.h"
 #include "check.h"
 #include "layer.h"
 #include "weight_cache.h"
+#include "weight_gradients_cpu.h"
 
 namespace fastlstm {
 
@@ -595,70 +595,6 @@ std::tuple<Tensor, Tensor, Tensor> recurrence_backward(
   return {grad_xproj, grad_h0, grad_c};
 }
 
-// src [rows, cols] (2-byte elements, rows `ld` apart) transposed into dst at dst_row, dst_col
-// (dst 2-D contiguous): dst[dst_row + c][dst_col + r] = src[r][c]. Blocks of 32 source rows
-// to each thread.
-void transpose_into(const Tensor& src, int64_t ld, int64_t rows, int64_t cols, Tensor& dst,
-                    int64_t dst_row, int64_t dst_col) {
-  const auto* from = static_cast<const uint16_t*>(src.data_ptr());
-  const int64_t ld_dst = dst.size(1);
-  auto* to = static_cast<uint16_t*>(dst.data_ptr()) + dst_row * ld_dst + dst_col;
-  at::parallel_for(0, (rows + 31) / 32, 1, [&](int64_t begin, int64_t end) {
-    const int64_t r0 = begin * 32, r1 = std::min(rows, end * 32);
-    fused::transpose_2byte(from + r0 * ld, ld, r1 - r0, cols, to + r0, ld_dst);
-  });
-}
-
-// The weight gradients g^T x, [4H, K] each, of the products x W^T that made the
-// pre-activations whose gradient is g [N, 4H], one per operand x [N, K]. bf16 on AMX: as one
-// GEMM [x_1 | x_2 ..]^T g with the operands transposed first and the product after, by our
-// transposes: oneDNN's GEMM reads g^T (a transposed view) at half its rate. Measured on the
-// AMX Xeon, interleaved, per product: [2048, 6400] x [6400, 512] 8.2 ms as g^T x, 4.8 ms this
-// way; 2 x 256 b64 s100 2.2 -> 1.2 ms; 2 x 128 b50 s50 0.29 -> 0.16 ms (benchmarks/NOTES.md).
-// bf16 without AMX (oneDNN's AVX512-BF16 GEMM; measured on a Zen 4, bf16 training step of 2
-// layers, this way / g^T x): at hidden <= 256 and >= 1024 rows 0.88-0.98x (hidden 128-256,
-// batch 32-64); hidden 256 batch 8 (400 rows) 1.01x; hidden 512 1.03-1.06x: g^T x there.
-// fp32: g^T x (the same speed either way on the AMX Xeon; our transpose is of 2-byte
-// elements). FASTLSTM_WEIGHT_GRAD=view|transposed overrides for bf16 (read at each call:
-// benchmarks). g: [rows, gates_width].
-bool weight_gradients_transposed(bool bf16, int64_t rows, int64_t gates_width) {
-  if (!bf16) return false;
-  if (const char* v = std::getenv("FASTLSTM_WEIGHT_GRAD")) {
-    if (std::strcmp(v, "view") == 0) return false;
-    if (std::strcmp(v, "transposed") == 0) return true;
-  }
-  return use_amx<Bf16>() || (gates_width <= 4 * 256 && rows >= 1024);
-}
-
-std::vector<Tensor> weight_gradients(const Tensor& g, const std::vector<Operand>& operands) {
-  const int64_t N = g.size(0), G = g.size(1);
-  const bool transposed = weight_gradients_transposed(g.scalar_type() == at::kBFloat16, N, G);
-  std::vector<Tensor> out;
-  if (!transposed) {
-    for (const Operand& op : operands) out.push_back(at::mm(g.t(), gathered(op, N)));
-    return out;
-  }
-  int64_t width = 0;
-  for (const Operand& op : operands) width += op[0].rows.size(1);
-  Tensor xt = kernel_output({width, N}, g.options());
-  int64_t k0 = 0;
-  for (const Operand& op : operands) {
-    for (const RowsAt& p : op)
-      transpose_into(p.rows, p.rows.stride(0), p.rows.size(0), p.rows.size(1), xt, k0, p.at);
-    k0 += op[0].rows.size(1);
-  }
-  const Tensor wt = at::mm(xt, g);  // [width, 4H]
-  k0 = 0;
-  for (const Operand& op : operands) {
-    const int64_t K = op[0].rows.size(1);
-    Tensor w = kernel_output({G, K}, g.options());
-    transpose_into(wt.narrow(0, k0, K), G, K, G, w, 0, 0);
-    out.push_back(w);
-    k0 += K;
-  }
-  return out;
-}
-
 // Training: the input projection inside each step or as one GEMM first (oneDNN's).
 // FASTLSTM_TRAIN_PROJECTION=step|gemm overrides.
 // - On AMX tiles: in the step where both weights fit in the threads' L2s (1.5x: level there)
@@ -715,7 +651,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_backwa
       recurrence_backward(grad_hs, grad_cs, h0, c0, w_hh, hs, cs, gates, reverse, nullptr);
   const Tensor g = grad_xproj.view({-1, grad_xproj.size(2)});
   return std::make_tuple(grad_xproj, grad_h0.to(hs.scalar_type()), grad_c.to(c0.scalar_type()),
-                         weight_gradients(g, {h_prev_rows(h0, hs, reverse)})[0]);
+                         cpu_weight_gradients(g, {h_prev_rows(h0, hs, reverse)}, use_amx<Bf16>(),
+                                              fp32_on_avx2())[0]);
 }
 
 std::optional<std::tuple<Tensor, Tensor, Tensor>> cpu_fused_layer_train(
@@ -756,7 +693,8 @@ cpu_fused_layer_train_backward(const Tensor& grad_hs, const std::optional<Tensor
     Tensor grad_x_flat = grad_x.view({S * B, I});
     at::mm_out(grad_x_flat, g, w_ih);
   }
-  auto grad_w = weight_gradients(g, {{{x.view({S * B, I}), 0}}, h_prev_rows(h0, hs, reverse)});
+  auto grad_w = cpu_weight_gradients(g, {{{x.view({S * B, I}), 0}}, h_prev_rows(h0, hs, reverse)},
+                                     use_amx<Bf16>(), fp32_on_avx2());
   return std::make_tuple(grad_x, grad_h0.to(hs.scalar_type()), grad_c.to(c0.scalar_type()),
                          grad_w[0], grad_w[1], grad_bias.to(hs.scalar_type()));
 }
@@ -792,7 +730,8 @@ std::optional<std::tuple<Tensor, Tensor, Tensor, Tensor>> cpu_fused_layer_embedd
   const Tensor g = grad_xproj.view({-1, 4 * H});
   return std::make_tuple(grad_table.to(hs.scalar_type()), grad_h0.to(hs.scalar_type()),
                          grad_c.to(c0.scalar_type()),
-                         weight_gradients(g, {h_prev_rows(h0, hs, reverse)})[0]);
+                         cpu_weight_gradients(g, {h_prev_rows(h0, hs, reverse)}, use_amx<Bf16>(),
+                                              fp32_on_avx2())[0]);
 }
 
 namespace {
@@ -914,7 +853,8 @@ cpu_fused_layer_packed_backward(const Tensor& grad_hs, const std::optional<Tenso
     h_prev = packed_h_prev<Bf16>(hs, h0, offsets, reverse);
   }
   if (dx_in_steps == nullptr) at::mm_out(grad_x, grad_xproj, w_ih);
-  auto grad_w = weight_gradients(grad_xproj, {{{x, 0}}, {{h_prev, 0}}});
+  auto grad_w = cpu_weight_gradients(grad_xproj, {{{x, 0}}, {{h_prev, 0}}}, use_amx<Bf16>(),
+                                     fp32_on_avx2());
   return std::make_tuple(grad_x, grad_h0.to(dtype), grad_c.to(c0.scalar_type()), grad_w[0],
                          grad_w[1], grad_bias.to(dtype));
 }
