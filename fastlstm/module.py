@@ -128,8 +128,9 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
                       batch >= 16 otherwise (S3, char-rnn shape): torch's there.
     fp32 inference    0.65-0.91 at batch <= 8 (hidden 128-1024; two cells 1.03-1.08 in one
                       turn, 0.78-0.97 in others); 0.92-1.01 at batch >= 16: torch's there.
-    fp32 training     0.84-0.97 at batch <= 2, and at hidden 128 batch <= 8; 0.95-1.16
-                      elsewhere (hidden 128 batch 16-64 1.03-1.14): torch's there.
+    fp32 training     with the weight gradients on our tile (2026-12-07): 0.78-0.96 at
+                      batch <= 8 (hidden 128-512); 0.97-1.05 at batch >= 16 (S3 1.04, char-rnn
+                      shape 0.99): torch's there.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx512_bf16.
     per-step loop     (< 4 steps, training; 2026-12-03) fp32/fp64 at hidden >= 256 and batch
                       <= 8 (0.4-0.9x); its bf16 GEMMs go through ATen one step at a time:
@@ -137,7 +138,7 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
     if steps >= CPU_FUSED_MIN_STEPS and _extension.cpu_fused(dtype):
         if dtype == torch.bfloat16:
             return grad or batch <= 8 or (hidden <= 128 and batch <= 16)
-        return batch <= 2 or (hidden <= 128 and batch <= 8) or (not grad and batch <= 8)
+        return batch <= 8
     if dtype == torch.bfloat16:
         return False
     return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH

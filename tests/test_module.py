@@ -102,8 +102,9 @@ RULE_CASES = {
         (FP32, 16, 128, False, 50, "aten"),
         (FP32, 2, 512, True, 50, "fused"),
         (FP32, 2, 256, False, 50, "fused"),
-        (FP32, 4, 256, True, 50, "aten"),
-        (FP32, 8, 256, True, 50, "aten"),
+        (FP32, 4, 256, True, 50, "fused"),  # fp32 training to batch 8 (weight gradients
+        (FP32, 8, 512, True, 50, "fused"),  # on our tile)
+        (FP32, 16, 256, True, 50, "aten"),
         (FP32, 8, 512, False, 50, "fused"),  # fp32 inference to batch 8
         (FP32, 16, 256, False, 50, "aten"),
         (FP32, 1, 512, False, 3, "fused"),  # the loop's rule
