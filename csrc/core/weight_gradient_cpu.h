@@ -3,9 +3,10 @@
 // (G = 4H), z [R, K] the left operand of the product that made them (x, or h_{t-1}): one GEMM
 // over every step's rows, the reduction over the rows.
 //
-// Why: oneDNN's GEMM ran these at ~62 % of the tile's peak in the bf16 trainer on a Zen 4 (the
-// forward and backward steps at ~77 %), MKL's fp32 one at 64-69 % inside the op; the tile
-// (lstm_cpu_fused.h, tile_product) runs near its peak with its operands in L1 and L2.
+// Why: on a Zen 4 MKL's fp32 GEMM runs these at 53-80 % of the tile's peak (123-187 GFLOP/s
+// on 2 cores), the tile (lstm_cpu_fused.h, tile_product) with its operands packed into L1-
+// and L2-friendly panels at 85-91 %; oneDNN's bf16 one at 50-86 % (where each runs:
+// csrc/torch/weight_gradients_cpu.cpp).
 //
 // Operands as k-steps (32 bits: one row for fp32, a pair of consecutive rows for bf16, as
 // vdpbf16ps multiplies pairs; ksteps = R, or R / 2 rounded up):
@@ -18,7 +19,7 @@
 //   out [G][ld_out] fp32, ld_out >= K rounded up to 16.
 // Blocked as a GEMM library would: 256 k-steps at a time (the partial sums kept in `out`), 256
 // columns of z (256 KiB) reused from L2 for every 6 rows of g, whose k-steps stay in L1 for
-// those columns. Each worker takes panels: no two write the same output.
+// those columns. Each worker takes rows of G, whole tiles of 6: no two write the same output.
 #pragma once
 
 #include "lstm_cpu_fused.h"
@@ -71,6 +72,7 @@ void pack_gradient_operand(RowFn&& row, int64_t rows, int64_t cols, T* b, int64_
        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
       {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
+  const __m512i low = _mm512_load_si512(interleave[0]), high = _mm512_load_si512(interleave[1]);
   for (int64_t ks = ks_begin; ks < ks_end; ++ks) {
     const T* first = row(ks * KStep<T>::kPer);
     const T* second = nullptr;
@@ -81,17 +83,17 @@ void pack_gradient_operand(RowFn&& row, int64_t rows, int64_t cols, T* b, int64_
       for (int64_t c = 0; c < kGradPanelColumns; c += 32) {  // 32 columns: 2 vectors
         const int64_t n = std::clamp<int64_t>(cols - c0 - c, 0, 32);
         const __mmask32 m = n == 32 ? 0xFFFFFFFFu : (1u << n) - 1u;
+        const T* at = first + c0 + c;
         if constexpr (std::is_same_v<T, float>) {
-          _mm512_storeu_ps(out + c, _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), first + c0 + c));
+          _mm512_storeu_ps(out + c, _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), at));
           _mm512_storeu_ps(out + c + 16,
-                           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), first + c0 + c + 16));
+                           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), at + 16));
         } else {
-          const __m512i x = _mm512_maskz_loadu_epi16(m, first + c0 + c);
+          const __m512i x = _mm512_maskz_loadu_epi16(m, at);
           const __m512i y = second ? _mm512_maskz_loadu_epi16(m, second + c0 + c)
                                    : _mm512_setzero_si512();
-          _mm512_storeu_si512(out + c, _mm512_permutex2var_epi16(x, _mm512_load_si512(interleave[0]), y));
-          _mm512_storeu_si512(out + c + 16,
-                              _mm512_permutex2var_epi16(x, _mm512_load_si512(interleave[1]), y));
+          _mm512_storeu_si512(out + c, _mm512_permutex2var_epi16(x, low, y));
+          _mm512_storeu_si512(out + c + 16, _mm512_permutex2var_epi16(x, high, y));
         }
       }
     }
@@ -104,26 +106,28 @@ void pack_gradient_panels(const T* g, int64_t ld_g, int64_t rows, int64_t G, T* 
                           int64_t panel_begin, int64_t panel_end) {
   const int64_t ksteps = gradient_ksteps<T>(rows);
   constexpr int64_t kBlock = 32;  // k-steps whose rows of g stay in L1 across the panels
-  for (int64_t ks0 = 0; ks0 < ksteps; ks0 += kBlock)
-  for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
-    const int64_t m0 = panel * kGradPanelRows;
-    uint32_t* out = reinterpret_cast<uint32_t*>(a) + (panel * ksteps + ks0) * kGradPanelRows;
-    for (int64_t ks = ks0; ks < std::min(ksteps, ks0 + kBlock); ++ks, out += kGradPanelRows) {
-      for (int64_t j = 0; j < kGradPanelRows; j += kLanes) {
-        const int64_t n = std::clamp<int64_t>(G - m0 - j, 0, kLanes);
-        const __mmask16 m = static_cast<__mmask16>(n == kLanes ? 0xFFFFu : (1u << n) - 1u);
-        __m512i v;
-        if constexpr (std::is_same_v<T, float>) {
-          v = _mm512_maskz_loadu_epi32(m, g + ks * ld_g + m0 + j);
-        } else {  // rows 2 ks and 2 ks + 1 into pairs
-          const Bf16* even = g + 2 * ks * ld_g + m0 + j;
-          v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even));
-          if (2 * ks + 1 < rows) {
-            const __m512i odd = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even + ld_g));
-            v = _mm512_or_si512(v, _mm512_slli_epi32(odd, 16));
+  for (int64_t ks0 = 0; ks0 < ksteps; ks0 += kBlock) {
+    const int64_t ks1 = std::min(ksteps, ks0 + kBlock);
+    for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+      const int64_t m0 = panel * kGradPanelRows;
+      uint32_t* out = reinterpret_cast<uint32_t*>(a) + (panel * ksteps + ks0) * kGradPanelRows;
+      for (int64_t ks = ks0; ks < ks1; ++ks, out += kGradPanelRows) {
+        for (int64_t j = 0; j < kGradPanelRows; j += kLanes) {
+          const int64_t n = std::clamp<int64_t>(G - m0 - j, 0, kLanes);
+          const __mmask16 m = static_cast<__mmask16>(n == kLanes ? 0xFFFFu : (1u << n) - 1u);
+          __m512i v;
+          if constexpr (std::is_same_v<T, float>) {
+            v = _mm512_maskz_loadu_epi32(m, g + ks * ld_g + m0 + j);
+          } else {  // rows 2 ks and 2 ks + 1 into pairs
+            const Bf16* even = g + 2 * ks * ld_g + m0 + j;
+            v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even));
+            if (2 * ks + 1 < rows) {
+              const __m512i odd = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even + ld_g));
+              v = _mm512_or_si512(v, _mm512_slli_epi32(odd, 16));
+            }
           }
+          _mm512_storeu_si512(out + j, v);
         }
-        _mm512_storeu_si512(out + j, v);
       }
     }
   }
@@ -149,12 +153,12 @@ void weight_gradient_rows(const T* a, const T* b, int64_t ksteps, int64_t G, int
           const int nv = static_cast<int>(std::min<int64_t>(4, (c1 - c + kLanes - 1) / kLanes));
           const uint32_t* bt = bk + (c / kGradPanelColumns * ksteps + ks0) * kGradPanelColumns;
           float* o = out + m * ld_out + c;
-          if (ks0 > 0) {
-            tile_product_n<kBf16, true>(mb, nv, at, 1, kc, bt, kGradPanelColumns, kLanes, o, ld_out,
-                                        kGradPanelRows);
+          if (ks0 > 0) {  // add to the sums of the k-steps before
+            tile_product_n<kBf16, true>(mb, nv, at, 1, kc, bt, kGradPanelColumns, kLanes, o,
+                                        ld_out, kGradPanelRows);
           } else {
-            tile_product_n<kBf16, false>(mb, nv, at, 1, kc, bt, kGradPanelColumns, kLanes, o, ld_out,
-                                         kGradPanelRows);
+            tile_product_n<kBf16, false>(mb, nv, at, 1, kc, bt, kGradPanelColumns, kLanes, o,
+                                         ld_out, kGradPanelRows);
           }
         }
       }

@@ -79,13 +79,13 @@ std::vector<Tensor> gemm_weight_gradients(const Tensor& g, const std::vector<Ope
 // Our register tile's GEMM (core/weight_gradient_cpu.h): g packed once into panels for every
 // operand, each operand packed into its own, the threads on rows of G, the fp32 sums rounded
 // to g's dtype at the end. Where: fp32 at hidden >= 128 on CPUs without AMX. Measured on a
-// Zen 4, 2 threads: MKL's fp32 GEMM runs these at 123-187 GFLOP/s, the tile at 190-214
+// Zen 4, 2 threads: MKL's fp32 GEMM runs these at 123-187 GFLOP/s, the tile at 198-212
 // (without the packing); in one process, the fp32 training step of 2 layers (NOTES.md, "issue
-// 25, twelfth part"), MKL's time / the tile's: 1.01-1.12 at hidden 128-512 (batch 2-64), 0.91-0.99
+// 25, twelfth part"), MKL's time / the tile's: 1.00-1.12 at hidden 128-512 (batch 2-64), 0.91-1.00
 // at hidden 32-64 (the packing and three thread launches a product are not repaid). bf16:
 // oneDNN's GEMM runs at 290-400 GFLOP/s there and packing pairs of rows costs what the tile
-// gains (0.98-1.02), so ATen's GEMM stays (FASTLSTM_WEIGHT_GRAD=tile runs it). On AMX CPUs:
-// not measured, ATen's.
+// gains (the step 0.99-1.03x ATen's), so ATen's GEMM stays (FASTLSTM_WEIGHT_GRAD=tile runs
+// it). On AMX CPUs: not measured, ATen's.
 template <typename T>
 std::vector<Tensor> tile_weight_gradients(const Tensor& g, const std::vector<Operand>& operands) {
   const int64_t N = g.size(0), G = g.size(1), ksteps = fused::gradient_ksteps<T>(N);
@@ -96,7 +96,8 @@ std::vector<Tensor> tile_weight_gradients(const Tensor& g, const std::vector<Ope
   const int64_t tiles = (G + fused::kMaxRows - 1) / fused::kMaxRows;
   std::vector<Tensor> out;
   for (const Operand& op : operands) {
-    const int64_t K = op[0].rows.size(1), ld = (K + fused::kLanes - 1) / fused::kLanes * fused::kLanes;
+    const int64_t K = op[0].rows.size(1);
+    const int64_t ld = (K + fused::kLanes - 1) / fused::kLanes * fused::kLanes;
     const Tensor b = kernel_output({fused::gradient_operand_size<T>(N, K)}, g.options());
     const auto row = [&](int64_t r) {
       const RowsAt* p = &op[0];
@@ -142,7 +143,8 @@ std::vector<Tensor> cpu_weight_gradients(const Tensor& g, const std::vector<Oper
   const bool tile_runs = (bf16 ? fused::cpu_supports<Bf16>() : !avx2) && g.stride(1) == 1;
   const bool tile_rule = !bf16 && !fused::amx_usable() && g.size(1) >= 4 * 128;
   if (tile_runs && (how == "tile" || (how.empty() && tile_rule)))
-    return bf16 ? tile_weight_gradients<Bf16>(g, operands) : tile_weight_gradients<float>(g, operands);
+    return bf16 ? tile_weight_gradients<Bf16>(g, operands)
+                : tile_weight_gradients<float>(g, operands);
   const bool transposed = how == "transposed" ? bf16
                           : how == "view"     ? false
                                               : transposed_rule(bf16, amx, g.size(0), g.size(1));
