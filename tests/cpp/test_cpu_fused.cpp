@@ -11,6 +11,7 @@
 #include "lstm_cpu_fused.h"
 #include "reference_step.h"
 #include "transpose.h"
+#include "weight_gradient_cpu.h"
 
 #ifndef FASTLSTM_CPU_FUSED
 int main() {
@@ -321,6 +322,66 @@ void check_transpose(ref::Checks& checks) {
   checks.expect(ok, "transpose_2byte: every element, nothing outside", ok ? 0 : 1);
 }
 
+#if !defined(FASTLSTM_FUSED_AVX2)
+// weight_gradient_cpu.h: dW = g^T z over R rows against a double sum of the same (rounded)
+// inputs; z's rows in two pieces (h0, then the rest, as the glue hands h_{t-1}), the packed
+// buffers and the sums poisoned (NaN) first, the rows split over two threads in whole tiles.
+// Shapes: odd R (bf16's padding row), > 256 k-steps (several blocks of the sums), G not a
+// multiple of 6 or 48, K not of 16 or 64 and over 256 (two column blocks).
+template <typename T>
+void check_weight_gradient(ref::Checks& checks, const char* name, double tol) {
+  const int64_t shapes[][3] = {{7, 148, 37}, {1040, 160, 250}, {15, 12, 16}, {600, 1000, 64},
+                               {513, 52, 300}};
+  std::mt19937 rng(11);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const auto& sh : shapes) {
+    const int64_t R = sh[0], G = sh[1], K = sh[2], first_rows = std::min<int64_t>(R, 5);
+    const std::vector<T> g = to<T>(ref::random_vec(rng, R * G));
+    const std::vector<T> z = to<T>(ref::random_vec(rng, R * K));
+    const std::vector<T> head(z.begin(), z.begin() + first_rows * K);  // a piece of its own
+    const auto row = [&](int64_t r) {
+      return r < first_rows ? head.data() + r * K : z.data() + r * K;
+    };
+    const int64_t ksteps = gradient_ksteps<T>(R), ld = (K + 15) / 16 * 16;
+    std::vector<T> a(gradient_panels_size<T>(R, G), from_double<T>(nan));
+    std::vector<T> b(gradient_operand_size<T>(R, K), from_double<T>(nan));
+    std::vector<float> out(G * ld, nan);
+    const int64_t panels = gradient_panels(G), tiles = (G + kMaxRows - 1) / kMaxRows;
+    std::vector<std::thread> workers;
+    for (int w = 0; w < 2; ++w) {
+      workers.emplace_back([&, w] {
+        pack_gradient_panels<T>(g.data(), G, R, G, a.data(), panels * w / 2,
+                                panels * (w + 1) / 2);
+        pack_gradient_operand<T>(row, R, K, b.data(), ksteps * w / 2, ksteps * (w + 1) / 2);
+      });
+    }
+    for (auto& t : workers) t.join();
+    workers.clear();
+    for (int w = 0; w < 2; ++w) {
+      workers.emplace_back([&, w] {
+        const int64_t m0 = tiles * w / 2 * kMaxRows;
+        const int64_t m1 = std::min(G, tiles * (w + 1) / 2 * kMaxRows);
+        weight_gradient_rows<T>(a.data(), b.data(), ksteps, G, K, out.data(), ld, m0, m1);
+      });
+    }
+    for (auto& t : workers) t.join();
+    ref::Vec want(G * K, 0.0);
+    std::vector<float> got(G * K);
+    for (int64_t m = 0; m < G; ++m)
+      for (int64_t c = 0; c < K; ++c) {
+        for (int64_t r = 0; r < R; ++r)
+          want[m * K + c] += as_double(g[r * G + m]) * as_double(z[r * K + c]);
+        got[m * K + c] = out[m * ld + c];
+      }
+    char what[96];
+    std::snprintf(what, sizeof what, "%s weight gradient R%lld G%lld K%lld", name, (long long)R,
+                  (long long)G, (long long)K);
+    const double err = ref::relative_error(got, want);
+    checks.expect(err < tol, what, err);
+  }
+}
+#endif
+
 }  // namespace
 
 int main() {
@@ -331,6 +392,8 @@ int main() {
   ref::Checks checks;
 #if !defined(FASTLSTM_FUSED_AVX2)
   check_transpose(checks);
+  check_weight_gradient<float>(checks, "fp32", 1e-5);
+  if (cpu_supports<Bf16>()) check_weight_gradient<Bf16>(checks, "bf16", 1e-5);
 #endif
   // H = 37: neither the 16-unit groups nor (bf16) the k pairs divide it; B = 7: a partial
   // 6-row tile; H = 80: 5 groups, so a backward tile of 4 groups and one of 1.
