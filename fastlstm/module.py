@@ -128,7 +128,7 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
                       batch >= 16 otherwise (S3, char-rnn shape): torch's there.
     fp32 inference    0.65-0.91 at batch <= 8 (hidden 128-1024; two cells 1.03-1.08 in one
                       turn, 0.78-0.97 in others); 0.92-1.01 at batch >= 16: torch's there.
-    fp32 training     with the weight gradients on our tile (2026-12-07): 0.78-0.96 at
+    fp32 training     with the weight gradients on our tile (2026-12-07): 0.78-0.98 at
                       batch <= 8 (hidden 128-512); 0.97-1.05 at batch >= 16 (S3 1.04, char-rnn
                       shape 0.99): torch's there.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx512_bf16.
