@@ -332,7 +332,8 @@ template <bool kAccumulate, int R, int C>
 __attribute__((always_inline)) inline void tile_pass(const uint32_t* a, int64_t lda,
                                                      int64_t ksteps, const uint32_t* b,
                                                      int64_t ks_stride, int64_t v_stride,
-                                                     float* out, int64_t ld_out) {
+                                                     float* out, int64_t ld_out,
+                                                     int64_t a_ks_stride) {
   constexpr int kChains = R * C < 8 ? 2 : 1;
   const auto column = [&](int c) { return (c / 2) * v_stride + (c % 2) * 8; };
   __m256 acc[kChains][R][C];
@@ -350,7 +351,8 @@ __attribute__((always_inline)) inline void tile_pass(const uint32_t* a, int64_t 
       w[c] = _mm256_loadu_ps(reinterpret_cast<const float*>(b + ks * ks_stride + column(c)));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256 x = _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + ks));
+      const __m256 x =
+          _mm256_broadcast_ss(reinterpret_cast<const float*>(a + r * lda + ks * a_ks_stride));
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[chain][r][c] = _mm256_fmadd_ps(x, w[c], acc[chain][r][c]);
     }
@@ -370,20 +372,21 @@ __attribute__((always_inline)) inline void tile_product(const uint32_t* a, int64
                                                         int64_t ld_out = NV * kLanes,
                                                         int64_t a_ks_stride = 1) {
   static_assert(!kBf16, "the AVX2 build is fp32 only");
-  (void)a_ks_stride;  // 1: the weight gradients' strided rows are AVX-512 only
   if constexpr (MB == 1) {
-    tile_pass<kAccumulate, 1, 2 * NV>(a, lda, ksteps, b, ks_stride, v_stride, out, ld_out);
+    tile_pass<kAccumulate, 1, 2 * NV>(a, lda, ksteps, b, ks_stride, v_stride, out, ld_out,
+                                      a_ks_stride);
   } else if constexpr (MB == 2) {
-    tile_pass<kAccumulate, 2, NV == 1 ? 2 : 4>(a, lda, ksteps, b, ks_stride, v_stride, out, ld_out);
+    tile_pass<kAccumulate, 2, NV == 1 ? 2 : 4>(a, lda, ksteps, b, ks_stride, v_stride, out,
+                                               ld_out, a_ks_stride);
     if constexpr (NV > 2) {
       tile_pass<kAccumulate, 2, NV == 3 ? 2 : 4>(a, lda, ksteps, b + 2 * v_stride, ks_stride,
-                                                 v_stride, out + 2 * kLanes, ld_out);
+                                                 v_stride, out + 2 * kLanes, ld_out, a_ks_stride);
     }
   } else {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       tile_pass<kAccumulate, MB, 2>(a, lda, ksteps, b + v * v_stride, ks_stride, v_stride,
-                                    out + v * kLanes, ld_out);
+                                    out + v * kLanes, ld_out, a_ks_stride);
     }
   }
 }
@@ -712,6 +715,15 @@ inline void pack_backward(const float* w, int64_t hidden, float* out, int64_t gr
   }
 }
 #else
+// bf16: 16 columns (those in `valid`, the rest zero) of two rows as 16 k-steps, lane c the pair
+// (even[c], odd[c]); odd null: the pairs' second halves zero (an odd row count's padding).
+inline __m512i pair_rows(const Bf16* even, const Bf16* odd, __mmask16 valid) {
+  const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even));
+  if (odd == nullptr) return lo;
+  const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, odd));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
 template <typename T>
 void pack_backward(const T* w, int64_t hidden, T* out, int64_t group_begin, int64_t group_end,
                    int64_t columns) {
@@ -726,9 +738,7 @@ void pack_backward(const T* w, int64_t hidden, T* out, int64_t group_begin, int6
         _mm512_storeu_si512(dst, _mm512_maskz_loadu_epi32(valid, w + ks * C + g * kLanes));
       } else {
         const T* even = w + 2 * ks * C + g * kLanes;
-        const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even));
-        const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, even + C));
-        _mm512_storeu_si512(dst, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        _mm512_storeu_si512(dst, pair_rows(even, even + C, valid));
       }
     }
   }

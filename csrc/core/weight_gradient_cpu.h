@@ -66,34 +66,20 @@ void pack_gradient_operand(RowFn&& row, int64_t rows, int64_t cols, T* b, int64_
                            int64_t ks_end) {
   const int64_t ksteps = gradient_ksteps<T>(rows);
   const int64_t panels = (cols + kGradPanelColumns - 1) / kGradPanelColumns;
-  // bf16: two rows' 32 columns into their 32 pairs (two vectors): x[i], y[i] side by side.
-  alignas(64) static const uint16_t interleave[2][32] = {
-      {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-       8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
-      {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-       24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
-  const __m512i low = _mm512_load_si512(interleave[0]), high = _mm512_load_si512(interleave[1]);
   for (int64_t ks = ks_begin; ks < ks_end; ++ks) {
     const T* first = row(ks * KStep<T>::kPer);
     const T* second = nullptr;
     if constexpr (std::is_same_v<T, Bf16>) second = 2 * ks + 1 < rows ? row(2 * ks + 1) : nullptr;
     for (int64_t panel = 0; panel < panels; ++panel) {
       uint32_t* out = reinterpret_cast<uint32_t*>(b) + (panel * ksteps + ks) * kGradPanelColumns;
-      const int64_t c0 = panel * kGradPanelColumns;
-      for (int64_t c = 0; c < kGradPanelColumns; c += 32) {  // 32 columns: 2 vectors
-        const int64_t n = std::clamp<int64_t>(cols - c0 - c, 0, 32);
-        const __mmask32 m = n == 32 ? 0xFFFFFFFFu : (1u << n) - 1u;
-        const T* at = first + c0 + c;
+      for (int64_t c = 0; c < kGradPanelColumns; c += kLanes) {
+        const int64_t c0 = panel * kGradPanelColumns + c;
+        const int64_t n = std::clamp<int64_t>(cols - c0, 0, kLanes);
+        const __mmask16 m = static_cast<__mmask16>(n == kLanes ? 0xFFFFu : (1u << n) - 1u);
         if constexpr (std::is_same_v<T, float>) {
-          _mm512_storeu_ps(out + c, _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), at));
-          _mm512_storeu_ps(out + c + 16,
-                           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), at + 16));
+          _mm512_storeu_si512(out + c, _mm512_maskz_loadu_epi32(m, first + c0));
         } else {
-          const __m512i x = _mm512_maskz_loadu_epi16(m, at);
-          const __m512i y = second ? _mm512_maskz_loadu_epi16(m, second + c0 + c)
-                                   : _mm512_setzero_si512();
-          _mm512_storeu_si512(out + c, _mm512_permutex2var_epi16(x, low, y));
-          _mm512_storeu_si512(out + c + 16, _mm512_permutex2var_epi16(x, high, y));
+          _mm512_storeu_si512(out + c, pair_rows(first + c0, second ? second + c0 : nullptr, m));
         }
       }
     }
@@ -115,18 +101,13 @@ void pack_gradient_panels(const T* g, int64_t ld_g, int64_t rows, int64_t G, T* 
         for (int64_t j = 0; j < kGradPanelRows; j += kLanes) {
           const int64_t n = std::clamp<int64_t>(G - m0 - j, 0, kLanes);
           const __mmask16 m = static_cast<__mmask16>(n == kLanes ? 0xFFFFu : (1u << n) - 1u);
-          __m512i v;
           if constexpr (std::is_same_v<T, float>) {
-            v = _mm512_maskz_loadu_epi32(m, g + ks * ld_g + m0 + j);
+            _mm512_storeu_si512(out + j, _mm512_maskz_loadu_epi32(m, g + ks * ld_g + m0 + j));
           } else {  // rows 2 ks and 2 ks + 1 into pairs
             const Bf16* even = g + 2 * ks * ld_g + m0 + j;
-            v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even));
-            if (2 * ks + 1 < rows) {
-              const __m512i odd = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even + ld_g));
-              v = _mm512_or_si512(v, _mm512_slli_epi32(odd, 16));
-            }
+            const Bf16* odd = 2 * ks + 1 < rows ? even + ld_g : nullptr;
+            _mm512_storeu_si512(out + j, pair_rows(even, odd, m));
           }
-          _mm512_storeu_si512(out + j, v);
         }
       }
     }
