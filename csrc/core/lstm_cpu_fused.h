@@ -203,31 +203,37 @@ inline bool rows_outermost(int64_t rows, int64_t full_block_rows, int64_t weight
   return rows % full_block_rows != 0 && weight_bytes <= (int64_t{1} << 20);
 }
 
-// A step's blocks: a worker's row blocks (`full_rows` each, the last one fewer where the rows
-// run out) times its `columns` (unit groups, or tiles of them), in the order rows_outermost
-// picks (amx: only the AMX path reconfigures tiles). The columns are walked back and forth
-// (snake_order, counting the walks over the steps), so each walk starts on the weights the
-// one before ended on, still in cache.
+// A step's blocks: a worker's row blocks (up to `full_rows` each) times its `columns` (unit
+// groups, or tiles of them), in the order rows_outermost picks (amx: only the AMX path
+// reconfigures tiles). The columns are walked back and forth (snake_order, counting the walks
+// over the steps), so each walk starts on the weights the one before ended on, still in cache.
+// On the register tile the rows are spread evenly over the blocks (S3's 25 rows a worker as 5
+// blocks of 5, not 4 of 6 and 1): a block of one row loads 4 weight vectors for 4 products, half
+// the tile's rate or less. AMX blocks stay full but the last (their tile configurations).
 struct BlockWalk {
   struct Block {
     int64_t row0, rows, column;  // rows [row0, row0 + rows) of column `column` (0-based)
   };
   int64_t row_begin, row_end, full_rows, row_blocks, columns;
-  bool by_rows;
+  bool by_rows, even;  // even: rows spread evenly over the blocks
   BlockWalk(int64_t row_begin, int64_t row_end, int64_t full_rows, int64_t columns, bool amx,
             int64_t weight_bytes)
       : row_begin(row_begin), row_end(row_end), full_rows(full_rows),
         row_blocks(row_end > row_begin ? (row_end - row_begin + full_rows - 1) / full_rows : 0),
         columns(columns),
         by_rows(amx && row_blocks > 0 &&
-                rows_outermost(row_end - row_begin, full_rows, weight_bytes)) {}
+                rows_outermost(row_end - row_begin, full_rows, weight_bytes)),
+        even(!amx) {}
   int64_t outer() const { return by_rows ? row_blocks : columns; }
   int64_t inner() const { return by_rows ? columns : row_blocks; }
   // The block at (outer, inner) of the walk at step `step`.
   Block at(int64_t outer, int64_t inner, int64_t step) const {
     const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
-    const int64_t row0 = row_begin + rb * full_rows;
-    return {row0, std::min(full_rows, row_end - row0),
+    const int64_t rows = row_end - row_begin;
+    const int64_t row0 = row_begin + (even ? rows * rb / row_blocks : rb * full_rows);
+    const int64_t next = even ? row_begin + rows * (rb + 1) / row_blocks
+                              : std::min(row0 + full_rows, row_end);
+    return {row0, next - row0,
             snake_order(k, 0, columns, by_rows ? step * row_blocks + rb : step)};
   }
 };
