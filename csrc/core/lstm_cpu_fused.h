@@ -203,24 +203,32 @@ inline bool rows_outermost(int64_t rows, int64_t full_block_rows, int64_t weight
   return rows % full_block_rows != 0 && weight_bytes <= (int64_t{1} << 20);
 }
 
+// n rows in the fewest blocks of at most `most`, their sizes as even as can be: block b is rows
+// [begin(b), begin(b + 1)). On the register tile a block of one row loads 4 weight vectors for
+// 4 products, half the tile's rate or less: S3's 25 rows a worker go as 5 blocks of 5, not 4
+// of 6 and 1.
+struct EvenRows {
+  int64_t n, count;
+  EvenRows(int64_t n, int64_t most) : n(n), count(n > 0 ? (n + most - 1) / most : 0) {}
+  int64_t begin(int64_t b) const { return n * b / count; }
+};
+
 // A step's blocks: a worker's row blocks (up to `full_rows` each) times its `columns` (unit
 // groups, or tiles of them), in the order rows_outermost picks (amx: only the AMX path
 // reconfigures tiles). The columns are walked back and forth (snake_order, counting the walks
 // over the steps), so each walk starts on the weights the one before ended on, still in cache.
-// On the register tile the rows are spread evenly over the blocks (S3's 25 rows a worker as 5
-// blocks of 5, not 4 of 6 and 1): a block of one row loads 4 weight vectors for 4 products, half
-// the tile's rate or less. AMX blocks stay full but the last (their tile configurations).
+// On the register tile the rows go as EvenRows; AMX blocks are full but the last (their tile
+// configurations).
 struct BlockWalk {
   struct Block {
     int64_t row0, rows, column;  // rows [row0, row0 + rows) of column `column` (0-based)
   };
   int64_t row_begin, row_end, full_rows, row_blocks, columns;
-  bool by_rows, even;  // even: rows spread evenly over the blocks
+  bool by_rows, even;  // even: the blocks as EvenRows
   BlockWalk(int64_t row_begin, int64_t row_end, int64_t full_rows, int64_t columns, bool amx,
             int64_t weight_bytes)
       : row_begin(row_begin), row_end(row_end), full_rows(full_rows),
-        row_blocks(row_end > row_begin ? (row_end - row_begin + full_rows - 1) / full_rows : 0),
-        columns(columns),
+        row_blocks(EvenRows(row_end - row_begin, full_rows).count), columns(columns),
         by_rows(amx && row_blocks > 0 &&
                 rows_outermost(row_end - row_begin, full_rows, weight_bytes)),
         even(!amx) {}
@@ -229,10 +237,9 @@ struct BlockWalk {
   // The block at (outer, inner) of the walk at step `step`.
   Block at(int64_t outer, int64_t inner, int64_t step) const {
     const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
-    const int64_t rows = row_end - row_begin;
-    const int64_t row0 = row_begin + (even ? rows * rb / row_blocks : rb * full_rows);
-    const int64_t next = even ? row_begin + rows * (rb + 1) / row_blocks
-                              : std::min(row0 + full_rows, row_end);
+    const EvenRows blocks(row_end - row_begin, full_rows);
+    const int64_t row0 = row_begin + (even ? blocks.begin(rb) : rb * full_rows);
+    const int64_t next = even ? row_begin + blocks.begin(rb + 1) : std::min(row0 + full_rows, row_end);
     return {row0, next - row0,
             snake_order(k, 0, columns, by_rows ? step * row_blocks + rb : step)};
   }
@@ -1002,8 +1009,10 @@ __attribute__((always_inline)) inline void input_gradient_rows(const FusedBackwa
   for (int64_t g0 = ig_begin; g0 < ig_end; g0 += kGroupsPerBackwardTile) {
     const int groups = static_cast<int>(std::min<int64_t>(kGroupsPerBackwardTile, ig_end - g0));
     const uint32_t* w = as_ksteps(a.packed_ih) + g0 * ksteps * kLanes;
-    for (int64_t row0 = part.row_begin; row0 < row_end; row0 += kMaxRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, row_end - row0));
+    const EvenRows blocks(row_end - part.row_begin, kMaxRows);
+    for (int64_t b = 0; b < blocks.count; ++b) {
+      const int64_t row0 = part.row_begin + blocks.begin(b);
+      const int rows = static_cast<int>(blocks.begin(b + 1) - blocks.begin(b));
       row_block_product<kBf16, false, false>(false, rows, groups,
                                              as_ksteps(grad_later + row0 * 4 * H), ld_g, ksteps,
                                              w, kLanes, ksteps * kLanes, out);
