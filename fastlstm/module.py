@@ -127,10 +127,13 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
                       <= 8 (hidden 128-1024), 0.80-0.90 at hidden 128 batch 16; 0.93-1.03 at
                       batch >= 16 otherwise (S3, char-rnn shape): torch's there.
     fp32 inference    0.65-0.91 at batch <= 8 (hidden 128-1024; two cells 1.03-1.08 in one
-                      turn, 0.78-0.97 in others); 0.92-1.01 at batch >= 16: torch's there.
+                      turn, 0.78-0.97 in others); with even row blocks (2026-12-07, two grids)
+                      0.85-1.00 at batch 16-64 (hidden 128-512, S3, char-rnn shape, S1):
+                      ours to hidden 512 (hidden 1024 at batch >= 16 not measured).
     fp32 training     with the weight gradients on our tile (2026-12-07): 0.78-0.98 at
-                      batch <= 8 (hidden 128-512); 0.97-1.05 at batch >= 16 (S3 1.04, char-rnn
-                      shape 0.99): torch's there.
+                      batch <= 8 (hidden 128-512), 0.88-0.96 at hidden 128 batch 16-64 and S3;
+                      0.93-1.08 at hidden >= 256, batch >= 16 (char-rnn shape 0.98-1.01, S1
+                      1.08): torch's there.
     short calls       (< 4 steps) without gradient: _streaming_rule_avx512_bf16.
     per-step loop     (< 4 steps, training; 2026-12-03) fp32/fp64 at hidden >= 256 and batch
                       <= 8 (0.4-0.9x); its bf16 GEMMs go through ATen one step at a time:
@@ -138,7 +141,7 @@ def _cpu_rule_avx512_bf16(dtype, grad, steps, batch, hidden):
     if steps >= CPU_FUSED_MIN_STEPS and _extension.cpu_fused(dtype):
         if dtype == torch.bfloat16:
             return grad or batch <= 8 or (hidden <= 128 and batch <= 16)
-        return batch <= 8
+        return batch <= 8 or hidden <= 128 or (not grad and hidden <= 512)
     if dtype == torch.bfloat16:
         return False
     return hidden >= CPU_FUSED_MIN_HIDDEN and batch <= CPU_FUSED_MAX_BATCH

@@ -97,16 +97,18 @@ RULE_CASES = {
         (BF16, 16, 128, False, 50, "fused"),
         (BF16, 32, 128, False, 50, "aten"),
         (BF16, 50, 128, False, 50, "aten"),  # S3 inference
-        (FP32, 50, 128, True, 50, "aten"),  # S3 training
+        (FP32, 50, 128, True, 50, "fused"),  # S3 training: fp32 training at hidden 128
+        (FP32, 64, 256, True, 50, "aten"),  # char-rnn shape training
         (FP32, 8, 128, True, 50, "fused"),
-        (FP32, 16, 128, False, 50, "aten"),
+        (FP32, 16, 128, False, 50, "fused"),
         (FP32, 2, 512, True, 50, "fused"),
         (FP32, 2, 256, False, 50, "fused"),
         (FP32, 4, 256, True, 50, "fused"),  # fp32 training to batch 8 (weight gradients
         (FP32, 8, 512, True, 50, "fused"),  # on our tile)
         (FP32, 16, 256, True, 50, "aten"),
-        (FP32, 8, 512, False, 50, "fused"),  # fp32 inference to batch 8
-        (FP32, 16, 256, False, 50, "aten"),
+        (FP32, 8, 512, False, 50, "fused"),  # fp32 inference to hidden 512
+        (FP32, 64, 512, False, 50, "fused"),
+        (FP32, 16, 1024, False, 50, "aten"),  # not measured
         (FP32, 1, 512, False, 3, "fused"),  # the loop's rule
         (BF16, 1, 512, False, 3, "aten"),  # no bf16 loop
     ],
