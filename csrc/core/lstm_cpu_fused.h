@@ -223,12 +223,14 @@ struct BlockWalk {
   struct Block {
     int64_t row0, rows, column;  // rows [row0, row0 + rows) of column `column` (0-based)
   };
-  int64_t row_begin, row_end, full_rows, row_blocks, columns;
-  bool by_rows, even;  // even: the blocks as EvenRows
+  int64_t row_begin, row_end, full_rows;
+  EvenRows blocks;
+  int64_t row_blocks, columns;
+  bool by_rows, even;  // even: the blocks as `blocks` spreads them; else full but the last
   BlockWalk(int64_t row_begin, int64_t row_end, int64_t full_rows, int64_t columns, bool amx,
             int64_t weight_bytes)
       : row_begin(row_begin), row_end(row_end), full_rows(full_rows),
-        row_blocks(EvenRows(row_end - row_begin, full_rows).count), columns(columns),
+        blocks(row_end - row_begin, full_rows), row_blocks(blocks.count), columns(columns),
         by_rows(amx && row_blocks > 0 &&
                 rows_outermost(row_end - row_begin, full_rows, weight_bytes)),
         even(!amx) {}
@@ -237,7 +239,6 @@ struct BlockWalk {
   // The block at (outer, inner) of the walk at step `step`.
   Block at(int64_t outer, int64_t inner, int64_t step) const {
     const int64_t rb = by_rows ? outer : inner, k = by_rows ? inner : outer;
-    const EvenRows blocks(row_end - row_begin, full_rows);
     const int64_t row0 = row_begin + (even ? blocks.begin(rb) : rb * full_rows);
     const int64_t next = even ? row_begin + blocks.begin(rb + 1) : std::min(row0 + full_rows, row_end);
     return {row0, next - row0,
